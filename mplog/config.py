@@ -1,0 +1,249 @@
+"""Turn a dict or a .toml/.json/.yaml file into a dictConfig dict plus mplog's runtime settings.
+
+The file is the standard ``logging.config.dictConfig`` schema with one optional extra
+section, ``mplog``, for the runtime itself. Every error names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from mplog.exceptions import ConfigError
+from mplog.transports import Receiver, TransportOptions, open_receiver
+from mplog.wire import Limits
+
+__all__ = ["DEFAULT_CONFIG", "RuntimeSettings", "build_receiver", "load_config", "worker_level"]
+
+DEFAULT_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
+DEFAULT_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"mplog_default": {"format": DEFAULT_FORMAT}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "mplog_default"}
+    },
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+}
+
+_DICTCONFIG_KEYS = {
+    "version",
+    "formatters",
+    "filters",
+    "handlers",
+    "loggers",
+    "root",
+    "incremental",
+    "disable_existing_loggers",
+}
+_RUNTIME_KEYS = {"endpoint", "transport", "insecure", "limits", "socket", "curve", "worker"}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The ``mplog`` section: where the listener binds and the limits it enforces."""
+
+    endpoint: str | None = None
+    transport: str = "zmq"
+    insecure: bool = False
+    limits: dict[str, Any] = field(default_factory=dict)
+    socket: dict[str, Any] = field(default_factory=dict)
+    curve: dict[str, Any] = field(default_factory=dict)
+    worker: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        if suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - exercised on Python 3.10 only
+                import tomli as tomllib
+            data: Any = tomllib.loads(text.decode("utf-8"))
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(
+                    f"{str(path)!r} is YAML but PyYAML is not installed; pip install 'mplog[yaml]' "
+                    "or use a .toml or .json file"
+                ) from None
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config file {str(path)!r} must end in .toml, .json, .yaml or .yml")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table/object at the top level")
+    return data
+
+
+def _check_level(where: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return
+    if isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
+        return
+    raise ConfigError(f"{where} must be a level name such as 'INFO' or a number, got {value!r}")
+
+
+def _check_section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    section = config.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name} must be a table of named entries, got {type(section).__name__}")
+    for key, value in section.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}.{key} must be a table, got {type(value).__name__}")
+    return section
+
+
+def _check_logger(where: str, logger: dict[str, Any], handlers: dict[str, Any], filters: dict[str, Any]) -> None:
+    if "level" in logger:
+        _check_level(f"{where}.level", logger["level"])
+    for key in ("handlers", "filters"):
+        names = logger.get(key, [])
+        if not isinstance(names, list):
+            raise ConfigError(f"{where}.{key} must be a list of names, got {names!r}")
+        known = handlers if key == "handlers" else filters
+        for item in names:
+            if item not in known:
+                raise ConfigError(f"{where}.{key} names {item!r}, which is not defined under '{key}'")
+
+
+def _validate(config: dict[str, Any]) -> None:
+    unknown = set(config) - _DICTCONFIG_KEYS
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level key {sorted(unknown)[0]!r}; dictConfig keys are {', '.join(sorted(_DICTCONFIG_KEYS))}"
+            " (runtime settings go under 'mplog')"
+        )
+    if config.get("version") != 1:
+        raise ConfigError(f"version must be 1 (the dictConfig schema version), got {config.get('version')!r}")
+    formatters = _check_section(config, "formatters")
+    filters = _check_section(config, "filters")
+    handlers = _check_section(config, "handlers")
+    for name, handler in handlers.items():
+        if "class" not in handler and "()" not in handler:
+            raise ConfigError(f"handlers.{name} needs a 'class' (e.g. 'logging.FileHandler') or a '()' factory")
+        if "level" in handler:
+            _check_level(f"handlers.{name}.level", handler["level"])
+        formatter = handler.get("formatter")
+        if formatter is not None and formatter not in formatters:
+            raise ConfigError(f"handlers.{name}.formatter names {formatter!r}, which is not defined under 'formatters'")
+        _check_handler_class(name, handler)
+    for name, logger in _check_section(config, "loggers").items():
+        _check_logger(f"loggers.{name}", logger, handlers, filters)
+    root = config.get("root", {})
+    if not isinstance(root, dict):
+        raise ConfigError(f"root must be a table, got {type(root).__name__}")
+    _check_logger("root", root, handlers, filters)
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"the config must hold only plain values (strings, numbers, lists, tables) because it is applied "
+            f"in the listener process; use 'ext://module.name' or a '()' factory path for objects ({exc})"
+        ) from None
+
+
+def _check_handler_class(name: str, handler: dict[str, Any]) -> None:
+    cls = handler.get("class", "")
+    if isinstance(cls, str) and cls.endswith("NTEventLogHandler") and sys.platform != "win32":
+        raise ConfigError(
+            f"handlers.{name}: NTEventLogHandler writes to the Windows event log and works only on Windows; "
+            "use logging.handlers.SysLogHandler on this system"
+        )
+
+
+def _runtime(section: Any) -> RuntimeSettings:
+    if section is None:
+        return RuntimeSettings()
+    if not isinstance(section, dict):
+        raise ConfigError(f"mplog must be a table of runtime settings, got {type(section).__name__}")
+    unknown = set(section) - _RUNTIME_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key mplog.{sorted(unknown)[0]}; known keys: {', '.join(sorted(_RUNTIME_KEYS))}")
+    settings = RuntimeSettings(**section)
+    if settings.transport not in ("zmq", "multiprocessing"):
+        raise ConfigError(f"mplog.transport must be 'zmq' or 'multiprocessing', got {settings.transport!r}")
+    if not isinstance(settings.insecure, bool):
+        raise ConfigError(f"mplog.insecure must be true or false, got {settings.insecure!r}")
+    limits_for(settings.as_dict())
+    return settings
+
+
+def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple[dict[str, Any], RuntimeSettings]:
+    """Return ``(dictconfig, runtime)`` after checking every key that can be checked early.
+
+    Raises:
+        ConfigError: naming the bad key and its fix.
+    """
+    if config is None:
+        return copy.deepcopy(DEFAULT_CONFIG), RuntimeSettings()
+    if isinstance(config, (str, os.PathLike)):
+        data = _read_file(Path(config))
+    elif isinstance(config, dict):
+        data = copy.deepcopy(config)
+    else:
+        raise ConfigError(f"config must be a dict, a file path or None, got {type(config).__name__}")
+    runtime = _runtime(data.pop("mplog", None))
+    data.setdefault("version", 1)
+    data.setdefault("disable_existing_loggers", False)
+    _validate(data)
+    return data, runtime
+
+
+def worker_level(config: dict[str, Any]) -> int:
+    """The lowest level any configured logger accepts: what workers need to send."""
+    levels = []
+    for logger in [config.get("root", {}), *config.get("loggers", {}).values()]:
+        level = logger.get("level")
+        if level is not None:
+            levels.append(level if isinstance(level, int) else logging.getLevelName(str(level).upper()))
+    if "level" not in config.get("root", {}):
+        levels.append(logging.WARNING)
+    return max(min(levels), logging.DEBUG) if levels else logging.WARNING
+
+
+def limits_for(runtime: dict[str, Any]) -> Limits:
+    """Decoder limits from the ``mplog.limits`` table."""
+    try:
+        return replace(Limits(), **runtime.get("limits", {}))
+    except TypeError:
+        known = ", ".join(f.name for f in fields(Limits))
+        raise ConfigError(f"mplog.limits has an unknown key; known keys: {known}") from None
+
+
+def transport_options_for(runtime: dict[str, Any]) -> TransportOptions:
+    """Socket options from the ``mplog.socket`` table and ``mplog.insecure``."""
+    limits = limits_for(runtime)
+    try:
+        return replace(
+            TransportOptions(max_frame_bytes=limits.max_frame_bytes, insecure=bool(runtime.get("insecure", False))),
+            **runtime.get("socket", {}),
+        )
+    except TypeError:
+        known = ", ".join(f.name for f in fields(TransportOptions))
+        raise ConfigError(f"mplog.socket has an unknown key; known keys: {known}") from None
+
+
+def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Limits]:
+    """Bind the listener's receiver for ``endpoint`` with the runtime settings applied."""
+    return open_receiver(endpoint, transport_options_for(runtime)), limits_for(runtime)

@@ -1,0 +1,256 @@
+"""The Listener handle: starts the dedicated listener process and talks to it.
+
+The listener process is started with ``subprocess`` (not multiprocessing spawn, which
+bootstraps through unpickling) and driven over a private pipe pair. The pipe doubles
+as a lifeline: when this process dies, the listener drains what it has and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from mplog.config import load_config, worker_level
+from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.transports import default_endpoint, transport_of
+from mplog.worker import ENV_ENDPOINT, ENV_LEVEL, MplogHandler, export_setting, inherited_setting, setup_worker
+
+__all__ = ["Listener", "start_listener"]
+
+START_TIMEOUT = 30.0
+
+
+class Listener:
+    """Handle on a running listener process (see :func:`start_listener`)."""
+
+    def __init__(
+        self,
+        config: dict[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        endpoint: str | None = None,
+        transport: str | None = None,
+        route_parent: bool = True,
+        export_env: bool = True,
+    ) -> None:
+        self._config, self._runtime = load_config(config)
+        self._transport = transport or self._runtime.transport
+        self._requested_endpoint = endpoint or self._runtime.endpoint
+        if self._requested_endpoint and transport and transport_of(self._requested_endpoint) != transport:
+            raise ConfigError(f"endpoint {self._requested_endpoint!r} does not belong to transport {transport!r}")
+        self._route_parent = route_parent
+        self._export_env = export_env
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._private_dir = ""
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._final: dict[str, Any] | None = None
+        self._owner_pid = os.getpid()
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_root: tuple[list[logging.Handler], int] | None = None
+        self._handler: MplogHandler | None = None
+        self.endpoint = ""
+        self.pid = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Listener:
+        """Start the listener process; returns once it has bound its endpoint.
+
+        Raises:
+            ConfigError: the handlers could not be built from the config.
+            TransportError: the endpoint could not be bound.
+            ListenerError: start() was called twice, or the process did not start.
+        """
+        if self._proc is not None:
+            raise ListenerError("this Listener was already started; create a new one")
+        endpoint = self._requested_endpoint
+        if not endpoint:
+            endpoint, self._private_dir = default_endpoint(self._transport)
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "mplog.server", "--control", f"{to_child_r},{from_child_w}"],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._to_child, self._from_child = to_child_w, from_child_r
+        self._write({"config": self._config, "endpoint": endpoint, "runtime": self._runtime.as_dict()})
+        reply = self._read(START_TIMEOUT)
+        if reply is None or reply.get("event") != "ready":
+            self._abort()
+            message = (reply or {}).get("message", "the listener process exited during start-up")
+            kind = (reply or {}).get("kind")
+            if kind == "config":
+                raise ConfigError(f"the listener could not apply the config: {message}")
+            if kind == "transport":
+                raise TransportError(f"the listener could not bind {endpoint!r}: {message}")
+            raise ListenerError(message)
+        self.endpoint = reply["endpoint"]
+        self.pid = reply["pid"]
+        if self._export_env:
+            self._set_env(ENV_ENDPOINT, self.endpoint)
+            self._set_env(ENV_LEVEL, logging.getLevelName(worker_level(self._config)))
+        if self._route_parent:
+            root = logging.getLogger()
+            self._saved_root = (list(root.handlers), root.level)
+            self._handler = setup_worker(self.endpoint, level=worker_level(self._config), flush_on_sigterm=False)
+        return self
+
+    def _set_env(self, key: str, value: str) -> None:
+        self._saved_env.setdefault(key, inherited_setting(key))
+        export_setting(key, value)
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Counters from the listener: received, malformed by reason, dropped, gaps, per sender."""
+        if self._final is not None:
+            return self._final
+        if self._proc is None:
+            raise ListenerError("the listener has not been started")
+        with self._lock:
+            self._write({"cmd": "stats"})
+            reply = self._read(timeout)
+        if reply is None or "stats" not in reply:
+            raise ListenerError("the listener did not answer a stats request")
+        stats: dict[str, Any] = reply["stats"]
+        return stats
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Deliver this process's buffered records, drain the listener, stop it; return final stats.
+
+        Harmless to call twice (returns the same stats).
+        """
+        if self._final is not None or self._proc is None:
+            return self._final or {}
+        if os.getpid() != self._owner_pid:
+            return {}  # a forked copy of this handle: the listener is not ours to stop
+        self._restore_parent()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            try:
+                self._write({"cmd": "stop", "timeout": max(timeout - 1.0, 0.5)})
+                reply = self._read(timeout)
+            except OSError:
+                reply = None
+        try:
+            self._proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._final = (reply or {}).get("stats", {})
+        self._cleanup()
+        return self._final
+
+    def _restore_parent(self) -> None:
+        if self._handler is not None:
+            root = logging.getLogger()
+            self._handler.close()
+            if self._handler in root.handlers:
+                root.removeHandler(self._handler)
+                if self._saved_root is not None:
+                    handlers, level = self._saved_root
+                    for handler in handlers:
+                        root.addHandler(handler)
+                    root.setLevel(level)
+            self._handler = None
+        for key, value in self._saved_env.items():
+            export_setting(key, value)
+        self._saved_env.clear()
+
+    def _abort(self) -> None:
+        assert self._proc is not None
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._final = {}
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for fd in (self._to_child, self._from_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._private_dir:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._final is None and self._proc.poll() is None
+
+    def __enter__(self) -> Listener:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else ("stopped" if self._final is not None else "new")
+        return f"<mplog.Listener {state} endpoint={self.endpoint!r} pid={self.pid}>"
+
+    # ------------------------------------------------------------ control pipe
+
+    def _write(self, message: dict[str, Any]) -> None:
+        data = memoryview(json.dumps(message).encode() + b"\n")
+        while data:
+            written = os.write(self._to_child, data)
+            data = data[written:]
+
+    def _read(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self._from_child], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(self._from_child, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+
+def start_listener(
+    config: dict[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    endpoint: str | None = None,
+    transport: str | None = None,
+    route_parent: bool = True,
+    export_env: bool = True,
+) -> Listener:
+    """Start the dedicated listener process and return its handle.
+
+    Args:
+        config: a dictConfig dict, a path to a .toml/.json/.yaml file, or None (stderr).
+        endpoint: where to bind; default a private ``ipc://`` (or ``mp://``) socket.
+        transport: ``"zmq"`` (default) or ``"multiprocessing"``.
+        route_parent: also send this process's own logging through the listener.
+        export_env: set ``MPLOG_ENDPOINT`` (and ``MPLOG_LEVEL``) for child processes.
+
+    Raises:
+        ConfigError: a bad config, naming the key (checked here, or by the listener).
+    """
+    return Listener(
+        config, endpoint=endpoint, transport=transport, route_parent=route_parent, export_env=export_env
+    ).start()

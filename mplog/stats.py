@@ -1,0 +1,125 @@
+"""Listener-side counters and per-sender sequence tracking (gaps, duplicates, drops)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mplog.wire import FLAG_FINAL, Frame
+
+__all__ = ["SenderStats", "Stats", "ledger"]
+
+
+@dataclass
+class SenderStats:
+    """What one sender stream delivered, as this listener saw it."""
+
+    host: str
+    pid: int
+    start_time: float
+    stream: int
+    records: int = 0  # records dispatched to handlers
+    frames: int = 0
+    rejected: int = 0  # records in frames that failed validation
+    dropped: int = 0  # records the sender dropped by policy (it reports a running total)
+    gaps: int = 0  # numbered records this listener never received
+    duplicates: int = 0  # records received twice (dropped here, not dispatched)
+    next_seq: int = 0
+    first_seen: float = field(default_factory=time.time)
+    last_seen: float = 0.0
+    closed: bool = False  # the sender said goodbye (orderly end)
+
+
+class Stats:
+    """Thread-safe counters updated by the receive loop and read by the control channel."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.frames = 0
+        self.records = 0
+        self.malformed: Counter[str] = Counter()
+        self.handler_errors: Counter[str] = Counter()
+        self.senders: dict[str, SenderStats] = {}
+
+    def note_malformed(self, reason: str) -> None:
+        with self._lock:
+            self.malformed[reason] += 1
+
+    def note_handler_error(self, handler_name: str) -> None:
+        with self._lock:
+            self.handler_errors[handler_name] += 1
+
+    def _sender(self, frame: Frame) -> SenderStats:
+        key = frame.sender.key
+        stats = self.senders.get(key)
+        if stats is None:
+            host, pid, start_time, stream = frame.sender
+            stats = self.senders[key] = SenderStats(host, pid, float(start_time), stream)
+        return stats
+
+    def accept(self, frame: Frame) -> int:
+        """Account for a valid frame; return how many leading records are duplicates."""
+        n = len(frame.records)
+        with self._lock:
+            sender = self._sender(frame)
+            sender.frames += 1
+            sender.last_seen = time.time()
+            seq, expected = frame.seq, sender.next_seq
+            skip = 0
+            if seq > expected:
+                sender.gaps += seq - expected
+            elif seq < expected:
+                skip = min(expected - seq, n)
+                sender.duplicates += skip
+            sender.next_seq = max(expected, seq + n)
+            sender.dropped = max(sender.dropped, frame.dropped)
+            sender.records += n - skip
+            if frame.flags & FLAG_FINAL:
+                sender.closed = True
+            self.frames += 1
+            self.records += n - skip
+        return skip
+
+    def reject(self, frame: Frame, reason: str) -> None:
+        """Count a frame whose envelope was valid but whose records were not."""
+        with self._lock:
+            self.malformed[reason] += 1
+            sender = self._sender(frame)
+            n = len(frame.records)
+            seq, expected = frame.seq, sender.next_seq
+            if seq > expected:
+                sender.gaps += seq - expected
+            sender.next_seq = max(expected, seq + n)
+            sender.rejected += n
+            sender.dropped = max(sender.dropped, frame.dropped)
+            sender.last_seen = time.time()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return a JSON-ready copy of every counter."""
+        with self._lock:
+            senders = {key: asdict(s) for key, s in self.senders.items()}
+            malformed = dict(self.malformed)
+            handler_errors = dict(self.handler_errors)
+            frames, records = self.frames, self.records
+        return {
+            "uptime": time.time() - self.started,
+            "frames": frames,
+            "received": records,
+            "malformed": malformed,
+            "malformed_total": sum(malformed.values()),
+            "rejected": sum(s["rejected"] for s in senders.values()),
+            "dropped": sum(s["dropped"] for s in senders.values()),
+            "gaps": sum(s["gaps"] for s in senders.values()),
+            "duplicates": sum(s["duplicates"] for s in senders.values()),
+            "handler_errors": handler_errors,
+            "senders": senders,
+        }
+
+
+def ledger(snapshot: dict[str, Any], logged: int) -> int:
+    """Return the unexplained remainder: logged - received - dropped - rejected - gaps."""
+    return logged - snapshot["received"] - snapshot["dropped"] - snapshot["rejected"] - snapshot["gaps"]

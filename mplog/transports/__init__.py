@@ -1,0 +1,71 @@
+"""Transports move frame bytes between workers and the listener.
+
+``ipc://`` and ``tcp://`` endpoints use ZeroMQ (:mod:`mplog.transports.zeromq`);
+``mp://PATH`` endpoints use one ``multiprocessing.connection`` channel per producer
+(:mod:`mplog.transports.mpqueue`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from mplog.exceptions import ConfigError
+from mplog.transports.base import Receiver, Sender, TransportOptions, make_private_dir
+
+__all__ = [
+    "TRANSPORTS",
+    "Receiver",
+    "Sender",
+    "TransportOptions",
+    "default_endpoint",
+    "open_receiver",
+    "open_sender",
+    "transport_of",
+]
+
+TRANSPORTS = ("zmq", "multiprocessing")
+
+
+def transport_of(endpoint: str) -> str:
+    """Name the transport an endpoint URL belongs to."""
+    scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
+    if scheme in ("ipc", "tcp"):
+        return "zmq"
+    if scheme == "mp":
+        return "multiprocessing"
+    raise ConfigError(
+        f"endpoint {endpoint!r} has no known scheme; use ipc://PATH or tcp://HOST:PORT (ZeroMQ) or mp://PATH"
+    )
+
+
+def default_endpoint(transport: str) -> tuple[str, str]:
+    """Return ``(endpoint, private_dir)`` for a listener on this host."""
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    directory = make_private_dir()
+    path = os.path.join(directory, "listener.sock")
+    return (f"ipc://{path}" if transport == "zmq" else f"mp://{path}"), directory
+
+
+def open_sender(endpoint: str, options: TransportOptions | None = None) -> Sender:
+    """Open the worker end for ``endpoint`` (lazily: nothing connects until the first send)."""
+    options = options or TransportOptions()
+    if transport_of(endpoint) == "zmq":
+        from mplog.transports.zeromq import ZmqSender
+
+        return ZmqSender(endpoint, options)
+    from mplog.transports.mpqueue import MpSender
+
+    return MpSender(endpoint, options)
+
+
+def open_receiver(endpoint: str, options: TransportOptions | None = None) -> Receiver:
+    """Bind the listener end for ``endpoint``."""
+    options = options or TransportOptions()
+    if transport_of(endpoint) == "zmq":
+        from mplog.transports.zeromq import ZmqReceiver
+
+        return ZmqReceiver(endpoint, options)
+    from mplog.transports.mpqueue import MpReceiver
+
+    return MpReceiver(endpoint, options)

@@ -1,0 +1,108 @@
+"""The transport seam: Sender and Receiver protocols, their options, endpoint helpers.
+
+A transport moves opaque ``bytes``. It imports neither the codec nor ``logging``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from mplog.exceptions import ConfigError, TransportError
+
+__all__ = [
+    "Receiver",
+    "Sender",
+    "TransportOptions",
+    "check_bind_address",
+    "ensure_private_dir",
+    "make_private_dir",
+]
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Socket-level settings; every default is chosen for a logging path (see docs/configuration.md)."""
+
+    max_frame_bytes: int = 16 * 1024 * 1024
+    sndhwm: int = 100  # frames queued in the sender's ZeroMQ pipe
+    rcvhwm: int = 1000  # frames queued in the listener's ZeroMQ pipe
+    linger: float = 1.0  # seconds a closing sender waits for queued frames
+    write_timeout: float = 1.0  # seconds one write may block (multiprocessing transport)
+    heartbeat_ivl: float = 1.0  # tcp only: ZMTP heartbeat interval
+    heartbeat_timeout: float = 3.0
+    reconnect_ivl_max: float = 2.0
+    handshake_ivl: float = 2.0
+    insecure: bool = False  # allow a plaintext bind to a non-loopback address
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """The worker's end: hands whole frames to the transport without blocking past ``timeout``."""
+
+    endpoint: str
+
+    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
+        """Queue ``frame``; False means it was not taken (nothing of it was sent)."""
+
+    def close(self, linger: float | None = None) -> None:
+        """Flush within ``linger`` seconds, then release everything; idempotent."""
+
+
+@runtime_checkable
+class Receiver(Protocol):
+    """The listener's end: yields whole frames; counts transport-level rejects in ``events``."""
+
+    endpoint: str
+    events: Counter[str]
+
+    def recv(self, timeout: float) -> bytes | None:
+        """Return the next frame, or None when ``timeout`` seconds pass without one."""
+
+    def close(self) -> None:
+        """Release everything; idempotent."""
+
+
+def make_private_dir() -> str:
+    """Create a fresh directory only the current user can enter (mode 0700)."""
+    return tempfile.mkdtemp(prefix="mplog-")  # mkdtemp creates it 0700 whatever the umask
+
+
+def ensure_private_dir(path: str) -> None:
+    """Make sure the directory holding an ipc/unix socket exists and is private to the user."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise TransportError(f"cannot create socket directory {directory!r}: {exc}") from exc
+        os.chmod(directory, 0o700)
+    mode = os.stat(directory).st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"endpoint directory {directory!r} is writable by other users (mode {stat.S_IMODE(mode):o}); "
+            "use a directory only you can write, e.g. one made with mode 0700"
+        )
+
+
+def check_bind_address(endpoint: str, *, secure: bool, insecure_ok: bool) -> None:
+    """Refuse a plaintext tcp bind to anything but loopback unless the user opted in."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    if host in ("localhost",):
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # '*', an interface name or a host name: treat as exposed
+    if not loopback and not secure and not insecure_ok:
+        raise ConfigError(
+            f"endpoint {endpoint!r} binds a non-loopback address without CURVE; "
+            "configure mplog.curve keys, or set mplog.insecure = true to accept plaintext on the network"
+        )

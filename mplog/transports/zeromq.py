@@ -1,0 +1,169 @@
+"""ZeroMQ transport: workers PUSH, the listener PULLs (ipc:// by default, tcp:// across hosts).
+
+libzmq's defaults do not fit a logging path, so every one that matters is set here:
+LINGER is bounded (an unbounded linger hangs exit when the listener is gone), sends
+never block (NOBLOCK, with a bounded poll for the ``block`` policy), IMMEDIATE=1 so
+frames are refused (and counted) rather than queued to an absent peer, and
+MAXMSGSIZE on the listener equals the frame limit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from mplog.exceptions import TransportError
+from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
+
+__all__ = ["ZmqReceiver", "ZmqSender"]
+
+# Sockets and contexts inherited across fork are never touched again in the child:
+# closing or terminating them there could hang on state owned by the parent's threads.
+_abandoned: list[Any] = []
+
+
+def _split(endpoint: str) -> list[str]:
+    return [part.strip() for part in endpoint.split(",") if part.strip()]
+
+
+class ZmqSender:
+    """A PUSH socket per process; reopened (never shared) after fork."""
+
+    def __init__(self, endpoint: str, options: TransportOptions) -> None:
+        self.endpoint = endpoint
+        self._endpoints = _split(endpoint)
+        self._options = options
+        self._pid = -1
+        self._ctx: zmq.Context[Any] | None = None
+        self._sock: zmq.Socket[Any] | None = None
+        self._closed = False
+
+    def _open(self) -> zmq.Socket[Any]:
+        if self._sock is not None:  # inherited from the parent by fork
+            _abandoned.append((self._ctx, self._sock))
+        opts = self._options
+        try:
+            ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, int(opts.linger * 1000))
+            sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
+            if any(e.startswith("tcp://") for e in self._endpoints):
+                sock.setsockopt(zmq.HEARTBEAT_IVL, int(opts.heartbeat_ivl * 1000))
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(opts.heartbeat_timeout * 1000))
+                sock.setsockopt(zmq.HEARTBEAT_TTL, int(opts.heartbeat_timeout * 1000))
+            for endpoint in self._endpoints:
+                sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot connect to {self.endpoint!r}: {exc}") from exc
+        self._ctx, self._sock, self._pid = ctx, sock, os.getpid()
+        return sock
+
+    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
+        if self._closed:
+            return False
+        sock = self._sock if self._pid == os.getpid() else self._open()
+        assert sock is not None
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            if timeout <= 0 or not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+                return False
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                return False
+        except zmq.ZMQError as exc:
+            raise TransportError(f"send to {self.endpoint!r} failed: {exc}") from exc
+
+    def close(self, linger: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is None or self._pid != os.getpid():
+            return
+        linger_ms = int((self._options.linger if linger is None else linger) * 1000)
+        try:
+            self._sock.close(linger=linger_ms)
+            assert self._ctx is not None
+            self._ctx.term()
+        except zmq.ZMQError:
+            pass
+
+
+class ZmqReceiver:
+    """The listener's PULL socket."""
+
+    def __init__(self, endpoint: str, options: TransportOptions, *, secure: bool = False) -> None:
+        self.events: Counter[str] = Counter()
+        self._options = options
+        self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.PULL)
+        self._path = ""
+        try:
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
+            self._sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
+            self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_ivl * 1000))
+            for part in _split(endpoint):
+                self._bind(part, secure)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise TransportError(f"cannot bind {endpoint!r}: {exc}") from exc
+        except Exception:
+            self.close()
+            raise
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The bound PULL socket (for options such as CURVE set by the caller)."""
+        return self._sock
+
+    def _bind(self, endpoint: str, secure: bool) -> None:
+        if endpoint.startswith("ipc://"):
+            self._path = endpoint[len("ipc://") :]
+            ensure_private_dir(self._path)
+            old_umask = os.umask(0o077)
+            try:
+                self._sock.bind(endpoint)
+            finally:
+                os.umask(old_umask)
+            os.chmod(self._path, 0o600)
+        else:
+            if endpoint.startswith("tcp://"):
+                self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
+                self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self._options.heartbeat_timeout * 1000))
+            check_bind_address(endpoint, secure=secure, insecure_ok=self._options.insecure)
+            self._sock.bind(endpoint)
+
+    def recv(self, timeout: float) -> bytes | None:
+        sock = self._sock
+        try:
+            return sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return None
+        try:
+            return sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def close(self) -> None:
+        if self._sock.closed:
+            return
+        self._sock.close(linger=0)
+        self._ctx.term()
+        if self._path:
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass

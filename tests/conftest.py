@@ -1,0 +1,86 @@
+"""Shared fixtures: logging state restored, processes reaped, start methods, numbered payloads."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mplog.worker import export_setting, inherited_setting
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+TRANSPORTS = ["zmq", "multiprocessing"]
+_ENV_KEYS = ("MPLOG_ENDPOINT", "MPLOG_LEVEL")
+# Long-lived helpers that multiprocessing starts once per test process on purpose.
+_KEEP = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_state() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    env = {key: inherited_setting(key) for key in _ENV_KEYS}
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            try:
+                handler.close()
+            except Exception:
+                pass
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+    for key, value in env.items():
+        export_setting(key, value)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    yield
+    me = psutil.Process()
+    left = []
+    for child in me.children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if any(keep in cmdline for keep in _KEEP):
+            continue
+        left.append(child)
+    if not left:
+        return
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    if alive:
+        pytest.fail(f"test left processes running: {[p.pid for p in alive]}")
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs under fork, spawn and forkserver."""
+    return str(request.param)
+
+
+@pytest.fixture
+def mp_context(start_method: str) -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context(start_method)
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs over ZeroMQ and over the multiprocessing transport."""
+    return str(request.param)

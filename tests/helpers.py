@@ -1,0 +1,104 @@
+"""Test helpers: numbered payloads, file configs, the ledger checker, bounded waits.
+
+Importable from spawn/forkserver children (tests/ is on sys.path via conftest and PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PAYLOAD_RE = re.compile(r"P(?P<prod>\d+):(?P<seq>\d{8}):(?P<len>\d{5}):(?P<body>X*)")
+
+
+def payload(producer: int, seq: int, size: int = 0) -> str:
+    """A numbered payload whose length field detects truncation (rsyslog msgnum style)."""
+    return f"P{producer}:{seq:08d}:{size:05d}:{'X' * size}"
+
+
+def file_config(path: str | Path, fmt: str = "%(message)s", level: str = "DEBUG", **handler: Any) -> dict[str, Any]:
+    """A dictConfig with one FileHandler writing ``fmt`` lines to ``path``."""
+    spec = {"class": "logging.FileHandler", "filename": str(path), "formatter": "f", "encoding": "utf-8"}
+    spec.update(handler)
+    return {
+        "version": 1,
+        "formatters": {"f": {"format": fmt}},
+        "handlers": {"file": spec},
+        "root": {"level": level, "handlers": ["file"]},
+    }
+
+
+def log_numbered(producer: int, count: int, size: int = 0, logger: str = "test") -> None:
+    """Log ``count`` numbered payloads (for use as a process target)."""
+    log = logging.getLogger(logger)
+    for seq in range(count):
+        log.info("%s", payload(producer, seq, size))
+
+
+@dataclass
+class Check:
+    """What a checker found in an output: exact sets, not estimates."""
+
+    seen: Counter[tuple[int, int]] = field(default_factory=Counter)
+    missing: dict[int, list[int]] = field(default_factory=dict)
+    duplicates: int = 0
+    truncated: int = 0
+    garbage: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.duplicates and not self.truncated and not self.garbage
+
+    def assert_exact(self) -> None:
+        summary = {p: len(s) for p, s in self.missing.items()}
+        assert self.ok, (
+            f"missing per producer {summary}, duplicates {self.duplicates}, "
+            f"truncated {self.truncated}, garbage {self.garbage}"
+        )
+
+
+def check_lines(lines: Iterable[str], expected: dict[int, int]) -> Check:
+    """Compare numbered payloads found in ``lines`` with ``expected`` (producer -> count)."""
+    result = Check()
+    for line in lines:
+        match = PAYLOAD_RE.search(line)
+        if match is None:
+            result.garbage += 1
+            continue
+        if int(match["len"]) != len(match["body"]):
+            result.truncated += 1
+            continue
+        result.seen[(int(match["prod"]), int(match["seq"]))] += 1
+    result.duplicates = sum(n - 1 for n in result.seen.values() if n > 1)
+    for producer, count in expected.items():
+        missing = [seq for seq in range(count) if (producer, seq) not in result.seen]
+        if missing:
+            result.missing[producer] = missing
+    return result
+
+
+def read_lines(*paths: str | Path) -> list[str]:
+    lines: list[str] = []
+    for path in paths:
+        p = Path(path)
+        if p.exists():
+            lines.extend(p.read_text(encoding="utf-8").splitlines())
+    return lines
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
