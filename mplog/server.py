@@ -229,6 +229,5 @@ def child_main(read_fd: int, write_fd: int) -> int:
 
 
 if __name__ == "__main__":
-    if os.environ.get("MPLOG_DBG"): exec(open("/tmp/dbg.py").read())
     read_fd, write_fd = (int(x) for x in sys.argv[sys.argv.index("--control") + 1].split(","))
     sys.exit(child_main(read_fd, write_fd))
