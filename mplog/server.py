@@ -25,6 +25,7 @@ from mplog.wire import Limits, check_records, decode_header, make_log_record
 __all__ = ["Server", "install_handler_error_counter"]
 
 _MAX_NAME = 1024  # longest logger name dispatched (each name creates a Logger for good)
+DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 
 
 class Server:
@@ -69,7 +70,10 @@ class Server:
             if logger is None:
                 logger = loggers[name] = logging.getLogger(name) if name != "root" else logging.getLogger()
             if logger.isEnabledFor(fields[1]):
-                logger.handle(make_log_record(fields, host))
+                try:
+                    logger.handle(make_log_record(fields, host))
+                except Exception:  # a logger-level filter raised (handlers are guarded on their own)
+                    stats.note_handler_error(DISPATCH_ERROR)
 
     # ------------------------------------------------------------ the loop
 
@@ -127,6 +131,30 @@ def install_handler_error_counter(stats: Stats, quiet_interval: float = 10.0) ->
                 pass
 
     logging.Handler.handleError = handle_error  # type: ignore[method-assign]  # the listener process owns every handler
+    _guard_handle()
+
+
+def _guard_handle() -> None:
+    """Route an exception escaping ``Handler.handle`` to ``handleError`` instead of the receive loop.
+
+    Several stdlib handlers let errors escape ``emit`` (``FileHandler`` with ``delay=True``
+    opening a file in a missing directory, ``WatchedFileHandler`` reopening one), which
+    would otherwise end the listener (see
+    test_file_handler_in_a_missing_directory_is_counted_and_the_others_go_on).
+    """
+    original = logging.Handler.handle
+    if getattr(original, "_mplog_guarded", False):
+        return
+
+    def handle(self: logging.Handler, record: logging.LogRecord) -> Any:
+        try:
+            return original(self, record)
+        except Exception:
+            self.handleError(record)
+            return False
+
+    handle._mplog_guarded = True  # type: ignore[attr-defined]  # marks the wrapper so it is installed once
+    logging.Handler.handle = handle  # type: ignore[method-assign]  # the listener process owns every handler
 
 
 # ---------------------------------------------------------------- child process entry
