@@ -8,6 +8,7 @@ validate; anything else only increments a counter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.config
@@ -22,7 +23,7 @@ from mplog.stats import Stats
 from mplog.transports import Receiver
 from mplog.wire import Limits, check_records, decode_header, make_log_record
 
-__all__ = ["Server", "install_handler_error_counter"]
+__all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
 
 _MAX_NAME = 1024  # longest logger name dispatched (each name creates a Logger for good)
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
@@ -125,10 +126,8 @@ def install_handler_error_counter(stats: Stats, quiet_interval: float = 10.0) ->
         if now - last_report.get(name, -quiet_interval) >= quiet_interval:
             last_report[name] = now
             exc = sys.exc_info()[1]
-            try:
+            with contextlib.suppress(Exception):
                 sys.stderr.write(f"mplog: handler {name!r} failed: {type(exc).__name__}: {exc}\n")
-            except Exception:
-                pass
 
     logging.Handler.handleError = handle_error  # type: ignore[method-assign]  # the listener process owns every handler
     _guard_handle()
@@ -155,6 +154,89 @@ def _guard_handle() -> None:
 
     handle._mplog_guarded = True  # type: ignore[attr-defined]  # marks the wrapper so it is installed once
     logging.Handler.handle = handle  # type: ignore[method-assign]  # the listener process owns every handler
+
+
+# ---------------------------------------------------------------- SIGHUP: reopen log files
+
+
+def _all_handlers() -> list[logging.Handler]:
+    """Every configured handler: those on loggers and those only named (e.g. a MemoryHandler's target)."""
+    found: dict[int, logging.Handler] = {}
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            found[id(handler)] = handler
+    named = getattr(logging, "_handlers", {})  # dictConfig names every handler it builds
+    for handler in list(named.values()):
+        found[id(handler)] = handler
+    return list(found.values())
+
+
+def reopen_file_handlers() -> int:
+    """Close and reopen the stream of every ``FileHandler`` (logrotate's ``postrotate`` SIGHUP).
+
+    A handler opened with mode ``'w'`` is reopened for appending, so that a HUP without
+    a rotation never truncates a file. A handler whose file cannot be reopened is left
+    closed; it opens the file again at its next record. Returns how many were reopened.
+    """
+    reopened = 0
+    for handler in _all_handlers():
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        handler.acquire()
+        try:
+            if _reopen(handler):
+                reopened += 1
+        finally:
+            handler.release()
+    return reopened
+
+
+def _reopen(handler: logging.FileHandler) -> bool:
+    stream = handler.stream
+    if stream is None:  # delay=True and nothing written yet: opens at the next record
+        return False
+    handler.stream = None  # FileHandler reopens a None stream at its next record
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+    finally:
+        stream.close()
+    mode = handler.mode
+    handler.mode = mode.replace("w", "a")
+    try:
+        handler.stream = handler._open()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"mplog: cannot reopen {handler.baseFilename!r}: {exc}\n")
+        return False
+    finally:
+        handler.mode = mode
+    return True
+
+
+def install_sighup_reopen(stop: threading.Event) -> None:
+    """Make SIGHUP reopen every file handler; call from the main thread.
+
+    The signal handler only sets an event: the reopen runs on a thread of its own, under
+    each handler's lock, so it never closes a stream that the main thread is writing.
+    """
+    import signal  # noqa: PLC0415  # only the listener process installs signal handlers
+
+    requested = threading.Event()
+
+    def on_sighup(signum: int, frame: Any) -> None:
+        requested.set()
+
+    def reopen_when_asked() -> None:
+        while not stop.is_set():
+            if requested.wait(0.25):
+                requested.clear()
+                reopen_file_handlers()
+
+    signal.signal(signal.SIGHUP, on_sighup)
+    threading.Thread(target=reopen_when_asked, daemon=True, name="mplog-sighup").start()
 
 
 # ---------------------------------------------------------------- child process entry
@@ -220,7 +302,8 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import build_receiver
+    from mplog.config import build_receiver  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
 
     control = _Control(read_fd, write_fd)
     setup = control.read()
@@ -240,6 +323,13 @@ def child_main(read_fd: int, write_fd: int) -> int:
         return 3
     server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
+    try:
+        status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}))
+    except Exception as exc:
+        receiver.close()
+        control.write({"event": "error", "kind": "transport", "message": f"{type(exc).__name__}: {exc}"})
+        return 3
+    install_sighup_reopen(server.stop_event)
     control.write({"event": "ready", "endpoint": receiver.endpoint, "pid": os.getpid()})
     parent = os.getppid()
     threading.Thread(target=_watch_control, args=(server, control), daemon=True, name="mplog-control").start()
@@ -247,12 +337,12 @@ def child_main(read_fd: int, write_fd: int) -> int:
     try:
         server.run()
     finally:
+        if status is not None:
+            status.close()
         logging.shutdown()
         receiver.close()
-    try:
+    with contextlib.suppress(OSError):  # the parent may be gone
         control.write({"event": "stopped", "stats": server.snapshot()})
-    except OSError:
-        pass  # the parent is gone
     return 0
 
 

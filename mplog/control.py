@@ -1,0 +1,215 @@
+"""The status channel: a small ZeroMQ REQ/REP side door that answers stats requests.
+
+``mplog status ENDPOINT`` runs in a process unrelated to the listener, so the
+listener binds a second socket next to its data endpoint and answers ``{"cmd":
+"stats"}`` with its stats snapshot (JSON both ways). Where that socket lives:
+
+- ``ipc://PATH`` and ``mp://PATH``: ``ipc://PATH.ctl`` (same private directory);
+- ``tcp://HOST:PORT``: ``tcp://127.0.0.1:PORT+1`` (always loopback), unless
+  ``mplog.control`` names another endpoint.
+
+Requests are bounded (``MAX_REQUEST_BYTES``; libzmq drops a peer that sends more),
+replies carry counters and sender identities only, never keys or the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.transports.base import check_bind_address, ensure_private_dir
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "ControlServer",
+    "control_endpoint_for",
+    "request_stats",
+    "start_control_server",
+]
+
+MAX_REQUEST_BYTES = 4096
+_POLL_MS = 200
+
+
+def control_endpoint_for(endpoint: str, explicit: str | None = None) -> str:
+    """Return the status-channel endpoint that belongs to the data ``endpoint``.
+
+    Raises:
+        ConfigError: the endpoint has no scheme a control channel can be derived from.
+    """
+    if explicit:
+        if not explicit.startswith(("ipc://", "tcp://")):
+            raise ConfigError(f"mplog.control must be an ipc:// or tcp:// endpoint, got {explicit!r}")
+        return explicit
+    first = endpoint.split(",", 1)[0].strip()
+    if first.startswith(("ipc://", "mp://")):
+        return "ipc://" + first.split("://", 1)[1] + ".ctl"
+    if first.startswith("tcp://"):
+        port = urlsplit(first).port
+        if port is None or port == 0:
+            raise ConfigError(f"cannot derive a control endpoint from {first!r}: it needs a fixed port")
+        if port >= 65535:
+            raise ConfigError(f"cannot use port {port}+1 for the control channel of {first!r}; set mplog.control")
+        return f"tcp://127.0.0.1:{port + 1}"
+    raise ConfigError(f"cannot derive a control endpoint from {endpoint!r}; use ipc://, tcp:// or mp://")
+
+
+class ControlServer:
+    """Answers stats requests from a background thread until :meth:`close`.
+
+    The socket is bound in the constructor (so a bind failure is reported to the
+    caller) and used only by the serving thread afterwards.
+    """
+
+    def __init__(self, endpoint: str, snapshot: Callable[[], dict[str, Any]], *, insecure: bool = False) -> None:
+        self.endpoint = endpoint
+        self._snapshot = snapshot
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._path = ""
+        self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.REP)
+        try:
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+            self._sock.setsockopt(zmq.SNDTIMEO, 1000)
+            if endpoint.startswith("ipc://"):
+                self._path = endpoint[len("ipc://") :]
+                ensure_private_dir(self._path)
+                old_umask = os.umask(0o077)
+                try:
+                    self._sock.bind(endpoint)
+                finally:
+                    os.umask(old_umask)
+            else:
+                check_bind_address(endpoint, secure=False, insecure_ok=insecure)
+                self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._release()
+            raise TransportError(f"cannot bind the control endpoint {endpoint!r}: {exc}") from exc
+        except Exception:
+            self._release()
+            raise
+
+    def start(self) -> ControlServer:
+        """Start the serving thread; a second call is an error."""
+        if self._thread is not None:
+            raise ListenerError("the control server was already started")
+        self._thread = threading.Thread(target=self._serve, name="mplog-status", daemon=True)
+        self._thread.start()
+        return self
+
+    def answer(self, request: bytes) -> dict[str, Any]:
+        """The reply to one raw request."""
+        try:
+            message = json.loads(request)
+        except (ValueError, UnicodeDecodeError):
+            return {"error": "the request must be a JSON object such as {\"cmd\": \"stats\"}"}
+        if not isinstance(message, dict) or message.get("cmd") != "stats":
+            return {"error": "unknown request; the only command is {\"cmd\": \"stats\"}"}
+        return {"stats": self._snapshot()}
+
+    def _serve(self) -> None:
+        sock = self._sock
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(_POLL_MS, zmq.POLLIN):
+                    continue
+                request = sock.recv(zmq.NOBLOCK)
+                try:
+                    reply = self.answer(request)
+                except Exception as exc:  # a failing snapshot must not end the channel
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                with contextlib.suppress(zmq.Again):  # the client went away before the reply
+                    sock.send(json.dumps(reply, default=repr).encode())
+        except zmq.ZMQError:
+            pass  # closed under us at shutdown
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Stop serving and release the socket; harmless to call twice."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)
+        if thread is None:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            if self._path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path)
+
+
+def start_control_server(
+    endpoint: str, snapshot: Callable[[], dict[str, Any]], runtime: dict[str, Any] | None = None
+) -> ControlServer | None:
+    """Start the status channel for a listener bound at ``endpoint``.
+
+    An explicit ``mplog.control`` endpoint that cannot be bound is an error; a derived
+    one (which another program may hold, e.g. port+1) only costs a warning on stderr.
+
+    Raises:
+        TransportError: the explicit control endpoint could not be bound.
+    """
+    runtime = runtime or {}
+    explicit = runtime.get("control")
+    try:
+        control = control_endpoint_for(endpoint, explicit)
+        server = ControlServer(control, snapshot, insecure=bool(runtime.get("insecure", False)))
+    except (TransportError, ConfigError) as exc:
+        if explicit:
+            raise
+        sys.stderr.write(f"mplog: no status channel: {exc}\n")
+        return None
+    return server.start()
+
+
+def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = None) -> dict[str, Any]:
+    """Ask the listener bound at ``endpoint`` for its stats over the status channel.
+
+    Args:
+        endpoint: the listener's data endpoint (the control endpoint is derived from it).
+        timeout: seconds to wait for an answer.
+        control: the control endpoint, when it is not the derived one.
+
+    Raises:
+        ListenerError: nothing answered within ``timeout``, or the answer was an error.
+        ConfigError: no control endpoint can be derived from ``endpoint``.
+    """
+    target = control or control_endpoint_for(endpoint)
+    if target.startswith("ipc://") and not os.path.exists(target[len("ipc://") :]):
+        raise ListenerError(f"no listener at {endpoint!r}: {target[len('ipc://'):]} does not exist")
+    ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+    sock = ctx.socket(zmq.REQ)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 64 * 1024 * 1024)
+        sock.connect(target)
+        sock.send(json.dumps({"cmd": "stats"}).encode())
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise ListenerError(f"no listener answered at {target!r} within {timeout:g} s")
+        reply = json.loads(sock.recv())
+    except zmq.ZMQError as exc:
+        raise ListenerError(f"cannot reach the listener's control endpoint {target!r}: {exc}") from exc
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    if not isinstance(reply, dict) or not isinstance(reply.get("stats"), dict):
+        detail = reply.get("error", reply) if isinstance(reply, dict) else reply
+        raise ListenerError(f"the listener at {target!r} answered with an error: {detail}")
+    stats: dict[str, Any] = reply["stats"]
+    return stats
