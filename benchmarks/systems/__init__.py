@@ -1,0 +1,53 @@
+"""The systems compared, one module each; ``get_system(name)`` finds one by its table name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scenario import Started
+
+# table name -> (module, variant, what it is)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "mplog-zmq": ("mplog_runtime", "zmq", "mplog, ZeroMQ ipc transport, listener process"),
+    "mplog-mp": ("mplog_runtime", "multiprocessing", "mplog, multiprocessing transport, listener process"),
+    "stdlib-thread": ("stdlib_recipe", "thread", "QueueHandler + multiprocessing.Queue + QueueListener thread"),
+    "stdlib-process": ("stdlib_recipe", "process", "QueueHandler + multiprocessing.Queue + listener process"),
+    "loguru": ("loguru_enqueue", "", "loguru, file sink with enqueue=True"),
+    "concurrent-log-handler": ("concurrent_handler", "", "ConcurrentRotatingFileHandler in every producer"),
+    "multiprocessing-logging": ("mp_logging", "", "multiprocessing-logging install_mp_handler (fork only)"),
+    "ceiling-file": ("ceilings", "file", "ceiling: one process, all records, straight into a FileHandler"),
+    "ceiling-null": ("ceilings", "null", "ceiling: one process, logging calls into a do-nothing handler"),
+}
+REFERENCE = "stdlib-thread"
+
+
+@dataclass(frozen=True)
+class System:
+    """One benchmarked setup: how the driver starts it and how a producer joins it."""
+
+    name: str
+    description: str
+    start: Callable[[Path, str], Started]  # (output file, start method) -> Started
+    worker_setup: Callable[[dict[str, Any]], Callable[..., Any]]  # returns the logging call
+    supports: Callable[[str], bool]  # start method -> supported
+    single_process: bool  # a ceiling: one process logs producers * records
+    writes_file: bool
+
+
+def get_system(name: str) -> System:
+    module_name, variant, description = REGISTRY[name]
+    module = importlib.import_module(f"benchmarks.systems.{module_name}")
+    return System(
+        name=name,
+        description=description,
+        start=partial(module.start, variant),
+        worker_setup=module.worker_setup,
+        supports=getattr(module, "supports", lambda method: True),
+        single_process=module_name == "ceilings",
+        writes_file=variant != "null",
+    )

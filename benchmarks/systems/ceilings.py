@@ -1,0 +1,36 @@
+"""The two ceilings: one process writing every record straight into its own FileHandler,
+and the bare cost of a logging call into a handler that does nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scenario import FORMAT, LOGGER, Started
+
+
+class NullHandler(logging.Handler):
+    """Accepts every record and does nothing with it (unlike logging.NullHandler, it is
+    reached through Handler.handle and its lock, as every real handler is)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def start(variant: str, out: Path, method: str) -> Started:
+    return Started(params={"path": str(out), "variant": variant}, stop=lambda: None)
+
+
+def worker_setup(params: dict[str, Any]) -> Callable[..., Any]:
+    handler: logging.Handler
+    if params["variant"] == "file":
+        handler = logging.FileHandler(params["path"], encoding="utf-8")
+        handler.setFormatter(logging.Formatter(FORMAT))
+    else:
+        handler = NullHandler()
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    return logging.getLogger(LOGGER).info
