@@ -99,6 +99,9 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict
 }
 _N_STANDARD = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
 _SCALARS = (str, int, float, bool, bytes, type(None))
+# Names the LogRecord class defines: an extra named like one (e.g. "getMessage") would
+# shadow the method on the rebuilt record and make every Formatter fail on it.
+_CLASS_ATTRS = frozenset(dir(logging.LogRecord))
 _exception_formatter = logging.Formatter()
 
 
@@ -147,7 +150,8 @@ class Frame(NamedTuple):
 
 def encode_sender(sender: Sender) -> bytes:
     """Return the packed sender array (cached by the worker: it never changes)."""
-    return msgpack.packb(list(sender), use_bin_type=True)
+    packed: bytes = msgpack.packb(list(sender), use_bin_type=True)
+    return packed
 
 
 def build_frame(sender_bytes: bytes, seq: int, dropped: int, flags: int, records: list[bytes]) -> bytes:
@@ -159,7 +163,7 @@ def build_frame(sender_bytes: bytes, seq: int, dropped: int, flags: int, records
         array_header = b"\xdc" + n.to_bytes(2, "big")
     else:
         array_header = b"\xdd" + n.to_bytes(4, "big")
-    head = msgpack.packb([seq, dropped, flags], use_bin_type=True)[1:]  # drop the fixarray byte
+    head: bytes = msgpack.packb([seq, dropped, flags], use_bin_type=True)[1:]  # drop the fixarray byte
     return b"\x96\x01" + sender_bytes + head + array_header + b"".join(records)
 
 
@@ -241,48 +245,89 @@ def record_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
     ]
 
 
-def _sanitize(value: Any, limits: Limits, depth: int) -> Any:
-    """Make ``value`` packable: valid UTF-8 text, native types, bounded depth."""
+def _max_array(limits: Limits) -> int:
+    return max(limits.max_records, _N_FIELDS)  # the decoder's max_array_len
+
+
+def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: PLR0911  # one return per msgpack type
+    """True if the extra ``value`` packs into something the decoder accepts (see _check_value).
+
+    Without this check a deep, large or int-keyed extra packs fine here and then the
+    listener rejects the whole frame (see test_extras_over_the_decoder_limits_are_bounded_not_rejected).
+    """
     if isinstance(value, str):
+        return len(value) <= limits.max_message_chars
+    if value is None or isinstance(value, (bool, float)):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, bytes):
+        return len(value) <= limits.max_bin_len
+    if depth >= limits.max_depth:
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(value) <= _max_array(limits) and all(_fits(v, limits, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= limits.max_extra_fields and all(
+            type(k) is str and len(k) <= limits.max_message_chars and _fits(v, limits, depth + 1)
+            for k, v in value.items()
+        )
+    return False
+
+
+def _sanitize(value: Any, limits: Limits, depth: int, text_cap: int | None = None) -> Any:  # noqa: PLR0911
+    """Make ``value`` packable within the decoder's limits: valid UTF-8, native types, bounded depth."""
+    if isinstance(value, str):
+        if text_cap is not None:
+            value = _bounded_text(value, text_cap)
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return value.encode("utf-8", "backslashreplace").decode("utf-8")
         return value
-    if value is None or isinstance(value, (bool, float, bytes)):
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, bytes) and len(value) <= limits.max_bin_len:
         return value
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**64 else repr(value)
-    if depth < limits.max_depth and type(value) in (list, tuple):
-        return [_sanitize(v, limits, depth + 1) for v in value]
-    if depth < limits.max_depth and type(value) is dict:
+    cap = limits.max_message_chars
+    if depth < limits.max_depth and isinstance(value, (list, tuple)) and len(value) <= _max_array(limits):
+        return [_sanitize(v, limits, depth + 1, cap) for v in value]
+    if depth < limits.max_depth and isinstance(value, dict) and len(value) <= limits.max_extra_fields:
         return {
-            _sanitize(k, limits, depth + 1) if isinstance(k, str) else _safe_repr(k, 200): _sanitize(
-                v, limits, depth + 1
+            _sanitize(k, limits, depth + 1, cap) if isinstance(k, str) else _safe_repr(k, 200): _sanitize(
+                v, limits, depth + 1, cap
             )
             for k, v in value.items()
         }
-    return _sanitize(_safe_repr(value, limits.max_repr_chars), limits, depth)
+    return _sanitize(_safe_repr(value, limits.max_repr_chars), limits, depth, cap)
 
 
 def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
-    fields = [_sanitize(v, limits, 0) for v in fields[:-1]] + [
-        {
-            _sanitize(k, limits, 1): _sanitize(v, limits, 1)
+    cap = limits.max_message_chars
+    head = [_sanitize(v, limits, 0) for v in fields[:-1]]
+    try:
+        extra = {
+            _sanitize(k, limits, 1, cap) if isinstance(k, str) else _safe_repr(k, 200): _sanitize(v, limits, 1, cap)
             for k, v in list(fields[-1].items())[: limits.max_extra_fields]
         }
-    ]
-    return msgpack.packb(fields, use_bin_type=True)
+    except Exception as exc:  # a container whose iteration raises
+        extra = {"mplog_extra_error": f"<unencodable extra: {type(exc).__name__}>"}
+    packed: bytes = msgpack.packb([*head, extra], use_bin_type=True)
+    return packed
 
 
 def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Pack one record; never raises for any content of ``record``."""
     fields = record_fields(record, limits)
     try:
-        if len(fields[-1]) > limits.max_extra_fields:
-            raise ValueError("too many extras")
-        return msgpack.packb(fields, use_bin_type=True)
-    except Exception:  # surrogates, non-native extras, huge ints, deep nesting
+        extra = fields[-1]
+        if extra and not _fits(extra, limits, 0):
+            raise ValueError("extras need sanitizing")
+        packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        return packed
+    except Exception:  # surrogates, non-native extras, huge ints, deep nesting, over the limits
         return _encode_slow(fields, limits)
 
 
@@ -306,21 +351,33 @@ def _check_value(value: Any, limits: Limits, depth: int) -> None:
     if type(value) is dict:
         for key, item in value.items():
             if not isinstance(key, str):
-                raise FrameError("bad_field", "extra map keys must be strings")
+                raise FrameError("bad_key", "extra map keys must be strings")
             if not isinstance(item, _SCALARS):
                 _check_value(item, limits, depth + 1)
         return
     raise FrameError("bad_field", f"extra value of type {type(value).__name__}")
 
 
+_GOOD_SIGNATURES: set[tuple[type, ...]] = set()
+_MAX_SIGNATURES = 1024  # optional fields give a few dozen in practice
+
+
 def _check_record(rec: Any, limits: Limits) -> None:
     if type(rec) is not list or len(rec) != _N_FIELDS:
         raise FrameError("bad_record", f"a record must be an array of {_N_FIELDS} fields")
-    for i, (value, expected) in enumerate(zip(rec, _FIELD_TYPES)):
-        if not isinstance(value, expected):
-            raise FrameError("bad_field", f"{RECORD_FIELDS[i]} has type {type(value).__name__}")
+    # Whether a field passes depends on its type alone, so a tuple of types that passed
+    # once passes again: one lookup instead of twenty isinstance calls per record.
+    signature = tuple(map(type, rec))
+    if signature not in _GOOD_SIGNATURES:
+        for i, (value, expected) in enumerate(zip(rec, _FIELD_TYPES, strict=True)):
+            if not isinstance(value, expected):
+                raise FrameError("bad_field", f"{RECORD_FIELDS[i]} has type {type(value).__name__}")
+        if len(_GOOD_SIGNATURES) < _MAX_SIGNATURES:
+            _GOOD_SIGNATURES.add(signature)
     if not math.isfinite(rec[4]) or not 0 <= rec[4] < 2**40:
         raise FrameError("bad_field", "created must be a finite timestamp")
+    if not (math.isfinite(rec[5]) and math.isfinite(rec[6])):  # %(msecs)d would raise in every Formatter
+        raise FrameError("bad_field", "msecs and relativeCreated must be finite")
     extra = rec[-1]
     if extra:
         if len(extra) > limits.max_extra_fields:
@@ -333,7 +390,7 @@ def _check_header(obj: Any) -> Frame:
         raise FrameError("not_a_frame", "a frame is an array of 6 items")
     version, sender, seq, dropped, flags, records = obj
     if type(version) is not int:
-        raise FrameError("not_a_frame", "version must be an int")
+        raise FrameError("bad_version", f"version must be the int {VERSION}, got {type(version).__name__}")
     if version != VERSION:
         raise FrameError("bad_version", f"unsupported frame version {version!r}")
     if (
@@ -351,6 +408,20 @@ def _check_header(obj: Any) -> Frame:
     if type(records) is not list:
         raise FrameError("bad_header", "records must be an array")
     return Frame(Sender(*sender), seq, dropped, flags, records)
+
+
+def _reason_for(message: str) -> str:
+    """Name the counter for an error raised by msgpack's unpacker (its messages, 1.0 to 1.2)."""
+    text = message.lower()
+    if "incomplete" in text:
+        return "truncated"
+    if "max_ext_len" in text or "timestamp" in text:  # every ext type is refused (-1 is msgpack's Timestamp)
+        return "ext_type"
+    if "exceeds max_" in text:  # a declared str/bin/array/map length over the limits
+        return "over_limit"
+    if "map key" in text:  # strict_map_key: only str keys
+        return "bad_key"
+    return "undecodable"
 
 
 def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -379,8 +450,7 @@ def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     except msgpack.ExtraData:
         raise FrameError("trailing_data", "bytes after the frame") from None
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
-        reason = "truncated" if "incomplete" in str(exc).lower() else "undecodable"
-        raise FrameError(reason, str(exc)[:200]) from None
+        raise FrameError(_reason_for(str(exc)), str(exc)[:200]) from None
     return _check_header(obj)
 
 
@@ -413,7 +483,10 @@ def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
     attrs = record.__dict__
     extra = fields[19]
     if extra:
-        attrs.update(extra)
+        if _CLASS_ATTRS.isdisjoint(extra):
+            attrs.update(extra)
+        else:
+            attrs.update({k: v for k, v in extra.items() if k not in _CLASS_ATTRS})
     if hostname:
         attrs.setdefault("hostname", hostname)
     (

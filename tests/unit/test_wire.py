@@ -1,0 +1,626 @@
+"""The wire codec: what a worker encodes is what the listener dispatches, and bad frames are named.
+
+Round trips are property tests over any LogRecord content; the Formatter test renders the
+same record in a real worker process and after decoding here, and compares the lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import pickle
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mplog.exceptions import FrameError
+from mplog.server import Server
+from mplog.wire import (
+    FLAG_FINAL,
+    RECORD_FIELDS,
+    VERSION,
+    Limits,
+    Sender,
+    build_frame,
+    decode_frame,
+    encode_record,
+    encode_sender,
+    make_log_record,
+    record_fields,
+)
+
+SENDER = Sender("host-a", 4242, 1_700_000_000.25, 0xDEADBEEF)
+SENDER_BYTES = encode_sender(SENDER)
+PROPERTY = settings(
+    max_examples=150, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+# Attribute names a logging call refuses as extras, or that the record class defines.
+_RESERVED = (
+    frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+    | frozenset(dir(logging.LogRecord))
+    | {
+        "message",
+        "asctime",
+        "taskName",
+    }
+)
+
+
+def frame_of(*records: logging.LogRecord, seq: int = 0, dropped: int = 0, flags: int = 0) -> bytes:
+    return build_frame(SENDER_BYTES, seq, dropped, flags, [encode_record(r) for r in records])
+
+
+def new_record(msg: Any = "hello %s", args: Any = ("world",), **extra: Any) -> logging.LogRecord:
+    record = logging.LogRecord("app.db", logging.INFO, "/src/app/db.py", 42, msg, args, None, "query")
+    record.__dict__.update(extra)
+    return record
+
+
+def wire_text(text: str) -> str:
+    """What a str becomes on the wire: lone surrogates are backslash-escaped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def wire_value(value: Any) -> Any:
+    """What an extra becomes on the wire (small values, fewer than Limits.max_depth levels)."""
+    if isinstance(value, str):
+        return wire_text(value)
+    if value is None or isinstance(value, (bool, float, bytes)):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [wire_value(v) for v in value]
+    if isinstance(value, dict):
+        return {wire_text(k) if isinstance(k, str) else repr(k): wire_value(v) for k, v in value.items()}
+    return wire_text(repr(value))
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality where NaN equals NaN (a float extra may be NaN)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+# ---------------------------------------------------------------- strategies
+
+texts = st.text(st.characters(codec=None), max_size=40) | st.sampled_from(["\udcff", "a\ud800b", "ü€😀", "", "%"])
+native = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | texts | st.binary(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=12,
+)
+
+
+class Opaque:
+    """A value msgpack cannot carry: it travels as its repr()."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __repr__(self) -> str:
+        return f"Opaque({self.tag!r})"
+
+
+non_native = (
+    st.integers(min_value=2**64)
+    | st.integers(max_value=-(2**63) - 1)
+    | texts.map(Opaque)
+    | st.frozensets(st.integers(0, 9))
+)
+extra_keys = texts.filter(lambda k: k not in _RESERVED)
+
+
+def raised(message: str) -> Any:
+    try:
+        raise ValueError(message)
+    except ValueError:
+        return sys.exc_info()
+
+
+# ---------------------------------------------------------------- round trips
+
+
+@PROPERTY
+@given(
+    name=texts,
+    level=st.integers(0, 2**31 - 1),
+    template=texts,
+    args=st.lists(native | non_native, max_size=3),
+    extras=st.dictionaries(extra_keys, native | non_native, max_size=5),
+    exc_message=st.none() | texts,
+    stack=st.none() | texts.filter(bool),
+)
+def test_any_record_content_round_trips_through_a_frame(name, level, template, args, extras, exc_message, stack):
+    msg = template + " %s" * len(args)
+    exc_info = raised(exc_message) if exc_message is not None else None
+    record = logging.LogRecord(name, level, "/src/pkg/mod.py", 7, msg, tuple(args), exc_info, "fn", stack)
+    record.__dict__.update(extras)
+
+    data = encode_record(record)  # never raises, whatever the content
+    frame = decode_frame(build_frame(SENDER_BYTES, 5, 2, 0, [data, data]))
+
+    assert (frame.sender, frame.seq, frame.dropped, frame.flags) == (SENDER, 5, 2, 0)
+    assert len(frame.records) == 2
+    fields = dict(zip(RECORD_FIELDS, frame.records[0], strict=True))
+    assert fields["name"] == wire_text(name)
+    assert fields["levelno"] == level
+    assert fields["levelname"] == wire_text(logging.getLevelName(level))
+    try:
+        assert fields["message"] == wire_text(record.getMessage())
+    except (TypeError, ValueError, KeyError):  # a template that does not fit its args
+        assert fields["message"].startswith(wire_text(repr(msg)) + " <unformattable: ")
+    assert fields["exc_text"] == (wire_text(logging.Formatter().formatException(exc_info)) if exc_info else None)
+    assert fields["stack_info"] == (wire_text(stack) if stack else None)
+    for key in ("created", "msecs", "relativeCreated", "lineno", "thread", "process"):
+        assert fields[key] == getattr(record, key), key
+    for key in ("pathname", "filename", "module", "funcName", "threadName", "processName"):
+        assert fields[key] == getattr(record, key), key
+    assert same(fields["extra"], {wire_text(k): wire_value(v) for k, v in extras.items()})
+
+    rebuilt = make_log_record(frame.records[0], frame.sender.host)
+    assert isinstance(rebuilt, logging.LogRecord)
+    assert rebuilt.getMessage() == fields["message"]
+    assert (rebuilt.name, rebuilt.levelno, rebuilt.args, rebuilt.exc_info) == (fields["name"], level, None, None)
+    assert rebuilt.exc_text == fields["exc_text"]
+    assert same(rebuilt.hostname, fields["extra"].get("hostname", SENDER.host))
+    for key, value in fields["extra"].items():
+        assert same(getattr(rebuilt, key), value)
+
+
+@PROPERTY
+@given(records=st.lists(st.tuples(texts, st.integers(0, 60)), min_size=0, max_size=40), seq=st.integers(0, 2**64 - 1))
+def test_a_frame_keeps_its_records_in_order(records, seq):
+    encoded = [encode_record(new_record("%s", (text,), n=n)) for text, n in records]
+    frame = decode_frame(build_frame(SENDER_BYTES, seq, 0, FLAG_FINAL, encoded))
+    assert frame.seq == seq and frame.flags == FLAG_FINAL
+    assert [(r[3], r[-1]["n"]) for r in frame.records] == [(wire_text(t), n) for t, n in records]
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])
+def test_build_frame_writes_every_msgpack_array_header_size(count):
+    data = encode_record(new_record())
+    frame = decode_frame(build_frame(SENDER_BYTES, 1, 0, 0, [data] * count), Limits(max_records=70_000))
+    assert len(frame.records) == count
+    assert all(r == frame.records[0] for r in frame.records[:: max(count // 64, 1)])
+
+
+def test_a_frame_is_the_documented_six_item_array():
+    data = frame_of(new_record(), seq=7, dropped=3)
+    raw = msgpack.unpackb(data)
+    assert raw[:5] == [VERSION, list(SENDER), 7, 3, 0]
+    assert len(raw[5][0]) == len(RECORD_FIELDS) == 20
+
+
+def test_extras_that_msgpack_cannot_carry_travel_as_their_repr():
+    record = new_record(obj=Opaque("x"), big=2**70, neg=-(2**64), items={1, 2}, nested={"t": (1, Opaque("y"))})
+    [fields] = decode_frame(frame_of(record)).records
+    assert fields[-1] == {
+        "obj": "Opaque('x')",
+        "big": str(2**70),
+        "neg": str(-(2**64)),
+        "items": "{1, 2}",
+        "nested": {"t": [1, "Opaque('y')"]},
+    }
+
+
+def test_extras_over_the_decoder_limits_are_bounded_not_rejected():
+    limits = Limits()
+    deep: Any = "leaf"
+    for _ in range(20):
+        deep = [deep]
+    record = new_record(
+        deep=deep,
+        long_text="y" * (limits.max_message_chars + 10),
+        blob=b"z" * (limits.max_bin_len + 1),
+        wide={str(i): i for i in range(limits.max_extra_fields + 1)},
+        int_keys={1: "one", None: "none"},
+    )
+    [fields] = decode_frame(frame_of(record)).records  # the frame decodes: no batch is lost
+    extra = fields[-1]
+    level = extra["deep"]
+    for _ in range(limits.max_depth - 1):
+        level = level[0]
+    assert isinstance(level, str) and level.startswith("[[")  # cut to its repr at max_depth
+    assert extra["long_text"].startswith("y" * limits.max_message_chars)
+    assert extra["long_text"].endswith("...[mplog: truncated 10 chars]")
+    assert isinstance(extra["blob"], str) and extra["blob"].startswith("b'zzz")
+    assert len(extra["blob"]) <= limits.max_repr_chars + 64
+    assert isinstance(extra["wide"], str)
+    assert extra["int_keys"] == {"1": "one", "None": "none"}
+
+
+def test_too_many_extras_keep_the_first_max_extra_fields():
+    record = new_record(**{f"k{i:04d}": i for i in range(300)})
+    [fields] = decode_frame(frame_of(record)).records
+    assert fields[-1] == {f"k{i:04d}": i for i in range(Limits().max_extra_fields)}
+
+
+def test_a_failing_str_repr_or_message_never_raises_into_the_caller():
+    class Hostile:
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    class NotText:
+        def __str__(self) -> Any:
+            return 42  # noqa: PLE0307  # the point of the test
+
+    record = new_record("value %s", (Hostile(),), hostile=Hostile())
+    [fields] = decode_frame(frame_of(record, new_record(NotText(), ()))).records[:1]
+    assert fields[3].startswith("'value %s' <unformattable: RuntimeError>")
+    assert fields[-1] == {"hostile": "<unrepresentable Hostile: RuntimeError>"}
+    second = decode_frame(frame_of(new_record(NotText(), ()))).records[0]
+    assert "<unformattable: TypeError>" in second[3]
+
+
+def test_a_huge_message_is_cut_to_max_message_chars_with_a_marker():
+    limits = Limits(max_message_chars=1000)
+    data = encode_record(new_record("%s", ("m" * 5000,)), limits)
+    [fields] = decode_frame(build_frame(SENDER_BYTES, 0, 0, 0, [data])).records
+    assert fields[3] == "m" * 1000 + "...[mplog: truncated 4000 chars]"
+
+
+def test_an_extra_named_like_a_record_method_cannot_break_formatting():
+    fields = record_fields(new_record())
+    fields[-1] = {"getMessage": "shadow", "request_id": "r-1"}  # as a foreign sender could send it
+    data = build_frame(SENDER_BYTES, 0, 0, 0, [msgpack.packb(fields)])
+    rebuilt = make_log_record(decode_frame(data).records[0])
+    assert logging.Formatter("%(message)s %(request_id)s").format(rebuilt) == "hello world r-1"
+
+
+# ---------------------------------------------------------------- same line before and after the wire
+
+_FORMAT = (
+    "%(name)s|%(levelno)s|%(levelname)s|%(pathname)s|%(filename)s|%(module)s|%(lineno)d|%(funcName)s|"
+    "%(created)f|%(asctime)s|%(msecs)d|%(relativeCreated)d|%(thread)d|%(threadName)s|%(process)d|"
+    "%(processName)s|" + ("%(taskName)s|" if sys.version_info >= (3, 12) else "") + "%(message)s|%(request_id)s"
+)
+
+# Runs in a real worker process: logs through a logger, formats the original LogRecord
+# there and encodes it with the codec, then prints both for the test to compare.
+_WORKER = textwrap.dedent(
+    """
+    import asyncio, base64, json, logging, sys
+    from mplog.wire import Sender, build_frame, encode_record, encode_sender
+
+    fmt, variant = sys.argv[1], sys.argv[2]
+    out = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            frame = build_frame(encode_sender(Sender("w", 1, 1.0, 1)), 0, 0, 0, [encode_record(record)])
+            line = logging.Formatter(fmt).format(record)
+            out.append({"line": line, "frame": base64.b64encode(frame).decode()})
+
+    log = logging.getLogger("worker.fmt")
+    log.addHandler(Capture())
+    log.setLevel(logging.DEBUG)
+
+    def fail():
+        raise KeyError("missing \\u00fc")
+
+    def run():
+        if variant == "plain":
+            log.warning("job %d of %s done", 3, "ü", extra={"request_id": "r-1"})
+        elif variant == "exc_info":
+            try:
+                fail()
+            except KeyError:
+                log.exception("failed %s", "x", extra={"request_id": "r-2"})
+        elif variant == "stack_info":
+            log.info("here", stack_info=True, extra={"request_id": "r-3"})
+        else:
+            try:
+                fail()
+            except KeyError:
+                log.error("both", exc_info=True, stack_info=True, extra={"request_id": "r-4"})
+
+    async def in_task():
+        run()
+
+    if sys.version_info >= (3, 12):
+        asyncio.run(in_task())  # taskName set by asyncio
+    else:
+        run()
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("variant", ["plain", "exc_info", "stack_info", "exc_info_and_stack_info"])
+def test_every_standard_attribute_formats_the_same_in_the_worker_and_after_the_wire(variant):
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER, _FORMAT, variant], capture_output=True, text=True, timeout=30, check=True
+    )
+    [item] = json.loads(proc.stdout)
+    worker_line, frame = item["line"], base64.b64decode(item["frame"])
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(logging.Formatter(_FORMAT).format(record))
+
+    listener_logger = logging.getLogger("worker.fmt")
+    collect = Collect()
+    listener_logger.addHandler(collect)
+    listener_logger.propagate = False
+    listener_logger.setLevel(logging.DEBUG)
+    try:
+        server = Server(receiver=None)  # handle_frame never touches the receiver
+        server.handle_frame(frame)  # decode -> accept -> make_log_record -> logger.handle
+    finally:
+        listener_logger.removeHandler(collect)
+        listener_logger.propagate = True
+        listener_logger.setLevel(logging.NOTSET)
+    assert server.stats.records == 1
+    assert lines == [worker_line]
+    if sys.version_info >= (3, 12):
+        assert "|Task-" in worker_line
+    expected_tracebacks = 1 if "exc_info" in variant else 0
+    assert worker_line.count("Traceback (most recent call last)") == expected_tracebacks
+    assert worker_line.count("Stack (most recent call last)") == (1 if "stack_info" in variant else 0)
+    if "exc_info" in variant:
+        assert worker_line.count("KeyError: 'missing \u00fc'") == 1
+
+
+# ---------------------------------------------------------------- rejections, each with its reason
+
+
+def header(version: Any = VERSION, sender: Any = None, seq: Any = 0, dropped: Any = 0, flags: Any = 0) -> list[Any]:
+    return [version, list(SENDER) if sender is None else sender, seq, dropped, flags]
+
+
+def record_list(**changes: Any) -> list[Any]:
+    fields = dict(zip(RECORD_FIELDS, record_fields(new_record()), strict=True))
+    fields.update(changes)
+    return list(fields.values())
+
+
+def reason_of(data: bytes, limits: Limits | None = None) -> str:
+    with pytest.raises(FrameError) as info:
+        decode_frame(data, limits or Limits())
+    return info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        ([*header(version=2), []], "bad_version"),
+        ([*header(version=0), []], "bad_version"),
+        ([*header(version=999), []], "bad_version"),
+        ([*header(version="1"), []], "bad_version"),
+        ([*header(version=None), []], "bad_version"),
+        ([*header(version=1.0), []], "bad_version"),
+        ([1, list(SENDER), 0, 0, 0], "not_a_frame"),
+        ([], "not_a_frame"),
+        ({"v": 1}, "not_a_frame"),
+        ("a string", "not_a_frame"),
+        ([*header(sender=["h", 1, 2.0]), []], "bad_header"),
+        ([*header(sender=[1, 1, 2.0, 3]), []], "bad_header"),
+        ([*header(sender=["h", "1", 2.0, 3]), []], "bad_header"),
+        ([*header(sender="h/1"), []], "bad_header"),
+        ([*header(seq=-1), []], "bad_header"),
+        ([*header(seq="0"), []], "bad_header"),
+        ([*header(dropped=-5), []], "bad_header"),
+        ([*header(flags=None), []], "bad_header"),
+        ([*header(), {"r": 1}], "bad_header"),
+        ([*header(), [[1, 2, 3]]], "bad_record"),
+        ([*header(), ["not a record"]], "bad_record"),
+        ([*header(), [record_list()[:-1]]], "bad_record"),
+        ([*header(), [[*record_list(), None]]], "bad_record"),
+        ([*header(), [record_list(levelno="10")]], "bad_field"),
+        ([*header(), [record_list(levelno=None)]], "bad_field"),
+        ([*header(), [record_list(levelno=10.0)]], "bad_field"),
+        ([*header(), [record_list(name=5)]], "bad_field"),
+        ([*header(), [record_list(message=b"bytes")]], "bad_field"),
+        ([*header(), [record_list(message=None)]], "bad_field"),
+        ([*header(), [record_list(created=float("nan"))]], "bad_field"),
+        ([*header(), [record_list(created=float("inf"))]], "bad_field"),
+        ([*header(), [record_list(created=-1e300)]], "bad_field"),
+        ([*header(), [record_list(created="now")]], "bad_field"),
+        ([*header(), [record_list(msecs=float("nan"))]], "bad_field"),
+        ([*header(), [record_list(relativeCreated=float("-inf"))]], "bad_field"),
+        ([*header(), [record_list(lineno=1.5)]], "bad_field"),
+        ([*header(), [record_list(exc_text=b"Traceback")]], "bad_field"),
+        ([*header(), [record_list(stack_info=1)]], "bad_field"),
+        ([*header(), [record_list(extra=["args"])]], "bad_field"),
+        ([*header(), [record_list(extra=None)]], "bad_field"),
+        ([*header(), [record_list(), record_list(thread="t")]], "bad_field"),
+    ],
+)
+def test_wrong_envelopes_and_field_types_are_rejected_with_their_reason(obj, reason):
+    assert reason_of(msgpack.packb(obj, use_bin_type=True)) == reason
+
+
+def test_a_record_with_a_missing_args_list_cannot_exist_args_are_merged_at_the_sender():
+    # The wire has no args field: a sender merges the message, so a listener never formats foreign args.
+    assert "args" not in RECORD_FIELDS
+    assert make_log_record(record_list()).args is None
+
+
+def test_unknown_record_keys_cannot_be_smuggled_as_a_map():
+    fields = dict(zip(RECORD_FIELDS, record_fields(new_record()), strict=True))
+    assert reason_of(msgpack.packb([*header(), [fields]])) == "bad_record"
+
+
+def test_a_record_with_extras_nested_deeper_than_max_depth_is_rejected():
+    limits = Limits()
+    deep: Any = 1
+    for _ in range(limits.max_depth):
+        deep = [deep]
+    ok: Any = deep[0]
+    decode_frame(msgpack.packb([*header(), [record_list(extra={"k": ok})]]))  # max_depth - 1 levels: fine
+    assert reason_of(msgpack.packb([*header(), [record_list(extra={"k": deep})]])) == "too_deep"
+    deeper: Any = {"a": 1}
+    for _ in range(100):
+        deeper = {"a": deeper}
+    assert reason_of(msgpack.packb([*header(), [record_list(extra=deeper)]])) == "too_deep"
+
+
+def test_nesting_past_msgpacks_stack_is_rejected():
+    assert reason_of(b"\x91" * 3000) == "too_deep"
+    assert reason_of(b"\x81\xa1k" * 3000) == "too_deep"
+
+
+@pytest.mark.parametrize("where", ["extra", "nested", "alone"])
+@pytest.mark.parametrize("key", [1, -1, 1.5, None, True, b"bytes", [1, 2]])
+def test_map_keys_that_are_not_strings_are_rejected(where, key):
+    packed_key = msgpack.packb(key, use_bin_type=True)
+    extra = {"PLACEHOLDER": 1} if where == "extra" else {"n": {"PLACEHOLDER": 1}}
+    data = msgpack.packb([*header(), [record_list(extra=extra)]], use_bin_type=True)
+    data = data.replace(b"\xabPLACEHOLDER", packed_key)
+    if where == "alone":
+        data = b"\x81" + packed_key + b"\x01"
+    # msgpack's strict_map_key admits bytes keys; the frame check then refuses them
+    expected = "not_a_frame" if (where, key) == ("alone", b"bytes") else "bad_key"
+    assert reason_of(data) == expected
+
+
+def test_invalid_utf8_in_any_string_is_rejected():
+    fields = record_fields(new_record("MARKER", ()))
+    data = msgpack.packb([*header(), [fields]], use_bin_type=True)
+    assert reason_of(data.replace(b"MARKER", b"MA\xffER")) == "bad_utf8"
+    assert reason_of(data.replace(b"MARKER", b"\xed\xb3\xbfKER")) == "bad_utf8"  # an encoded lone surrogate
+    assert reason_of(b"\xa2\xc3\x28") == "bad_utf8"
+
+
+def ext_frames() -> list[tuple[int, int, bytes]]:
+    """Every ext code at several lengths, hand-encoded (msgpack refuses to build negative codes)."""
+    cases = []
+    fixext = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
+    for code in range(-128, 128):
+        tag = (code & 0xFF).to_bytes(1, "big")
+        for length in (0, 1, 4, 8, 12, 16, 65535):
+            body = b"\x00" * length
+            if length in fixext:
+                cases.append((code, length, bytes([fixext[length]]) + tag + body))
+            cases.append((code, length, b"\xc7" + bytes([length]) + tag + body if length < 256 else b""))
+            cases.append((code, length, b"\xc8" + length.to_bytes(2, "big") + tag + body))
+            if length == 12:
+                cases.append((code, length, b"\xc9" + length.to_bytes(4, "big") + tag + body))
+    return [case for case in cases if case[2]]
+
+
+def test_every_ext_type_at_every_length_is_rejected_and_never_decoded():
+    seen = 0
+    for code, length, ext in ext_frames():
+        alone = reason_of(ext)
+        inside_extra = msgpack.packb([*header(), [record_list(extra={"PLACEHOLDER": 0})]], use_bin_type=True)
+        inside_extra = inside_extra.replace(b"\xabPLACEHOLDER\x00", b"\xa1k" + ext)
+        inside_message = msgpack.packb([*header(), [record_list(message="PLACEHOLDER")]], use_bin_type=True)
+        inside_message = inside_message.replace(b"\xabPLACEHOLDER", ext)
+        assert (alone, reason_of(inside_extra), reason_of(inside_message)) == ("ext_type",) * 3, (code, length)
+        seen += 1
+    assert seen > 256 * 7
+
+
+def test_msgpack_timestamps_are_rejected_not_decoded():
+    for ts in (msgpack.Timestamp(0, 0), msgpack.Timestamp(2**33, 999_999_999), msgpack.Timestamp(-1, 0)):
+        packed = msgpack.packb(ts)
+        assert reason_of(packed) == "ext_type"
+        frame = msgpack.packb([*header(), [record_list(extra={"PLACEHOLDER": 0})]], use_bin_type=True)
+        assert reason_of(frame.replace(b"\xabPLACEHOLDER\x00", b"\xa1t" + packed)) == "ext_type"
+    assert reason_of(b"\xd7\xff" + b"\xff" * 8) == "ext_type"  # nsec >= 1e9
+
+
+def test_an_oversized_frame_is_rejected_before_it_is_unpacked():
+    limits = Limits(max_frame_bytes=1024 * 1024)
+    data = msgpack.packb([*header(), [record_list(message="x" * 4 * 1024 * 1024)]])
+    tracemalloc.start()
+    try:
+        assert reason_of(data, limits) == "oversized"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024  # nothing of the 4 MiB frame was unpacked
+
+
+@pytest.mark.parametrize(
+    ("bomb", "reason"),
+    [
+        (b"\xdd\xff\xff\xff\xff", "over_limit"),  # array32 of 2**32-1 items
+        (b"\xdf\xff\xff\xff\xff", "over_limit"),  # map32
+        (b"\xc6\xff\xff\xff\xff", "truncated"),  # bin32 of 4 GiB, 0 bytes present
+        (b"\xdb\xff\xff\xff\xff", "truncated"),  # str32
+        (b"\xc9\xff\xff\xff\xff\x01", "ext_type"),  # ext32
+        (b"\x96\x01\xdd\xff\xff\xff\xff", "over_limit"),  # nested one level down
+        (b"\xc6\x00\x20\x00\x00" + b"\x00" * 2 * 1024 * 1024, "over_limit"),  # bin32 of 2 MiB > max_bin_len
+    ],
+    ids=["array32", "map32", "bin32", "str32", "ext32", "nested_array32", "bin_over_max_bin_len"],
+)
+def test_length_headers_declaring_huge_sizes_are_rejected_cheaply(bomb, reason):
+    tracemalloc.start()
+    try:
+        assert reason_of(bomb) == reason
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024
+
+
+def test_a_string_longer_than_max_str_len_is_rejected():
+    data = msgpack.packb([*header(), [record_list(message="s" * 2000)]])
+    assert reason_of(data, Limits(max_str_len=1000)) == "over_limit"
+    decode_frame(data, Limits(max_str_len=2000))
+
+
+def test_more_records_than_max_records_are_rejected():
+    data = frame_of(*[new_record()] * 30)
+    assert reason_of(data, Limits(max_records=25)) == "over_limit"
+    assert len(decode_frame(data, Limits(max_records=30)).records) == 30
+
+
+def test_more_extra_fields_than_max_extra_fields_are_rejected():
+    data = msgpack.packb([*header(), [record_list(extra={str(i): i for i in range(11)})]])
+    assert reason_of(data, Limits(max_extra_fields=10)) == "over_limit"
+
+
+def test_bytes_after_the_frame_are_rejected():
+    assert reason_of(frame_of(new_record()) + b"\xc0") == "trailing_data"
+
+
+def test_a_reserved_byte_is_rejected_as_undecodable():
+    assert reason_of(b"\xc1") == "undecodable"
+
+
+def test_a_pickle_payload_is_rejected_and_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> Any:
+            return (Path.touch, (marker,))
+
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        payload = pickle.dumps(Exploit(), protocol=protocol)
+        with pytest.raises(FrameError):
+            decode_frame(payload)
+        server = Server(receiver=None)  # handle_frame never touches the receiver
+        server.handle_frame(payload)
+        assert server.stats.snapshot()["malformed_total"] == 1
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Exploit()))  # the control: unpickling it does create the file
+    assert marker.exists()
