@@ -1,12 +1,17 @@
-"""The ``mplog`` command: ``listen``, ``demo`` (see ``mplog --help``).
+"""The ``mplog`` command: ``listen``, ``check``, ``status``, ``demo`` (see ``mplog --help``).
 
-Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration,
-3 the endpoint could not be bound.
+Exit codes: 0 success, 1 failure at run time (e.g. ``status`` got no answer),
+2 bad usage or configuration, 3 the endpoint could not be bound.
+
+Environment (for containers; a flag wins over its variable): ``MPLOG_CONFIG`` the
+config file of ``listen`` and ``check``, ``MPLOG_BIND`` the endpoint ``listen`` binds
+and ``status`` asks, ``MPLOG_CONTROL`` an explicit status-channel endpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import logging.config
 import os
@@ -22,6 +27,7 @@ from mplog.exceptions import ConfigError, TransportError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BIND = 0, 1, 2, 3
+ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL"
 
 
 def default_collector_endpoint() -> str:
@@ -31,14 +37,23 @@ def default_collector_endpoint() -> str:
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog.config import build_receiver, load_config
-    from mplog.server import Server, install_handler_error_counter
+    from mplog.control import start_control_server
+    from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
 
-    config, runtime = load_config(args.config)
-    endpoint = args.bind or runtime.endpoint or default_collector_endpoint()
+    config, runtime = load_config(_config_path(args))
+    endpoint = args.bind or os.environ.get(ENV_BIND) or runtime.endpoint or default_collector_endpoint()
+    settings = runtime.as_dict()
+    settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     logging.config.dictConfig(config)
-    receiver, limits = build_receiver(endpoint, runtime.as_dict())
+    receiver, limits = build_receiver(endpoint, settings)
     server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
+    try:
+        status = start_control_server(receiver.endpoint, server.snapshot, settings)
+    except BaseException:
+        receiver.close()
+        raise
+    install_sighup_reopen(server.stop_event)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.stop_event.set()
@@ -51,6 +66,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
+        if status is not None:
+            status.close()
         logging.shutdown()
         receiver.close()
     snap = server.snapshot()
@@ -77,6 +94,82 @@ def _report_stats(server: object, interval: float) -> None:
         )
 
 
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The config file from ``--config``, else ``$MPLOG_CONFIG``; a bad variable is named."""
+    if args.config:
+        return str(args.config)
+    path = os.environ.get(ENV_CONFIG)
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"{ENV_CONFIG}={path!r} is not a file; set it to a .toml, .json or .yaml config or unset it")
+    return path or None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from mplog.config import load_config, worker_level
+    from mplog.control import control_endpoint_for
+
+    path = _config_path(args)
+    if path is None:
+        raise ConfigError(f"mplog check needs a config file: pass one, or set {ENV_CONFIG}")
+    config, runtime = load_config(path)
+    _check_references(config)
+    endpoint = runtime.endpoint or default_collector_endpoint()
+    print(f"{path}: OK")
+    print(f"listener   {endpoint}{'' if runtime.endpoint else '  (default; mplog listen --bind overrides)'}")
+    print(f"transport  {runtime.transport}")
+    try:
+        print(f"status     {control_endpoint_for(endpoint, getattr(runtime, 'control', None))}")
+    except ConfigError as exc:
+        print(f"status     none ({exc})")
+    for section in ("formatters", "filters", "handlers"):
+        for name, spec in config.get(section, {}).items():
+            kind = spec.get("class") or spec.get("()") or "logging.Formatter"
+            details = " ".join(f"{k}={v!r}" for k, v in spec.items() if k not in ("class", "()"))
+            print(f"{section[:-1]:<10} {name}: {kind} {details}".rstrip())
+    for name, spec in [("root", config.get("root", {})), *config.get("loggers", {}).items()]:
+        details = " ".join(f"{k}={v!r}" for k, v in spec.items())
+        print(f"logger     {name}: {details}".rstrip())
+    print(f"workers send records at {logging.getLevelName(worker_level(config))} and above")
+    return EXIT_OK
+
+
+def _check_references(config: dict[str, object]) -> None:
+    """Import every class and factory the config names, as the listener will."""
+    resolver = logging.config.BaseConfigurator({})
+    for section in ("formatters", "filters", "handlers"):
+        entries = config.get(section, {})
+        assert isinstance(entries, dict)
+        for name, spec in entries.items():
+            for key in ("class", "()"):
+                target = spec.get(key)
+                if not isinstance(target, str) or target.startswith("ext://"):
+                    continue
+                try:
+                    resolver.resolve(target)
+                except (ImportError, ValueError) as exc:
+                    raise ConfigError(
+                        f"{section}.{name}.{key} names {target!r}, which cannot be imported ({exc}); "
+                        "check the spelling and that its package is installed where the listener runs"
+                    ) from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from mplog.control import format_status, request_stats
+    from mplog.exceptions import ListenerError
+
+    endpoint = args.endpoint or os.environ.get(ENV_BIND) or default_collector_endpoint()
+    try:
+        stats = request_stats(endpoint, args.timeout, control=args.control or os.environ.get(ENV_CONTROL))
+    except ListenerError as exc:
+        print(f"mplog: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        print(format_status(stats))
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mplog.demo import run_demo
 
@@ -92,10 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listen = commands.add_parser("listen", help="run a standalone listener (a collector) in the foreground")
-    listen.add_argument("--config", "-c", help="dictConfig file (.toml, .json, .yaml); default: stderr at INFO")
-    listen.add_argument("--bind", "-b", help="endpoint to bind, e.g. tcp://127.0.0.1:5140 or ipc:///path")
+    listen.add_argument("--config", "-c", help="dictConfig file (.toml/.json/.yaml); default $MPLOG_CONFIG")
+    listen.add_argument("--bind", "-b", help="endpoint to bind, e.g. tcp://127.0.0.1:5140; default $MPLOG_BIND")
     listen.add_argument("--stats-interval", type=float, default=0.0, help="print a one-line stats report every N s")
+    listen.add_argument("--control", help="status-channel endpoint (default: next to the bound endpoint)")
     listen.set_defaults(func=_cmd_listen)
+
+    check = commands.add_parser("check", help="validate a config file and print what the listener would build")
+    check.add_argument("config", nargs="?", help="the config file (.toml, .json, .yaml); default $MPLOG_CONFIG")
+    check.set_defaults(func=_cmd_check)
+
+    status = commands.add_parser("status", help="ask a running listener for its stats: a table per sender")
+    status.add_argument("endpoint", nargs="?", help="the listener's endpoint; default $MPLOG_BIND or the collector's")
+    status.add_argument("--control", help="the status-channel endpoint, when not the one next to ENDPOINT")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default 2)")
+    status.add_argument("--json", action="store_true", help="print the raw stats as JSON")
+    status.set_defaults(func=_cmd_status)
 
     demo = commands.add_parser("demo", help="a spawn Pool logging into a rotating file through a listener")
     demo.add_argument("--directory", default="mplog-demo", help="where the log files go (default ./mplog-demo)")

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "ControlServer",
     "control_endpoint_for",
+    "format_status",
     "request_stats",
     "start_control_server",
 ]
@@ -213,3 +215,41 @@ def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = 
         raise ListenerError(f"the listener at {target!r} answered with an error: {detail}")
     stats: dict[str, Any] = reply["stats"]
     return stats
+
+
+def format_status(stats: dict[str, Any], now: float | None = None) -> str:
+    """Render a stats snapshot as the table ``mplog status`` prints: one row per sender.
+
+    ``rate`` is records per second between the sender's first and last frame (over at
+    least one second); ``last seen`` is measured against ``now`` (default: this clock).
+    """
+    now = time.time() if now is None else now
+    head = (
+        f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}: up {stats.get('uptime', 0.0):.1f} s, "
+        f"received {stats['received']}, malformed {stats['malformed_total']}, dropped {stats['dropped']}, "
+        f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
+    )
+    columns = ("HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST SEEN", "STATE")
+    rows = [columns]
+    senders = sorted(stats["senders"].values(), key=lambda s: (s["host"], s["pid"], s["stream"]))
+    for sender in senders:
+        window = max(sender["last_seen"] - sender["first_seen"], 1.0)
+        rows.append(
+            (
+                sender["host"],
+                str(sender["pid"]),
+                str(sender["records"]),
+                f"{sender['records'] / window:.1f}",
+                str(sender["dropped"]),
+                str(sender["gaps"]),
+                f"{max(now - sender['last_seen'], 0.0):.1f} s ago",
+                "closed" if sender["closed"] else "open",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = [head]
+    for row in rows:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in pairs]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

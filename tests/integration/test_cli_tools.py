@@ -1,0 +1,355 @@
+"""The ``mplog`` command in a subprocess: help, check, status, SIGHUP, stats lines, env, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from helpers import check_lines, file_config, read_lines, wait_for
+
+import mplog
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOG_")}
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def run_mplog(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mplog", *args],
+        capture_output=True,
+        text=True,
+        env=env or _env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[str]
+    endpoint: str
+    stderr: list[str] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(20)
+
+
+@contextmanager
+def listening(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Run ``mplog listen ARGS`` until the block ends; its stderr lines are collected as they come."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mplog", "listen", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or _env(),
+    )
+    running = Running(proc, "")
+    assert proc.stderr is not None
+    stream = proc.stderr
+
+    def collect() -> None:
+        for line in stream:
+            running.stderr.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        line = wait_for(lambda: next((x for x in running.stderr if "listening on" in x), None), timeout=20)
+        running.endpoint = line.rsplit(" ", 1)[1]
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        reader.join(5)
+        stream.close()
+
+
+def log_from_child(endpoint: str, producer: int, count: int) -> None:
+    """A separate worker process logs ``count`` numbered records and exits (orderly end)."""
+    code = (
+        f"import logging, mplog, helpers\nmplog.setup_worker({endpoint!r})\nhelpers.log_numbered({producer}, {count})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=30)
+
+
+def write_toml(path: Path, log_file: Path, extra: str = "") -> Path:
+    path.write_text(
+        "[formatters.line]\n"
+        'format = "%(message)s"\n'
+        "[handlers.file]\n"
+        'class = "logging.FileHandler"\n'
+        f"filename = {json.dumps(str(log_file))}\n"
+        'formatter = "line"\n'
+        'encoding = "utf-8"\n'
+        "[root]\n"
+        'level = "DEBUG"\n'
+        'handlers = ["file"]\n' + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+# ---------------------------------------------------------------- help and entry points
+
+
+@pytest.mark.parametrize("command", ["", "listen", "check", "status", "demo"])
+def test_every_command_prints_help_and_exits_zero(command):
+    result = run_mplog(*([command] if command else []), "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: mplog {command}".rstrip())
+    if not command:
+        assert "Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 endpoint could not be bound." in " ".join(
+            result.stdout.split()
+        )
+
+
+def test_python_dash_m_mplog_and_the_console_script_are_the_same_command():
+    script = subprocess.run(["mplog", "--help"], capture_output=True, text=True, env=_env(), timeout=30, check=False)
+    module = run_mplog("--help")
+    assert script.returncode == module.returncode == 0
+    assert script.stdout == module.stdout
+
+
+def test_an_unknown_command_is_a_usage_error_with_exit_code_2():
+    result = run_mplog("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+# ---------------------------------------------------------------- mplog check
+
+
+def test_check_accepts_a_good_file_and_prints_what_the_listener_would_build(tmp_path):
+    config = write_toml(tmp_path / "logging.toml", tmp_path / "app.log", '[mplog]\nendpoint = "tcp://127.0.0.1:5140"\n')
+    result = run_mplog("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{config}: OK",
+        "listener   tcp://127.0.0.1:5140",
+        "transport  zmq",
+        "status     tcp://127.0.0.1:5141",
+        "formatter  line: logging.Formatter format='%(message)s'",
+        f"handler    file: logging.FileHandler filename={str(tmp_path / 'app.log')!r} "
+        "formatter='line' encoding='utf-8'",
+        "logger     root: level='DEBUG' handlers=['file']",
+        "workers send records at DEBUG and above",
+    ]
+    assert not (tmp_path / "app.log").exists()  # check builds nothing
+
+
+def test_check_reads_MPLOG_CONFIG_when_no_file_is_given(tmp_path):
+    config = write_toml(tmp_path / "logging.toml", tmp_path / "app.log")
+    result = run_mplog("check", env=_env(MPLOG_CONFIG=str(config)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{config}: OK"
+
+
+def test_check_with_no_file_and_no_MPLOG_CONFIG_says_what_to_do():
+    result = run_mplog("check")
+    assert result.returncode == 2
+    assert result.stderr == "mplog: config error: mplog check needs a config file: pass one, or set MPLOG_CONFIG\n"
+
+
+def test_check_names_a_class_that_cannot_be_imported(tmp_path):
+    config = write_toml(tmp_path / "logging.toml", tmp_path / "app.log")
+    config.write_text(config.read_text().replace("logging.FileHandler", "logging.FileHandlr"))
+    result = run_mplog("check", str(config))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "mplog: config error: handlers.file.class names 'logging.FileHandlr', which cannot be imported "
+        "(Cannot resolve 'logging.FileHandlr': No module named 'logging.FileHandlr'); "
+        "check the spelling and that its package is installed where the listener runs\n"
+    )
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key"),
+    [
+        ("level.toml", '[root]\nlevel = "LOUD"\n', "root.level"),
+        (
+            "formatter.json",
+            '{"handlers": {"h": {"class": "logging.StreamHandler", "formatter": "nope"}}}',
+            "handlers.h",
+        ),
+        ("logger.yaml", "root:\n  handlers: [missing]\n", "root.handlers"),
+        ("runtime.toml", '[mplog]\ntransprot = "zmq"\n', "mplog.transprot"),
+        ("top.json", '{"handler": {}}', "'handler'"),
+        ("broken.toml", "[root\n", "not valid TOML"),
+        ("config.ini", "[root]\n", "must end in .toml, .json, .yaml or .yml"),
+    ],
+)
+def test_check_rejects_a_bad_file_with_exit_code_2_and_names_the_key(tmp_path, name, text, key):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    result = run_mplog("check", str(path))
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("mplog: config error: ")
+    assert key in lines[0]
+
+
+def test_check_of_a_missing_file_names_the_file(tmp_path):
+    result = run_mplog("check", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"mplog: config error: cannot read config file {str(tmp_path / 'absent.toml')!r}: No such file or directory\n"
+    )
+
+
+# ---------------------------------------------------------------- mplog listen + status
+
+
+def test_status_shows_a_row_per_sender_with_exact_counts_and_sigterm_exits_0(tmp_path):
+    log_file = tmp_path / "app.log"
+    config = write_toml(tmp_path / "logging.toml", log_file)
+    with listening("-c", str(config), "--bind", f"ipc://{tmp_path}/l.sock") as running:
+        assert running.endpoint == f"ipc://{tmp_path}/l.sock"
+        log_from_child(running.endpoint, 1, 300)
+        log_from_child(running.endpoint, 2, 200)
+        result = run_mplog("status", running.endpoint)
+        assert result.returncode == 0, result.stderr
+        head, columns, *rows = result.stdout.splitlines()
+        assert head.startswith(f"listener pid {running.proc.pid} at {running.endpoint}: up ")
+        assert head.endswith("received 500, malformed 0, dropped 0, gaps 0, duplicates 0, senders 2")
+        assert columns.split() == ["HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST", "SEEN", "STATE"]
+        assert sorted(int(row.split()[2]) for row in rows) == [200, 300]
+        assert [row.split()[4:6] + row.split()[-1:] for row in rows] == [["0", "0", "closed"]] * 2
+        as_json = json.loads(run_mplog("status", "--json", running.endpoint).stdout)
+        assert as_json["received"] == 500
+        assert "curve" not in json.dumps(as_json).lower()  # counters and identities only
+        assert running.stop(signal.SIGTERM) == 0
+    check_lines(read_lines(log_file), {1: 300, 2: 200}).assert_exact()
+    assert running.stderr[-1].startswith("mplog: stopped; received 500 records from 2 senders, malformed 0")
+    assert not (tmp_path / "l.sock.ctl").exists()
+
+
+def test_status_exits_1_with_a_clear_message_when_nothing_answers(tmp_path):
+    port = free_port()
+    started = time.monotonic()
+    result = run_mplog("status", "--timeout", "0.5", f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr == f"mplog: no listener answered at 'tcp://127.0.0.1:{port + 1}' within 0.5 s\n"
+    assert time.monotonic() - started < 10
+    missing = run_mplog("status", f"ipc://{tmp_path}/none.sock")
+    assert missing.returncode == 1
+    assert missing.stderr == (
+        f"mplog: no listener at 'ipc://{tmp_path}/none.sock': {tmp_path}/none.sock.ctl does not exist\n"
+    )
+
+
+def test_listen_on_tcp_answers_status_on_an_explicit_control_endpoint(tmp_path):
+    port, control = free_port(), free_port()
+    with listening("--bind", f"tcp://127.0.0.1:{port}", "--control", f"tcp://127.0.0.1:{control}") as running:
+        log_from_child(running.endpoint, 7, 50)
+        result = run_mplog("status", "--control", f"tcp://127.0.0.1:{control}", running.endpoint)
+        assert result.returncode == 0, result.stderr
+        assert "received 50," in result.stdout.splitlines()[0]
+        assert running.stop(signal.SIGINT) == 0
+
+
+def test_listen_reads_MPLOG_CONFIG_and_MPLOG_BIND_and_prints_periodic_stats_lines(tmp_path):
+    log_file = tmp_path / "app.log"
+    config = write_toml(tmp_path / "logging.toml", log_file)
+    env = _env(MPLOG_CONFIG=str(config), MPLOG_BIND=f"ipc://{tmp_path}/env.sock")
+    with listening("--stats-interval", "0.1", env=env) as running:
+        assert running.endpoint == f"ipc://{tmp_path}/env.sock"
+        log_from_child(running.endpoint, 3, 120)
+        line = wait_for(lambda: next((x for x in running.stderr if x.startswith("mplog: received 120 ")), None))
+        assert line == "mplog: received 120 senders 1 malformed 0 gaps 0 dropped 0 handler_errors 0"
+        status = run_mplog("status", env=env)  # MPLOG_BIND names the listener for status too
+        assert status.returncode == 0
+        assert running.stop() == 0
+    check_lines(read_lines(log_file), {3: 120}).assert_exact()
+
+
+def test_listen_exits_3_when_the_endpoint_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_mplog("listen", "--bind", f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 3
+    assert result.stderr.startswith(f"mplog: cannot bind 'tcp://127.0.0.1:{port}': Address already in use")
+
+
+def test_listen_with_MPLOG_CONFIG_pointing_nowhere_exits_2_naming_the_variable(tmp_path):
+    result = run_mplog("listen", env=_env(MPLOG_CONFIG=str(tmp_path / "gone.toml")))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"mplog: config error: MPLOG_CONFIG={str(tmp_path / 'gone.toml')!r} is not a file; "
+        "set it to a .toml, .json or .yaml config or unset it\n"
+    )
+
+
+# ---------------------------------------------------------------- SIGHUP
+
+
+def test_sighup_reopens_a_file_moved_away_and_no_record_is_lost_or_doubled(tmp_path):
+    log_file = tmp_path / "app.log"
+    rotated = tmp_path / "app.log.1"
+    config = write_toml(tmp_path / "logging.toml", log_file)
+    with listening("-c", str(config), "--bind", f"ipc://{tmp_path}/l.sock") as running:
+        log_from_child(running.endpoint, 1, 400)
+        wait_for(lambda: len(read_lines(log_file)) == 400)
+        log_file.rename(rotated)
+        running.proc.send_signal(signal.SIGHUP)
+        wait_for(log_file.exists)  # reopened: FileHandler creates the file at once
+        log_from_child(running.endpoint, 2, 300)
+        assert running.stop() == 0
+    check_lines(read_lines(rotated), {1: 400}).assert_exact()
+    check_lines(read_lines(log_file), {2: 300}).assert_exact()
+    assert len(read_lines(rotated)) == 400
+    assert len(read_lines(log_file)) == 300
+
+
+def test_sighup_reopens_files_in_a_listener_started_by_start_listener(tmp_path):
+    log_file, rotated = tmp_path / "out.log", tmp_path / "out.log.1"
+    with mplog.start_listener(file_config(log_file), route_parent=False) as listener:
+        log_from_child(listener.endpoint, 1, 100)
+        wait_for(lambda: len(read_lines(log_file)) == 100)
+        log_file.rename(rotated)
+        os.kill(listener.pid, signal.SIGHUP)
+        wait_for(log_file.exists)
+        log_from_child(listener.endpoint, 2, 100)
+    assert listener.stats()["received"] == 200
+    check_lines(read_lines(rotated), {1: 100}).assert_exact()
+    check_lines(read_lines(log_file), {2: 100}).assert_exact()
+
+
+def test_a_listener_started_by_start_listener_answers_mplog_status(tmp_path):
+    with mplog.start_listener(file_config(tmp_path / "out.log"), route_parent=False) as listener:
+        log_from_child(listener.endpoint, 1, 25)
+        result = run_mplog("status", listener.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert "received 25," in result.stdout.splitlines()[0]
