@@ -98,6 +98,39 @@ class Stats:
             sender.dropped = max(sender.dropped, frame.dropped)
             sender.last_seen = time.time()
 
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a snapshot written by an earlier incarnation of this listener.
+
+        Per-sender ``next_seq`` carries over, so records delivered before a restart are
+        not counted again as a gap (see mplog.supervisor and docs/reliability.md).
+        """
+        known = set(SenderStats.__dataclass_fields__)
+        with self._lock:
+            self.frames += int(state.get("frames", 0))
+            self.records += int(state.get("received", 0))
+            self.malformed.update({str(k): int(v) for k, v in dict(state.get("malformed", {})).items()})
+            self.handler_errors.update({str(k): int(v) for k, v in dict(state.get("handler_errors", {})).items()})
+            for key, values in dict(state.get("senders", {})).items():
+                if isinstance(values, dict) and {"host", "pid", "start_time", "stream"} <= set(values):
+                    self.senders[str(key)] = SenderStats(**{k: v for k, v in values.items() if k in known})
+
+    def resume_sender(self, key: str, next_seq: int) -> None:
+        """Raise a sender's ``next_seq`` to a persisted high-water mark (acknowledged delivery).
+
+        Records below the mark reached the handlers before a crash, so they count as
+        received here and a resent copy counts as a duplicate.
+        """
+        with self._lock:
+            sender = self.senders.get(key)
+            if sender is None:
+                host, pid, stream = key.rsplit("/", 2)
+                sender = self.senders[key] = SenderStats(host, int(pid), 0.0, int(stream, 16))
+            if next_seq != sender.next_seq:
+                delta = next_seq - sender.next_seq
+                sender.records += delta
+                self.records += delta
+                sender.next_seq = next_seq
+
     def snapshot(self) -> dict[str, Any]:
         """Return a JSON-ready copy of every counter."""
         with self._lock:
@@ -122,4 +155,4 @@ class Stats:
 
 def ledger(snapshot: dict[str, Any], logged: int) -> int:
     """Return the unexplained remainder: logged - received - dropped - rejected - gaps."""
-    return logged - snapshot["received"] - snapshot["dropped"] - snapshot["rejected"] - snapshot["gaps"]
+    return int(logged - snapshot["received"] - snapshot["dropped"] - snapshot["rejected"] - snapshot["gaps"])
