@@ -43,6 +43,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     config, runtime = load_config(_config_path(args))
     endpoint = args.bind or os.environ.get(ENV_BIND) or runtime.endpoint or default_collector_endpoint()
     settings = runtime.as_dict()
+    _apply_key_flags(args, settings)
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     logging.config.dictConfig(config)
     receiver, limits = build_receiver(endpoint, settings)
@@ -176,6 +177,91 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.directory, workers=args.workers, jobs=args.jobs)
 
 
+# ---------------------------------------------------------------- across hosts: keys and relays
+
+
+def _add_server_key_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("CURVE (overrides the config's mplog.curve section)")
+    group.add_argument("--curve-secret-key", metavar="FILE", help="this server's NAME.key_secret (mplog keygen)")
+    group.add_argument("--authorized-keys", metavar="DIR", help="directory of the client NAME.key files allowed in")
+    group.add_argument(
+        "--allow-any-client", action="store_true", help="admit any client that knows the server's public key"
+    )
+    group.add_argument(
+        "--insecure", action="store_true", help="allow a plaintext bind to a non-loopback address (no CURVE)"
+    )
+
+
+def _apply_key_flags(args: argparse.Namespace, settings: dict[str, object]) -> None:
+    if args.curve_secret_key or args.authorized_keys or args.allow_any_client:
+        curve: dict[str, object] = {"server_secret_key": args.curve_secret_key or ""}
+        if args.authorized_keys:
+            curve["authorized_keys"] = args.authorized_keys
+        if args.allow_any_client:
+            curve["allow_any"] = True
+        settings["curve"] = curve
+    if args.insecure:
+        settings["insecure"] = True
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from mplog.security import generate_key_pair  # zmq is imported only by commands that need it
+
+    for name in args.names:
+        public, secret = generate_key_pair(args.directory, name, force=args.force)
+        print(f"mplog: wrote {public} (public, share it) and {secret} (secret, mode 0600)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from mplog.config import transport_options_for
+    from mplog.relay import Relay
+    from mplog.transports import TransportOptions
+
+    inbound: dict[str, object] = {}
+    _apply_key_flags(args, inbound)
+    bind_options = transport_options_for(inbound)
+    connect_options = TransportOptions(
+        curve_server_key=args.server_key or "", curve_secret_key=args.client_secret_key or ""
+    )
+    relay = Relay(args.bind, args.connect, bind_options=bind_options, connect_options=connect_options)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        relay.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"mplog: relaying {relay.endpoint} -> {args.connect}", file=sys.stderr, flush=True)
+    try:
+        relay.run()
+    finally:
+        snap = relay.snapshot()
+        relay.close()
+    print(
+        f"mplog: relay stopped; forwarded {snap['frames']} frames ({snap['bytes']} bytes), "
+        f"{snap['held']} in hand, refused {snap['refused']} connections",
+        file=sys.stderr,
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _add_cross_host_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = commands.add_parser("keygen", help="write CURVE key pairs: NAME.key (public) and NAME.key_secret (0600)")
+    keygen.add_argument("directory", help="where the key files go (created if missing)")
+    keygen.add_argument("names", nargs="*", default=["server"], help="one key pair per name (default: server)")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing key files")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    relay = commands.add_parser("relay", help="forward frames from this host's workers to a collector, untouched")
+    relay.add_argument("--bind", "-b", required=True, help="where this host's workers connect, e.g. tcp://127.0.0.1:5141")
+    relay.add_argument("--connect", required=True, help="the collector (comma-separated: several share the load)")
+    relay.add_argument("--server-key", metavar="FILE", help="the collector's public key, to connect with CURVE")
+    relay.add_argument("--client-secret-key", metavar="FILE", help="this relay's NAME.key_secret for the collector")
+    _add_server_key_flags(relay)
+    relay.set_defaults(func=_cmd_relay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mplog",
@@ -189,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--bind", "-b", help="endpoint to bind, e.g. tcp://127.0.0.1:5140; default $MPLOG_BIND")
     listen.add_argument("--stats-interval", type=float, default=0.0, help="print a one-line stats report every N s")
     listen.add_argument("--control", help="status-channel endpoint (default: next to the bound endpoint)")
+    _add_server_key_flags(listen)
     listen.set_defaults(func=_cmd_listen)
 
     check = commands.add_parser("check", help="validate a config file and print what the listener would build")
@@ -207,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=4)
     demo.add_argument("--jobs", type=int, default=20_000)
     demo.set_defaults(func=_cmd_demo)
+    _add_cross_host_commands(commands)
     return parser
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from mplog.wire import FLAG_FINAL, Frame
 
-__all__ = ["SenderStats", "Stats", "ledger"]
+__all__ = ["SenderStats", "Stats", "ledger", "merge_snapshots"]
 
 
 @dataclass
@@ -156,3 +156,54 @@ class Stats:
 def ledger(snapshot: dict[str, Any], logged: int) -> int:
     """Return the unexplained remainder: logged - received - dropped - rejected - gaps."""
     return int(logged - snapshot["received"] - snapshot["dropped"] - snapshot["rejected"] - snapshot["gaps"])
+
+
+def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the stats of several collectors that share the same workers (one ledger).
+
+    A worker with several endpoints spreads its frames across collectors, so each one
+    sees the others' frames as gaps: summing gaps would count them as lost. Every
+    numbered record went to exactly one collector, so per sender the merge takes the
+    highest sequence number any collector saw (``next_seq``), sums what was received
+    and rejected, and counts as lost only what no collector got:
+    ``gaps = next_seq - received - rejected``. ``dropped`` is a running total the
+    sender repeats in every frame: the merge keeps the largest report.
+    """
+    senders: dict[str, dict[str, Any]] = {}
+    malformed: Counter[str] = Counter()
+    handler_errors: Counter[str] = Counter()
+    connections: Counter[str] = Counter()
+    frames = 0
+    for snap in snapshots:
+        frames += snap.get("frames", 0)
+        malformed.update(snap.get("malformed", {}))
+        handler_errors.update(snap.get("handler_errors", {}))
+        connections.update(snap.get("connections", {}))
+        for key, one in snap.get("senders", {}).items():
+            merged = senders.get(key)
+            if merged is None:
+                senders[key] = dict(one)
+                continue
+            for name in ("records", "frames", "rejected", "duplicates"):
+                merged[name] += one[name]
+            for name in ("dropped", "next_seq", "last_seen"):
+                merged[name] = max(merged[name], one[name])
+            merged["first_seen"] = min(merged["first_seen"], one["first_seen"])
+            merged["closed"] = merged["closed"] or one["closed"]
+    for merged in senders.values():
+        merged["gaps"] = max(merged["next_seq"] - merged["records"] - merged["rejected"], 0)
+    return {
+        "collectors": len(snapshots),
+        "frames": frames,
+        "received": sum(s["records"] for s in senders.values()),
+        "malformed": dict(malformed),
+        "malformed_total": sum(malformed.values()),
+        "rejected": sum(s["rejected"] for s in senders.values()),
+        "dropped": sum(s["dropped"] for s in senders.values()),
+        "gaps": sum(s["gaps"] for s in senders.values()),
+        "duplicates": sum(s["duplicates"] for s in senders.values()),
+        "handler_errors": dict(handler_errors),
+        "connections": dict(connections),
+        "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
+        "senders": senders,
+    }

@@ -10,7 +10,7 @@ import os
 import stat
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -40,6 +40,13 @@ class TransportOptions:
     reconnect_ivl_max: float = 2.0
     handshake_ivl: float = 2.0
     insecure: bool = False  # allow a plaintext bind to a non-loopback address
+    # CURVE (ZeroMQ only; see mplog.security and docs/deployment.md). Keys are file paths
+    # (or Z85 text); a sender with no server key falls back to $MPLOG_SERVER_KEY on tcp://.
+    curve_server_key: str = ""  # sender: the collector's public key
+    curve_secret_key: str = field(default="", repr=False)  # sender: its .key_secret; receiver: the server's
+    curve_public_key: str = ""  # sender: its own public key (optional; must match the secret)
+    curve_authorized_keys: str = ""  # receiver: directory of client NAME.key files allowed in
+    curve_allow_any: bool = False  # receiver: admit any client that knows the server key
 
 
 @runtime_checkable

@@ -9,12 +9,14 @@ MAXMSGSIZE on the listener equals the frame limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from typing import Any
 
 import zmq
 
+from mplog import security
 from mplog.exceptions import TransportError
 from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
 
@@ -36,6 +38,14 @@ class ZmqSender:
         self.endpoint = endpoint
         self._endpoints = _split(endpoint)
         self._options = options
+        # Keys are resolved here so that a bad key fails setup_worker(), not a later send;
+        # the environment's keys apply only where every endpoint is tcp://.
+        self._curve = security.client_keys(
+            options.curve_server_key,
+            options.curve_secret_key,
+            options.curve_public_key,
+            use_env=all(e.startswith("tcp://") for e in self._endpoints),
+        )
         self._pid = -1
         self._ctx: zmq.Context[Any] | None = None
         self._sock: zmq.Socket[Any] | None = None
@@ -57,6 +67,8 @@ class ZmqSender:
                 sock.setsockopt(zmq.HEARTBEAT_IVL, int(opts.heartbeat_ivl * 1000))
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(opts.heartbeat_timeout * 1000))
                 sock.setsockopt(zmq.HEARTBEAT_TTL, int(opts.heartbeat_timeout * 1000))
+            if self._curve is not None:
+                security.configure_client(sock, self._curve)
             for endpoint in self._endpoints:
                 sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -107,11 +119,30 @@ class ZmqReceiver:
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
         self._sock = self._ctx.socket(zmq.PULL)
         self._path = ""
+        self._gatekeeper: security.Gatekeeper | None = None
+        self.last_peer: str | None = None  # CURVE: the authenticated client key of the last frame
+        self._curve = False
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
             self._sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
             self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_ivl * 1000))
+            keys = None
+            if options.curve_secret_key:
+                keys = security.server_keys(
+                    {
+                        "server_secret_key": options.curve_secret_key,
+                        "authorized_keys": options.curve_authorized_keys,
+                        "allow_any": options.curve_allow_any,
+                    },
+                    "curve",
+                )
+                assert keys is not None
+                security.configure_server(self._sock, keys)
+                secure = True
+            self._curve = keys is not None
+            # Before any bind: every handshake finds the ZAP handler, every refusal is counted.
+            self._gatekeeper = security.Gatekeeper(self._ctx, self._sock, keys)
             for part in _split(endpoint):
                 self._bind(part, secure)
         except zmq.ZMQError as exc:
@@ -126,6 +157,11 @@ class ZmqReceiver:
     def socket(self) -> zmq.Socket[Any]:
         """The bound PULL socket (for options such as CURVE set by the caller)."""
         return self._sock
+
+    @property
+    def connections(self) -> Counter[str]:
+        """Connection events: handshakes, refused_auth, refused_protocol, refused_other, disconnected."""
+        return Counter(self._gatekeeper.counts) if self._gatekeeper is not None else Counter()
 
     def _bind(self, endpoint: str, secure: bool) -> None:
         if endpoint.startswith("ipc://"):
@@ -147,23 +183,28 @@ class ZmqReceiver:
     def recv(self, timeout: float) -> bytes | None:
         sock = self._sock
         try:
-            return sock.recv(zmq.NOBLOCK)
+            return self._recv() if self._curve else sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             pass
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
         try:
-            return sock.recv(zmq.NOBLOCK)
+            return self._recv() if self._curve else sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return None
+
+    def _recv(self) -> bytes:
+        message = self._sock.recv(zmq.NOBLOCK, copy=False)
+        self.last_peer = str(message.get("User-Id"))
+        return message.bytes
 
     def close(self) -> None:
         if self._sock.closed:
             return
+        if self._gatekeeper is not None:
+            self._gatekeeper.close()
         self._sock.close(linger=0)
         self._ctx.term()
         if self._path:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._path)
-            except OSError:
-                pass

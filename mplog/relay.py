@@ -1,0 +1,91 @@
+"""A relay: forwards frames from the workers of one host to a collector, untouched.
+
+The relay never decodes a frame: the bytes a worker sent are the bytes the collector
+receives, so sender identity, sequence numbers and drop counts survive any number of
+relays in a chain. It never drops either: a frame it cannot pass on yet stays in hand
+and the relay stops reading, so a stalled or absent collector fills the relay's bounded
+receive queue and then the workers' own buffers, whose policies count every drop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from mplog.transports import TransportOptions
+from mplog.transports.zeromq import ZmqReceiver, ZmqSender
+
+__all__ = ["Relay"]
+
+
+class Relay:
+    """PULL from ``bind``, PUSH to ``connect`` (comma-separated endpoints share the load)."""
+
+    def __init__(
+        self,
+        bind: str,
+        connect: str,
+        *,
+        bind_options: TransportOptions | None = None,
+        connect_options: TransportOptions | None = None,
+    ) -> None:
+        for url in (bind, connect):
+            if not all(part.strip().startswith(("tcp://", "ipc://")) for part in url.split(",")):
+                from mplog.exceptions import ConfigError  # noqa: PLC0415  # only on the error path
+
+                raise ConfigError(f"a relay speaks ZeroMQ only: {url!r} must be tcp://HOST:PORT or ipc://PATH")
+        self.sender = ZmqSender(connect, connect_options or TransportOptions())
+        self.receiver = ZmqReceiver(bind, bind_options or TransportOptions())
+        self.endpoint = self.receiver.endpoint
+        self.stop_event = threading.Event()
+        self.drain_timeout = 5.0
+        self.frames = 0
+        self.bytes = 0
+        self.waits = 0  # times the collector could not take a frame at once
+        self._held: bytes | None = None
+        self._closed = False
+
+    def _forward(self, timeout: float) -> bool:
+        """Move one frame on; False when nothing arrived or the collector could not take it."""
+        if self._held is None:
+            self._held = self.receiver.recv(timeout)
+            if self._held is None:
+                return False
+        if not self.sender.send(self._held, timeout):
+            self.waits += 1
+            return False
+        self.frames += 1
+        self.bytes += len(self._held)
+        self._held = None
+        return True
+
+    def run(self) -> None:
+        """Forward until :attr:`stop_event` is set, then pass on what is queued (bounded)."""
+        while not self.stop_event.is_set():
+            self._forward(0.05)
+        deadline = time.monotonic() + self.drain_timeout
+        while time.monotonic() < deadline and (self._held is not None or self._forward(0.2)):
+            if self._held is not None:
+                self._forward(0.05)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Frames and bytes forwarded, frames in hand, and the bind side's connection counts."""
+        connections = dict(self.receiver.connections)
+        return {
+            "endpoint": self.endpoint,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "waits": self.waits,
+            "held": int(self._held is not None),
+            "connections": connections,
+            "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
+        }
+
+    def close(self) -> None:
+        """Release both sockets (frames still queued are lost and show as gaps downstream); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.receiver.close()
+        self.sender.close()
