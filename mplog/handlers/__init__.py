@@ -1,0 +1,30 @@
+"""Handlers the standard library lacks, for use in the listener's config.
+
+Each is configured like any stdlib handler (``class = "mplog.handlers.Name"``).
+See docs/handlers.md for one tested snippet per handler.
+"""
+
+from __future__ import annotations
+
+from mplog.handlers.forward import ForwardHandler
+from mplog.handlers.http import HTTPHandler
+from mplog.handlers.queued import QueuedHandler
+from mplog.handlers.rotation import Compressor, RotatingFileHandler, TimedRotatingFileHandler, gzip_namer
+from mplog.handlers.smtp import BatchingSMTPHandler, SMTPBatchOptions, batch_subject
+from mplog.handlers.stream import FactoryStreamHandler
+from mplog.handlers.syslog import SysLogHandler
+
+__all__ = [
+    "BatchingSMTPHandler",
+    "Compressor",
+    "FactoryStreamHandler",
+    "ForwardHandler",
+    "HTTPHandler",
+    "QueuedHandler",
+    "RotatingFileHandler",
+    "SMTPBatchOptions",
+    "SysLogHandler",
+    "TimedRotatingFileHandler",
+    "batch_subject",
+    "gzip_namer",
+]
