@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from handler_peers import RSYSLOGD, HttpSink, Rsyslog, SmtpServer  # noqa: E402
+from handler_peers import RSYSLOGD, HttpSink, Rsyslog, SmtpServer
 
 
 @pytest.fixture

@@ -38,12 +38,19 @@ RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("
 # ---------------------------------------------------------------- workers
 
 
-def log_worker(endpoint: str, producer: int, count: int, size: int, logger: str, levels: list[int]) -> None:
-    """A worker process: setup_worker(), then ``count`` numbered records cycling through ``levels``."""
+def log_worker(
+    endpoint: str, producer: int, count: int, size: int, logger: str, levels: list[int], pace: float = 0.0
+) -> None:
+    """A worker process: setup_worker(), then ``count`` numbered records cycling through ``levels``.
+
+    With ``pace``, it sleeps that long after each record (records spread over time).
+    """
     mplog.setup_worker(endpoint)
     log = logging.getLogger(logger)
     for seq in range(count):
         log.log(levels[seq % len(levels)], "%s", payload(producer, seq, size))
+        if pace:
+            time.sleep(pace)
 
 
 def text_worker(endpoint: str, logger: str, texts: list[str]) -> None:
@@ -54,12 +61,19 @@ def text_worker(endpoint: str, logger: str, texts: list[str]) -> None:
 
 
 def start_workers(
-    endpoint: str, workers: int, count: int, *, method: str = "forkserver", first: int = 0, logger: str = "app"
+    endpoint: str,
+    workers: int,
+    count: int,
+    *,
+    method: str = "forkserver",
+    first: int = 0,
+    logger: str = "app",
+    pace: float = 0.0,
 ) -> list[Any]:
     """Start workers that log numbered INFO records; the caller joins them (see join_workers)."""
     context = multiprocessing.get_context(method)
     procs = [
-        context.Process(target=log_worker, args=(endpoint, first + p, count, 0, logger, [logging.INFO]))
+        context.Process(target=log_worker, args=(endpoint, first + p, count, 0, logger, [logging.INFO], pace))
         for p in range(workers)
     ]
     for proc in procs:
@@ -88,12 +102,13 @@ def run_workers(
     levels: list[int] | None = None,
     method: str = "forkserver",
     first: int = 0,
+    pace: float = 0.0,
 ) -> None:
     """Start ``workers`` processes numbered from ``first``; each logs ``count`` records; wait for all."""
     context = multiprocessing.get_context(method)
     procs = [
         context.Process(
-            target=log_worker, args=(endpoint, first + p, count, size, logger, levels or [logging.INFO])
+            target=log_worker, args=(endpoint, first + p, count, size, logger, levels or [logging.INFO], pace)
         )
         for p in range(workers)
     ]
