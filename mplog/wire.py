@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -183,15 +184,19 @@ def _safe_repr(value: Any, limit: int) -> str:
     return _bounded_text(text, limit)
 
 
+def _unformattable(record: logging.LogRecord, exc: Exception, limits: Limits) -> str:
+    template = _safe_repr(record.msg, limits.max_repr_chars)
+    args = _safe_repr(record.args, limits.max_repr_chars)
+    return f"{template} <unformattable: {type(exc).__name__}> args={args}"
+
+
 def _merge_message(record: logging.LogRecord, limits: Limits) -> str:
     try:
         message = record.getMessage()
         if not isinstance(message, str):
             message = str(message)
     except Exception as exc:
-        template = _safe_repr(record.msg, limits.max_repr_chars)
-        args = _safe_repr(record.args, limits.max_repr_chars)
-        message = f"{template} <unformattable: {type(exc).__name__}> args={args}"
+        message = _unformattable(record, exc, limits)
     return _bounded_text(message, limits.max_message_chars)
 
 
@@ -220,6 +225,40 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 def record_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
     """Return the field list of ``record`` (message merged, exception rendered to text)."""
+    attrs = record.__dict__
+    if len(attrs) <= _N_STANDARD and not (record.exc_info or record.exc_text or record.stack_info):
+        # The common record (no extras, exception or stack): the same fields, fewer calls;
+        # this runs on every logging call of every worker.
+        try:
+            message = record.getMessage()
+            if not isinstance(message, str):
+                message = str(message)
+        except Exception as exc:
+            message = _unformattable(record, exc, limits)
+        if len(message) > limits.max_message_chars:
+            message = _bounded_text(message, limits.max_message_chars)
+        return [
+            record.name,
+            record.levelno,
+            record.levelname,
+            message,
+            record.created,
+            record.msecs,
+            record.relativeCreated,
+            record.pathname,
+            record.filename,
+            record.module,
+            record.lineno,
+            record.funcName,
+            record.thread,
+            record.threadName,
+            record.process,
+            record.processName,
+            attrs.get("taskName"),
+            None,
+            None,
+            {},
+        ]
     stack = record.stack_info
     return [
         record.name,
@@ -241,8 +280,32 @@ def record_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
         getattr(record, "taskName", None),
         _exception_text(record, limits),
         _bounded_text(stack, limits.max_message_chars) if stack else None,
-        _extras(record),
+        _with_exception_fields(_extras(record), record, limits),
     ]
+
+
+def _with_exception_fields(extras: dict[str, Any], record: logging.LogRecord, limits: Limits) -> dict[str, Any]:
+    """Add ``exc_type`` and ``exc_message`` extras when the record carries an exception.
+
+    Only the rendered ``exc_text`` crosses the wire as a field; structured outputs (e.g.
+    :class:`mplog.formatters.JSONFormatter`) need the type and message apart, and the
+    last line of a traceback cannot be parsed back reliably (multi-line messages, notes,
+    exception groups). Extras the caller set under these names win.
+    """
+    info = record.exc_info
+    if not info or not isinstance(info, tuple) or not isinstance(info[1], BaseException):
+        return extras
+    value = info[1]
+    cls = type(value)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(value)
+    except Exception as exc:  # a hostile __str__ must not reach the caller
+        message = f"<unprintable {cls.__name__}: {type(exc).__name__}>"
+    extras = dict(extras)
+    extras.setdefault("exc_type", name)
+    extras.setdefault("exc_message", _bounded_text(message, limits.max_message_chars))
+    return extras
 
 
 def _max_array(limits: Limits) -> int:
@@ -318,12 +381,28 @@ def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
     return packed
 
 
+class _PackerSlot(threading.local):
+    packer: Any = None  # one msgpack.Packer per thread (a Packer is not thread-safe)
+
+
+_packer_slot = _PackerSlot()
+
+
 def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Pack one record; never raises for any content of ``record``."""
     fields = record_fields(record, limits)
     try:
         extra = fields[-1]
-        if extra and not _fits(extra, limits, 0):
+        if not extra:
+            # Without extras every value is a str, int, float or None: packing them runs no
+            # Python code, so this thread's reused Packer (half the cost of packb) cannot be
+            # re-entered mid-pack, even by a signal handler that logs.
+            packer = _packer_slot.packer
+            if packer is None:
+                packer = _packer_slot.packer = msgpack.Packer(use_bin_type=True)
+            fast: bytes = packer.pack(fields)
+            return fast
+        if not _fits(extra, limits, 0):
             raise ValueError("extras need sanitizing")
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return packed
