@@ -1,0 +1,372 @@
+"""load_config: every file form gives the same dictConfig; every mistake names its key and its fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import mplog
+from mplog.config import DEFAULT_CONFIG, RuntimeSettings, limits_for, load_config, transport_options_for, worker_level
+from mplog.exceptions import ConfigError
+from mplog.wire import Limits
+
+BASE: dict[str, Any] = {
+    "version": 1,
+    "formatters": {"plain": {"format": "%(levelname)s %(message)s"}},
+    "filters": {"only_app": {"name": "app"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "level": "INFO", "filters": ["only_app"]}
+    },
+    "loggers": {"app.db": {"level": "DEBUG", "handlers": ["console"], "propagate": False}},
+    "root": {"level": "WARNING", "handlers": ["console"]},
+    "mplog": {
+        "endpoint": "tcp://127.0.0.1:5140",
+        "transport": "zmq",
+        "limits": {"max_frame_bytes": 1048576, "max_depth": 4},
+        "socket": {"sndhwm": 50, "linger": 0.5},
+        "worker": {"batch_records": 64, "policy": "drop_newest"},
+    },
+}
+
+TOML = """
+version = 1
+
+[formatters.plain]
+format = "%(levelname)s %(message)s"
+
+[filters.only_app]
+name = "app"
+
+[handlers.console]
+class = "logging.StreamHandler"
+formatter = "plain"
+level = "INFO"
+filters = ["only_app"]
+
+[loggers."app.db"]
+level = "DEBUG"
+handlers = ["console"]
+propagate = false
+
+[root]
+level = "WARNING"
+handlers = ["console"]
+
+[mplog]
+endpoint = "tcp://127.0.0.1:5140"
+transport = "zmq"
+limits = { max_frame_bytes = 1048576, max_depth = 4 }
+socket = { sndhwm = 50, linger = 0.5 }
+worker = { batch_records = 64, policy = "drop_newest" }
+"""
+
+YAML = """
+version: 1
+formatters:
+  plain: {format: "%(levelname)s %(message)s"}
+filters:
+  only_app: {name: app}
+handlers:
+  console: {class: logging.StreamHandler, formatter: plain, level: INFO, filters: [only_app]}
+loggers:
+  app.db: {level: DEBUG, handlers: [console], propagate: false}
+root: {level: WARNING, handlers: [console]}
+mplog:
+  endpoint: tcp://127.0.0.1:5140
+  transport: zmq
+  limits: {max_frame_bytes: 1048576, max_depth: 4}
+  socket: {sndhwm: 50, linger: 0.5}
+  worker: {batch_records: 64, policy: drop_newest}
+"""
+
+
+def expected_pair() -> tuple[dict[str, Any], RuntimeSettings]:
+    config = json.loads(json.dumps(BASE))
+    runtime = config.pop("mplog")
+    config["disable_existing_loggers"] = False
+    return config, RuntimeSettings(**runtime)
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    config = json.loads(json.dumps(BASE))
+    config.pop("mplog")
+    config.update(changes)
+    return config
+
+
+# ---------------------------------------------------------------- the forms
+
+
+def test_a_dict_config_is_returned_with_defaults_and_the_mplog_section_split_off():
+    assert load_config(BASE) == expected_pair()
+
+
+def test_load_config_never_changes_the_callers_dict():
+    original = json.loads(json.dumps(BASE))
+    load_config(BASE)
+    assert original == BASE
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [(".toml", TOML), (".json", json.dumps(BASE)), (".yaml", YAML), (".yml", YAML), (".TOML", TOML)],
+)
+def test_toml_json_and_yaml_files_give_the_same_config(tmp_path, suffix, text):
+    path = tmp_path / f"logging{suffix}"
+    path.write_text(text, encoding="utf-8")
+    assert load_config(path) == expected_pair()
+    assert load_config(str(path)) == expected_pair()
+
+
+def test_no_config_gives_stderr_at_info():
+    config, runtime = load_config(None)
+    assert config == DEFAULT_CONFIG and config is not DEFAULT_CONFIG
+    assert runtime == RuntimeSettings()
+    assert config["root"] == {"level": "INFO", "handlers": ["stderr"]}
+
+
+def test_the_runtime_section_becomes_limits_and_socket_options():
+    _, runtime = load_config(BASE)
+    limits = limits_for(runtime.as_dict())
+    assert (limits.max_frame_bytes, limits.max_depth, limits.max_records) == (1048576, 4, Limits().max_records)
+    options = transport_options_for(runtime.as_dict())
+    assert (options.sndhwm, options.linger, options.max_frame_bytes) == (50, 0.5, 1048576)
+
+
+def test_worker_level_is_the_lowest_level_any_logger_accepts():
+    assert worker_level(load_config(BASE)[0]) == logging.DEBUG
+    assert worker_level(with_changes(loggers={})) == logging.WARNING
+    assert worker_level({"version": 1, "root": {"level": 25}}) == 25
+    assert worker_level({"version": 1}) == logging.WARNING
+
+
+# ---------------------------------------------------------------- file problems
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        ("bad.toml", "version = [", ["bad.toml", "is not valid TOML"]),
+        ("bad.json", "{version: 1", ["bad.json", "is not valid JSON"]),
+        ("bad.yaml", "version: [1", ["bad.yaml", "is not valid YAML"]),
+        ("list.json", "[1, 2]", ["list.json", "must hold a table/object at the top level"]),
+        ("scalar.yaml", "just text", ["scalar.yaml", "must hold a table/object at the top level"]),
+        ("logging.ini", "[loggers]", ["logging.ini", "must end in .toml, .json, .yaml or .yml"]),
+    ],
+)
+def test_a_file_that_cannot_be_read_as_a_config_names_the_file_and_the_problem(tmp_path, name, text, words):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_a_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.toml.*No such file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_a_config_of_the_wrong_type_names_what_is_accepted():
+    with pytest.raises(ConfigError, match="config must be a dict, a file path or None, got list"):
+        load_config([("version", 1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_yaml_without_pyyaml_says_how_to_install_it(tmp_path):
+    path = tmp_path / "logging.yaml"
+    path.write_text(YAML, encoding="utf-8")
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["yaml"] = None  # makes "import yaml" raise ImportError, as if PyYAML were absent
+        from mplog.config import load_config
+        from mplog.exceptions import ConfigError
+        try:
+            load_config(sys.argv[1])
+        except ConfigError as exc:
+            print(exc)
+        else:
+            print("loaded")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    message = proc.stdout.strip()
+    assert "is YAML but PyYAML is not installed" in message
+    assert "pip install 'mplog[yaml]'" in message
+    assert "use a .toml or .json file" in message
+
+
+# ---------------------------------------------------------------- each mistake, named with its fix
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (
+            with_changes(handler={}),
+            ["unknown top-level key 'handler'", "dictConfig keys are", "runtime settings go under 'mplog'"],
+        ),
+        (with_changes(endpoint="tcp://x"), ["unknown top-level key 'endpoint'", "under 'mplog'"]),
+        (with_changes(version=2), ["version must be 1", "got 2"]),
+        (
+            with_changes(root={"level": "LOUD"}),
+            ["root.level must be a level name such as 'INFO' or a number", "'LOUD'"],
+        ),
+        (with_changes(root={"level": True}), ["root.level must be a level name", "True"]),
+        (
+            with_changes(loggers={"app": {"level": "verbose"}}),
+            ["loggers.app.level must be a level name", "'verbose'"],
+        ),
+        (
+            with_changes(handlers={"h": {"class": "logging.StreamHandler", "level": "NOISY"}}, root={}),
+            ["handlers.h.level must be a level name", "'NOISY'"],
+        ),
+        (
+            with_changes(handlers={"h": {"formatter": "plain"}}, root={}, loggers={}),
+            ["handlers.h needs a 'class'", "e.g. 'logging.FileHandler'", "'()' factory"],
+        ),
+        (
+            with_changes(handlers={"h": {"class": "logging.StreamHandler", "formatter": "fancy"}}, root={}, loggers={}),
+            ["handlers.h.formatter names 'fancy'", "not defined under 'formatters'"],
+        ),
+        (
+            with_changes(handlers={"h": {"class": "logging.StreamHandler", "filters": ["gone"]}}, root={}, loggers={}),
+            ["handlers.h.filters names 'gone'", "not defined under 'filters'"],
+        ),
+        (
+            with_changes(
+                handlers={"h": {"class": "logging.StreamHandler", "filters": "only_app"}}, root={}, loggers={}
+            ),
+            ["handlers.h.filters must be a list of names"],
+        ),
+        (with_changes(root={"handlers": ["file"]}), ["root.handlers names 'file'", "not defined under 'handlers'"]),
+        (
+            with_changes(loggers={"app": {"handlers": ["console", "mail"]}}),
+            ["loggers.app.handlers names 'mail'", "not defined under 'handlers'"],
+        ),
+        (
+            with_changes(loggers={"app": {"filters": ["nope"]}}),
+            ["loggers.app.filters names 'nope'", "not defined under 'filters'"],
+        ),
+        (with_changes(loggers={"app": {"handlers": "console"}}), ["loggers.app.handlers must be a list of names"]),
+        (with_changes(handlers=["console"]), ["handlers must be a table of named entries, got list"]),
+        (with_changes(formatters={"plain": "%(message)s"}), ["formatters.plain must be a table, got str"]),
+        (with_changes(root=["console"]), ["root must be a table, got list"]),
+        (
+            with_changes(handlers={"h": {"class": "logging.StreamHandler", "stream": sys.stderr}}, root={}, loggers={}),
+            ["only plain values", "applied in the listener process", "'ext://module.name'"],
+        ),
+        (
+            with_changes(
+                handlers={"ev": {"class": "logging.handlers.NTEventLogHandler", "appname": "x"}}, root={}, loggers={}
+            ),
+            ["handlers.ev", "NTEventLogHandler", "works only on Windows", "use logging.handlers.SysLogHandler"],
+        ),
+    ],
+    ids=lambda value: None if isinstance(value, dict) else "-".join(value)[:60],
+)
+def test_each_misconfiguration_names_the_key_and_the_fix(config, words):
+    if sys.platform == "win32" and "NTEventLogHandler" in words:
+        pytest.skip("NTEventLogHandler is valid on Windows")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ({"bogus": 1}, ["unknown key mplog.bogus", "known keys:", "endpoint", "limits"]),
+        ({"transport": "tcp"}, ["mplog.transport must be 'zmq' or 'multiprocessing'", "'tcp'"]),
+        ({"insecure": "yes"}, ["mplog.insecure must be true or false", "'yes'"]),
+        ({"endpoint": 5140}, ["mplog.endpoint must be a string", "tcp://127.0.0.1:5140", "5140"]),
+        ({"endpoint": "http://127.0.0.1:80"}, ["'http://127.0.0.1:80' has no known scheme", "ipc://PATH"]),
+        ({"limits": {"max_frame": 10}}, ["mplog.limits has an unknown key", "max_frame_bytes", "max_depth"]),
+        ({"limits": {"max_depth": "8"}}, ["mplog.limits.max_depth must be a positive int", "'8'"]),
+        ({"limits": {"max_records": 0}}, ["mplog.limits.max_records must be a positive int", "got 0"]),
+        ({"limits": [1]}, ["mplog.limits must be a table"]),
+        ({"socket": {"hwm": 10}}, ["mplog.socket has an unknown key", "sndhwm", "linger"]),
+        ({"socket": {"linger": "1s"}}, ["mplog.socket.linger must be a number of seconds >= 0", "'1s'"]),
+        ({"socket": {"sndhwm": 2.5}}, ["mplog.socket.sndhwm must be a positive int", "2.5"]),
+        ({"socket": {"heartbeat_ivl": -1}}, ["mplog.socket.heartbeat_ivl must be a number of seconds >= 0"]),
+        ({"worker": {"batch": 10}}, ["mplog.worker", "unknown option 'batch'", "batch_records"]),
+        ({"worker": {"policy": "drop"}}, ["mplog.worker", "policy must be one of block, drop_newest, drop_oldest"]),
+        ({"worker": {"batch_records": 0}}, ["mplog.worker", "batch_records must be a positive int"]),
+        ({"worker": {"level": "LOUD"}}, ["mplog.worker.level must be a level name", "'LOUD'"]),
+        ("zmq", ["mplog must be a table of runtime settings, got str"]),
+    ],
+    ids=lambda value: None if isinstance(value, (dict, str)) else "-".join(value)[:60],
+)
+def test_each_bad_runtime_setting_names_the_key_and_the_fix(section, words):
+    config = with_changes(mplog=section)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    for word in words:
+        assert word in str(info.value)
+
+
+# ---------------------------------------------------------------- start_listener refuses, in the parent
+
+
+def _children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "mplog.server" in " ".join(p.cmdline())]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (with_changes(handlres={}), ["unknown top-level key 'handlres'"]),
+        (with_changes(mplog={"socket": {"hwm": 1}}), ["mplog.socket has an unknown key"]),
+        (with_changes(root={"handlers": ["nope"]}), ["root.handlers names 'nope'"]),
+    ],
+    ids=["top-level-key", "socket-key", "handler-reference"],
+)
+def test_start_listener_refuses_a_statically_bad_config_before_starting_anything(config, words):
+    before = _children()
+    with pytest.raises(ConfigError) as info:
+        mplog.start_listener(config)
+    for word in words:
+        assert word in str(info.value)
+    assert _children() == before
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["missing-class", "missing-directory", "bad-constructor-argument"])
+def test_start_listener_raises_config_error_in_the_parent_for_what_only_dictconfig_finds(tmp_path, case):
+    if case == "missing-class":
+        handler = {"class": "logging.handlers.NoSuchHandler"}
+        words = ["the listener could not apply the config", "handler 'h'", "NoSuchHandler"]
+    elif case == "missing-directory":
+        handler = {"class": "logging.FileHandler", "filename": str(tmp_path / "no" / "such" / "dir" / "x.log")}
+        words = ["the listener could not apply the config", "handler 'h'", "No such file or directory"]
+    else:
+        handler = {"class": "logging.StreamHandler", "colour": "red"}
+        words = ["the listener could not apply the config", "handler 'h'", "colour"]
+    config = {"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"]}}
+    env_before = {key: mplog.worker.inherited_setting(key) for key in ("MPLOG_ENDPOINT", "MPLOG_LEVEL")}
+    root_before = list(logging.getLogger().handlers)
+    with pytest.raises(ConfigError) as info:
+        mplog.start_listener(config)
+    for word in words:
+        assert word in str(info.value)
+    assert _children() == []  # the listener process was reaped
+    assert {key: mplog.worker.inherited_setting(key) for key in env_before} == env_before  # nothing exported
+    assert logging.getLogger().handlers == root_before  # the parent's logging untouched
+    assert not any(Path(tmp_path).rglob("*.log"))
