@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from mplog.exceptions import FrameError
+from mplog.exceptions import ConfigError, FrameError
 from mplog.stats import Stats
 from mplog.transports import Receiver
 from mplog.wire import Limits, check_records, decode_header, make_log_record
@@ -64,6 +64,9 @@ class Server:
         if skip:
             records = records[skip:]
         host = frame.sender.host
+        # Under CURVE, the client key the handshake proved; set after the payload's extras,
+        # so a record cannot claim another sender's key (test_records_carry_the_authenticated_client_key).
+        peer = getattr(self.receiver, "last_peer", None)
         loggers = self._loggers
         for fields in records:
             name = fields[0]
@@ -72,7 +75,10 @@ class Server:
                 logger = loggers[name] = logging.getLogger(name) if name != "root" else logging.getLogger()
             if logger.isEnabledFor(fields[1]):
                 try:
-                    logger.handle(make_log_record(fields, host))
+                    record = make_log_record(fields, host)
+                    if peer is not None:
+                        record.peer_key = peer
+                    logger.handle(record)
                 except Exception:  # a logger-level filter raised (handlers are guarded on their own)
                     stats.note_handler_error(DISPATCH_ERROR)
 
@@ -88,6 +94,9 @@ class Server:
                 malformed[reason] = malformed.get(reason, 0) + count
             snap["malformed"] = malformed
             snap["malformed_total"] = sum(malformed.values())
+        connections = dict(getattr(self.receiver, "connections", {}))
+        snap["connections"] = connections  # handshakes, refused_* (mplog.security), disconnected
+        snap["refused"] = sum(n for key, n in connections.items() if key.startswith("refused_"))
         snap["endpoint"] = self.receiver.endpoint
         snap["pid"] = os.getpid()
         return snap
@@ -319,7 +328,8 @@ def child_main(read_fd: int, write_fd: int) -> int:
     try:
         receiver, limits = build_receiver(setup["endpoint"], setup.get("runtime", {}))
     except Exception as exc:
-        control.write({"event": "error", "kind": "transport", "message": f"{type(exc).__name__}: {exc}"})
+        kind = "config" if isinstance(exc, ConfigError) else "transport"  # a refused bind or bad key names its fix
+        control.write({"event": "error", "kind": kind, "message": f"{type(exc).__name__}: {exc}"})
         return 3
     server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
