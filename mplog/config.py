@@ -17,8 +17,9 @@ from typing import Any
 
 from mplog import security
 from mplog.exceptions import ConfigError
-from mplog.transports import Receiver, TransportOptions, open_receiver
+from mplog.transports import Receiver, TransportOptions, open_receiver, transport_of
 from mplog.wire import Limits
+from mplog.worker import WorkerOptions
 
 __all__ = ["DEFAULT_CONFIG", "RuntimeSettings", "build_receiver", "load_config", "worker_level"]
 
@@ -71,15 +72,15 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         if suffix == ".toml":
             if sys.version_info >= (3, 11):
-                import tomllib
+                import tomllib  # noqa: PLC0415  # only needed for .toml files
             else:  # pragma: no cover - exercised on Python 3.10 only
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415  # 3.10 only
             data: Any = tomllib.loads(text.decode("utf-8"))
         elif suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
             try:
-                import yaml
+                import yaml  # noqa: PLC0415  # optional: only .yaml configs need PyYAML
             except ImportError:
                 raise ConfigError(
                     f"{str(path)!r} is YAML but PyYAML is not installed; pip install 'mplog[yaml]' "
@@ -148,6 +149,12 @@ def _validate(config: dict[str, Any]) -> None:
         formatter = handler.get("formatter")
         if formatter is not None and formatter not in formatters:
             raise ConfigError(f"handlers.{name}.formatter names {formatter!r}, which is not defined under 'formatters'")
+        handler_filters = handler.get("filters", [])
+        if not isinstance(handler_filters, list):
+            raise ConfigError(f"handlers.{name}.filters must be a list of names, got {handler_filters!r}")
+        for item in handler_filters:
+            if isinstance(item, str) and item not in filters:
+                raise ConfigError(f"handlers.{name}.filters names {item!r}, which is not defined under 'filters'")
         _check_handler_class(name, handler)
     for name, logger in _check_section(config, "loggers").items():
         _check_logger(f"loggers.{name}", logger, handlers, filters)
@@ -186,8 +193,44 @@ def _runtime(section: Any) -> RuntimeSettings:
         raise ConfigError(f"mplog.transport must be 'zmq' or 'multiprocessing', got {settings.transport!r}")
     if not isinstance(settings.insecure, bool):
         raise ConfigError(f"mplog.insecure must be true or false, got {settings.insecure!r}")
-    transport_options_for(settings.as_dict())  # also checks mplog.limits and mplog.curve
+    if settings.endpoint is not None:
+        if not isinstance(settings.endpoint, str):
+            raise ConfigError(
+                f"mplog.endpoint must be a string such as 'tcp://127.0.0.1:5140', got {settings.endpoint!r}"
+            )
+        transport_of(settings.endpoint)  # names the known schemes
+    for name in ("limits", "socket", "curve", "worker"):
+        if not isinstance(getattr(settings, name), dict):
+            raise ConfigError(f"mplog.{name} must be a table, got {getattr(settings, name)!r}")
+    transport_options_for(settings.as_dict())  # also checks mplog.limits
+    _check_worker(settings.worker)
     return settings
+
+
+def _check_numbers(section: str, values: dict[str, Any], defaults: Any) -> None:
+    """Each value must have the type of its default: a wrong type would only fail later, in the listener."""
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{section}.{key} must be a positive int, got {value!r}")
+        elif isinstance(default, float) and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0
+        ):
+            raise ConfigError(f"{section}.{key} must be a number of seconds >= 0, got {value!r}")
+
+
+def _check_worker(section: dict[str, Any]) -> None:
+    """``mplog.worker`` holds setup_worker() options; an unknown key or bad value is named here."""
+    if section.get("level") is not None:
+        _check_level("mplog.worker.level", section["level"])
+    try:
+        WorkerOptions.from_kwargs(**section)
+    except ConfigError as exc:
+        raise ConfigError(f"mplog.worker: {exc}") from None
 
 
 def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple[dict[str, Any], RuntimeSettings]:
@@ -201,7 +244,14 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple
     if isinstance(config, (str, os.PathLike)):
         data = _read_file(Path(config))
     elif isinstance(config, dict):
-        data = copy.deepcopy(config)
+        try:
+            data = copy.deepcopy(config)
+        except Exception as exc:  # a stream, lock or socket object: it could never reach the listener anyway
+            raise ConfigError(
+                f"the config must hold only plain values (strings, numbers, lists, tables) because it is applied "
+                f"in the listener process; use 'ext://module.name' or a '()' factory path for objects "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
     else:
         raise ConfigError(f"config must be a dict, a file path or None, got {type(config).__name__}")
     runtime = _runtime(data.pop("mplog", None))
@@ -226,10 +276,12 @@ def worker_level(config: dict[str, Any]) -> int:
 def limits_for(runtime: dict[str, Any]) -> Limits:
     """Decoder limits from the ``mplog.limits`` table."""
     try:
-        return replace(Limits(), **runtime.get("limits", {}))
+        limits = replace(Limits(), **runtime.get("limits", {}))
     except TypeError:
         known = ", ".join(f.name for f in fields(Limits))
         raise ConfigError(f"mplog.limits has an unknown key; known keys: {known}") from None
+    _check_numbers("mplog.limits", runtime.get("limits", {}), Limits())
+    return limits
 
 
 def transport_options_for(runtime: dict[str, Any]) -> TransportOptions:
@@ -243,6 +295,7 @@ def transport_options_for(runtime: dict[str, Any]) -> TransportOptions:
     except TypeError:
         known = ", ".join(f.name for f in fields(TransportOptions))
         raise ConfigError(f"mplog.socket has an unknown key; known keys: {known}") from None
+    _check_numbers("mplog.socket", runtime.get("socket", {}), TransportOptions())
     curve = runtime.get("curve") or {}
     if curve:
         # Loaded and checked here (modes, an empty allow-list): CURVE fails closed, with the key named.
