@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import logging.handlers
 import os
 import sys
 from dataclasses import dataclass, field, fields, replace
@@ -44,7 +45,18 @@ _DICTCONFIG_KEYS = {
     "incremental",
     "disable_existing_loggers",
 }
-_RUNTIME_KEYS = {"endpoint", "transport", "insecure", "limits", "socket", "curve", "worker"}
+_RUNTIME_KEYS = {
+    "endpoint",
+    "transport",
+    "insecure",
+    "limits",
+    "socket",
+    "curve",
+    "worker",
+    "allow_pickle_forwarding",
+    "ack",
+    "state_dir",
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,9 @@ class RuntimeSettings:
     socket: dict[str, Any] = field(default_factory=dict)
     curve: dict[str, Any] = field(default_factory=dict)
     worker: dict[str, Any] = field(default_factory=dict)
+    allow_pickle_forwarding: bool = False  # permit logging.handlers.SocketHandler/DatagramHandler (they send pickles)
+    ack: bool = False  # acknowledged delivery (mplog.ack): workers resend until the listener acknowledges
+    state_dir: str | None = None  # where the listener keeps its stats checkpoint and acknowledged marks
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -129,7 +144,7 @@ def _check_logger(where: str, logger: dict[str, Any], handlers: dict[str, Any], 
                 raise ConfigError(f"{where}.{key} names {item!r}, which is not defined under '{key}'")
 
 
-def _validate(config: dict[str, Any]) -> None:
+def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) -> None:
     unknown = set(config) - _DICTCONFIG_KEYS
     if unknown:
         raise ConfigError(
@@ -155,7 +170,11 @@ def _validate(config: dict[str, Any]) -> None:
         for item in handler_filters:
             if isinstance(item, str) and item not in filters:
                 raise ConfigError(f"handlers.{name}.filters names {item!r}, which is not defined under 'filters'")
-        _check_handler_class(name, handler)
+        _check_handler_class(name, handler, allow_pickle_forwarding=allow_pickle_forwarding)
+        if isinstance(handler.get("flushLevel"), str):
+            # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.12 on.
+            _check_level(f"handlers.{name}.flushLevel", handler["flushLevel"])
+            handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
     for name, logger in _check_section(config, "loggers").items():
         _check_logger(f"loggers.{name}", logger, handlers, filters)
     root = config.get("root", {})
@@ -171,8 +190,24 @@ def _validate(config: dict[str, Any]) -> None:
         ) from None
 
 
-def _check_handler_class(name: str, handler: dict[str, Any]) -> None:
+def _sends_pickles(path: Any) -> bool:
+    """True for logging.handlers.SocketHandler, DatagramHandler and subclasses already imported."""
+    if not isinstance(path, str):
+        return False
+    module, _, attr = path.removeprefix("ext://").rpartition(".")
+    found = getattr(sys.modules.get(module), attr, None)
+    return isinstance(found, type) and issubclass(found, logging.handlers.SocketHandler)
+
+
+def _check_handler_class(name: str, handler: dict[str, Any], *, allow_pickle_forwarding: bool = False) -> None:
     cls = handler.get("class", "")
+    if not allow_pickle_forwarding and (_sends_pickles(cls) or _sends_pickles(handler.get("()"))):
+        raise ConfigError(
+            f"handlers.{name}: {cls or handler.get('()')} sends pickled records, which the receiving end must "
+            "unpickle (unsafe with any peer it does not fully trust); use mplog.handlers.ForwardHandler to forward "
+            "msgpack frames to another mplog listener, or set mplog.allow_pickle_forwarding = true to send "
+            "pickles anyway"
+        )
     if isinstance(cls, str) and cls.endswith("NTEventLogHandler") and sys.platform != "win32":
         raise ConfigError(
             f"handlers.{name}: NTEventLogHandler writes to the Windows event log and works only on Windows; "
@@ -193,6 +228,15 @@ def _runtime(section: Any) -> RuntimeSettings:
         raise ConfigError(f"mplog.transport must be 'zmq' or 'multiprocessing', got {settings.transport!r}")
     if not isinstance(settings.insecure, bool):
         raise ConfigError(f"mplog.insecure must be true or false, got {settings.insecure!r}")
+    if not isinstance(settings.allow_pickle_forwarding, bool):
+        value = settings.allow_pickle_forwarding
+        raise ConfigError(f"mplog.allow_pickle_forwarding must be true or false, got {value!r}")
+    if not isinstance(settings.ack, bool):
+        raise ConfigError(f"mplog.ack must be true or false, got {settings.ack!r}")
+    if settings.ack and settings.transport != "zmq":
+        raise ConfigError("mplog.ack needs the ZeroMQ transport; remove mplog.transport = 'multiprocessing'")
+    if settings.state_dir is not None and not isinstance(settings.state_dir, str):
+        raise ConfigError(f"mplog.state_dir must be a directory path, got {settings.state_dir!r}")
     if settings.endpoint is not None:
         if not isinstance(settings.endpoint, str):
             raise ConfigError(
@@ -257,7 +301,7 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple
     runtime = _runtime(data.pop("mplog", None))
     data.setdefault("version", 1)
     data.setdefault("disable_existing_loggers", False)
-    _validate(data)
+    _validate(data, allow_pickle_forwarding=runtime.allow_pickle_forwarding)
     return data, runtime
 
 
@@ -311,4 +355,10 @@ def transport_options_for(runtime: dict[str, Any]) -> TransportOptions:
 
 def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Limits]:
     """Bind the listener's receiver for ``endpoint`` with the runtime settings applied."""
+    if runtime.get("ack"):  # acknowledged delivery: a ROUTER that can answer each sender
+        if transport_of(endpoint) != "zmq":
+            raise ConfigError(f"mplog.ack needs an ipc:// or tcp:// endpoint, got {endpoint!r}")
+        from mplog.transports.zeromq_ack import RouterReceiver  # noqa: PLC0415  # only acknowledging listeners
+
+        return RouterReceiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
     return open_receiver(endpoint, transport_options_for(runtime)), limits_for(runtime)

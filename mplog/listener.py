@@ -7,6 +7,8 @@ as a lifeline: when this process dies, the listener drains what it has and exits
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,8 +23,18 @@ from typing import Any
 
 from mplog.config import load_config, worker_level
 from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.supervisor import Supervisor, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
-from mplog.worker import ENV_ENDPOINT, ENV_LEVEL, MplogHandler, export_setting, inherited_setting, setup_worker
+from mplog.transports.base import make_private_dir
+from mplog.worker import (
+    ENV_ACK,
+    ENV_ENDPOINT,
+    ENV_LEVEL,
+    MplogHandler,
+    export_setting,
+    inherited_setting,
+    setup_worker,
+)
 
 __all__ = ["Listener", "start_listener"]
 
@@ -40,8 +52,14 @@ class Listener:
         transport: str | None = None,
         route_parent: bool = True,
         export_env: bool = True,
+        supervise: bool = True,
+        ack: bool | None = None,
     ) -> None:
         self._config, self._runtime = load_config(config)
+        if ack is not None:
+            self._runtime = dataclasses.replace(self._runtime, ack=ack)
+        if self._runtime.ack and (transport or self._runtime.transport) != "zmq":
+            raise ConfigError("acknowledged delivery (ack=True) needs the ZeroMQ transport, not 'multiprocessing'")
         self._transport = transport or self._runtime.transport
         self._requested_endpoint = endpoint or self._runtime.endpoint
         if self._requested_endpoint and transport and transport_of(self._requested_endpoint) != transport:
@@ -57,6 +75,10 @@ class Listener:
         self._saved_env: dict[str, str | None] = {}
         self._saved_root: tuple[list[logging.Handler], int] | None = None
         self._handler: MplogHandler | None = None
+        self._supervise = supervise
+        self._supervisor: Supervisor | None = None
+        self._state_dir = ""
+        self._own_state_dir = ""
         self.endpoint = ""
         self.pid = 0
 
@@ -75,21 +97,10 @@ class Listener:
         endpoint = self._requested_endpoint
         if not endpoint:
             endpoint, self._private_dir = default_endpoint(self._transport)
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mplog.server", "--control", f"{to_child_r},{from_child_w}"],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                close_fds=True,
-            )
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        self._to_child, self._from_child = to_child_w, from_child_r
-        self._write({"config": self._config, "endpoint": endpoint, "runtime": self._runtime.as_dict()})
-        reply = self._read(START_TIMEOUT)
+        self._state_dir = self._runtime.state_dir or self._private_dir
+        if not self._state_dir:
+            self._state_dir = self._own_state_dir = make_private_dir()
+        reply = self._launch(endpoint, restarts=0)
         if reply is None or reply.get("event") != "ready":
             self._abort()
             message = (reply or {}).get("message", "the listener process exited during start-up")
@@ -104,11 +115,64 @@ class Listener:
         if self._export_env:
             self._set_env(ENV_ENDPOINT, self.endpoint)
             self._set_env(ENV_LEVEL, logging.getLevelName(worker_level(self._config)))
+            self._set_env(ENV_ACK, "1" if self._runtime.ack else "0")
         if self._route_parent:
             root = logging.getLogger()
             self._saved_root = (list(root.handlers), root.level)
-            self._handler = setup_worker(self.endpoint, level=worker_level(self._config), flush_on_sigterm=False)
+            self._handler = setup_worker(
+                self.endpoint, level=worker_level(self._config), flush_on_sigterm=False, ack=self._runtime.ack
+            )
+        if self._supervise:
+            self._supervisor = Supervisor(self._poll_child, self._relaunch, self._lock).start()
         return self
+
+    def _launch(self, endpoint: str, restarts: int) -> dict[str, Any] | None:
+        """Start one listener process over a new control pipe; return its first message."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "mplog.server", "--control", f"{to_child_r},{from_child_w}"],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._to_child, self._from_child = to_child_w, from_child_r
+        self._buffer = b""
+        setup = {
+            "config": self._config,
+            "endpoint": endpoint,
+            "runtime": self._runtime.as_dict(),
+            "state_dir": self._state_dir,
+            "restarts": restarts,
+        }
+        self._write(setup)
+        return self._read(START_TIMEOUT)
+
+    def _poll_child(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def _relaunch(self) -> int:
+        """Start a new listener on the same endpoint and state (the supervisor holds the lock)."""
+        self._close_control()
+        assert self._supervisor is not None
+        reply = self._launch(self.endpoint, restarts=self._supervisor.restarts + 1)
+        if reply is None or reply.get("event") != "ready":
+            assert self._proc is not None
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            raise ListenerError((reply or {}).get("message", "the new listener process exited during start-up"))
+        self.pid = int(reply["pid"])
+        return self.pid
+
+    @property
+    def restarts(self) -> int:
+        """How many times the supervisor restarted the listener process."""
+        return self._supervisor.restarts if self._supervisor is not None else 0
 
     def _set_env(self, key: str, value: str) -> None:
         self._saved_env.setdefault(key, inherited_setting(key))
@@ -120,13 +184,23 @@ class Listener:
             return self._final
         if self._proc is None:
             raise ListenerError("the listener has not been started")
-        with self._lock:
-            self._write({"cmd": "stats"})
-            reply = self._read(timeout)
+        supervisor = self._supervisor
+        seen = supervisor.restarts if supervisor is not None else 0
+        reply = self._ask_stats(timeout)
+        if reply is None and supervisor is not None and supervisor.wait_for_restart(seen, timeout):
+            reply = self._ask_stats(timeout)  # the listener died meanwhile and was restarted
         if reply is None or "stats" not in reply:
             raise ListenerError("the listener did not answer a stats request")
         stats: dict[str, Any] = reply["stats"]
         return stats
+
+    def _ask_stats(self, timeout: float) -> dict[str, Any] | None:
+        with self._lock:
+            try:
+                self._write({"cmd": "stats"})
+                return self._read(timeout)
+            except OSError:
+                return None
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """Deliver this process's buffered records, drain the listener, stop it; return final stats.
@@ -137,6 +211,8 @@ class Listener:
             return self._final or {}
         if os.getpid() != self._owner_pid:
             return {}  # a forked copy of this handle: the listener is not ours to stop
+        if self._supervisor is not None:
+            self._supervisor.stop()  # no restart may race the orderly end
         self._restore_parent()
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -150,7 +226,9 @@ class Listener:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        self._final = (reply or {}).get("stats", {})
+        self._final = (reply or {}).get("stats")
+        if self._final is None:  # it died and was not restarted: its last checkpoint is what it knew
+            self._final = load_checkpoint(stats_path(self._state_dir)) or {} if self._state_dir else {}
         self._cleanup()
         return self._final
 
@@ -178,14 +256,16 @@ class Listener:
         self._final = {}
         self._cleanup()
 
-    def _cleanup(self) -> None:
+    def _close_control(self) -> None:
         for fd in (self._to_child, self._from_child):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
-        if self._private_dir:
-            shutil.rmtree(self._private_dir, ignore_errors=True)
+
+    def _cleanup(self) -> None:
+        self._close_control()
+        for directory in (self._private_dir, self._own_state_dir):
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
 
     @property
     def running(self) -> bool:
@@ -238,6 +318,8 @@ def start_listener(
     transport: str | None = None,
     route_parent: bool = True,
     export_env: bool = True,
+    supervise: bool = True,
+    ack: bool | None = None,
 ) -> Listener:
     """Start the dedicated listener process and return its handle.
 
@@ -247,10 +329,18 @@ def start_listener(
         transport: ``"zmq"`` (default) or ``"multiprocessing"``.
         route_parent: also send this process's own logging through the listener.
         export_env: set ``MPLOG_ENDPOINT`` (and ``MPLOG_LEVEL``) for child processes.
+        supervise: restart the listener process on the same endpoint if it dies (mplog.supervisor).
+        ack: acknowledged delivery (mplog.ack); None: the config's ``mplog.ack``.
 
     Raises:
         ConfigError: a bad config, naming the key (checked here, or by the listener).
     """
     return Listener(
-        config, endpoint=endpoint, transport=transport, route_parent=route_parent, export_env=export_env
+        config,
+        endpoint=endpoint,
+        transport=transport,
+        route_parent=route_parent,
+        export_env=export_env,
+        supervise=supervise,
+        ack=ack,
     ).start()

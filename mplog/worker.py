@@ -33,6 +33,7 @@ __all__ = ["MplogHandler", "WorkerOptions", "setup_worker"]
 
 ENV_ENDPOINT = "MPLOG_ENDPOINT"
 ENV_LEVEL = "MPLOG_LEVEL"
+ENV_ACK = "MPLOG_ACK"
 POLICIES = ("block", "drop_newest", "drop_oldest")
 
 
@@ -50,6 +51,8 @@ class WorkerOptions:
     close_timeout: float = 2.0  # the longest exit waits to deliver what is buffered
     flush_on_sigterm: bool = True  # deliver buffered records when SIGTERM ends the process
     level: int | None = None  # root logger level; None: $MPLOG_LEVEL or DEBUG
+    ack: bool | None = None  # acknowledged delivery (mplog.ack); None: on if the listener exported $MPLOG_ACK=1
+    ack_timeout: float = 1.0  # seconds without an acknowledgement before unacknowledged frames are resent
     limits: Limits = field(default_factory=Limits)
     transport: TransportOptions = field(default_factory=TransportOptions)
 
@@ -89,7 +92,7 @@ class WorkerOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
-        for name in ("flush_interval", "block_timeout", "close_timeout"):
+        for name in ("flush_interval", "block_timeout", "close_timeout", "ack_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -117,6 +120,13 @@ def _process_start_time() -> float:
         return time.time()
 
 
+class _ThreadState(threading.local):
+    """Per-thread flags; the class default makes ``busy`` a plain lookup on every logging call
+    (a missing thread-local attribute costs an AttributeError inside ``getattr``)."""
+
+    busy = False
+
+
 class _Identity:
     """The sender identity of the current process incarnation and handler stream."""
 
@@ -142,9 +152,9 @@ class MplogHandler(logging.Handler):
         """(Re)initialise every piece of per-process state; runs again in a forked child."""
         self._pid = os.getpid()
         self._mutex = threading.RLock()
-        self._local = threading.local()
+        self._local = _ThreadState()
         self._identity = _Identity()
-        self._transport: Sender = open_sender(self.endpoint, self.options.transport)
+        self._transport: Sender = self._open_transport()
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._outbox: deque[tuple[list[bytes], int]] = deque()
@@ -156,6 +166,13 @@ class MplogHandler(logging.Handler):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def _open_transport(self) -> Sender:
+        if self.options.ack:  # frames kept until acknowledged, resent after a listener restart
+            from mplog.ack import open_ack_sender  # noqa: PLC0415  # opt-in; imports the listener side
+
+            return open_ack_sender(self.endpoint, self.options)
+        return open_sender(self.endpoint, self.options.transport)
 
     def _after_fork_in_child(self) -> None:
         _abandoned.append(self._transport)
@@ -201,7 +218,8 @@ class MplogHandler(logging.Handler):
             self._pending.append(data)
             self._pending_bytes += len(data)
             return
-        if not self._mutex.acquire(timeout=self.options.block_timeout):
+        # An uncontended try first: acquire(timeout=...) costs twice as much on every call.
+        if not (self._mutex.acquire(False) or self._mutex.acquire(timeout=self.options.block_timeout)):
             self._dropped += 1  # another thread held the buffer past the bound
             return
         local.busy = True
@@ -498,6 +516,8 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
             "(mplog.start_listener() sets it for the processes it starts)"
         )
     opts = WorkerOptions.from_kwargs(**options)
+    if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
+        opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")
     root = logging.getLogger()
     level = opts.level if opts.level is not None else _level_from_env()
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
