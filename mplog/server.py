@@ -97,6 +97,7 @@ class Server:
         connections = dict(getattr(self.receiver, "connections", {}))
         snap["connections"] = connections  # handshakes, refused_* (mplog.security), disconnected
         snap["refused"] = sum(n for key, n in connections.items() if key.startswith("refused_"))
+        snap["handler_drops"] = handler_drops()
         snap["endpoint"] = self.receiver.endpoint
         snap["pid"] = os.getpid()
         return snap
@@ -119,6 +120,17 @@ class Server:
             if data is None:
                 break
             self.handle_frame(data)
+
+
+def handler_drops() -> dict[str, int]:
+    """Records each buffering handler had to drop (handlers with a ``dropped`` count, e.g. mplog.handlers')."""
+    drops: dict[str, int] = {}
+    for ref in list(getattr(logging, "_handlerList", [])):  # every handler of this process, by weak reference
+        handler = ref()
+        count = getattr(handler, "dropped", None)
+        if isinstance(handler, logging.Handler) and isinstance(count, int) and not isinstance(count, bool):
+            drops[handler.get_name() or type(handler).__name__] = count
+    return drops
 
 
 def install_handler_error_counter(stats: Stats, quiet_interval: float = 10.0) -> None:
