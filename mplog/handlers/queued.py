@@ -18,15 +18,22 @@ from mplog.exceptions import ConfigError
 
 __all__ = ["QueuedHandler"]
 
-# dictConfig retries a handler once, after the others, when the cause of its failure
-# says this (it is the wording its own MemoryHandler support uses).
-_DEFER = "target not configured yet"
 
+def _config_handlers(names: Any) -> Any:
+    """The mapping dictConfig fills with the handlers it builds, reached from the list it passed us.
 
-def _configured_handler(name: str) -> logging.Handler | None:
-    handlers: Any = getattr(logging, "_handlers", {})  # name -> handler, kept by Handler.set_name
-    handler = handlers.get(name)
-    return handler if isinstance(handler, logging.Handler) else None
+    dictConfig builds handlers in the alphabetical order of their names and cannot defer a
+    handler that is not a MemoryHandler, so a target may not exist yet when this handler is
+    built. The list of names it passes keeps a reference to the config it came from (an
+    undocumented but long-standing detail of ``logging.config``); holding that mapping keeps
+    the targets alive until the first record resolves them.
+    """
+    configurator = getattr(getattr(names, "parent", None), "configurator", None)
+    config = getattr(configurator, "config", None)
+    try:
+        return config["handlers"] if config is not None else None
+    except (KeyError, TypeError):
+        return None
 
 
 class QueuedHandler(logging.Handler):
@@ -36,52 +43,79 @@ class QueuedHandler(logging.Handler):
     ``handlers`` key of those.
 
     Args:
-        handlers: names of handlers defined under ``handlers`` in the same config.
+        handlers: names of handlers defined under ``handlers`` in the same config (or handler objects).
         maxsize: records held before new ones are dropped (and counted).
         respect_handler_level: as ``QueueListener``: each target applies its own level.
     """
 
-    def __init__(self, handlers: list[str], maxsize: int = 10_000, respect_handler_level: bool = True) -> None:
+    def __init__(
+        self, handlers: list[str | logging.Handler], maxsize: int = 10_000, respect_handler_level: bool = True
+    ) -> None:
         if isinstance(handlers, str) or not handlers:
             raise ConfigError(f"QueuedHandler handlers must be a list of handler names, got {handlers!r}")
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ConfigError(f"QueuedHandler maxsize must be a positive int, got {maxsize!r}")
-        targets = []
-        for name in handlers:
-            target = _configured_handler(name)
-            if target is None:
-                raise ConfigError(f"QueuedHandler names handler {name!r}, which is not defined") from ValueError(
-                    f"{name!r}: {_DEFER}"
-                )
-            targets.append(target)
         super().__init__()
+        self._names = list(handlers)
+        self._registry = _config_handlers(handlers)
+        self.respect_handler_level = respect_handler_level
         self.queue: queue.Queue[logging.LogRecord] = queue.Queue(maxsize)
-        self.targets = targets
+        self.targets: list[logging.Handler] = []
+        self.listener: logging.handlers.QueueListener | None = None
         self.dropped = 0
+
+    def _resolve(self, name: str | logging.Handler) -> logging.Handler:
+        if isinstance(name, logging.Handler):
+            return name
+        found = self._registry.get(name) if self._registry is not None else None
+        if not isinstance(found, logging.Handler):
+            found = getattr(logging, "_handlers", {}).get(name)  # name -> handler, kept by Handler.set_name
+        if not isinstance(found, logging.Handler):
+            raise ConfigError(f"QueuedHandler names handler {name!r}, which is not defined under 'handlers'")
+        return found
+
+    def start(self) -> None:
+        """Resolve the target handlers and start the thread that feeds them (done at the first record)."""
+        self.targets = [self._resolve(name) for name in self._names]
+        self._registry = None  # the targets are held now; let the rest of the config go
         self.listener = logging.handlers.QueueListener(
-            self.queue, *targets, respect_handler_level=respect_handler_level
+            self.queue, *self.targets, respect_handler_level=self.respect_handler_level
         )
         self.listener.start()
+        self._close_before_targets()
+
+    def _close_before_targets(self) -> None:
+        # logging.shutdown() closes handlers newest first. Built before its targets (they
+        # are resolved only now), this handler would be closed after them and drain its
+        # queue into closed handlers; moving it to the newest place closes it first.
+        handler_list: Any = getattr(logging, "_handlerList", None)
+        lock: Any = getattr(logging, "_lock", None)
+        if handler_list is None or lock is None:
+            return
+        with lock:
+            for ref in list(handler_list):
+                if ref() is self:
+                    handler_list.remove(ref)
+                    handler_list.append(ref)
 
     def emit(self, record: logging.LogRecord) -> None:
         # The record stays in this process: it is queued as it is (no copy, no pickling).
         try:
+            if self.listener is None:
+                self.start()
             self.queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
+        except Exception:
+            self.handleError(record)
 
     def close(self) -> None:
         """Deliver what is queued to the targets, stop the thread, then close the targets."""
-        listener = getattr(self, "listener", None)
-        if listener is not None and listener._thread is not None:
-            self._put_sentinel()
-            thread = listener._thread
-            thread.join()
-            listener._thread = None
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            # The queue may be full: the end marker waits for room (the thread is draining it).
+            self.queue.put(listener._sentinel)  # type: ignore[attr-defined]  # QueueListener's end marker
+            listener.stop()
         for target in self.targets:
             target.close()
         super().close()
-
-    def _put_sentinel(self) -> None:
-        # The queue may be full: the sentinel waits for room (the thread is draining it).
-        self.queue.put(self.listener._sentinel)  # type: ignore[attr-defined]  # QueueListener's end marker
