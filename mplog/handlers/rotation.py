@@ -127,20 +127,29 @@ class _Rotation:
     namer: Callable[[str], str] | None
     rotator: Callable[[str, str], None] | None
 
+    def _check_rotation(self, namer: Any, rotator: Any, compress: str | None) -> tuple[Any, Any]:
+        """Resolve and check the arguments before the file is opened (a bad one must not leak it)."""
+        kind = type(self).__name__
+        namer = _callable(namer, f"{kind} namer")
+        rotator = _callable(rotator, f"{kind} rotator")
+        if compress is not None:
+            if compress not in COMPRESSIONS:
+                raise ConfigError(
+                    f"{kind} compress must be one of {', '.join(COMPRESSIONS)} or absent, got {compress!r}"
+                )
+            if rotator is not None:
+                raise ConfigError(f"{kind}: give either compress or rotator, not both (compress sets the rotator)")
+        return namer, rotator
+
     def _setup_rotation(
         self, namer: Any, rotator: Any, compress: str | None, compresslevel: int, compress_wait: float
     ) -> None:
-        kind = type(self).__name__
-        self.namer = _callable(namer, f"{kind} namer")
-        self.rotator = _callable(rotator, f"{kind} rotator")
+        self.namer = namer
+        self.rotator = rotator
         self.compress_wait = compress_wait
         self.compressor: Compressor | None = None
         if compress is None:
             return
-        if compress not in COMPRESSIONS:
-            raise ConfigError(f"{kind} compress must be one of {', '.join(COMPRESSIONS)} or absent, got {compress!r}")
-        if self.rotator is not None:
-            raise ConfigError(f"{kind}: give either compress or rotator, not both (compress sets the rotator)")
         user_namer = self.namer
         self.namer = (lambda name: gzip_namer(user_namer(name))) if user_namer else gzip_namer
         self.compressor = Compressor(compresslevel, on_error=self._compress_failed)
@@ -195,6 +204,7 @@ class RotatingFileHandler(_Rotation, logging.handlers.RotatingFileHandler):
         compresslevel: int = 6,
         compress_wait: float = 30.0,
     ) -> None:
+        namer, rotator = self._check_rotation(namer, rotator, compress)
         super().__init__(filename, mode, maxBytes, backupCount, encoding, delay, errors)
         self._setup_rotation(namer, rotator, compress, compresslevel, compress_wait)
 
@@ -242,7 +252,9 @@ class TimedRotatingFileHandler(_Rotation, logging.handlers.TimedRotatingFileHand
         compresslevel: int = 6,
         compress_wait: float = 30.0,
     ) -> None:
-        super().__init__(filename, when, interval, backupCount, encoding, delay, utc, _at_time(atTime), errors)
+        at_time = _at_time(atTime)
+        namer, rotator = self._check_rotation(namer, rotator, compress)
+        super().__init__(filename, when, interval, backupCount, encoding, delay, utc, at_time, errors)
         self._setup_rotation(namer, rotator, compress, compresslevel, compress_wait)
 
     def doRollover(self) -> None:
