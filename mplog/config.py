@@ -56,6 +56,7 @@ _RUNTIME_KEYS = {
     "allow_pickle_forwarding",
     "ack",
     "state_dir",
+    "control",
 }
 
 
@@ -73,6 +74,7 @@ class RuntimeSettings:
     allow_pickle_forwarding: bool = False  # permit logging.handlers.SocketHandler/DatagramHandler (they send pickles)
     ack: bool = False  # acknowledged delivery (mplog.ack): workers resend until the listener acknowledges
     state_dir: str | None = None  # where the listener keeps its stats checkpoint and acknowledged marks
+    control: str | None = None  # the status channel `mplog status` asks (mplog.control); default: next to endpoint
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -235,6 +237,10 @@ def _runtime(section: Any) -> RuntimeSettings:
         raise ConfigError(f"mplog.ack must be true or false, got {settings.ack!r}")
     if settings.ack and settings.transport != "zmq":
         raise ConfigError("mplog.ack needs the ZeroMQ transport; remove mplog.transport = 'multiprocessing'")
+    if settings.control is not None and (
+        not isinstance(settings.control, str) or not settings.control.startswith(("ipc://", "tcp://"))
+    ):
+        raise ConfigError(f"mplog.control must be an ipc:// or tcp:// endpoint, got {settings.control!r}")
     if settings.state_dir is not None and not isinstance(settings.state_dir, str):
         raise ConfigError(f"mplog.state_dir must be a directory path, got {settings.state_dir!r}")
     if settings.endpoint is not None:

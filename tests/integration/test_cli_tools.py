@@ -353,3 +353,22 @@ def test_a_listener_started_by_start_listener_answers_mplog_status(tmp_path):
         result = run_mplog("status", listener.endpoint)
     assert result.returncode == 0, result.stderr
     assert "received 25," in result.stdout.splitlines()[0]
+
+
+def test_the_config_can_name_the_status_channel_and_check_refuses_a_bad_one(tmp_path):
+    control = f"ipc://{tmp_path}/status.ctl"
+    config = file_config(tmp_path / "out.log")
+    config["mplog"] = {"control": control}
+    with mplog.start_listener(config, route_parent=False) as listener:
+        log_from_child(listener.endpoint, 1, 10)
+        result = run_mplog("status", "--control", control, listener.endpoint)
+    assert result.returncode == 0, result.stderr
+    assert "received 10," in result.stdout.splitlines()[0]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mplog]\ncontrol = "udp://127.0.0.1:1"\n', encoding="utf-8")
+    refused = run_mplog("check", str(bad))
+    assert refused.returncode == 2
+    assert (
+        refused.stderr
+        == "mplog: config error: mplog.control must be an ipc:// or tcp:// endpoint, got 'udp://127.0.0.1:1'\n"
+    )
