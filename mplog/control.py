@@ -115,9 +115,9 @@ class ControlServer:
         try:
             message = json.loads(request)
         except (ValueError, UnicodeDecodeError):
-            return {"error": "the request must be a JSON object such as {\"cmd\": \"stats\"}"}
+            return {"error": 'the request must be a JSON object such as {"cmd": "stats"}'}
         if not isinstance(message, dict) or message.get("cmd") != "stats":
-            return {"error": "unknown request; the only command is {\"cmd\": \"stats\"}"}
+            return {"error": 'unknown request; the only command is {"cmd": "stats"}'}
         return {"stats": self._snapshot()}
 
     def _serve(self) -> None:
@@ -194,7 +194,7 @@ def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = 
     """
     target = control or control_endpoint_for(endpoint)
     if target.startswith("ipc://") and not os.path.exists(target[len("ipc://") :]):
-        raise ListenerError(f"no listener at {endpoint!r}: {target[len('ipc://'):]} does not exist")
+        raise ListenerError(f"no listener at {endpoint!r}: {target[len('ipc://') :]} does not exist")
     ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.REQ)
     try:

@@ -372,3 +372,28 @@ def test_the_config_can_name_the_status_channel_and_check_refuses_a_bad_one(tmp_
         refused.stderr
         == "mplog: config error: mplog.control must be an ipc:// or tcp:// endpoint, got 'udp://127.0.0.1:1'\n"
     )
+
+
+def test_the_status_channel_refuses_oversized_and_unknown_requests_and_keeps_answering(tmp_path):
+    import zmq
+
+    from mplog.control import MAX_REQUEST_BYTES, control_endpoint_for, request_stats
+
+    with mplog.start_listener(file_config(tmp_path / "out.log"), route_parent=False) as listener:
+        control = control_endpoint_for(listener.endpoint)
+        ctx = zmq.Context()
+        try:
+            for request, answered in ((b"x" * (MAX_REQUEST_BYTES + 1), False), (b'{"cmd": "shutdown"}', True)):
+                sock = ctx.socket(zmq.REQ)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(control)
+                sock.send(request)
+                if answered:
+                    assert sock.poll(5000)
+                    assert sock.recv_json() == {"error": 'unknown request; the only command is {"cmd": "stats"}'}
+                else:  # libzmq drops a peer whose message exceeds MAXMSGSIZE: no answer, no harm
+                    assert not sock.poll(300)
+                sock.close()
+        finally:
+            ctx.term()
+        assert request_stats(listener.endpoint)["received"] == 0
