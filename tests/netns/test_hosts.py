@@ -1,0 +1,215 @@
+"""Real networks: workers, relays and collectors on separate hosts (network namespaces joined by veth).
+
+RELIABILITY.md B14 (partition on tcp://) and the cross-host parts of C7; a plaintext
+bind beyond loopback is refused here too, on a real non-loopback address.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from helpers import check_lines, file_config, read_lines
+
+from mplog import security
+
+pytestmark = [pytest.mark.netns, pytest.mark.integration]
+
+PORT = 5140
+
+
+def make_keys(tmp: Path, *names: str) -> dict[str, Path]:
+    """One key pair per name, each in its own directory (so a directory can serve as an allow-list)."""
+    paths = {}
+    for name in names:
+        public, secret = security.generate_key_pair(tmp / name, name)
+        paths[name], paths[f"{name}_secret"], paths[f"{name}_dir"] = public, secret, tmp / name
+    return paths
+
+
+def curve_collector_config(out: Path, keys: dict[str, Path], server: str, clients: str) -> dict:
+    config = file_config(out)
+    config["mplog"] = {
+        "curve": {"server_secret_key": str(keys[f"{server}_secret"]), "authorized_keys": str(keys[f"{clients}_dir"])}
+    }
+    return config
+
+
+def stop(listener) -> dict:
+    listener.send("stop")
+    stats = listener.read("stopped")["stats"]
+    listener.finish()
+    return stats
+
+
+@pytest.mark.timeout(60)
+def test_workers_on_one_host_reach_a_curve_collector_on_another_and_strangers_get_nothing(network, tmp_path):
+    a, b = network.host("a"), network.host("b")
+    network.link(a, b)
+    keys = make_keys(tmp_path, "collector", "worker", "stranger")
+    out = tmp_path / "out.log"
+    endpoint = f"tcp://{b.addresses['a']}:{PORT}"
+    collector = b.listener(curve_collector_config(out, keys, "collector", "worker"), endpoint)
+    good = {"curve_server_key": str(keys["collector"]), "curve_secret_key": str(keys["worker_secret"])}
+    workers = [a.worker({"endpoint": endpoint, "producer": p, "count": 5000, "options": good}) for p in range(2)]
+    strangers = [
+        a.worker({"endpoint": endpoint, "producer": 8, "count": 100, "options": {"close_timeout": 0.5}}),
+        a.worker(
+            {
+                "endpoint": endpoint,
+                "producer": 9,
+                "count": 100,
+                "options": {
+                    "close_timeout": 0.5,
+                    "curve_server_key": str(keys["collector"]),
+                    "curve_secret_key": str(keys["stranger_secret"]),
+                },
+            }
+        ),
+    ]
+    results = [w.read("closed")["counters"] for w in workers + strangers]
+    for proc in workers + strangers:
+        proc.finish()
+    stats = stop(collector)
+    assert [r["sent"] for r in results] == [5000, 5000, 0, 0]
+    check_lines(read_lines(out), {0: 5000, 1: 5000}).assert_exact()
+    assert stats["received"] == 10_000 and stats["gaps"] == stats["dropped"] == 0
+    assert len(stats["senders"]) == 2
+    assert stats["connections"].get("refused_auth", 0) >= 1  # the stranger's key is not on the list
+    assert stats["refused"] >= 2
+
+
+@pytest.mark.timeout(30)
+def test_a_plaintext_collector_on_a_real_interface_is_refused_unless_insecure_is_explicit(network, tmp_path):
+    a, b = network.host("a"), network.host("b")
+    network.link(a, b)
+    endpoint = f"tcp://{b.addresses['a']}:{PORT}"
+    refused = b.popen("mplog", "listen", "--bind", endpoint)
+    _, err = refused.communicate(timeout=20)
+    assert refused.returncode == 2 and "without CURVE" in err
+    out = tmp_path / "out.log"
+    config = file_config(out)
+    config["mplog"] = {"insecure": True}
+    collector = b.listener(config, endpoint)
+    worker = a.worker({"endpoint": endpoint, "producer": 0, "count": 1000})
+    assert worker.read("closed")["counters"]["sent"] == 1000
+    worker.finish()
+    assert stop(collector)["received"] == 1000
+    check_lines(read_lines(out), {0: 1000}).assert_exact()
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_host_forwards_between_workers_and_the_collector_with_curve_on_both_links(network, tmp_path):
+    a, r, b = network.host("a"), network.host("r"), network.host("b")
+    network.link(a, r)
+    network.link(r, b)
+    keys = make_keys(tmp_path, "collector", "relay", "relay_client", "worker")
+    out = tmp_path / "out.log"
+    collector_endpoint = f"tcp://{b.addresses['r']}:{PORT}"
+    relay_endpoint = f"tcp://{r.addresses['a']}:{PORT}"
+    collector = b.listener(curve_collector_config(out, keys, "collector", "relay_client"), collector_endpoint)
+    relay = r.popen(
+        "mplog",
+        "relay",
+        "--bind",
+        relay_endpoint,
+        "--connect",
+        collector_endpoint,
+        "--curve-secret-key",
+        str(keys["relay_secret"]),
+        "--authorized-keys",
+        str(keys["worker_dir"]),
+        "--server-key",
+        str(keys["collector"]),
+        "--client-secret-key",
+        str(keys["relay_client_secret"]),
+    )
+    assert "relaying" in relay.stderr.readline()
+    options = {"curve_server_key": str(keys["relay"]), "curve_secret_key": str(keys["worker_secret"])}
+    workers = [
+        a.worker({"endpoint": relay_endpoint, "producer": p, "count": 4000, "options": options}) for p in range(2)
+    ]
+    results = [w.read("closed")["counters"] for w in workers]
+    for proc in workers:
+        proc.finish()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        collector.send("stats")
+        senders = collector.read("stats")["stats"]["senders"]
+        if len(senders) == 2 and all(s["closed"] for s in senders.values()):
+            break
+        time.sleep(0.1)
+    stats = stop(collector)
+    relay.terminate()
+    _, relay_err = relay.communicate(timeout=20)
+    assert [r_["sent"] for r_ in results] == [4000, 4000]
+    check_lines(read_lines(out), {0: 4000, 1: 4000}).assert_exact()
+    assert stats["received"] == 8000 and stats["gaps"] == stats["dropped"] == 0
+    assert "relay stopped; forwarded" in relay_err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("heartbeat_timeout", [3.0, 10.0], ids=["heartbeat-3s", "heartbeat-10s"])
+def test_a_partition_heals_and_every_record_is_delivered_or_counted(network, tmp_path, heartbeat_timeout):
+    a, b = network.host("a"), network.host("b")
+    network.link(a, b)
+    keys = make_keys(tmp_path, "collector", "worker")
+    out = tmp_path / "out.log"
+    endpoint = f"tcp://{b.addresses['a']}:{PORT}"
+    config = curve_collector_config(out, keys, "collector", "worker")
+    config["mplog"]["socket"] = {"heartbeat_timeout": heartbeat_timeout}
+    collector = b.listener(config, endpoint)
+    rate, seconds, partition = 1000, 9, 4.0
+    count = rate * seconds
+    options = {
+        "curve_server_key": str(keys["collector"]),
+        "curve_secret_key": str(keys["worker_secret"]),
+        "close_timeout": 20,
+        "heartbeat_timeout": heartbeat_timeout,
+    }
+    worker = a.worker({"endpoint": endpoint, "producer": 0, "count": count, "rate": rate, "options": options})
+    time.sleep(2.0)
+    network.set_link(a, b, up=False)  # silent: no error reaches either side; only heartbeats notice
+    time.sleep(partition)
+    collector.send("stats")
+    during = collector.read("stats")["stats"]
+    network.set_link(a, b, up=True)
+    counters = worker.read("closed", timeout=60)["counters"]
+    worker.finish()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        collector.send("stats")
+        senders = collector.read("stats")["stats"]["senders"]
+        if senders and all(s["closed"] for s in senders.values()):
+            break
+        time.sleep(0.1)
+    stats = stop(collector)
+    sender = next(iter(stats["senders"].values()))
+    print(
+        f"partition {partition} s, heartbeat timeout {heartbeat_timeout} s: received {sender['records']} "
+        f"(by the end of the partition {during['received']}), dropped {sender['dropped']}, gaps {sender['gaps']}, "
+        f"connections {stats['connections']}"
+    )
+    # The ledger balances with nothing silent: arrived + dropped by policy + counted gaps == logged.
+    assert sender["records"] + sender["dropped"] + sender["gaps"] == count
+    assert counters["dropped"] == sender["dropped"] == 0  # the 16 MiB buffer holds a 4 s partition
+    check = check_lines(read_lines(out), {0: count})
+    assert check.duplicates == check.truncated == check.garbage == 0
+    assert sum(len(m) for m in check.missing.values()) == sender["gaps"]
+    # Nothing arrived during the partition; what the worker held arrived after it healed.
+    assert during["received"] <= 2.5 * rate
+    assert sender["records"] >= during["received"] + 2 * rate
+    if heartbeat_timeout < partition:
+        # Heartbeats noticed the dead link and the worker came back on a new connection; what
+        # was already handed to the old connection died with it and shows as gaps, bounded by
+        # what the worker sent before the heartbeat timeout fired.
+        assert stats["connections"].get("disconnected", 0) >= 1
+        assert stats["connections"].get("handshakes", 0) >= 2
+        assert sender["gaps"] <= (heartbeat_timeout + 1.0) * rate
+    else:
+        # A partition shorter than the heartbeat timeout is invisible: TCP retransmits, nothing is lost.
+        assert stats["connections"].get("handshakes", 0) == 1
+        assert stats["connections"].get("disconnected", 0) <= 1  # only the worker's orderly close
+        assert sender["gaps"] == 0
