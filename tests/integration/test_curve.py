@@ -6,21 +6,28 @@ defaults), D3 (cross-user ipc), D4 (fail closed, key hygiene).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import pickle
+import random
 import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 from helpers import check_lines, file_config, read_lines, wait_for
 
 import mplog
 from mplog import security
-from mplog.wire import Sender, build_frame, encode_sender
+from mplog.transports import TransportOptions
+from mplog.transports.zeromq import ZmqSender
+from mplog.wire import Sender, build_frame, encode_record, encode_sender
 
 pytestmark = pytest.mark.integration
 
@@ -347,3 +354,137 @@ def test_another_user_cannot_send_to_the_ipc_endpoint(tmp_path):
         assert finish(run_worker(listener.endpoint, 0, 100))["sent"] == 100
         wait_for(lambda: listener.stats()["received"] == 100)
     check_lines(read_lines(out), {0: 100}).assert_exact()
+
+
+# ---------------------------------------------------------------- C3a, C15: not mplog at the port
+
+
+def good_frames(start: int, count: int, per_frame: int = 10) -> list[bytes]:
+    """Numbered records (producer 0) in frames from one sender, sequence numbers following on."""
+    sender = encode_sender(Sender(socket.gethostname(), os.getpid(), 1.0, 1))
+    frames = []
+    for first in range(start, start + count, per_frame):
+        records = [
+            encode_record(logging.LogRecord("good", logging.INFO, __file__, 1, "P0:%08d:00000:", (seq,), None))
+            for seq in range(first, first + per_frame)
+        ]
+        frames.append(build_frame(sender, first, 0, 0, records))
+    return frames
+
+
+def poison_pickle(marker: Path) -> bytes:
+    class Poison:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps(Poison())
+
+
+def raw_tcp(endpoint: str, data: bytes) -> None:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    # The listener may hang up first: that is the point.
+    with socket.create_connection((host, int(port))) as conn, contextlib.suppress(OSError):
+        conn.sendall(data)
+        conn.settimeout(0.5)
+        conn.recv(100)
+
+
+CASES = ["random_bytes", "http_request", "tls_client_hello", "pickle_over_tcp", "pickle_frame", "oversized_frame"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", CASES)
+def test_something_other_than_mplog_at_the_port_costs_the_listener_only_a_counter(tmp_path, case):
+    out = tmp_path / "out.log"
+    marker = tmp_path / "pwned"
+    config = file_config(out)
+    config["mplog"] = {"limits": {"max_frame_bytes": 64 * 1024}}  # ZeroMQ's MAXMSGSIZE follows it
+    with start(config) as listener:
+        good = ZmqSender(listener.endpoint, TransportOptions())
+        ctx = zmq.Context()
+        try:
+            for frame in good_frames(0, 200):
+                assert good.send(frame, 5.0)
+            wait_for(lambda: listener.stats()["received"] == 200)
+            before = listener.stats()
+            if case == "random_bytes":
+                raw_tcp(listener.endpoint, random.Random(7).randbytes(1024 * 1024))
+            elif case == "http_request":
+                raw_tcp(listener.endpoint, b"GET / HTTP/1.1\r\nHost: collector\r\n\r\n")
+            elif case == "tls_client_hello":
+                raw_tcp(listener.endpoint, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(200))
+            elif case == "pickle_over_tcp":
+                raw_tcp(listener.endpoint, poison_pickle(marker))
+            else:
+                bad = ctx.socket(zmq.PUSH)
+                bad.linger = 1000
+                bad.connect(listener.endpoint)
+                bad.send(poison_pickle(marker) if case == "pickle_frame" else bytes(64 * 1024 + 1))
+                bad.close()
+            for frame in good_frames(200, 200):
+                assert good.send(frame, 5.0)
+            wait_for(lambda: listener.stats()["received"] == 400)
+            if case == "oversized_frame":
+                wait_for(lambda: listener.stats()["connections"].get("disconnected", 0) > 0)
+            else:
+                wait_for(lambda: counters(listener.stats()) != counters(before))
+            after = listener.stats()
+        finally:
+            good.close()
+            ctx.term()
+    check_lines(read_lines(out), {0: 400}).assert_exact()
+    assert not marker.exists()
+    assert len(after["senders"]) == 1 and after["gaps"] == 0
+    grew = {key: n - counters(before)[key] for key, n in counters(after).items() if n != counters(before)[key]}
+    if case == "pickle_frame":
+        # A whole ZeroMQ message that is not a frame: one decode reject (and its sender's hang-up).
+        assert grew.pop("malformed") == 1 and grew in ({}, {"disconnected": 1}), grew
+    elif case == "oversized_frame":
+        # libzmq drops a message over MAXMSGSIZE by disconnecting its sender (it gives no reason).
+        assert grew == {"disconnected": 1}
+    else:
+        # Raw bytes: a failed ZMTP handshake (refused), or a connection that ends before one
+        # (disconnected); bytes that happen to parse as ZMTP/1.0 messages are malformed frames.
+        assert grew and set(grew) <= {"refused", "malformed", "disconnected"}, grew
+
+
+def counters(stats: dict) -> dict[str, int]:
+    """The only counters garbage at the port may move."""
+    return {
+        "refused": stats["refused"],
+        "malformed": stats["malformed_total"],
+        "disconnected": stats["connections"].get("disconnected", 0),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_connect_storms_and_idle_sockets_are_shed_and_the_listener_returns_to_its_baseline(tmp_path):
+    out = tmp_path / "out.log"
+    config = file_config(out)
+    config["mplog"] = {"socket": {"handshake_ivl": 1.0}}
+    with start(config) as listener:
+        proc = psutil.Process(listener.pid)
+        good = ZmqSender(listener.endpoint, TransportOptions())
+        try:
+            for frame in good_frames(0, 100):
+                assert good.send(frame, 5.0)
+            wait_for(lambda: listener.stats()["received"] == 100)
+            baseline = proc.num_fds()
+            host, port = listener.endpoint.removeprefix("tcp://").rsplit(":", 1)
+            for _ in range(300):
+                socket.create_connection((host, int(port))).close()
+            idle = [socket.create_connection((host, int(port))) for _ in range(100)]
+            for frame in good_frames(100, 400):
+                assert good.send(frame, 5.0)
+            wait_for(lambda: listener.stats()["received"] == 500)
+            # Idle sockets that never greet are dropped after HANDSHAKE_IVL.
+            wait_for(lambda: proc.num_fds() <= baseline + 2, timeout=5)
+            for conn in idle:
+                conn.close()
+            stats = listener.stats()
+        finally:
+            good.close()
+    check_lines(read_lines(out), {0: 500}).assert_exact()
+    assert stats["malformed_total"] == 0
+    assert stats["connections"]["refused_other"] >= 100
