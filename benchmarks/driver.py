@@ -8,6 +8,7 @@ process and the CPU of every process involved can be totalled from the outside.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ from benchmarks.systems import get_system
 
 _IGNORED = ("resource_tracker", "forkserver")  # helpers that outlive the run; never reaped here
 JOIN_TIMEOUT = 300.0
+LEDGER = ("received", "gaps", "dropped", "duplicates", "malformed_total")  # mplog's own accounting, for the record
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -57,10 +59,8 @@ class PeakSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
-            try:
+            with contextlib.suppress(psutil.Error):
                 self.sample()
-            except psutil.Error:
-                pass
 
     def finish(self) -> None:
         self._done.set()
@@ -113,6 +113,7 @@ def run_once(system_name: str, producers: int, records: int, method: str, direct
     go.set()
     for proc in procs:
         proc.join(JOIN_TIMEOUT)
+    t_joined = time.perf_counter()
     started.stop()
     elapsed = time.perf_counter() - t0
     sampler.finish()
@@ -128,6 +129,8 @@ def run_once(system_name: str, producers: int, records: int, method: str, direct
         "total_records": total,
         "seconds": elapsed,
         "records_per_s": total / elapsed,
+        "producers_done_s": t_joined - t0,  # until every producer process had exited
+        "stop_s": elapsed - (t_joined - t0),  # then: stopping the consumer, which drains what is left
         "call_us": 1e6 * sum(r["seconds"] for r in reports) / max(sum(r["records"] for r in reports), 1),
         "producer_cpu_us": 1e6 * sum(r["cpu"] for r in reports) / max(sum(r["records"] for r in reports), 1),
         "cpu_before_s": cpu_before,
@@ -137,9 +140,7 @@ def run_once(system_name: str, producers: int, records: int, method: str, direct
         "consumer_peak_mib": sampler.peaks.get(started.consumer_pid, 0) / 1024 if started.consumer_pid else 0.0,
         "producer_peak_mib": max((sampler.peaks.get(r["pid"], 0) for r in reports), default=0) / 1024,
         "peak_total_mib": sum(sampler.peaks.values()) / 1024,
-        "listener_stats": {k: started.extra.get(k) for k in ("received", "gaps", "dropped", "duplicates", "malformed_total")}
-        if started.extra
-        else None,
+        "listener_stats": {k: started.extra.get(k) for k in LEDGER} if started.extra else None,
     }
     if system.writes_file:
         verdict = check_file([out], expected)

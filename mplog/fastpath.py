@@ -1,0 +1,258 @@
+"""The listener's dispatch: one frame's records into ``logging``, written a batch at a time.
+
+The generic path hands every record to ``logging.getLogger(name).handle()``: a
+FileHandler then formats it, writes it and flushes the file, once per record. When a
+record's whole route is plain (the logger and its ancestors call handlers the stock
+way, no filters anywhere, every handler on the route a StreamHandler or FileHandler
+that does not override emit/format/flush, formatted by a Formatter whose ``format``
+is the stock one), the fast path formats the records of a frame itself, exactly as
+``Formatter.format`` would (with the time text cached per second within a frame), and hands each
+handler the whole batch in one write and one flush. Anything else takes the generic
+path, record by record, after the batches collected so far are written, so every
+handler sees its records in the order they arrived.
+
+The output bytes are the same as the generic path's (``tests/unit/test_fastpath.py``
+compares them, exception text, stack info and extras included). A failed write
+counts one handler error per record of the batch, as the generic path would if every
+record's write had failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mplog.wire import make_log_record
+
+__all__ = ["BatchDispatcher"]
+
+_Formatter = logging.Formatter
+_STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
+_CACHED_CONVERTERS = (time.localtime, time.gmtime)
+_FALLBACK_FORMATTER = logging.Formatter()
+
+
+class _Format:
+    """Formatter.format for one formatter, with the per-second time text cached."""
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        cls = type(formatter)
+        self.formatter = formatter
+        style = formatter._style
+        self.uses_time = formatter.usesTime()
+        # Inline only what the formatter does not override; call everything else.
+        self.inline_message = (
+            cls.formatMessage is _Formatter.formatMessage
+            and type(style) is logging.PercentStyle
+            and not getattr(style, "_defaults", None)
+        )
+        self.fmt: str = style._fmt
+        self.inline_stack = cls.formatStack is _Formatter.formatStack
+        self.cache_time = cls.formatTime is _Formatter.formatTime and formatter.converter in _CACHED_CONVERTERS
+        self.datefmt = formatter.datefmt
+        self._second = -1
+        self._second_text = ""
+
+    def asctime(self, record: logging.LogRecord) -> str:
+        formatter = self.formatter
+        if not self.cache_time:
+            return formatter.formatTime(record, formatter.datefmt)
+        created = record.created
+        second = int(created)
+        if second != self._second:
+            # converter(created) depends only on the whole second, so neither does the text
+            converted = formatter.converter(created)
+            self._second_text = time.strftime(self.datefmt or formatter.default_time_format, converted)
+            self._second = second
+        if self.datefmt or not formatter.default_msec_format:
+            return self._second_text
+        return formatter.default_msec_format % (self._second_text, record.msecs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """What ``Formatter.format(record)`` returns for a record built by the wire codec."""
+        attrs = record.__dict__
+        attrs["message"] = record.getMessage()
+        if self.uses_time:
+            attrs["asctime"] = self.asctime(record)
+        if self.inline_message:
+            try:
+                text: str = self.fmt % attrs
+            except Exception:
+                text = self.formatter.formatMessage(record)  # raises what the generic path raises
+        else:
+            text = self.formatter.formatMessage(record)
+        exc_text = attrs["exc_text"]  # the wire codec never sets exc_info, only exc_text
+        if exc_text:
+            if text[-1:] != "\n":
+                text += "\n"
+            text += exc_text
+        stack_info = attrs["stack_info"]
+        if stack_info:
+            if text[-1:] != "\n":
+                text += "\n"
+            text += stack_info if self.inline_stack else self.formatter.formatStack(stack_info)
+        return text
+
+
+class _Sink:
+    """One handler's share of the current frame: formatted lines waiting for one write."""
+
+    __slots__ = ("format", "handler", "level", "lines", "records")
+
+    def __init__(self, handler: logging.StreamHandler[Any], fmt: _Format) -> None:
+        self.handler = handler
+        self.level = handler.level
+        self.format = fmt
+        self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
+
+    def add(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format.format(record)
+        except RecursionError:  # StreamHandler.emit lets these through to the dispatcher too
+            raise
+        except Exception:
+            self.handler.handleError(record)
+            return
+        self.lines.append(line)
+        self.records.append(record)
+
+    def write(self) -> None:
+        handler, records = self.handler, self.records
+        if not records:
+            return
+        lines, self.lines, self.records = self.lines, [], []
+        if handler.stream is None:  # a delayed or closed FileHandler: let emit() decide
+            for record in records:
+                handler.handle(record)
+            return
+        terminator = handler.terminator
+        handler.acquire()
+        try:
+            handler.stream.write(terminator.join(lines) + terminator)
+            handler.flush()
+        except Exception:
+            for record in records:
+                handler.handleError(record)
+        finally:
+            handler.release()
+
+
+def _default_formatter() -> logging.Formatter:
+    formatter: logging.Formatter = getattr(logging, "_defaultFormatter", None) or _FALLBACK_FORMATTER
+    return formatter  # what Handler.format uses when a handler has no formatter
+
+
+def _is_plain_handler(handler: logging.Handler) -> bool:
+    cls = type(handler)
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not handler.filters
+        and cls.emit in _STREAM_EMITS
+        and cls.handle is logging.Handler.handle
+        and cls.format is logging.Handler.format
+        and cls.flush is logging.StreamHandler.flush
+        and type(handler.formatter or _default_formatter()).format is _Formatter.format
+    )
+
+
+class BatchDispatcher:
+    """Dispatches the records of one frame; ``fast=False`` keeps to the generic path."""
+
+    def __init__(self, *, fast: bool = True) -> None:
+        self.fast = fast
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def logger(self, name: str) -> logging.Logger:
+        logger = self._loggers.get(name)
+        if logger is None:
+            logger = self._loggers[name] = logging.getLogger(name) if name != "root" else logging.getLogger()
+        return logger
+
+    def dispatch(
+        self,
+        records: list[list[Any]],
+        host: str,
+        peer: str | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand every record (validated field lists) to its logger's handlers.
+
+        Args:
+            records: the frame's records, already validated.
+            host: the sender's host name (the ``hostname`` attribute unless an extra sets it).
+            peer: the authenticated client key, set as ``peer_key`` over any extra of that name.
+            on_error: called once for each record whose dispatch raised outside every handler
+                (a logger-level filter, for example); handlers report their own errors.
+        """
+        if not self.fast:
+            for fields in records:
+                logger = self.logger(fields[0])
+                if logger.isEnabledFor(fields[1]):
+                    try:
+                        record = make_log_record(fields, host)
+                        if peer is not None:
+                            record.peer_key = peer
+                        logger.handle(record)
+                    except Exception:
+                        if on_error is not None:
+                            on_error()
+            return
+        routes: dict[str, list[_Sink] | None] = {}
+        sinks: dict[int, _Sink] = {}
+        try:
+            for fields in records:
+                name = fields[0]
+                logger = self.logger(name)
+                levelno = fields[1]
+                if not logger.isEnabledFor(levelno):
+                    continue
+                try:
+                    record = make_log_record(fields, host)
+                    if peer is not None:
+                        record.peer_key = peer
+                    if name in routes:
+                        route = routes[name]
+                    else:
+                        route = routes[name] = self._route(logger, sinks)
+                    if route is None:
+                        for sink in sinks.values():  # keep each handler's records in arrival order
+                            sink.write()
+                        logger.handle(record)
+                        continue
+                    for sink in route:
+                        if levelno >= sink.level:
+                            sink.add(record)
+                except Exception:
+                    if on_error is not None:
+                        on_error()
+        finally:
+            for sink in sinks.values():
+                sink.write()
+
+    def _route(self, logger: logging.Logger, sinks: dict[int, _Sink]) -> list[_Sink] | None:
+        """The sinks a record of ``logger`` goes to, in callHandlers order; None: use the generic path."""
+        cls = type(logger)
+        if (
+            logger.disabled
+            or logger.filters
+            or cls.handle is not logging.Logger.handle
+            or cls.callHandlers is not logging.Logger.callHandlers
+        ):
+            return None
+        route: list[_Sink] = []
+        current: logging.Logger | None = logger
+        while current is not None:
+            for handler in current.handlers:
+                if not _is_plain_handler(handler):
+                    return None
+                sink = sinks.get(id(handler))
+                if sink is None:
+                    assert isinstance(handler, logging.StreamHandler)
+                    # Built afresh for every frame, so a formatter changed since the last one is seen.
+                    sink = sinks[id(handler)] = _Sink(handler, _Format(handler.formatter or _default_formatter()))
+                route.append(sink)
+            current = current.parent if current.propagate else None
+        return route or None  # no handler at all: lastResort's business
