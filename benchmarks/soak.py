@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--max-bytes", type=int, default=1 << 20, help="rotate at this size")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between memory samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="slope is measured after this many seconds")
+    parser.add_argument("--ack", action="store_true", help="acknowledged delivery (mplog.ack)")
     args = parser.parse_args()
 
     out = Path(args.dir)
@@ -102,7 +103,7 @@ def main() -> int:
     started = time.monotonic()
     samples: dict[str, list[tuple[float, float]]] = {}
     extra: dict[str, list[dict[str, float]]] = {}
-    with mplog.start_listener(config, route_parent=False) as listener:
+    with mplog.start_listener(config, route_parent=False, ack=args.ack) as listener:
         stop_at = time.monotonic() + args.duration
         procs = [
             ctx.Process(target=_worker, args=(i, args.rate / args.workers, stop_at, str(out)), name=f"soak-{i}")
@@ -140,6 +141,7 @@ def main() -> int:
         "duration_s": args.duration,
         "rate": args.rate,
         "workers": args.workers,
+        "ack": args.ack,
         "logged": sum(logged.values()),
         "lines": len(lines),
         "files": len(files),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import mmap
 import os
 import signal
@@ -376,6 +377,24 @@ class MarksFile:
             os.close(self._fd)
 
 
+_SELF_FLUSHING = (
+    logging.StreamHandler.emit,
+    logging.FileHandler.emit,
+    logging.handlers.BaseRotatingHandler.emit,
+    logging.handlers.WatchedFileHandler.emit,
+)
+
+
+def _flushes_every_record(handler: logging.Handler) -> bool:
+    """True for the stdlib stream and file handlers, whose emit() ends with a flush."""
+    cls = type(handler)
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and cls.emit in _SELF_FLUSHING
+        and (cls.flush is logging.StreamHandler.flush)
+    )
+
+
 class AckServer(Server):
     """The receive loop for acknowledged delivery: handle, flush, persist the mark, acknowledge."""
 
@@ -412,12 +431,7 @@ class AckServer(Server):
         if self._handlers is None:
             # A StreamHandler (files included) flushes inside every emit; only the others
             # (MemoryHandler and other buffers) can hold records that an ack would promise.
-            self._handlers = [
-                h
-                for h in _all_handlers()
-                if not (isinstance(h, logging.StreamHandler) and type(h).emit is logging.StreamHandler.emit)
-                or type(h).flush is not logging.StreamHandler.flush
-            ]
+            self._handlers = [h for h in _all_handlers() if not _flushes_every_record(h)]
         for handler in self._handlers:
             try:
                 handler.flush()

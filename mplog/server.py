@@ -20,8 +20,9 @@ from typing import Any
 
 from mplog.exceptions import ConfigError, FrameError
 from mplog.stats import Stats
+from mplog.supervisor import live_local_senders, resume
 from mplog.transports import Receiver
-from mplog.wire import Limits, check_records, decode_header, make_log_record
+from mplog.wire import Frame, Limits, check_records, decode_header, make_log_record
 
 __all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
 
@@ -39,18 +40,26 @@ class Server:
         self.stop_event = threading.Event()
         self.drain_quiet = drain_quiet
         self.drain_timeout = 10.0
+        # Set when the parent died: orphaned workers still running on this host may
+        # have records on the way, so the drain waits for them (see mplog.supervisor).
+        self.drain_for_live_senders = False
+        self.restarts = 0  # earlier incarnations of this listener (supervised restarts)
         self._loggers: dict[str, logging.Logger] = {}
 
     # ------------------------------------------------------------ one frame
 
-    def handle_frame(self, data: bytes) -> None:
-        """Decode, account and dispatch one frame; bad frames only count."""
+    def handle_frame(self, data: bytes) -> Frame | None:
+        """Decode, account and dispatch one frame; bad frames only count.
+
+        Returns:
+            The frame when its envelope was valid (its records may have been rejected), else None.
+        """
         stats, limits = self.stats, self.limits
         try:
             frame = decode_header(data, limits)
         except FrameError as exc:
             stats.note_malformed(exc.reason)
-            return
+            return None
         records = frame.records
         try:
             check_records(records, limits)
@@ -59,10 +68,16 @@ class Server:
                     raise FrameError("bad_field", "logger name too long")
         except FrameError as exc:
             stats.reject(frame, exc.reason)
-            return
+            return frame
         skip = stats.accept(frame)
         if skip:
             records = records[skip:]
+        self.dispatch(frame, records)
+        return frame
+
+    def dispatch(self, frame: Frame, records: list[list[Any]]) -> None:
+        """Hand ``records`` (the frame's records not seen before) to the loggers they name."""
+        stats = self.stats
         host = frame.sender.host
         # Under CURVE, the client key the handshake proved; set after the payload's extras,
         # so a record cannot claim another sender's key (test_records_carry_the_authenticated_client_key).
@@ -100,6 +115,7 @@ class Server:
         snap["handler_drops"] = handler_drops()
         snap["endpoint"] = self.receiver.endpoint
         snap["pid"] = os.getpid()
+        snap["restarts"] = self.restarts
         return snap
 
     def run(self) -> None:
@@ -118,6 +134,8 @@ class Server:
         while time.monotonic() < deadline:
             data = self.receiver.recv(self.drain_quiet)
             if data is None:
+                if self.drain_for_live_senders and live_local_senders(self.stats):
+                    continue
                 break
             self.handle_frame(data)
 
@@ -299,6 +317,7 @@ def _watch_control(server: Server, control: _Control) -> None:
         except (OSError, ValueError):
             message = None
         if message is None:  # the parent is gone: drain what arrived and exit
+            server.drain_for_live_senders = True
             server.stop_event.set()
             return
         command = message.get("cmd")
@@ -309,6 +328,7 @@ def _watch_control(server: Server, control: _Control) -> None:
             server.stop_event.set()
             return
         if os.getppid() != parent:
+            server.drain_for_live_senders = True
             server.stop_event.set()
             return
 
@@ -318,6 +338,7 @@ def _watch_parent(server: Server, parent: int) -> None:
     # write end), so the parent pid is watched as well.
     while not server.stop_event.wait(0.25):
         if os.getppid() != parent:
+            server.drain_for_live_senders = True
             server.stop_event.set()
 
 
@@ -343,8 +364,14 @@ def child_main(read_fd: int, write_fd: int) -> int:
         kind = "config" if isinstance(exc, ConfigError) else "transport"  # a refused bind or bad key names its fix
         control.write({"event": "error", "kind": kind, "message": f"{type(exc).__name__}: {exc}"})
         return 3
-    server = Server(receiver, limits=limits)
+    if setup.get("runtime", {}).get("ack"):
+        from mplog.ack import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
+
+        server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
+    else:
+        server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
+    checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
     try:
         status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}))
     except Exception as exc:
@@ -363,6 +390,8 @@ def child_main(read_fd: int, write_fd: int) -> int:
             status.close()
         logging.shutdown()
         receiver.close()
+        if checkpoint is not None:
+            checkpoint.close()
     with contextlib.suppress(OSError):  # the parent may be gone
         control.write({"event": "stopped", "stats": server.snapshot()})
     return 0

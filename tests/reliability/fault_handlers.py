@@ -1,0 +1,41 @@
+"""Handlers the reliability tests install in the listener (imported there through PYTHONPATH)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+_SEQ = re.compile(r"P\d+:(\d{8}):")
+
+
+class SlowWhileFlagged(logging.FileHandler):
+    """A file handler that takes ``delay`` seconds per record while ``flag`` exists (a stalled sink)."""
+
+    def __init__(self, filename: str, flag: str, delay: float = 0.05) -> None:
+        super().__init__(filename, encoding="utf-8")
+        self.flag = flag
+        self.delay = delay
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if os.path.exists(self.flag):
+            time.sleep(self.delay)
+        super().emit(record)
+
+
+class LossyDuplicating(logging.FileHandler):
+    """The oracle's mutant (RELIABILITY A6): skips every 20th record, writes every 20th+1 twice, truncates one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _SEQ.search(str(record.msg))
+        seq = int(match.group(1)) if match else -1
+        if seq % 20 == 0:
+            return  # lost, and nobody counted it
+        super().emit(record)
+        if seq % 20 == 1:
+            super().emit(record)  # written twice
+        if seq == 7:
+            assert self.stream is not None
+            self.stream.write(self.format(record)[:-3] + "\n")  # a torn line
+            self.flush()
