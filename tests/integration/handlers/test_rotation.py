@@ -143,9 +143,10 @@ def test_timed_rotation_every_second_prunes_to_backup_count_and_loses_nothing(tm
 
 def test_timed_rotation_at_time_is_honoured_in_utc(tmp_path, monkeypatch):
     monkeypatch.setenv("TZ", "Asia/Kolkata")  # local time of the listener is UTC+05:30
-    at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=3)
+    at = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(seconds=4)
     config = snippet_file("timed-attime", tmp_path, dir=tmp_path, at=at.time().isoformat())
     with mplog.start_listener(config, route_parent=False) as listener:
+        assert time.time() < at.timestamp() - 1  # the handler was built before the rollover time
         run_workers(listener.endpoint, 1, 500, pace=0.01)  # about 5 s around the rollover time
     files = _files(tmp_path)
     assert len(files) == 2, [p.name for p in files]
@@ -156,3 +157,4 @@ def test_timed_rotation_at_time_is_honoured_in_utc(tmp_path, monkeypatch):
     assert before and after
     assert max(before) < at.timestamp() + 0.5 and min(after) >= at.timestamp() - 0.5
     check_lines(read_lines(*files), {0: 500}).assert_exact()
+    assert len(read_lines(*files)) == 500
