@@ -144,7 +144,7 @@ def test_a_memory_handler_flush_level_name_becomes_its_number():
     spec = {"class": "logging.handlers.MemoryHandler", "capacity": 5, "flushLevel": "error"}
     config, _ = load_config({"handlers": {"buffer": spec}})
     assert config["handlers"]["buffer"]["flushLevel"] == logging.ERROR
-    with pytest.raises(ConfigError, match="handlers.buffer.flushLevel must be a level name"):
+    with pytest.raises(ConfigError, match=r"handlers\.buffer\.flushLevel must be a level name"):
         load_config({"handlers": {"buffer": dict(spec, flushLevel="LOUD")}})
 
 

@@ -83,7 +83,7 @@ def test_failed_sends_are_retried_with_growing_jittered_delays_up_to_the_cap():
     handler.handle(_record(logging.INFO, "r"))
     assert handler.event.wait(10)
     handler.close()
-    gaps = [b - a for a, b in zip(handler.attempts, handler.attempts[1:])]
+    gaps = [b - a for a, b in zip(handler.attempts, handler.attempts[1:], strict=False)]
     assert len(gaps) == 4 and handler.errors == handler.failures == 4
     for attempt, gap in enumerate(gaps):
         delay = min(0.2, 0.05 * 2**attempt)
