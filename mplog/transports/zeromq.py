@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections import Counter
 from typing import Any
 
@@ -21,6 +22,15 @@ from mplog.exceptions import TransportError
 from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
 
 __all__ = ["ZmqReceiver", "ZmqSender"]
+
+_ASYNC_SIGNALS = set(signal.valid_signals()) - {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+}
 
 # Sockets and contexts inherited across fork are never touched again in the child:
 # closing or terminating them there could hang on state owned by the parent's threads.
@@ -102,12 +112,19 @@ class ZmqSender:
         if self._sock is None or self._pid != os.getpid():
             return
         linger_ms = int((self._options.linger if linger is None else linger) * 1000)
+        # A signal caught during zmq_ctx_term() ends it early with EINTR, which pyzmq
+        # ignores: frames still queued were lost when SIGTERM then ended the process.
+        # Hold signals back until the linger is over; they are delivered right after
+        # (see test_sigterm_during_close_neither_duplicates_nor_loses).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
         try:
             self._sock.close(linger=linger_ms)
             assert self._ctx is not None
             self._ctx.term()
         except zmq.ZMQError:
             pass
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class ZmqReceiver:
