@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,3 +167,84 @@ def test_setup_worker_called_twice_never_duplicates_records(tmp_path, mp_context
     workers = [s for s in stats["senders"].values() if s["pid"] != os.getpid()]
     assert len({s["pid"] for s in workers}) == len(workers)
     assert sum(s["records"] for s in workers) == WORKERS * PER_WORKER
+
+
+# ---------------------------------------------------------------- the listener's config decides, as in one process
+
+_LEVEL_LOGGERS = ["other", "app", "app.quiet", "app.private", "app.kept", "app.kept.child", "app.filtered"]
+
+
+def _levels_config(directory: Path) -> dict[str, Any]:
+    def to_file(name: str, **extra: Any) -> dict[str, Any]:
+        spec = {"class": "logging.FileHandler", "filename": str(directory / f"{name}.log"), "formatter": "f"}
+        return spec | extra
+
+    return {
+        "version": 1,
+        "formatters": {"f": {"format": "%(name)s %(levelname)s %(message)s"}},
+        "filters": {"only_kept": {"name": "app.kept"}},
+        "handlers": {
+            "all": to_file("all"),
+            "errors": to_file("errors", level="ERROR"),
+            "kept": to_file("kept", filters=["only_kept"]),
+            "private": to_file("private"),
+        },
+        "loggers": {
+            "app": {"level": "INFO", "handlers": ["errors", "kept"]},
+            "app.quiet": {"level": "WARNING"},
+            "app.private": {"handlers": ["private"], "propagate": False},
+            "app.filtered": {"filters": ["only_kept"]},
+        },
+        "root": {"level": "DEBUG", "handlers": ["all"]},
+    }
+
+
+def _level_calls() -> None:
+    for number, name in enumerate(_LEVEL_LOGGERS):
+        log = logging.getLogger(name)
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+            log.log(level, "%s", payload(number, level))
+
+
+def _level_worker() -> None:
+    mplog.setup_worker()
+    _level_calls()
+
+
+_ONE_PROCESS = """
+import json, logging.config, sys
+from mplog.config import load_config
+from test_pool_accounting import _level_calls
+config, _ = load_config(json.loads(sys.argv[1]))
+logging.config.dictConfig(config)
+_level_calls()
+logging.shutdown()
+"""
+
+
+def test_levels_propagation_and_filters_in_the_listener_config_behave_as_in_one_process(tmp_path):
+    reference, through = tmp_path / "one-process", tmp_path / "mplog"
+    reference.mkdir()
+    through.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOG_")}
+    here = Path(__file__).resolve().parent
+    env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent)])
+    subprocess.run(
+        [sys.executable, "-c", _ONE_PROCESS, json.dumps(_levels_config(reference))], env=env, check=True, timeout=30
+    )
+    with mplog.start_listener(_levels_config(through), route_parent=False) as listener:
+        proc = multiprocessing.get_context("fork").Process(target=_level_worker)
+        proc.start()
+        proc.join(30)
+        assert proc.exitcode == 0
+    assert listener.stats()["received"] == len(_LEVEL_LOGGERS) * 5  # the worker sends all; the listener decides
+    for name in ("all", "errors", "kept", "private"):
+        assert read_lines(through / f"{name}.log") == read_lines(reference / f"{name}.log"), name
+    every = read_lines(through / "all.log")
+    assert not any(line.startswith("app.quiet INFO") for line in every)  # below app.quiet's level
+    assert not any(line.startswith("app DEBUG") for line in every)  # below app's level
+    assert not any(line.startswith("app.private ") for line in every)  # propagate = false
+    assert not any(line.startswith("app.filtered ") for line in every)  # the logger's filter
+    assert len(read_lines(through / "private.log")) == 4  # app.private inherits INFO from app
+    assert {line.split()[1] for line in read_lines(through / "errors.log")} == {"ERROR", "CRITICAL"}
+    assert {line.split()[0] for line in read_lines(through / "kept.log")} == {"app.kept", "app.kept.child"}

@@ -1,0 +1,167 @@
+"""Bad frames at a running listener (RELIABILITY C1, C3, D1c), over ZeroMQ ipc and the
+multiprocessing transport, written with a raw PUSH socket or a raw
+``multiprocessing.connection.Client``: the listener stays up, counts every bad frame by
+reason, never unpickles anything, and writes the next valid record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import time
+from collections import Counter
+from multiprocessing import connection as mpc
+from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from helpers import check_lines, file_config, payload, read_lines, wait_for
+
+import mplog
+from mplog.exceptions import FrameError
+from mplog.wire import Limits, Sender, build_frame, decode_frame, encode_record, encode_sender
+
+pytestmark = pytest.mark.integration
+
+MAX_FRAME = 4096
+LIMITS = Limits(max_frame_bytes=MAX_FRAME)
+
+
+class Poison:
+    """Unpickling this creates ``path``: proof that someone unpickled it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> Any:
+        return (open, (self.path, "w"))
+
+
+class RawSender:
+    """Numbered valid frames from one made-up sender, with its own sequence numbers."""
+
+    def __init__(self) -> None:
+        self.identity = encode_sender(Sender("raw-host", 424242, 1.0, 7))
+        self.seq = 0
+
+    def frame(self, producer: int, number: int) -> bytes:
+        record = logging.LogRecord("raw", logging.INFO, __file__, 1, "%s", (payload(producer, number),), None)
+        data = build_frame(self.identity, self.seq, 0, 0, [encode_record(record)])
+        self.seq += 1
+        return data
+
+
+def _reason(data: bytes) -> str:
+    """The counter a bad frame must land in, as the codec names it."""
+    try:
+        decode_frame(data, LIMITS)
+    except FrameError as exc:
+        return exc.reason
+    raise AssertionError(f"{data[:20]!r} is a valid frame")
+
+
+def _bad_frames(marker: Path) -> tuple[list[bytes], list[bytes]]:
+    """Return (random byte strings, pickles whose unpickling would create ``marker``)."""
+    rng = random.Random(1)
+    garbage = [rng.randbytes(rng.randint(1, 300)) for _ in range(100)]
+    poison = Poison(marker)
+    pickles = [pickle.dumps(poison, protocol=p) for p in range(2, pickle.HIGHEST_PROTOCOL + 1)]
+    pickles.append(bytes(ForkingPickler.dumps(poison)))  # what Connection.send() would write
+    return garbage, pickles
+
+
+def _config(out: Path) -> dict[str, Any]:
+    config = file_config(out)
+    config["mplog"] = {"limits": {"max_frame_bytes": MAX_FRAME}}
+    return config
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["zmq", "multiprocessing"])
+def test_bad_frames_are_counted_by_reason_and_the_listener_keeps_writing(tmp_path, transport):
+    out, marker = tmp_path / "out.log", tmp_path / "pwned"
+    raw = RawSender()
+    garbage, pickles = _bad_frames(marker)
+    expected: Counter[str] = Counter(_reason(data) for data in garbage + pickles)
+    valid = 0
+
+    with mplog.start_listener(_config(out), transport=transport, route_parent=False) as listener:
+        send, close, fresh = _raw_channel(transport, listener.endpoint)
+        for data in garbage + pickles:
+            send(data)
+        # Every truncation of a valid frame, each followed by a valid frame (C1).
+        template = raw.frame(0, 0)
+        raw.seq = 0
+        truncations = [template[:cut] for cut in range(len(template))]
+        assert {_reason(data) for data in truncations} == {"truncated"}
+        expected["truncated"] += len(truncations)
+        for data in truncations:
+            send(data)
+            send(raw.frame(0, valid))
+            valid += 1
+        # An oversized frame on a connection of its own (C3).
+        big_send, big_close, _ = fresh()
+        big_send(b"\x00" * (MAX_FRAME + 1))
+        big_close()
+        if transport == "multiprocessing":
+            expected["oversized"] += 1  # libzmq drops it at MAXMSGSIZE and disconnects: nothing to count
+        time.sleep(0.2)
+        send(raw.frame(0, valid))  # the next valid record after all of it
+        valid += 1
+
+        def settled() -> bool:
+            stats = listener.stats()
+            return bool(stats["received"] == valid and stats["malformed_total"] == sum(expected.values()))
+
+        wait_for(settled, timeout=20)
+        close()
+        assert listener.running
+        stats = listener.stats()
+    assert stats["malformed"] == dict(expected)
+    assert stats["received"] == valid
+    assert stats["gaps"] == stats["duplicates"] == 0
+    check_lines(read_lines(out), {0: valid}).assert_exact()
+    assert not marker.exists()
+
+
+def _raw_channel(transport: str, endpoint: str) -> tuple[Any, Any, Any]:
+    """Return (send, close, fresh) for a raw connection to ``endpoint``."""
+    if transport == "zmq":
+        context = zmq.Context.instance()
+
+        def fresh() -> tuple[Any, Any, Any]:
+            sock = context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 2000)
+            sock.connect(endpoint)
+            return sock.send, sock.close, fresh
+
+        return fresh()
+
+    path = endpoint[len("mp://") :]
+
+    def fresh_mp() -> tuple[Any, Any, Any]:
+        conn = mpc.Client(path, family="AF_UNIX")
+        return conn.send_bytes, conn.close, fresh_mp
+
+    return fresh_mp()
+
+
+@pytest.mark.timeout(30)
+def test_a_pickle_sent_with_connection_send_is_never_unpickled(tmp_path):
+    out, marker = tmp_path / "out.log", tmp_path / "pwned"
+    with mplog.start_listener(_config(out), transport="multiprocessing", route_parent=False) as listener:
+        conn = mpc.Client(listener.endpoint[len("mp://") :], family="AF_UNIX")
+        conn.send(Poison(marker))  # the API a careless receiver would answer with recv()
+        raw = RawSender()
+        conn.send_bytes(raw.frame(0, 0))
+        wait_for(lambda: listener.stats()["received"] == 1, timeout=10)
+        conn.close()
+        stats = listener.stats()
+    assert stats["malformed_total"] == 1
+    assert not marker.exists()
+    assert read_lines(out) == [payload(0, 0)]
+    assert os.path.exists(out)
