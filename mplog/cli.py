@@ -38,6 +38,7 @@ def default_collector_endpoint() -> str:
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog.config import build_receiver, load_config
     from mplog.control import start_control_server
+    from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
 
     config, runtime = load_config(_config_path(args))
@@ -49,6 +50,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     receiver, limits = build_receiver(endpoint, settings)
     server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
+    start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     try:
         status = start_control_server(receiver.endpoint, server.snapshot, settings)
     except BaseException:
@@ -69,6 +71,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     finally:
         if status is not None:
             status.close()
+        stop_queue_listeners()  # deliver what they hold while their handlers are still open
         logging.shutdown()
         receiver.close()
     snap = server.snapshot()

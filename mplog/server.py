@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from mplog.exceptions import ConfigError, FrameError
+from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
 from mplog.stats import Stats
 from mplog.supervisor import live_local_senders, resume
 from mplog.transports import Receiver
@@ -371,6 +372,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
     else:
         server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
+    start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
     try:
         status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}))
@@ -388,6 +390,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
     finally:
         if status is not None:
             status.close()
+        stop_queue_listeners()  # deliver what they hold while their handlers are still open
         logging.shutdown()
         receiver.close()
         if checkpoint is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mplog.handlers.forward import ForwardHandler
 from mplog.handlers.http import HTTPHandler
-from mplog.handlers.queued import QueuedHandler
+from mplog.handlers.queued import QueuedHandler, start_queue_listeners, stop_queue_listeners
 from mplog.handlers.rotation import Compressor, RotatingFileHandler, TimedRotatingFileHandler, gzip_namer
 from mplog.handlers.smtp import BatchingSMTPHandler, SMTPBatchOptions, batch_subject
 from mplog.handlers.stream import FactoryStreamHandler
@@ -27,4 +27,6 @@ __all__ = [
     "TimedRotatingFileHandler",
     "batch_subject",
     "gzip_namer",
+    "start_queue_listeners",
+    "stop_queue_listeners",
 ]

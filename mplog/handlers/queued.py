@@ -16,7 +16,7 @@ from typing import Any
 
 from mplog.exceptions import ConfigError
 
-__all__ = ["QueuedHandler"]
+__all__ = ["QueuedHandler", "start_queue_listeners", "stop_queue_listeners"]
 
 
 def _config_handlers(names: Any) -> Any:
@@ -119,3 +119,35 @@ class QueuedHandler(logging.Handler):
         for target in self.targets:
             target.close()
         super().close()
+
+
+def _stdlib_queue_listeners() -> list[logging.handlers.QueueListener]:
+    found = []
+    for ref in list(getattr(logging, "_handlerList", [])):  # every handler of this process, by weak reference
+        handler = ref()
+        listener = getattr(handler, "listener", None)
+        if isinstance(handler, logging.handlers.QueueHandler) and isinstance(listener, logging.handlers.QueueListener):
+            found.append(listener)
+    return found
+
+
+def start_queue_listeners() -> int:
+    """Start the listener of every stdlib ``QueueHandler`` that dictConfig built with one.
+
+    From Python 3.12 on, dictConfig gives a ``QueueHandler`` configured with ``handlers``
+    a ``QueueListener`` but leaves starting and stopping it to the program; in the
+    listener process nobody else can. Returns how many were started.
+    """
+    started = 0
+    for listener in _stdlib_queue_listeners():
+        if getattr(listener, "_thread", None) is None:
+            listener.start()
+            started += 1
+    return started
+
+
+def stop_queue_listeners() -> None:
+    """Deliver what the stdlib queue listeners hold and stop them (before ``logging.shutdown()``)."""
+    for listener in _stdlib_queue_listeners():
+        if getattr(listener, "_thread", None) is not None:
+            listener.stop()
