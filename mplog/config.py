@@ -174,7 +174,7 @@ def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) 
                 raise ConfigError(f"handlers.{name}.filters names {item!r}, which is not defined under 'filters'")
         _check_handler_class(name, handler, allow_pickle_forwarding=allow_pickle_forwarding)
         if isinstance(handler.get("flushLevel"), str):
-            # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.12 on.
+            # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.13 on.
             _check_level(f"handlers.{name}.flushLevel", handler["flushLevel"])
             handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
     for name, logger in _check_section(config, "loggers").items():
