@@ -1,0 +1,135 @@
+"""``mplog listen`` as a standalone collector: unrelated processes find it through
+``MPLOG_ENDPOINT`` alone, and SIGTERM or SIGINT drains it and exits 0 with every record written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import check_lines, read_lines, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+WORKERS = 3
+PER_WORKER = 5_000
+
+# A worker that knows nothing but the environment: no endpoint in its code.
+WORKER_CODE = """
+import sys, mplog, helpers
+mplog.setup_worker()
+helpers.log_numbered(int(sys.argv[1]), int(sys.argv[2]))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOG_")}
+    env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def _console_script() -> str | None:
+    beside = Path(sys.executable).with_name("mplog")
+    return str(beside) if beside.exists() else shutil.which("mplog")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A private directory with a short path (unix socket paths are limited to ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="mplog-cli-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+CASES = [
+    ("console-script", "ipc", signal.SIGTERM),
+    ("console-script", "tcp", signal.SIGINT),
+    ("python-m", "ipc", signal.SIGINT),
+    ("python-m", "tcp", signal.SIGTERM),
+    ("python-m", "mp", signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize(("command", "scheme", "signum"), CASES, ids=[f"{c}-{s}-{g.name}" for c, s, g in CASES])
+def test_standalone_collector_receives_from_unrelated_processes_and_drains_on_signal(
+    tmp_path, short_dir, command, scheme, signum
+):
+    if command == "console-script":
+        script = _console_script()
+        if script is None:
+            pytest.skip("the mplog console script is not installed")
+        argv = [script]
+    else:
+        argv = [sys.executable, "-m", "mplog"]
+    out = tmp_path / "collected.log"
+    config = tmp_path / "collector.json"
+    config.write_text(
+        json.dumps(
+            {
+                "formatters": {"line": {"format": "%(message)s"}},
+                "handlers": {
+                    "file": {"class": "logging.FileHandler", "filename": str(out), "formatter": "line"},
+                },
+                "root": {"level": "DEBUG", "handlers": ["file"]},
+            }
+        )
+    )
+    bind = {
+        "ipc": f"ipc://{short_dir}/collector.sock",
+        "tcp": "tcp://127.0.0.1:*",
+        "mp": f"mp://{short_dir}/collector.sock",
+    }[scheme]
+    collector = subprocess.Popen(
+        [*argv, "listen", "--config", str(config), "--bind", bind],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    lines: list[str] = []
+    assert collector.stderr is not None
+    stream = collector.stderr
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in stream), daemon=True)
+    reader.start()
+    try:
+        ready = wait_for(lambda: next((x for x in lines if "listening on" in x), None), timeout=20)
+        endpoint = ready.rsplit(" ", 1)[1]
+        if scheme == "tcp":
+            assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", endpoint)
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER_CODE, str(producer), str(PER_WORKER)],
+                env=_env(MPLOG_ENDPOINT=endpoint),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for producer in range(WORKERS)
+        ]
+        errors = [worker.communicate(timeout=30)[1] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0] * WORKERS, errors
+        assert errors == [""] * WORKERS
+        # The workers are gone; whatever the collector has not written yet must be drained.
+        collector.send_signal(signum)
+        assert collector.wait(20) == 0
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait(10)
+        reader.join(5)
+        stream.close()
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    summary = lines[-1]
+    assert summary.startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
+    assert summary.endswith("malformed 0, gaps 0, dropped 0")
