@@ -194,6 +194,9 @@ class MplogHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]  # 3.12 returns LogRecord|bool
         # Handler.handle would hold Handler.lock without a bound; emit() has its own bounded lock.
+        if not self.filters:  # the usual case: skip Filterer.filter's loop on every call
+            self.emit(record)
+            return True
         rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):
             record = rv
