@@ -19,11 +19,12 @@ import time
 from typing import Any
 
 from mplog.exceptions import ConfigError, FrameError
+from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
 from mplog.stats import Stats
 from mplog.supervisor import live_local_senders, resume
 from mplog.transports import Receiver
-from mplog.wire import Frame, Limits, check_records, decode_header, make_log_record
+from mplog.wire import Frame, Limits, check_records, decode_header
 
 __all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
 
@@ -45,7 +46,7 @@ class Server:
         # have records on the way, so the drain waits for them (see mplog.supervisor).
         self.drain_for_live_senders = False
         self.restarts = 0  # earlier incarnations of this listener (supervised restarts)
-        self._loggers: dict[str, logging.Logger] = {}
+        self.dispatcher = BatchDispatcher()  # BatchDispatcher(fast=False): one logger.handle() per record
 
     # ------------------------------------------------------------ one frame
 
@@ -83,20 +84,9 @@ class Server:
         # Under CURVE, the client key the handshake proved; set after the payload's extras,
         # so a record cannot claim another sender's key (test_records_carry_the_authenticated_client_key).
         peer = getattr(self.receiver, "last_peer", None)
-        loggers = self._loggers
-        for fields in records:
-            name = fields[0]
-            logger = loggers.get(name)
-            if logger is None:
-                logger = loggers[name] = logging.getLogger(name) if name != "root" else logging.getLogger()
-            if logger.isEnabledFor(fields[1]):
-                try:
-                    record = make_log_record(fields, host)
-                    if peer is not None:
-                        record.peer_key = peer
-                    logger.handle(record)
-                except Exception:  # a logger-level filter raised (handlers are guarded on their own)
-                    stats.note_handler_error(DISPATCH_ERROR)
+        # A whole batch per handler write where the route allows it (mplog.fastpath); an
+        # exception outside every handler (a logger-level filter) is counted per record.
+        self.dispatcher.dispatch(records, host, peer, lambda: stats.note_handler_error(DISPATCH_ERROR))
 
     # ------------------------------------------------------------ the loop
 
