@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import subprocess
+from pathlib import Path
 
 import pytest
 from handler_peers import join_workers, run_workers, snippet_file, start_workers, text_worker
@@ -111,3 +112,20 @@ def test_a_failing_file_handler_is_counted_and_the_others_go_on(tmp_path):
     assert stats["handler_errors"]["missing_dir"] == 600
     assert stats["handler_errors"]["full"] >= 600  # one per record, plus the final flush at close
     assert set(stats["handler_errors"]) == {"missing_dir", "full"}
+
+
+def test_a_handler_raising_on_every_tenth_record_is_counted_exactly_and_isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # the listener imports flaky_handler
+    config = {
+        "formatters": {"plain": {"format": "%(message)s"}},
+        "handlers": {
+            "flaky": {"class": "flaky_handler.EveryTenthFails"},
+            "good": {"class": "logging.FileHandler", "filename": str(tmp_path / "good.log"), "formatter": "plain"},
+        },
+        "root": {"level": "INFO", "handlers": ["flaky", "good"]},
+    }
+    with mplog.start_listener(config, route_parent=False) as listener:
+        run_workers(listener.endpoint, 2, 500)
+        assert listener.running
+    check_lines(read_lines(tmp_path / "good.log"), {0: 500, 1: 500}).assert_exact()
+    assert listener.stats()["handler_errors"] == {"flaky": 100}
