@@ -327,6 +327,11 @@ class MplogHandler(logging.Handler):
         """Send everything buffered, waiting at most ``timeout`` seconds; True if all went."""
         if self._pid != os.getpid():
             return False
+        if self._closed:
+            # logging.shutdown() flushes every handler again at exit, after close(): what
+            # close() could not deliver stays undelivered, so do not wait for it twice
+            # (see test_exit_with_the_listener_gone_waits_close_timeout_once).
+            return not self._pending and not self._outbox
         limit = self.options.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         if not self._mutex.acquire(timeout=max(limit, 0.0)):

@@ -321,3 +321,27 @@ def test_worker_exits_promptly_and_reports_once_when_the_listener_is_gone(tmp_pa
     assert len(reports) == 1, stderr
     assert re.match(r"mplog: 100 records could not be delivered and 0 were dropped by policy", reports[0])
     assert "Traceback" not in stderr
+
+
+@pytest.mark.timeout(60)
+def test_exit_with_the_listener_gone_waits_close_timeout_once(tmp_path, transport):
+    # Default options; logging.shutdown() flushes every handler again after mplog's own
+    # exit hook closed it: that second flush must not wait close_timeout a second time.
+    close_timeout = mplog.WorkerOptions().close_timeout
+    endpoint = _stopped_endpoint(transport)
+    script = tmp_path / "orphan.py"
+    script.write_text(textwrap.dedent(_EXIT_SCRIPT))
+    env = _env() | {"MPLOG_ENDPOINT": endpoint}
+    proc = subprocess.run(
+        [sys.executable, str(script), "return", str(close_timeout)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    ended = time.monotonic()
+    assert proc.returncode == 0, proc.stderr
+    exit_seconds = ended - float(proc.stdout.split()[-1])
+    assert close_timeout <= exit_seconds < 1.5 + close_timeout, f"exit took {exit_seconds:.2f} s"
+    assert proc.stderr.count("records could not be delivered") == 1
