@@ -111,9 +111,7 @@ class _Sink:
     def add(self, record: logging.LogRecord) -> None:
         try:
             line = self.format.format(record)
-        except RecursionError:  # StreamHandler.emit lets these through to the dispatcher too
-            raise
-        except Exception:
+        except Exception:  # what the listener's guarded Handler.handle does with any error of emit()
             self.handler.handleError(record)
             return
         self.lines.append(line)
