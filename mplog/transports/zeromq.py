@@ -67,7 +67,7 @@ class ZmqSender:
         opts = self._options
         try:
             ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
-            sock = ctx.socket(zmq.PUSH)
+            sock: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, int(opts.linger * 1000))
             sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)

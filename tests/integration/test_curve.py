@@ -488,3 +488,15 @@ def test_connect_storms_and_idle_sockets_are_shed_and_the_listener_returns_to_it
     check_lines(read_lines(out), {0: 500}).assert_exact()
     assert stats["malformed_total"] == 0
     assert stats["connections"]["refused_other"] >= 100
+
+
+def test_curve_keys_in_the_environment_do_not_apply_to_a_local_ipc_listener(tmp_path, keys):
+    out = tmp_path / "out.log"
+    with mplog.start_listener(file_config(out), route_parent=False, export_env=False) as listener:
+        env = {
+            security.ENV_SERVER_KEY: str(keys["server_public"]),
+            security.ENV_CLIENT_SECRET_KEY: str(keys["good_secret"]),
+        }
+        assert finish(run_worker(listener.endpoint, 0, 100, env=env))["sent"] == 100
+        wait_for(lambda: listener.stats()["received"] == 100)
+    check_lines(read_lines(out), {0: 100}).assert_exact()
