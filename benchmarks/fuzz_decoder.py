@@ -39,13 +39,12 @@ def _seed_frames() -> list[bytes]:
         rec = logging.LogRecord("fuzz.name", logging.INFO, "/p.py", i, msg, ("a",) if "%s" in msg else None, None)
         rec.__dict__.update(extra)
         records.append(encode_record(rec))
-    frames = [
+    return [
         build_frame(sender, 0, 0, 0, records),
         build_frame(sender, 5, 2, 1, []),
         build_frame(sender, 2**40, 0, 0, records[:1] * 20),
         msgpack.packb([1, ["h", 1, 0.0, 0], 0, 0, 0, [[None] * 20]]),
     ]
-    return frames
 
 
 def check_one(data: bytes) -> None:
@@ -73,7 +72,8 @@ def run_atheris(argv: list[str]) -> None:
 
 
 def run_hypothesis(examples: int) -> None:
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 
     seeds = _seed_frames()
 

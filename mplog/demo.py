@@ -26,7 +26,9 @@ def _job(i: int) -> int:
 
 def _config(directory: Path) -> dict[str, Any]:
     return {
-        "formatters": {"line": {"format": "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"}},
+        "formatters": {
+            "line": {"format": "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"}
+        },
         "handlers": {
             "file": {
                 "class": "logging.handlers.RotatingFileHandler",

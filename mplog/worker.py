@@ -27,7 +27,8 @@ from typing import Any
 
 from mplog.exceptions import ConfigError, TransportError
 from mplog.transports import Sender, TransportOptions, open_sender, transport_of
-from mplog.wire import FLAG_FINAL, Limits, Sender as SenderId, build_frame, encode_record, encode_sender
+from mplog.wire import FLAG_FINAL, Limits, build_frame, encode_record, encode_sender
+from mplog.wire import Sender as SenderId
 
 __all__ = ["MplogHandler", "WorkerOptions", "setup_worker"]
 
@@ -113,7 +114,7 @@ _abandoned: list[Any] = []  # transports inherited across fork: never closed in 
 
 def _process_start_time() -> float:
     try:
-        import psutil
+        import psutil  # noqa: PLC0415  # only when a handler is created: keeps `import mplog` light
 
         return float(psutil.Process().create_time())
     except Exception:
@@ -131,7 +132,8 @@ class _Identity:
     """The sender identity of the current process incarnation and handler stream."""
 
     def __init__(self) -> None:
-        self.sender = SenderId(socket.gethostname(), os.getpid(), _process_start_time(), int.from_bytes(os.urandom(4), "big"))
+        stream = int.from_bytes(os.urandom(4), "big")
+        self.sender = SenderId(socket.gethostname(), os.getpid(), _process_start_time(), stream)
         self.packed = encode_sender(self.sender)
 
 
@@ -192,7 +194,7 @@ class MplogHandler(logging.Handler):
 
     # ------------------------------------------------------------ the logging call
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]  # 3.12 returns LogRecord|bool
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override, unused-ignore]  # 3.12: LogRecord|bool
         # Handler.handle would hold Handler.lock without a bound; emit() has its own bounded lock.
         if not self.filters:  # the usual case: skip Filterer.filter's loop on every call
             self.emit(record)
@@ -323,7 +325,7 @@ class MplogHandler(logging.Handler):
 
     # ------------------------------------------------------------ flush and close
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]  # adds a bound and a result
         """Send everything buffered, waiting at most ``timeout`` seconds; True if all went."""
         if self._pid != os.getpid():
             return False
@@ -409,7 +411,7 @@ def _close_all() -> None:
         for handler in list(_handlers):
             try:
                 handler.close()
-            except Exception:
+            except Exception:  # noqa: PERF203  # one failing handler must not keep the others open
                 pass
     finally:
         _closing = False
@@ -541,7 +543,7 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
                 old.close()
         root.addHandler(handler)
     root.setLevel(level)
-    if opts.flush_on_sigterm and threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _on_sigterm)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if opts.flush_on_sigterm and on_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
     return handler

@@ -62,7 +62,7 @@ def _no_process_left_behind() -> Iterator[None]:
     for proc in alive:
         try:
             proc.kill()
-        except psutil.Error:
+        except psutil.Error:  # noqa: PERF203  # it may have exited meanwhile
             pass
     psutil.wait_procs(alive, timeout=5)
     if alive:

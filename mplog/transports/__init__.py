@@ -51,10 +51,10 @@ def open_sender(endpoint: str, options: TransportOptions | None = None) -> Sende
     """Open the worker end for ``endpoint`` (lazily: nothing connects until the first send)."""
     options = options or TransportOptions()
     if transport_of(endpoint) == "zmq":
-        from mplog.transports.zeromq import ZmqSender
+        from mplog.transports.zeromq import ZmqSender  # noqa: PLC0415  # pyzmq loaded only when used
 
         return ZmqSender(endpoint, options)
-    from mplog.transports.mpqueue import MpSender
+    from mplog.transports.mpqueue import MpSender  # noqa: PLC0415  # loaded only when used
 
     return MpSender(endpoint, options)
 
@@ -63,9 +63,9 @@ def open_receiver(endpoint: str, options: TransportOptions | None = None) -> Rec
     """Bind the listener end for ``endpoint``."""
     options = options or TransportOptions()
     if transport_of(endpoint) == "zmq":
-        from mplog.transports.zeromq import ZmqReceiver
+        from mplog.transports.zeromq import ZmqReceiver  # noqa: PLC0415  # pyzmq loaded only when used
 
         return ZmqReceiver(endpoint, options)
-    from mplog.transports.mpqueue import MpReceiver
+    from mplog.transports.mpqueue import MpReceiver  # noqa: PLC0415  # loaded only when used
 
     return MpReceiver(endpoint, options)
