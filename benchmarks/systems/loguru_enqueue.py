@@ -18,7 +18,8 @@ def start(variant: str, out: Path, method: str) -> Started:
     from loguru import logger
 
     logger.remove()
-    sink = logger.add(str(out), format=FORMAT, level="INFO", enqueue=True, encoding="utf-8")
+    # context: loguru's queue must come from the start method the producers use (spawn included).
+    sink = logger.add(str(out), format=FORMAT, level="INFO", enqueue=True, encoding="utf-8", context=method)
 
     def stop() -> None:
         logger.remove(sink)  # drains the queue, joins loguru's writer thread, closes the file
