@@ -312,15 +312,26 @@ def _max_array(limits: Limits) -> int:
     return max(limits.max_records, _N_FIELDS)  # the decoder's max_array_len
 
 
+_FLAT_TYPES = frozenset({bool, float, type(None)})
+
+
 def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: PLR0911  # one return per msgpack type
     """True if the extra ``value`` packs into something the decoder accepts (see _check_value).
 
     Without this check a deep, large or int-keyed extra packs fine here and then the
     listener rejects the whole frame (see test_extras_over_the_decoder_limits_are_bounded_not_rejected).
+    Exact types first: this runs on every record that has extras.
     """
+    kind = type(value)
+    if kind is str:
+        return len(value) <= limits.max_message_chars
+    if kind in _FLAT_TYPES:
+        return True
+    if kind is int:
+        return bool(-(2**63) <= value < 2**64)
     if isinstance(value, str):
         return len(value) <= limits.max_message_chars
-    if value is None or isinstance(value, (bool, float)):
+    if isinstance(value, (bool, float)):
         return True
     if isinstance(value, int):
         return -(2**63) <= value < 2**64
@@ -329,12 +340,15 @@ def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: PLR0911  # o
     if depth >= limits.max_depth:
         return False
     if isinstance(value, (list, tuple)):
-        return len(value) <= _max_array(limits) and all(_fits(v, limits, depth + 1) for v in value)
+        return len(value) <= _max_array(limits) and all(_fits(item, limits, depth + 1) for item in value)
     if isinstance(value, dict):
-        return len(value) <= limits.max_extra_fields and all(
-            type(k) is str and len(k) <= limits.max_message_chars and _fits(v, limits, depth + 1)
-            for k, v in value.items()
-        )
+        if len(value) > limits.max_extra_fields:
+            return False
+        cap = limits.max_message_chars
+        for key, item in value.items():
+            if type(key) is not str or len(key) > cap or not _fits(item, limits, depth + 1):
+                return False
+        return True
     return False
 
 
