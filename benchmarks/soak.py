@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import mplog
 from helpers import check_lines, payload
+
+import mplog
 
 SIZE = 100  # payload body bytes; a line is about 125 bytes
 
@@ -51,6 +51,8 @@ def _worker(producer: int, rate: float, stop_at: float, out_dir: str) -> None:
 def _sample(proc: psutil.Process) -> dict[str, float]:
     try:
         with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return {}  # exited, not yet reaped: no memory to speak of
             return {"rss_mib": proc.memory_info().rss / 2**20, "fds": proc.num_fds(), "threads": proc.num_threads()}
     except psutil.Error:
         return {}

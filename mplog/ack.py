@@ -39,6 +39,7 @@ from mplog.server import Server, _all_handlers
 from mplog.transports.base import TransportOptions
 from mplog.transports.zeromq_ack import DealerSender, RouterReceiver
 from mplog.wire import FLAG_FINAL, Frame, Limits
+from mplog.worker import ACK_CLOSE_TIMEOUT
 
 __all__ = [
     "AckServer",
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 ENV_ACK = "MPLOG_ACK"  # "1": workers started by an acknowledging listener use acknowledged delivery
-ACK_CLOSE_TIMEOUT = 10.0  # the least a worker's exit waits for its last acknowledgements
 _REFUSAL_QUIET = 0.2  # seconds: refusals of the same position within this time trigger one resend round
 UNKNOWN_SENDER_GRACE = 1.5  # seconds a restarted listener waits for an unknown sender's earlier frames
 _BLOCKED_SIGNALS = set(signal.valid_signals()) - {

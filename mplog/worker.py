@@ -35,6 +35,7 @@ __all__ = ["MplogHandler", "WorkerOptions", "setup_worker"]
 ENV_ENDPOINT = "MPLOG_ENDPOINT"
 ENV_LEVEL = "MPLOG_LEVEL"
 ENV_ACK = "MPLOG_ACK"
+ACK_CLOSE_TIMEOUT = 10.0  # acknowledged delivery: the least an exit waits to deliver and be acknowledged
 POLICIES = ("block", "drop_newest", "drop_oldest")
 
 
@@ -528,6 +529,8 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
         opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")
+    if opts.ack and "close_timeout" not in options:  # exit outlasts a listener restart (docs/reliability.md)
+        opts = replace(opts, close_timeout=max(opts.close_timeout, ACK_CLOSE_TIMEOUT))
     root = logging.getLogger()
     level = opts.level if opts.level is not None else _level_from_env()
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
