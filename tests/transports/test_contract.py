@@ -31,6 +31,9 @@ from mplog.transports import Receiver, Sender, TransportOptions, default_endpoin
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 KINDS = ["zmq-ipc", "zmq-tcp", "multiprocessing"]
+# Wall-clock slack on "returns within its bound" checks: they prove a bound, not a speed,
+# and must hold on a loaded 2-core CI machine.
+SLACK_S = 1.0
 
 
 class Collector:
@@ -209,11 +212,11 @@ def test_send_returns_false_without_blocking_past_its_timeout_when_nothing_is_bo
         for _ in range(3):
             started = time.monotonic()
             assert sender.send(b"nobody is listening", timeout) is False
-            assert time.monotonic() - started < timeout + 0.5
+            assert time.monotonic() - started < timeout + SLACK_S
     finally:
         started = time.monotonic()
         sender.close()
-        assert time.monotonic() - started < 1.5  # a bounded linger, never the libzmq default of forever
+        assert time.monotonic() - started < TransportOptions().linger + SLACK_S  # never libzmq's default: forever
 
 
 def test_a_receiver_that_stops_reading_makes_send_refuse_within_its_bound_and_loses_nothing_sent(kind, private_dir):
@@ -223,7 +226,7 @@ def test_a_receiver_that_stops_reading_makes_send_refuse_within_its_bound_and_lo
     timeout = 0.05
     # ZeroMQ refuses at once (high-water mark); the multiprocessing transport may block one
     # write for up to write_timeout before it gives up on a full pipe.
-    bound = timeout + (options.write_timeout if kind == "multiprocessing" else 0.0) + 0.5
+    bound = timeout + (options.write_timeout if kind == "multiprocessing" else 0.0) + SLACK_S
     sent, refused, slowest = [], 0, 0.0
     collector = None
     try:
