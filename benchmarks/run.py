@@ -28,7 +28,16 @@ from benchmarks.systems import REFERENCE, REGISTRY
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 DEFAULT_SCENARIOS = ("2:fork", "2:spawn", "4:fork")
-METRICS = ("records_per_s", "call_us", "producer_cpu_us", "cpu_us_per_record", "consumer_peak_mib", "seconds")
+METRICS = (
+    "records_per_s",
+    "call_us",
+    "producer_cpu_us",
+    "cpu_us_per_record",
+    "consumer_peak_mib",
+    "seconds",
+    "producers_done_s",
+    "stop_s",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -96,7 +105,7 @@ def table(scenario: dict[str, Any]) -> str:
     null = systems.get("ceiling-null", {}).get("median", {})
     head = (
         f"{'system':<24} {'rec/s':>9} {'x stdlib':>8} {'us/call':>8} {'x null':>7} "
-        f"{'cpu us/rec':>10} {'x stdlib':>8} {'consumer MiB':>12} {'lost/dup/bad':>13}"
+        f"{'cpu us/rec':>10} {'x stdlib':>8} {'stop s':>6} {'consumer MiB':>12} {'lost/dup/bad':>13}"
     )
     lines = [
         f"P={scenario['producers']} producers x M={scenario['records']} records, start method {scenario['method']}, "
@@ -115,11 +124,13 @@ def table(scenario: dict[str, Any]) -> str:
         if "error" in med:
             lines.append(f"{name:<24} {str(med['error']).splitlines()[-1][:90]}")
             continue
+        checked = f"{med['lost']}/{med['duplicated']}/{med['malformed']}"
         lines.append(
             f"{name:<24} {med['records_per_s']:>9.0f} {ratio(med['records_per_s'], ref.get('records_per_s')):>8} "
             f"{med['call_us']:>8.2f} {ratio(med['call_us'], null.get('call_us')):>7} "
             f"{med['cpu_us_per_record']:>10.2f} {ratio(med['cpu_us_per_record'], ref.get('cpu_us_per_record')):>8} "
-            f"{med['consumer_peak_mib']:>12.1f} {med['lost']:>4}/{med['duplicated']}/{med['malformed']:<6}"
+            f"{med['stop_s']:>6.2f} "
+            f"{med['consumer_peak_mib']:>12.1f} {checked:>13}"
         )
     return "\n".join(lines)
 
