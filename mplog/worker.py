@@ -366,6 +366,9 @@ class MplogHandler(logging.Handler):
                 return
             self._closed = True
             lost = len(self._pending) + sum(len(batch) for batch, _ in self._outbox)
+            # Records never handed to the transport were never numbered: report them as
+            # dropped in the goodbye frame so the listener's ledger can still balance.
+            self._dropped += lost
             final = build_frame(self._identity.packed, self._seq, self._dropped, FLAG_FINAL, [])
             try:
                 self._transport.send(final, 0.2 if delivered else 0.0)
@@ -378,7 +381,7 @@ class MplogHandler(logging.Handler):
             self._mutex.release()
         if lost or self._dropped:
             _report(
-                f"mplog: {lost} records could not be delivered and {self._dropped} were dropped by policy "
+                f"mplog: {lost} records could not be delivered and {self._dropped - lost} were dropped by policy "
                 f"(endpoint {self.endpoint}, pid {os.getpid()})"
             )
         _handlers.discard(self)
@@ -446,6 +449,8 @@ def _after_fork_in_child() -> None:
             signal.signal(signal.SIGTERM, _on_sigterm)
         except ValueError:  # not the main thread of the child
             pass
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        _watch_sigterm()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -460,6 +465,71 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     _close_all()
     _die(signum)
+
+
+_wakeup: tuple[int, int, int] | None = None  # (pid, read fd, write fd) of the SIGTERM watch
+
+
+def _watch_sigterm() -> None:
+    """Send SIGTERM to the main thread again until mplog's handler has acted on it.
+
+    CPython can lose the wake-up of a main thread that blocks in a lock just as SIGTERM
+    arrives (a Pool worker waiting for its next task): the signal is marked as caught
+    but the handler never runs, and Pool.terminate() waits for that worker forever
+    (about 1 pool in 30 measured, with any Python-level SIGTERM handler). The C-level
+    handler writes every caught signal to the wakeup fd; a thread reading it sends
+    SIGTERM again, whose EINTR lets the handler run
+    (see test_pool_terminate_under_forkserver_never_hangs).
+    """
+    global _wakeup
+    inherited = _wakeup
+    if inherited is not None and inherited[0] == os.getpid():
+        return  # already watching in this process
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        previous = write_fd
+    if inherited is not None and previous == inherited[2]:
+        os.close(inherited[1])  # the parent's pipe, inherited by fork: this process needs its own
+        os.close(inherited[2])
+    elif previous != -1:
+        if previous != write_fd:
+            signal.set_wakeup_fd(previous)  # someone else's (asyncio's): leave it to them
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _wakeup = (os.getpid(), read_fd, write_fd)
+    thread = threading.Thread(target=_resend_sigterm, args=(read_fd,), name="mplog-sigterm", daemon=True)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)  # the thread starts with them blocked
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _resend_sigterm(read_fd: int) -> None:
+    main = threading.main_thread().ident
+    while True:
+        try:
+            caught = os.read(read_fd, 256)
+        except OSError:
+            return
+        if not caught or main is None:
+            return
+        if signal.SIGTERM not in caught:
+            continue
+        # Until the handler ends the process (or deliberately defers to a close in
+        # progress, which a repeated signal does not disturb).
+        while signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            time.sleep(0.2)
+            if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+                break
+            try:
+                signal.pthread_kill(main, signal.SIGTERM)
+            except (OSError, ValueError):
+                return
 
 
 atexit.register(_close_all)
@@ -549,4 +619,6 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     on_main_thread = threading.current_thread() is threading.main_thread()
     if opts.flush_on_sigterm and on_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
+    if on_main_thread and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        _watch_sigterm()
     return handler
