@@ -194,29 +194,34 @@ FORKER = textwrap.dedent(
     log = logging.getLogger("forker")
     stop = threading.Event()
     background = [0]
-    def chatter():
+    def chatter():  # bursts, so that forks land inside its logging calls, paced to keep the test short
         while not stop.is_set():
-            log.info("%s", payload(0, background[0]))
-            background[0] += 1
+            for _ in range(50):
+                log.info("%s", payload(0, background[0]))
+                background[0] += 1
+            time.sleep(0.001)
     thread = threading.Thread(target=chatter)
     thread.start()
     hung, codes = 0, []
-    for i in range(200):
-        pid = os.fork()
-        if pid == 0:
-            logging.getLogger("child").info("%s", payload(1, i))
-            sys.exit(0)  # exit hooks deliver the child's record
-        deadline = time.monotonic() + 7
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                codes.append(os.waitstatus_to_exitcode(status))
-                break
-            if time.monotonic() > deadline:
-                hung += 1
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                break
+    for wave in range(25):  # 8 forks at a time, each while the thread is logging
+        children = {}
+        for i in range(wave * 8, wave * 8 + 8):
+            pid = os.fork()
+            if pid == 0:
+                logging.getLogger("child").info("%s", payload(1, i))
+                sys.exit(0)  # exit hooks deliver the child's record
+            children[pid] = time.monotonic() + 7
+        while children:
+            for pid, deadline in list(children.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes.append(os.waitstatus_to_exitcode(status))
+                    del children[pid]
+                elif time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    del children[pid]
             time.sleep(0.001)
     stop.set()
     thread.join()
