@@ -32,6 +32,7 @@ _Formatter = logging.Formatter
 _STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
 _CACHED_CONVERTERS = (time.localtime, time.gmtime)
 _FALLBACK_FORMATTER = logging.Formatter()
+_INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
 
 
 class _Format:
@@ -152,7 +153,9 @@ def _is_plain_handler(handler: logging.Handler) -> bool:
         and cls.handle is logging.Handler.handle
         and cls.format is logging.Handler.format
         and cls.flush is logging.StreamHandler.flush
+        and _INSTANCE_OVERRIDES.isdisjoint(handler.__dict__)  # e.g. handler.emit = something_else
         and type(handler.formatter or _default_formatter()).format is _Formatter.format
+        and "format" not in (handler.formatter or _default_formatter()).__dict__
     )
 
 

@@ -328,3 +328,25 @@ def test_generic_and_fast_dispatch_of_a_large_batch_give_identical_files(tmp_pat
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
     assert outputs[0].count(b"\n") == 5000
+
+
+def test_a_handler_whose_emit_was_replaced_on_the_instance_takes_the_generic_path() -> None:
+    seen: list[str] = []
+    handler = logging.StreamHandler(io.StringIO())
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("replaced")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        recs = [
+            encode_record(logging.LogRecord("replaced", logging.INFO, __file__, 1, "%s", (payload(2, i),), None))
+            for i in range(20)
+        ]
+        frame = decode_frame(build_frame(encode_sender(Sender("h", 1, 1.0, 1)), 0, 0, 0, recs))
+        BatchDispatcher().dispatch(frame.records, "h")
+    finally:
+        logger.handlers.clear()
+        logger.propagate = True
+    check_lines(seen, {2: 20}).assert_exact()
+    assert handler.stream.getvalue() == ""
