@@ -345,8 +345,14 @@ class MplogHandler(logging.Handler):
                 self._flush_locked(apply_policy=False)
             while self._outbox:
                 remaining = deadline - time.monotonic()
+                sent_before = self._frames_sent
                 if self._send_outbox(max(min(remaining, 0.05), 0.0)) or remaining <= 0:
                     break
+                if self._frames_sent != sent_before:
+                    # The listener is taking frames, only slower than we made them: the
+                    # bound is on time without progress, not on the size of the backlog
+                    # (a backlog larger than close_timeout's worth was lost at exit).
+                    deadline = time.monotonic() + limit
             return not self._outbox
         finally:
             self._local.busy = False
