@@ -236,12 +236,15 @@ def test_a_listener_killed_and_restarted_on_the_same_endpoint_loses_only_what_wa
     lines = read_lines(first_out, second_out)
     check = check_lines(lines, {0: per_worker, 1: per_worker})
     assert check.duplicates == check.truncated == 0
-    lost = sum(len(missing) for missing in check.missing.values())
+    missing = sum(len(m) for m in check.missing.values())  # in neither file: dropped by policy or lost
     written_before_kill = len(read_lines(first_out))
     assert sum(r["dropped"] for r in results) == stats["dropped"]
     # The restarted listener's ledger: received + dropped + gaps == logged (its gaps include what
     # the first listener wrote, and what died in flight with it); nothing is unaccounted.
     assert stats["received"] + stats["dropped"] + stats["gaps"] == 2 * per_worker
+    # (A record can be dropped by policy even under "block": a logging call that waited
+    # block_timeout for the buffer's lock, on a loaded machine.)
+    lost = missing - stats["dropped"]
     assert stats["gaps"] == written_before_kill + lost
     # Loss is bounded by what was queued between the workers and the dead listener.
     print(f"lost in flight at SIGKILL: {lost}, first listener wrote {written_before_kill}")
