@@ -40,6 +40,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog.control import start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
+    from mplog.supervisor import resume
 
     config, runtime = load_config(_config_path(args))
     endpoint = args.bind or os.environ.get(ENV_BIND) or runtime.endpoint or default_collector_endpoint()
@@ -48,9 +49,20 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     logging.config.dictConfig(config)
     receiver, limits = build_receiver(endpoint, settings)
-    server = Server(receiver, limits=limits)
+    if settings.get("ack"):
+        from mplog.ack import AckServer
+
+        server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
+    else:
+        server = Server(receiver, limits=limits)
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
+    # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,
+    # the acknowledged marks that let it drop what workers resend.
+    state_dir = settings.get("state_dir")
+    if state_dir:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    checkpoint = resume(server, {"state_dir": state_dir})
     try:
         status = start_control_server(receiver.endpoint, server.snapshot, settings)
     except BaseException:
@@ -74,6 +86,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         stop_queue_listeners()  # deliver what they hold while their handlers are still open
         logging.shutdown()
         receiver.close()
+        if checkpoint is not None:
+            checkpoint.close()
     snap = server.snapshot()
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "

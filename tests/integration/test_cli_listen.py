@@ -133,3 +133,59 @@ def test_standalone_collector_receives_from_unrelated_processes_and_drains_on_si
     summary = lines[-1]
     assert summary.startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
     assert summary.endswith("malformed 0, gaps 0, dropped 0")
+
+
+def test_standalone_collector_in_ack_mode_acknowledges_so_workers_exit_promptly_with_nothing_resent(
+    tmp_path, short_dir
+):
+    out = tmp_path / "collected.log"
+    config = tmp_path / "collector.json"
+    config.write_text(
+        json.dumps(
+            {
+                "mplog": {"ack": True, "state_dir": str(tmp_path / "state")},
+                "formatters": {"line": {"format": "%(message)s"}},
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": str(out), "formatter": "line"}},
+                "root": {"level": "DEBUG", "handlers": ["file"]},
+            }
+        )
+    )
+    endpoint = f"ipc://{short_dir}/collector.sock"
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    lines: list[str] = []
+    assert collector.stderr is not None
+    stream = collector.stderr
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in stream), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("listening on" in x for x in lines), timeout=20)
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER_CODE, str(producer), str(PER_WORKER)],
+                env=_env(MPLOG_ENDPOINT=endpoint, MPLOG_ACK="1"),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for producer in range(WORKERS)
+        ]
+        # Without acknowledgements a worker in ack mode waits out its close_timeout (>= 10 s)
+        # and reports its unacknowledged records on stderr.
+        errors = [worker.communicate(timeout=30)[1] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0] * WORKERS, errors
+        assert errors == [""] * WORKERS
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait(10)
+        reader.join(5)
+        stream.close()
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    assert lines[-1].startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
