@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 TRANSPORTS = ["zmq", "multiprocessing"]
-_ENV_KEYS = ("MPLOG_ENDPOINT", "MPLOG_LEVEL")
+_ENV_KEYS = ("MPLOG_ENDPOINT", "MPLOG_LEVEL", "MPLOG_ACK")
 # Long-lived helpers that multiprocessing starts once per test process on purpose.
 _KEEP = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
