@@ -31,7 +31,10 @@ class TransportOptions:
     """Socket-level settings; every default is chosen for a logging path (see docs/configuration.md)."""
 
     max_frame_bytes: int = 16 * 1024 * 1024
-    sndhwm: int = 100  # frames queued in the sender's ZeroMQ pipe
+    # Frames queued in the sender's ZeroMQ pipe. Kept small on purpose: what waits here is out of
+    # mplog's sight (a closing worker can only linger for it), while the worker's own outbox is
+    # bounded, counted and flushed with progress at exit.
+    sndhwm: int = 8
     rcvhwm: int = 1000  # frames queued in the listener's ZeroMQ pipe
     linger: float = 1.0  # seconds a closing sender waits for queued frames
     write_timeout: float = 1.0  # seconds one write may block (multiprocessing transport)

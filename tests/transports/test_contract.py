@@ -564,7 +564,7 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
 
 def test_documented_transport_defaults():
     options = TransportOptions()
-    assert (options.max_frame_bytes, options.sndhwm, options.rcvhwm) == (16 * 1024 * 1024, 100, 1000)
+    assert (options.max_frame_bytes, options.sndhwm, options.rcvhwm) == (16 * 1024 * 1024, 8, 1000)
     assert (options.linger, options.write_timeout, options.handshake_ivl) == (1.0, 1.0, 2.0)
     assert (options.heartbeat_ivl, options.heartbeat_timeout, options.reconnect_ivl_max) == (1.0, 3.0, 2.0)
     assert options.insecure is False
