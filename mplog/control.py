@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 MAX_REQUEST_BYTES = 4096
-_POLL_MS = 200
+_POLL_MS = 25  # how soon close() is noticed: Listener.stop() waits for it
 
 
 def control_endpoint_for(endpoint: str, explicit: str | None = None) -> str:

@@ -28,6 +28,7 @@ from mplog.wire import Frame, Limits, check_records, decode_header
 
 __all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
 
+_DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has said goodbye
 _MAX_NAME = 1024  # longest logger name dispatched (each name creates a Logger for good)
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 
@@ -114,16 +115,22 @@ class Server:
         recv, handle = self.receiver.recv, self.handle_frame
         stop = self.stop_event
         while not stop.is_set():
-            data = recv(0.05)
+            data = recv(0.02)  # how soon a stop request is noticed
             if data is not None:
                 handle(data)
         self.drain()
 
     def drain(self) -> None:
-        """Keep receiving until nothing arrives for ``drain_quiet`` seconds (bounded)."""
+        """Keep receiving until nothing arrives for ``drain_quiet`` seconds (bounded).
+
+        Once every sender seen has said goodbye (its final frame comes after all its
+        records on the same connection), there is nothing left to wait for but strays:
+        a short quiet period ends the drain (``Listener.stop()`` took ~0.5 s otherwise).
+        """
         deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline:
-            data = self.receiver.recv(self.drain_quiet)
+            quiet = _DONE_QUIET if self.stats.all_closed() else self.drain_quiet
+            data = self.receiver.recv(min(quiet, self.drain_quiet))
             if data is None:
                 if self.drain_for_live_senders and live_local_senders(self.stats):
                     continue

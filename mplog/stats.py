@@ -131,6 +131,11 @@ class Stats:
                 self.records += delta
                 sender.next_seq = next_seq
 
+    def all_closed(self) -> bool:
+        """True when every sender seen so far has sent its goodbye frame."""
+        with self._lock:
+            return all(sender.closed for sender in self.senders.values())
+
     def snapshot(self) -> dict[str, Any]:
         """Return a JSON-ready copy of every counter."""
         with self._lock:
