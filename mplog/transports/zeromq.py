@@ -44,6 +44,8 @@ def _split(endpoint: str) -> list[str]:
 class ZmqSender:
     """A PUSH socket per process; reopened (never shared) after fork."""
 
+    socket_type = zmq.PUSH
+
     def __init__(self, endpoint: str, options: TransportOptions) -> None:
         self.endpoint = endpoint
         self._endpoints = _split(endpoint)
@@ -67,7 +69,7 @@ class ZmqSender:
         opts = self._options
         try:
             ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
-            sock: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
+            sock: zmq.Socket[Any] = ctx.socket(self.socket_type)
             sock.setsockopt(zmq.LINGER, int(opts.linger * 1000))
             sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)

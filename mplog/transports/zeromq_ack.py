@@ -21,70 +21,22 @@ import zmq
 
 from mplog.exceptions import TransportError
 from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
+from mplog.transports.zeromq import ZmqSender, _split
 
 __all__ = ["DealerSender", "RouterReceiver"]
 
-_abandoned: list[Any] = []  # sockets inherited across fork: never touched in the child
+class DealerSender(ZmqSender):
+    """A DEALER socket per process: the PUSH sender's options, plus reading the listener's answers.
 
+    Not thread-safe: callers lock.
+    """
 
-def _split(endpoint: str) -> list[str]:
-    return [part.strip() for part in endpoint.split(",") if part.strip()]
-
-
-class DealerSender:
-    """A DEALER socket per process; reopened (never shared) after fork. Not thread-safe: callers lock."""
-
-    def __init__(self, endpoint: str, options: TransportOptions) -> None:
-        self.endpoint = endpoint
-        self._endpoints = _split(endpoint)
-        self._options = options
-        self._pid = -1
-        self._ctx: zmq.Context[Any] | None = None
-        self._sock: zmq.Socket[Any] | None = None
-        self._closed = False
+    socket_type = zmq.DEALER
 
     def _socket(self) -> zmq.Socket[Any]:
         if self._pid == os.getpid() and self._sock is not None:
             return self._sock
-        if self._sock is not None:
-            _abandoned.append((self._ctx, self._sock))
-        opts = self._options
-        try:
-            ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
-            sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, int(opts.linger * 1000))
-            sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
-            if any(e.startswith("tcp://") for e in self._endpoints):
-                sock.setsockopt(zmq.HEARTBEAT_IVL, int(opts.heartbeat_ivl * 1000))
-                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(opts.heartbeat_timeout * 1000))
-                sock.setsockopt(zmq.HEARTBEAT_TTL, int(opts.heartbeat_timeout * 1000))
-            for endpoint in self._endpoints:
-                sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            raise TransportError(f"cannot connect to {self.endpoint!r}: {exc}") from exc
-        self._ctx, self._sock, self._pid = ctx, sock, os.getpid()
-        return sock
-
-    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
-        if self._closed:
-            return False
-        sock = self._socket()
-        try:
-            sock.send(frame, zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            if timeout <= 0 or not sock.poll(int(timeout * 1000), zmq.POLLOUT):
-                return False
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                return False
-        except zmq.ZMQError as exc:
-            raise TransportError(f"send to {self.endpoint!r} failed: {exc}") from exc
+        return self._open()
 
     def recv(self, timeout: float = 0.0) -> bytes | None:
         """The next message from the listener, or None after ``timeout`` seconds."""
@@ -100,20 +52,6 @@ class DealerSender:
             return None
         except zmq.ZMQError as exc:
             raise TransportError(f"receive from {self.endpoint!r} failed: {exc}") from exc
-
-    def close(self, linger: float | None = None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._sock is None or self._pid != os.getpid():
-            return
-        linger_ms = int((self._options.linger if linger is None else linger) * 1000)
-        try:
-            self._sock.close(linger=linger_ms)
-            assert self._ctx is not None
-            self._ctx.term()
-        except zmq.ZMQError:
-            pass
 
 
 class RouterReceiver:
