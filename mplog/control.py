@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
-from mplog.transports.base import check_bind_address, ensure_private_dir
+from mplog.transports.base import check_bind_address
+from mplog.transports.zeromq import bind_private_ipc
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -85,13 +86,7 @@ class ControlServer:
             self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
             self._sock.setsockopt(zmq.SNDTIMEO, 1000)
             if endpoint.startswith("ipc://"):
-                self._path = endpoint[len("ipc://") :]
-                ensure_private_dir(self._path)
-                old_umask = os.umask(0o077)
-                try:
-                    self._sock.bind(endpoint)
-                finally:
-                    os.umask(old_umask)
+                self._path = bind_private_ipc(self._sock, endpoint)
             else:
                 check_bind_address(endpoint, secure=False, insecure_ok=insecure)
                 self._sock.bind(endpoint)

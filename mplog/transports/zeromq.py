@@ -21,7 +21,7 @@ from mplog import security
 from mplog.exceptions import TransportError
 from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
 
-__all__ = ["ZmqReceiver", "ZmqSender"]
+__all__ = ["ZmqReceiver", "ZmqSender", "bind_private_ipc"]
 
 _ASYNC_SIGNALS = set(signal.valid_signals()) - {
     signal.SIGSEGV,
@@ -39,6 +39,23 @@ _abandoned: list[Any] = []
 
 def _split(endpoint: str) -> list[str]:
     return [part.strip() for part in endpoint.split(",") if part.strip()]
+
+
+def bind_private_ipc(sock: zmq.Socket[Any], endpoint: str) -> str:
+    """Bind ``ipc://PATH`` so that only this user can connect; returns PATH.
+
+    The directory must be private (0700) and the socket file is created under umask 077,
+    then set to 0600 explicitly (whatever the caller's umask).
+    """
+    path = endpoint[len("ipc://") :]
+    ensure_private_dir(path)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return path
 
 
 class ZmqSender:
@@ -184,14 +201,7 @@ class ZmqReceiver:
 
     def _bind(self, endpoint: str, secure: bool) -> None:
         if endpoint.startswith("ipc://"):
-            self._path = endpoint[len("ipc://") :]
-            ensure_private_dir(self._path)
-            old_umask = os.umask(0o077)
-            try:
-                self._sock.bind(endpoint)
-            finally:
-                os.umask(old_umask)
-            os.chmod(self._path, 0o600)
+            self._path = bind_private_ipc(self._sock, endpoint)
         else:
             if endpoint.startswith("tcp://"):
                 self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))

@@ -20,8 +20,8 @@ from typing import Any
 import zmq
 
 from mplog.exceptions import TransportError
-from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
-from mplog.transports.zeromq import ZmqSender, _split
+from mplog.transports.base import TransportOptions, check_bind_address
+from mplog.transports.zeromq import ZmqSender, _split, bind_private_ipc
 
 __all__ = ["DealerSender", "RouterReceiver"]
 
@@ -82,14 +82,7 @@ class RouterReceiver:
 
     def _bind(self, endpoint: str) -> None:
         if endpoint.startswith("ipc://"):
-            self._path = endpoint[len("ipc://") :]
-            ensure_private_dir(self._path)
-            old_umask = os.umask(0o077)
-            try:
-                self._sock.bind(endpoint)
-            finally:
-                os.umask(old_umask)
-            os.chmod(self._path, 0o600)
+            self._path = bind_private_ipc(self._sock, endpoint)
             return
         if endpoint.startswith("tcp://"):
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
