@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -53,6 +54,45 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _collector(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], list[str], str]]:
+    """Start ``mplog listen`` and yield (process, its stderr lines so far, the endpoint it printed).
+
+    Always killed and reaped at the end, whatever the test did.
+    """
+    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    lines: list[str] = []
+    assert collector.stderr is not None
+    stream = collector.stderr
+    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in stream), daemon=True)
+    reader.start()
+    try:
+        ready = wait_for(lambda: next((x for x in lines if "listening on" in x), None), timeout=20)
+        yield collector, lines, ready.rsplit(" ", 1)[1]
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait(10)
+        reader.join(5)
+        stream.close()
+
+
+def _run_workers(**env: str) -> None:
+    """Run WORKERS unrelated worker processes to completion; each must exit 0 and print nothing."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER_CODE, str(producer), str(PER_WORKER)],
+            env=_env(**env),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for producer in range(WORKERS)
+    ]
+    errors = [worker.communicate(timeout=30)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * WORKERS, errors
+    assert errors == [""] * WORKERS
+
+
 CASES = [
     ("console-script", "ipc", signal.SIGTERM),
     ("console-script", "tcp", signal.SIGINT),
@@ -91,44 +131,13 @@ def test_standalone_collector_receives_from_unrelated_processes_and_drains_on_si
         "tcp": "tcp://127.0.0.1:*",
         "mp": f"mp://{short_dir}/collector.sock",
     }[scheme]
-    collector = subprocess.Popen(
-        [*argv, "listen", "--config", str(config), "--bind", bind],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    lines: list[str] = []
-    assert collector.stderr is not None
-    stream = collector.stderr
-    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in stream), daemon=True)
-    reader.start()
-    try:
-        ready = wait_for(lambda: next((x for x in lines if "listening on" in x), None), timeout=20)
-        endpoint = ready.rsplit(" ", 1)[1]
+    with _collector([*argv, "listen", "--config", str(config), "--bind", bind]) as (collector, lines, endpoint):
         if scheme == "tcp":
             assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", endpoint)
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER_CODE, str(producer), str(PER_WORKER)],
-                env=_env(MPLOG_ENDPOINT=endpoint),
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for producer in range(WORKERS)
-        ]
-        errors = [worker.communicate(timeout=30)[1] for worker in workers]
-        assert [worker.returncode for worker in workers] == [0] * WORKERS, errors
-        assert errors == [""] * WORKERS
+        _run_workers(MPLOG_ENDPOINT=endpoint)
         # The workers are gone; whatever the collector has not written yet must be drained.
         collector.send_signal(signum)
         assert collector.wait(20) == 0
-    finally:
-        if collector.poll() is None:
-            collector.kill()
-            collector.wait(10)
-        reader.join(5)
-        stream.close()
     check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
     summary = lines[-1]
     assert summary.startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
@@ -151,41 +160,12 @@ def test_standalone_collector_in_ack_mode_acknowledges_so_workers_exit_promptly_
         )
     )
     endpoint = f"ipc://{short_dir}/collector.sock"
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-    )
-    lines: list[str] = []
-    assert collector.stderr is not None
-    stream = collector.stderr
-    reader = threading.Thread(target=lambda: lines.extend(line.rstrip("\n") for line in stream), daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: any("listening on" in x for x in lines), timeout=20)
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER_CODE, str(producer), str(PER_WORKER)],
-                env=_env(MPLOG_ENDPOINT=endpoint, MPLOG_ACK="1"),
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for producer in range(WORKERS)
-        ]
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint]
+    with _collector(argv) as (collector, lines, _):
         # Without acknowledgements a worker in ack mode waits out its close_timeout (>= 10 s)
         # and reports its unacknowledged records on stderr.
-        errors = [worker.communicate(timeout=30)[1] for worker in workers]
-        assert [worker.returncode for worker in workers] == [0] * WORKERS, errors
-        assert errors == [""] * WORKERS
+        _run_workers(MPLOG_ENDPOINT=endpoint, MPLOG_ACK="1")
         collector.send_signal(signal.SIGTERM)
         assert collector.wait(20) == 0
-    finally:
-        if collector.poll() is None:
-            collector.kill()
-            collector.wait(10)
-        reader.join(5)
-        stream.close()
     check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
     assert lines[-1].startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
