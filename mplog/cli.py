@@ -50,7 +50,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     logging.config.dictConfig(config)
     receiver, limits = build_receiver(endpoint, settings)
     if settings.get("ack"):
-        from mplog.ack import AckServer
+        from mplog.ack_server import AckServer
 
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
@@ -271,7 +271,9 @@ def _add_cross_host_commands(commands: argparse._SubParsersAction[argparse.Argum
     keygen.set_defaults(func=_cmd_keygen)
 
     relay = commands.add_parser("relay", help="forward frames from this host's workers to a collector, untouched")
-    relay.add_argument("--bind", "-b", required=True, help="where this host's workers connect, e.g. tcp://127.0.0.1:5141")
+    relay.add_argument(
+        "--bind", "-b", required=True, help="where this host's workers connect, e.g. tcp://127.0.0.1:5141"
+    )
     relay.add_argument("--connect", required=True, help="the collector (comma-separated: several share the load)")
     relay.add_argument("--server-key", metavar="FILE", help="the collector's public key, to connect with CURVE")
     relay.add_argument("--client-secret-key", metavar="FILE", help="this relay's NAME.key_secret for the collector")

@@ -363,7 +363,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
         control.write({"event": "error", "kind": kind, "message": f"{type(exc).__name__}: {exc}"})
         return 3
     if setup.get("runtime", {}).get("ack"):
-        from mplog.ack import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
+        from mplog.ack_server import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
 
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:

@@ -55,6 +55,7 @@ class WorkerOptions:
     level: int | None = None  # root logger level; None: $MPLOG_LEVEL or DEBUG
     ack: bool | None = None  # acknowledged delivery (mplog.ack); None: on if the listener exported $MPLOG_ACK=1
     ack_timeout: float = 1.0  # seconds without an acknowledgement before unacknowledged frames are resent
+    spool_dir: str | None = None  # acknowledged delivery: unacknowledged frames also kept in a file here (mplog.ack)
     limits: Limits = field(default_factory=Limits)
     transport: TransportOptions = field(default_factory=TransportOptions)
 
@@ -172,7 +173,7 @@ class MplogHandler(logging.Handler):
 
     def _open_transport(self) -> Sender:
         if self.options.ack:  # frames kept until acknowledged, resent after a listener restart
-            from mplog.ack import open_ack_sender  # noqa: PLC0415  # opt-in; imports the listener side
+            from mplog.ack import open_ack_sender  # noqa: PLC0415  # opt-in
 
             return open_ack_sender(self.endpoint, self.options)
         return open_sender(self.endpoint, self.options.transport)

@@ -25,6 +25,7 @@ from mplog.transports.zeromq import ZmqSender, _split, bind_private_ipc
 
 __all__ = ["DealerSender", "RouterReceiver"]
 
+
 class DealerSender(ZmqSender):
     """A DEALER socket per process: the PUSH sender's options, plus reading the listener's answers.
 
