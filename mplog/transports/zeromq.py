@@ -21,7 +21,7 @@ from mplog import security
 from mplog.exceptions import TransportError
 from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
 
-__all__ = ["ZmqReceiver", "ZmqSender", "bind_private_ipc"]
+__all__ = ["BoundReceiver", "ZmqReceiver", "ZmqSender", "bind_private_ipc"]
 
 _ASYNC_SIGNALS = set(signal.valid_signals()) - {
     signal.SIGSEGV,
@@ -146,41 +146,38 @@ class ZmqSender:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-class ZmqReceiver:
-    """The listener's PULL socket."""
+class BoundReceiver:
+    """What the listener's receiving sockets share: binding, CURVE, the ZAP gatekeeper, connection counts.
+
+    Subclasses name the ``socket_type`` and read one frame in :meth:`_take`. Endpoints
+    are checked before any socket exists: a plaintext bind beyond loopback is refused
+    unless CURVE is configured (``options.curve_secret_key``) or ``options.insecure``.
+    """
+
+    socket_type = zmq.PULL
 
     def __init__(self, endpoint: str, options: TransportOptions, *, secure: bool = False) -> None:
         self.events: Counter[str] = Counter()
+        self.last_peer: str | None = None  # CURVE: the authenticated client key of the last frame
         self._options = options
-        self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.PULL)
         self._path = ""
         self._gatekeeper: security.Gatekeeper | None = None
-        self.last_peer: str | None = None  # CURVE: the authenticated client key of the last frame
-        self._curve = False
+        keys = _server_keys(options)
+        self._curve = keys is not None
+        parts = _split(endpoint)
+        for part in parts:
+            if not part.startswith("ipc://"):
+                check_bind_address(part, secure=secure or self._curve, insecure_ok=options.insecure)
+        self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(self.socket_type)
         try:
-            self._sock.setsockopt(zmq.LINGER, 0)
-            self._sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
-            self._sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
-            self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_ivl * 1000))
-            keys = None
-            if options.curve_secret_key:
-                keys = security.server_keys(
-                    {
-                        "server_secret_key": options.curve_secret_key,
-                        "authorized_keys": options.curve_authorized_keys,
-                        "allow_any": options.curve_allow_any,
-                    },
-                    "curve",
-                )
-                assert keys is not None
+            self._set_options(self._sock)
+            if keys is not None:
                 security.configure_server(self._sock, keys)
-                secure = True
-            self._curve = keys is not None
             # Before any bind: every handshake finds the ZAP handler, every refusal is counted.
             self._gatekeeper = security.Gatekeeper(self._ctx, self._sock, keys)
-            for part in _split(endpoint):
-                self._bind(part, secure)
+            for part in parts:
+                self._bind(part)
         except zmq.ZMQError as exc:
             self.close()
             raise TransportError(f"cannot bind {endpoint!r}: {exc}") from exc
@@ -189,9 +186,16 @@ class ZmqReceiver:
             raise
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
+    def _set_options(self, sock: zmq.Socket[Any]) -> None:
+        options = self._options
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_ivl * 1000))
+
     @property
     def socket(self) -> zmq.Socket[Any]:
-        """The bound PULL socket (for options such as CURVE set by the caller)."""
+        """The bound socket (for options set by the caller)."""
         return self._sock
 
     @property
@@ -199,33 +203,35 @@ class ZmqReceiver:
         """Connection events: handshakes, refused_auth, refused_protocol, refused_other, disconnected."""
         return Counter(self._gatekeeper.counts) if self._gatekeeper is not None else Counter()
 
-    def _bind(self, endpoint: str, secure: bool) -> None:
+    def _bind(self, endpoint: str) -> None:
         if endpoint.startswith("ipc://"):
             self._path = bind_private_ipc(self._sock, endpoint)
-        else:
-            if endpoint.startswith("tcp://"):
-                self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
-                self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self._options.heartbeat_timeout * 1000))
-            check_bind_address(endpoint, secure=secure, insecure_ok=self._options.insecure)
-            self._sock.bind(endpoint)
+            return
+        if endpoint.startswith("tcp://"):
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self._options.heartbeat_timeout * 1000))
+        self._sock.bind(endpoint)
 
-    def recv(self, timeout: float) -> bytes | None:
-        sock = self._sock
-        try:
-            return self._recv() if self._curve else sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            return None
-        try:
-            return self._recv() if self._curve else sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return None
+    def _take(self) -> bytes | None:
+        """Read one frame without waiting (raises zmq.Again when there is none)."""
+        raise NotImplementedError
 
-    def _recv(self) -> bytes:
-        message = self._sock.recv(zmq.NOBLOCK, copy=False)
+    def _peer(self, message: zmq.Frame) -> bytes:
+        """The bytes of ``message``, remembering the client key its CURVE handshake proved."""
         self.last_peer = str(message.get("User-Id"))
         return message.bytes
+
+    def recv(self, timeout: float) -> bytes | None:
+        try:
+            return self._take()
+        except zmq.Again:
+            pass
+        if not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return None
+        try:
+            return self._take()
+        except zmq.Again:
+            return None
 
     def close(self) -> None:
         if self._sock.closed:
@@ -237,3 +243,27 @@ class ZmqReceiver:
         if self._path:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
+
+
+def _server_keys(options: TransportOptions) -> security.ServerKeys | None:
+    """The CURVE server keys the options name (None: plaintext); a bad key file raises ConfigError."""
+    if not options.curve_secret_key:
+        return None
+    curve = {
+        "server_secret_key": options.curve_secret_key,
+        "authorized_keys": options.curve_authorized_keys,
+        "allow_any": options.curve_allow_any,
+    }
+    return security.server_keys(curve, "curve")
+
+
+class ZmqReceiver(BoundReceiver):
+    """The listener's PULL socket."""
+
+    socket_type = zmq.PULL
+
+    def _take(self) -> bytes | None:
+        if self._curve:
+            return self._peer(self._sock.recv(zmq.NOBLOCK, copy=False))
+        data: bytes = self._sock.recv(zmq.NOBLOCK)
+        return data

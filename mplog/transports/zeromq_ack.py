@@ -7,21 +7,20 @@ those answers (:meth:`DealerSender.recv`). What the answers mean is
 :mod:`mplog.ack`'s business; this module never looks inside a frame.
 
 Socket options follow the PUSH/PULL transport: bounded LINGER, non-blocking sends,
-IMMEDIATE=1, MAXMSGSIZE on the listener, ipc sockets private to the user.
+IMMEDIATE=1, MAXMSGSIZE on the listener, ipc sockets private to the user, CURVE with
+the same keys, allow-list and counted refusals on both ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections import Counter
 from typing import Any
 
 import zmq
 
 from mplog.exceptions import TransportError
-from mplog.transports.base import TransportOptions, check_bind_address
-from mplog.transports.zeromq import ZmqSender, _split, bind_private_ipc
+from mplog.transports.base import TransportOptions
+from mplog.transports.zeromq import BoundReceiver, ZmqSender
 
 __all__ = ["DealerSender", "RouterReceiver"]
 
@@ -55,63 +54,38 @@ class DealerSender(ZmqSender):
             raise TransportError(f"receive from {self.endpoint!r} failed: {exc}") from exc
 
 
-class RouterReceiver:
-    """The listener's ROUTER socket: yields frames and remembers who sent the last one."""
+class RouterReceiver(BoundReceiver):
+    """The listener's ROUTER socket: yields frames and remembers who sent the last one.
+
+    Binding, CURVE (server keys, the ZAP allow-list, refusal counts) and ``last_peer``
+    work as for the PULL receiver; acknowledgements go back over the same connection,
+    so under CURVE they are encrypted too.
+    """
+
+    socket_type = zmq.ROUTER
 
     def __init__(self, endpoint: str, options: TransportOptions) -> None:
-        self.events: Counter[str] = Counter()
         self.last_route: bytes = b""  # the ZeroMQ routing id of the last frame's peer
-        self._options = options
-        self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._path = ""
-        try:
-            self._sock.setsockopt(zmq.LINGER, 0)
-            self._sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
-            self._sock.setsockopt(zmq.SNDHWM, 10_000)  # acks are tiny; a slow worker must not stall the loop
-            self._sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
-            self._sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_ivl * 1000))
-            for part in _split(endpoint):
-                self._bind(part)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise TransportError(f"cannot bind {endpoint!r}: {exc}") from exc
-        except Exception:
-            self.close()
-            raise
-        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        super().__init__(endpoint, options)
 
-    def _bind(self, endpoint: str) -> None:
-        if endpoint.startswith("ipc://"):
-            self._path = bind_private_ipc(self._sock, endpoint)
-            return
-        if endpoint.startswith("tcp://"):
-            self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
-            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self._options.heartbeat_timeout * 1000))
-        # Acknowledged delivery has no CURVE support yet: plaintext only, loopback unless told.
-        check_bind_address(endpoint, secure=False, insecure_ok=self._options.insecure)
-        self._sock.bind(endpoint)
+    def _set_options(self, sock: zmq.Socket[Any]) -> None:
+        super()._set_options(sock)
+        sock.setsockopt(zmq.SNDHWM, 10_000)  # acks are tiny; a slow worker must not stall the loop
 
     def _take(self) -> bytes | None:
+        if self._curve:  # read without copying, for the client key the handshake proved
+            frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            if len(frames) != 2:
+                self.events["bad_envelope"] += 1
+                return None
+            self.last_route = frames[0].bytes
+            return self._peer(frames[1])
         parts = self._sock.recv_multipart(zmq.NOBLOCK)
         if len(parts) != 2:
             self.events["bad_envelope"] += 1
             return None
-        self.last_route = parts[0]
-        data: bytes = parts[1]
+        self.last_route, data = parts
         return data
-
-    def recv(self, timeout: float) -> bytes | None:
-        try:
-            return self._take()
-        except zmq.Again:
-            pass
-        if not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
-            return None
-        try:
-            return self._take()
-        except zmq.Again:
-            return None
 
     def reply(self, route: bytes, data: bytes) -> bool:
         """Send ``data`` to the peer ``route``; False if it could not be queued (the peer resends)."""
@@ -120,12 +94,3 @@ class RouterReceiver:
             return True
         except zmq.ZMQError:
             return False
-
-    def close(self) -> None:
-        if self._sock.closed:
-            return
-        self._sock.close(linger=0)
-        self._ctx.term()
-        if self._path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path)
