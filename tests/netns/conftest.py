@@ -49,6 +49,7 @@ class HostProcess:
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
+        self.ready: dict[str, Any] = {}  # a listener's "ready" message: endpoint, pid of the listener process
 
     def read(self, event: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
         import select
@@ -101,7 +102,7 @@ class Host:
         path = self.network.tmp / f"{self.name}-config.json"
         path.write_text(json.dumps(config))
         proc = self.python("host_listener.py", str(path), endpoint)
-        proc.read("ready")
+        proc.ready = proc.read("ready")
         return proc
 
     def worker(self, spec: dict[str, Any]) -> HostProcess:

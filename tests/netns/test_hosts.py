@@ -1,22 +1,27 @@
 """Real networks: workers, relays and collectors on separate hosts (network namespaces joined by veth).
 
 RELIABILITY.md B14 (partition on tcp://) and the cross-host parts of C7; a plaintext
-bind beyond loopback is refused here too, on a real non-loopback address.
+bind beyond loopback is refused here too, on a real non-loopback address; acknowledged
+delivery with CURVE survives a listener SIGKILL across hosts.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, file_config, read_lines
+from helpers import check_lines, file_config, read_lines, wait_for
 
-from mplog import security
+from mplog import WorkerOptions, security
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
 
 PORT = 5140
+LINE = 19  # bytes per output line at least: "P0:00000000:00000:" and a newline
 
 
 def make_keys(tmp: Path, *names: str) -> dict[str, Path]:
@@ -213,3 +218,58 @@ def test_a_partition_heals_and_every_record_is_delivered_or_counted(network, tmp
         assert stats["connections"].get("handshakes", 0) == 1
         assert stats["connections"].get("disconnected", 0) <= 1  # only the worker's orderly close
         assert sender["gaps"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_an_ack_mode_curve_collector_on_a_real_interface_killed_mid_stream_restarts_and_loses_nothing(
+    network, tmp_path
+):
+    a, b = network.host("a"), network.host("b")
+    network.link(a, b)
+    keys = make_keys(tmp_path, "collector", "worker")
+    out = tmp_path / "out.log"
+    endpoint = f"tcp://{b.addresses['a']}:{PORT}"
+    # Without CURVE, an acknowledging collector is refused on this address too.
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({**file_config(tmp_path / "plain.log"), "mplog": {"ack": True}}))
+    refused = b.popen("mplog", "listen", "--config", str(plain), "--bind", endpoint)
+    _, err = refused.communicate(timeout=20)
+    assert refused.returncode == 2 and "without CURVE" in err
+    config = curve_collector_config(out, keys, "collector", "worker")
+    config["mplog"]["ack"] = True  # and no mplog.insecure: CURVE is what allows this bind
+    collector = b.listener(config, endpoint)
+    options = {"ack": True, "curve_server_key": str(keys["collector"]), "curve_secret_key": str(keys["worker_secret"])}
+    per, rate = 12_000, 4_000
+    workers = [
+        a.worker({"endpoint": endpoint, "producer": p, "count": per, "rate": rate, "options": options})
+        for p in range(2)
+    ]
+    # SIGKILL the listener process once a third of the stream is written; its supervisor
+    # restarts it on the same address and the workers resend what it never acknowledged.
+    wait_for(lambda: out.exists() and out.stat().st_size > 2 * per * LINE // 3, timeout=30, interval=0.005)
+    os.kill(collector.ready["pid"], signal.SIGKILL)
+    results = [w.read("closed", timeout=60)["counters"] for w in workers]
+    errors = [w.finish() for w in workers]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        collector.send("stats")
+        senders = collector.read("stats")["stats"]["senders"]
+        if len(senders) == 2 and all(s["closed"] for s in senders.values()):
+            break
+        time.sleep(0.1)
+    stats = stop(collector)
+    check = check_lines(read_lines(out), {0: per, 1: per})
+    print(
+        f"ack + CURVE across hosts, SIGKILL at a third: {check.duplicates} lines written twice, listener "
+        f"duplicates {stats['duplicates']}, connections after the restart {stats['connections']}"
+    )
+    assert [(r["sent"], r["dropped"]) for r in results] == [(per, 0), (per, 0)]
+    assert not any("never acknowledged" in err for err in errors), errors  # the last acks came back
+    assert check.missing == {} and check.truncated == check.garbage == 0
+    # The duplicate window of docs/reliability.md: at most one frame written twice per crash.
+    assert check.duplicates <= WorkerOptions().batch_records
+    assert stats["restarts"] == 1
+    assert stats["received"] == 2 * per and stats["gaps"] == stats["dropped"] == 0
+    assert len(stats["senders"]) == 2
+    # The restarted listener's own connections: both workers came back through the CURVE handshake.
+    assert stats["connections"].get("handshakes", 0) >= 2 and stats["refused"] == 0
