@@ -23,6 +23,8 @@ from helpers import check_lines, file_config, log_numbered, read_lines, wait_for
 import mplog
 from mplog import security
 from mplog.config import build_receiver
+from mplog.transports import TransportOptions
+from mplog.transports.zeromq_ack import DealerSender, RouterReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +216,25 @@ def test_ack_mode_refuses_a_plaintext_bind_beyond_loopback_and_names_curve_and_i
     )
     assert proc.returncode == 2
     assert "without CURVE; configure mplog.curve keys, or set mplog.insecure" in proc.stderr
+
+
+# ---------------------------------------------------------------- the transport pieces
+
+
+@pytest.mark.timeout(30)
+def test_a_router_with_allow_any_admits_a_fresh_client_key_stamps_it_and_answers_over_the_same_connection(keys):
+    options = TransportOptions(curve_secret_key=keys["server_secret"], curve_allow_any=True)
+    receiver = RouterReceiver("tcp://127.0.0.1:0", options)
+    # A server key but no key pair: the dealer makes a fresh pair for itself.
+    dealer = DealerSender(receiver.endpoint, TransportOptions(curve_server_key=keys["server"]))
+    try:
+        assert wait_for(lambda: dealer.send(b"frame", 0.1), timeout=10)  # IMMEDIATE: once the handshake is done
+        assert receiver.recv(5.0) == b"frame"
+        assert dealer._curve is not None and receiver.last_peer == dealer._curve.pair.public
+        assert receiver.reply(receiver.last_route, b"ack")
+        assert dealer.recv(5.0) == b"ack"
+        wait_for(lambda: receiver.connections["handshakes"] == 1)  # the monitor thread counts it soon after
+        assert not receiver.events
+    finally:
+        dealer.close(0)
+        receiver.close()
