@@ -12,10 +12,14 @@ import logging.handlers
 import mmap
 import os
 import struct
+import sys
 import time
+from typing import Any
 
 from mplog.ack import Envelope, encode_ack, frame_envelope
+from mplog.ack_intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
 from mplog.server import Server, _all_handlers
+from mplog.supervisor import load_checkpoint, stats_path
 from mplog.transports.zeromq_ack import RouterReceiver
 from mplog.wire import Frame, Limits
 
@@ -38,6 +42,11 @@ class MarksFile:
     pages when the process dies; surviving a power loss would take an msync, which
     mplog does not do. Slots of senders that said goodbye are dropped when the file
     is next opened.
+
+    Beside it, ``<path>.intent`` holds the write-ahead intent of the frame being handled
+    (:mod:`mplog.ack_intent`). Opening the file resolves an intent a killed listener left:
+    unless the sender's mark shows the frame finished, every recorded file is cut back to
+    its size before the frame; :attr:`recovery` says what was found and done.
     """
 
     _MAGIC = b"MPLOGACK"
@@ -47,7 +56,11 @@ class MarksFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.marks: dict[str, int] = self._read(path)
+        self.marks, closed = self._read(path)
+        # Resolved before the marks are compacted (which forgets closed senders) and the
+        # intent reset: a listener killed during this start finds the same inputs again.
+        self.recovery = self._recover(f"{path}.intent", {**closed, **self.marks})
+        self._intent = IntentFile(f"{path}.intent")
         self._slots: dict[str, int] = {}
         capacity = 256
         while capacity < 2 * len(self.marks):
@@ -65,25 +78,40 @@ class MarksFile:
             self.set(key, next_seq)
 
     @classmethod
-    def _read(cls, path: str) -> dict[str, int]:
+    def _read(cls, path: str) -> tuple[dict[str, int], dict[str, int]]:
+        """The marks of open senders, and the last marks of senders that said goodbye."""
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError:
-            return {}
+            return {}, {}
         if data[:8] != cls._MAGIC or len(data) < cls._HEADER:
-            return {}
+            return {}, {}
         (used,) = struct.unpack_from("<I", data, 12)
         marks: dict[str, int] = {}
+        closed: dict[str, int] = {}
         for i in range(min(used, (len(data) - cls._HEADER) // cls._SLOT)):
             offset = cls._HEADER + i * cls._SLOT
             next_seq, state, length = struct.unpack_from("<QBH", data, offset)
-            if state == 1 and length <= cls._MAX_KEY:
+            if state in {1, 2} and length <= cls._MAX_KEY:
                 try:
-                    marks[data[offset + 11 : offset + 11 + length].decode()] = next_seq
+                    key = data[offset + 11 : offset + 11 + length].decode()
                 except UnicodeDecodeError:
                     continue
-        return marks
+                (marks if state == 1 else closed)[key] = next_seq
+        return marks, closed
+
+    @staticmethod
+    def _recover(intent_path: str, persisted: dict[str, int]) -> Recovery | None:
+        intent = read_intent(intent_path)
+        if intent is None:
+            return None
+        key, first, end, files = intent
+        mark = persisted.get(key)
+        if mark is not None and mark >= end:  # killed after the mark was stored: the frame was written whole
+            return Recovery(key, first, end, complete=True)
+        truncated, skipped = roll_back(files)
+        return Recovery(key, first, end, complete=False, truncated=truncated, skipped=skipped)
 
     def _allocate(self, key: str) -> int | None:
         raw = key.encode()
@@ -115,13 +143,27 @@ class MarksFile:
         self.marks[key] = next_seq
 
     def forget(self, key: str) -> None:
-        """The sender said goodbye: its slot is dropped at the next open."""
+        """The sender said goodbye: its slot (its last mark kept) is dropped at the next open."""
         offset = self._slots.get(key)
         if offset is not None:
             self._map[offset + 8] = 2
         self.marks.pop(key, None)
 
+    def begin_intent(self, key: str, first: int, end: int, files: list[FileState]) -> None:
+        """Before ``key``'s records ``first`` .. ``end - 1`` reach the handlers: ``files`` as they are now."""
+        self._intent.begin(key, first, end, files)
+
+    @property
+    def intent_open(self) -> bool:
+        return self._intent.open
+
+    def clear_intent(self) -> None:
+        """After the frame's mark is stored (never before: see :meth:`_recover`)."""
+        if self._intent.open:
+            self._intent.clear()
+
     def close(self) -> None:
+        self._intent.close()
         with contextlib.suppress(Exception):
             self._map.close()
         with contextlib.suppress(OSError):
@@ -147,14 +189,26 @@ def _flushes_every_record(handler: logging.Handler) -> bool:
 
 
 class AckServer(Server):
-    """The receive loop for acknowledged delivery: handle, flush, persist the mark, acknowledge."""
+    """The receive loop for acknowledged delivery: handle, flush, persist the mark, acknowledge.
+
+    With a state directory, each frame is bracketed by a write-ahead intent
+    (:mod:`mplog.ack_intent`): before its records reach the handlers, the size and
+    identity of every file a handler appends to; after its mark is stored, nothing. A
+    listener killed in between is followed by one that cuts those files back before it
+    writes anything, so file output holds each record exactly once. Records that left
+    the process through other handlers (syslog, SMTP, HTTP, sockets) cannot be taken
+    back: for them a crash can still repeat up to one frame (docs/reliability.md).
+    """
 
     def __init__(self, receiver: RouterReceiver, *, limits: Limits | None = None, drain_quiet: float = 0.2) -> None:
         super().__init__(receiver, limits=limits, drain_quiet=drain_quiet)
         self.router = receiver
         self.marks: MarksFile | None = None
         self.refused = 0  # frames refused because they arrived ahead of a gap (resent later)
+        self.rolled_back = 0  # frames a killed listener left half-written, undone in every file at restart
+        self.rollback_skipped = 0  # files such a frame reached that could not be cut back (rotated, replaced)
         self._handlers: list[logging.Handler] | None = None
+        self._files: list[logging.StreamHandler[Any]] | None = None  # candidates for the intent
         self._unknown: dict[str, float] = {}  # sender key -> when its first out-of-order frame came
         self._started = time.monotonic()
 
@@ -173,10 +227,47 @@ class AckServer(Server):
         return False  # accepted: the records before it are counted as a gap
 
     def after_restore(self, state_dir: str) -> None:
-        """Load the persisted marks: records below them already reached the handlers."""
+        """Load the persisted marks and undo a frame the last listener left half-written.
+
+        Runs before the first frame is received and before any handler wrote (the
+        handlers' files are open, in append mode, so their next write lands at the
+        end the rollback left). Records below a mark already reached the handlers.
+        """
         self.marks = MarksFile(marks_path(state_dir))
         for key, next_seq in self.marks.marks.items():
             self.stats.resume_sender(key, next_seq)
+        earlier = load_checkpoint(stats_path(state_dir)) or {}
+        self.rolled_back = int(earlier.get("rolled_back", 0))
+        self.rollback_skipped = int(earlier.get("rollback_skipped", 0))
+        recovery = self.marks.recovery
+        if recovery is not None and not recovery.complete:
+            self._undo_accounting(recovery)
+
+    def _undo_accounting(self, recovery: Recovery) -> None:
+        """The frame being written at the crash is not written: its sender resends it from ``first``."""
+        key, first, end = recovery.key, recovery.first, recovery.end
+        mark = self.marks.marks.get(key, 0) if self.marks is not None else 0
+        # The stats checkpoint may have been taken after the frame was accepted.
+        self.stats.resume_sender(key, max(mark, first))
+        sender = self.stats.senders.get(key)
+        if sender is not None:
+            sender.closed = False  # a goodbye frame that was undone comes again
+        self.rollback_skipped += len(recovery.skipped)
+        if not recovery.skipped:
+            self.rolled_back += 1
+        what = f"records {first}..{end - 1} of {key}"
+        lines = [f"mplog: undid the unacknowledged frame being written when the last listener died ({what})"]
+        lines += [f"mplog:   cut back {line}" for line in recovery.truncated]
+        lines += [f"mplog:   could not undo {line}; {what} may be written twice" for line in recovery.skipped]
+        with contextlib.suppress(Exception):
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        snap["rolled_back"] = self.rolled_back
+        snap["rollback_skipped"] = self.rollback_skipped
+        return snap
 
     def _flush_handlers(self) -> None:
         if self._handlers is None:
@@ -188,6 +279,28 @@ class AckServer(Server):
                 handler.flush()
             except Exception:  # noqa: PERF203  # one failing handler must not stop the others' flush
                 handler.handleError(logging.makeLogRecord({"msg": "flush failed"}))
+
+    def _begin_intent(self, key: str, seq: int, end: int) -> None:
+        """Record the intent for records ``seq`` .. ``end - 1`` of ``key`` (those not already written)."""
+        marks = self.marks
+        if marks is None:
+            return
+        sender = self.stats.senders.get(key)
+        first = max(seq, sender.next_seq if sender is not None else 0)
+        if first >= end:
+            return  # every record is a duplicate: nothing will be written
+        marks.begin_intent(key, first, end, self._measure_files())
+
+    def _measure_files(self) -> list[FileState]:
+        """Every file a handler appends to, with its identity and size now (a few fstat calls)."""
+        if self._files is None:
+            self._files = file_handlers(_all_handlers())
+        files = []
+        for handler in self._files:
+            state = measure(handler)
+            if state is not None:
+                files.append(state)
+        return files
 
     def handle_frame(self, data: bytes) -> Frame | None:
         """Handle one frame as the plain server does, then acknowledge it to its sender.
@@ -201,26 +314,42 @@ class AckServer(Server):
             env = frame_envelope(data)
         except ValueError:
             env = None
-        if env is not None and self._out_of_order(env):
-            self.refused += 1
-            sender = self.stats.senders.get(env.key)
-            self.router.reply(route, encode_ack(env.stream, sender.next_seq if sender else 0, refused=True))
-            return None
+        if env is not None:
+            if self._out_of_order(env):
+                self.refused += 1
+                sender = self.stats.senders.get(env.key)
+                self.router.reply(route, encode_ack(env.stream, sender.next_seq if sender else 0, refused=True))
+                return None
+            # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
+            self._begin_intent(env.key, env.seq, env.seq + env.records)
         frame = super().handle_frame(data)
         if frame is not None:  # an undecodable frame names no sender to answer
             self._acknowledge(route, frame)
+        elif self.marks is not None:
+            self.marks.clear_intent()
         return frame
+
+    def dispatch(self, frame: Frame, records: list[list[Any]]) -> None:
+        """Dispatch as the plain server does, under an intent (also when the envelope could not be read first)."""
+        marks = self.marks
+        if marks is not None and records and not marks.intent_open:
+            end = frame.seq + len(frame.records)
+            marks.begin_intent(frame.sender.key, end - len(records), end, self._measure_files())
+        super().dispatch(frame, records)
 
     def _acknowledge(self, route: bytes, frame: Frame) -> None:
         key = frame.sender.key
         sender = self.stats.senders.get(key)
+        marks = self.marks
         if sender is None:
+            if marks is not None:
+                marks.clear_intent()
             return
         next_seq = sender.next_seq
         self._flush_handlers()
-        if self.marks is not None:
+        if marks is not None:
+            marks.set(key, next_seq)  # a closed sender's last mark too: a restart reads it (MarksFile._recover)
             if sender.closed:
-                self.marks.forget(key)
-            else:
-                self.marks.set(key, next_seq)
+                marks.forget(key)
+            marks.clear_intent()  # after the mark: a crash in between finds the frame complete
         self.router.reply(route, encode_ack(frame.sender.stream, next_seq))

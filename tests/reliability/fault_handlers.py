@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import time
 
 _SEQ = re.compile(r"P\d+:(\d{8}):")
@@ -39,3 +40,26 @@ class LossyDuplicating(logging.FileHandler):
             assert self.stream is not None
             self.stream.write(self.format(record)[:-3] + "\n")  # a torn line
             self.flush()
+
+
+class KillsItsListenerMidFrame(logging.FileHandler):
+    """A file handler that SIGKILLs its own process right after writing its ``after``-th record.
+
+    The record is in the file, the frame's mark is not stored yet: the window acknowledged
+    delivery has to close. ``marker`` is created before the kill, so a restarted listener
+    (same config) does not kill itself again.
+    """
+
+    def __init__(self, filename: str, marker: str, after: int) -> None:
+        super().__init__(filename, encoding="utf-8")
+        self.marker = marker
+        self.after = after
+        self.written = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self.written += 1
+        if self.written == self.after and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
