@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +117,76 @@ def test_a_listener_killed_after_writing_part_of_a_frame_is_followed_by_one_that
         build_ledger(lines, dict.fromkeys(range(workers), per), stats, pids).assert_balanced()
     assert stats["received"] == workers * per
     assert stats["gaps"] == stats["dropped"] == stats["malformed_total"] == 0
+
+
+# A worker that knows nothing but the environment (MPLOG_ENDPOINT, MPLOG_ACK).
+WORKER_CODE = """
+import sys, mplog, helpers
+mplog.setup_worker()
+helpers.log_numbered(int(sys.argv[1]), int(sys.argv[2]))
+"""
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOG_")}
+    env["PYTHONPATH"] = os.pathsep.join([HERE, TESTS, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def _running(argv: list[str], stderr: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose stderr goes to a file; killed and reaped at the end, whatever the test did."""
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=_cli_env(**env))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_mplog_listen_in_ack_mode_killed_mid_frame_and_started_again_writes_each_record_exactly_once(tmp_path):
+    out, also, marker = tmp_path / "out.log", tmp_path / "also.log", tmp_path / "killed"
+    workers, per = 2, 5_000
+    config = _kill_mid_frame_config(out, also, marker, after=2_000 + 77)
+    config["mplog"] = {"ack": True, "state_dir": str(tmp_path / "state")}
+    (tmp_path / "collector.json").write_text(json.dumps(config))
+    short = tempfile.mkdtemp(prefix="mplog-ack-")  # unix socket paths are limited to ~107 bytes
+    endpoint = f"ipc://{short}/collector.sock"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(tmp_path / "collector.json"), "--bind", endpoint]
+    first_err, second_err = tmp_path / "first.err", tmp_path / "second.err"
+    try:
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(_running(argv, first_err))
+            wait_for(lambda: "listening on" in first_err.read_text(), timeout=20)
+            procs = [
+                stack.enter_context(
+                    _running(
+                        [sys.executable, "-c", WORKER_CODE, str(i), str(per)],
+                        tmp_path / f"worker{i}.err",
+                        MPLOG_ENDPOINT=endpoint,
+                        MPLOG_ACK="1",
+                    )
+                )
+                for i in range(workers)
+            ]
+            assert first.wait(30) == -signal.SIGKILL  # the handler killed it mid-frame
+            second = stack.enter_context(_running(argv, second_err))  # what a service manager would do
+            assert [p.wait(60) for p in procs] == [0] * workers
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(20) == 0
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    for path in (out, also):
+        check_lines(read_lines(path), dict.fromkeys(range(workers), per)).assert_exact()
+    err = second_err.read_text().splitlines()
+    assert any("undid the unacknowledged frame" in line for line in err), err
+    assert sum("cut back" in line for line in err) == 2, err
+    assert err[-1].startswith(f"mplog: stopped; received {workers * per} records from {workers} senders"), err
 
 
 @pytest.mark.integration
