@@ -99,6 +99,8 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict
     "taskName",
 }
 _N_STANDARD = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_HAS_TASK_NAME = "taskName" in logging.LogRecord("", 0, "", 0, "", (), None).__dict__  # 3.12+
+_NO_EXTRAS: dict[str, Any] = {}  # packed, never changed
 _SCALARS = (str, int, float, bool, bytes, type(None))
 # Names the LogRecord class defines: an extra named like one (e.g. "getMessage") would
 # shadow the method on the rebuilt record and make every Formatter fail on it.
@@ -396,7 +398,10 @@ def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
 
 
 class _PackerSlot(threading.local):
-    packer: Any = None  # one msgpack.Packer per thread (a Packer is not thread-safe)
+    """One msgpack.Packer per thread (a Packer is not thread-safe), made on first use."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
 
 
 _packer_slot = _PackerSlot()
@@ -404,19 +409,59 @@ _packer_slot = _PackerSlot()
 
 def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Pack one record; never raises for any content of ``record``."""
+    attrs = record.__dict__
+    if len(attrs) <= _N_STANDARD and not (record.exc_info or record.exc_text or record.stack_info):
+        # The common record (no extras, exception or stack), on every logging call of every
+        # worker: record_fields()'s fast branch inlined, the message merged as
+        # LogRecord.getMessage does, packed by this thread's reused Packer (half the cost
+        # of packb). Every value is a str, int, float or None, so packing runs no Python
+        # code and the Packer cannot be re-entered mid-pack, even by a signal handler that logs.
+        try:
+            if type(record) is logging.LogRecord:  # getMessage() inlined; a subclass may override it
+                message = record.msg
+                if type(message) is not str:
+                    message = str(message)
+                if record.args:
+                    message = message % record.args
+            else:
+                message = record.getMessage()
+                if not isinstance(message, str):
+                    message = str(message)
+        except Exception as exc:
+            message = _unformattable(record, exc, limits)
+        if len(message) > limits.max_message_chars:
+            message = _bounded_text(message, limits.max_message_chars)
+        try:
+            return _packer_slot.packer.pack(  # type: ignore[no-any-return]
+                [
+                    record.name,
+                    record.levelno,
+                    record.levelname,
+                    message,
+                    record.created,
+                    record.msecs,
+                    record.relativeCreated,
+                    record.pathname,
+                    record.filename,
+                    record.module,
+                    record.lineno,
+                    record.funcName,
+                    record.thread,
+                    record.threadName,
+                    record.process,
+                    record.processName,
+                    attrs.get("taskName") if _HAS_TASK_NAME else None,
+                    None,
+                    None,
+                    _NO_EXTRAS,
+                ]
+            )
+        except Exception:  # an odd value (surrogates, a huge int): the general path below
+            pass
     fields = record_fields(record, limits)
     try:
         extra = fields[-1]
-        if not extra:
-            # Without extras every value is a str, int, float or None: packing them runs no
-            # Python code, so this thread's reused Packer (half the cost of packb) cannot be
-            # re-entered mid-pack, even by a signal handler that logs.
-            packer = _packer_slot.packer
-            if packer is None:
-                packer = _packer_slot.packer = msgpack.Packer(use_bin_type=True)
-            fast: bytes = packer.pack(fields)
-            return fast
-        if not _fits(extra, limits, 0):
+        if extra and not _fits(extra, limits, 0):
             raise ValueError("extras need sanitizing")
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return packed

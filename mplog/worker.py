@@ -22,6 +22,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
+from threading import get_ident
 from types import FrameType
 from typing import Any
 
@@ -123,13 +124,6 @@ def _process_start_time() -> float:
         return time.time()
 
 
-class _ThreadState(threading.local):
-    """Per-thread flags; the class default makes ``busy`` a plain lookup on every logging call
-    (a missing thread-local attribute costs an AttributeError inside ``getattr``)."""
-
-    busy = False
-
-
 class _Identity:
     """The sender identity of the current process incarnation and handler stream."""
 
@@ -150,13 +144,27 @@ class MplogHandler(logging.Handler):
         self._start()
         _handlers.add(self)
 
+    @property
+    def options(self) -> WorkerOptions:
+        """How this handler batches, bounds and flushes (setup_worker() may replace them)."""
+        return self._options
+
+    @options.setter
+    def options(self, options: WorkerOptions) -> None:
+        self._options = options
+        # Read on every logging call: plain attributes, not two lookups each.
+        self._limits = options.limits
+        self._flush_level = options.flush_level
+        self._batch_records = options.batch_records
+        self._batch_bytes = options.batch_bytes
+
     # ------------------------------------------------------------ state per process
 
     def _start(self) -> None:
         """(Re)initialise every piece of per-process state; runs again in a forked child."""
         self._pid = os.getpid()
         self._mutex = threading.RLock()
-        self._local = _ThreadState()
+        self._owner = 0  # ident of the thread inside the buffer (holding _mutex), 0 for none
         self._identity = _Identity()
         self._transport: Sender = self._open_transport()
         self._pending: list[bytes] = []
@@ -212,39 +220,40 @@ class MplogHandler(logging.Handler):
         try:
             if _exit_hooks_pid != self._pid:
                 _install_exit_hooks()
-            self._add(encode_record(record, self.options.limits), record.levelno >= self.options.flush_level)
+            self._add(encode_record(record, self._limits), record.levelno >= self._flush_level)
         except Exception:
             self._errors += 1
             self.handleError(record)
 
     def _add(self, data: bytes, urgent: bool) -> None:
-        local = self._local
-        if getattr(local, "busy", False):
+        me = get_ident()
+        if self._owner == me:
             # Re-entered from a signal handler (or from inside a flush) on this thread:
             # only append; the outer call sends it.
             self._pending.append(data)
             self._pending_bytes += len(data)
             return
+        mutex = self._mutex
         # An uncontended try first: acquire(timeout=...) costs twice as much on every call.
-        if not (self._mutex.acquire(False) or self._mutex.acquire(timeout=self.options.block_timeout)):
+        if not (mutex.acquire(False) or mutex.acquire(timeout=self._options.block_timeout)):
             self._dropped += 1  # another thread held the buffer past the bound
             return
-        local.busy = True
+        self._owner = me
         try:
             if self._closed:
                 self._dropped += 1
                 return
-            was_empty = not self._pending
-            self._pending.append(data)
-            self._pending_bytes += len(data)
-            opts = self.options
-            if urgent or len(self._pending) >= opts.batch_records or self._pending_bytes >= opts.batch_bytes:
+            pending = self._pending
+            pending.append(data)
+            self._pending_bytes = nbytes = self._pending_bytes + len(data)
+            count = len(pending)
+            if urgent or count >= self._batch_records or nbytes >= self._batch_bytes:
                 self._flush_locked(apply_policy=True)
-            elif was_empty:
+            elif count == 1:
                 self._kick()
         finally:
-            local.busy = False
-            self._mutex.release()
+            self._owner = 0
+            mutex.release()
         if _deferred_signal and not _closing:
             _close_all()
 
@@ -317,13 +326,13 @@ class MplogHandler(logging.Handler):
                 if self._closed or self._pid != os.getpid():
                     return
                 wake.clear()
-                self._local.busy = True
+                self._owner = get_ident()
                 try:
                     self._flush_locked(apply_policy=False)
                 except Exception:
                     self._errors += 1
                 finally:
-                    self._local.busy = False
+                    self._owner = 0
 
     # ------------------------------------------------------------ flush and close
 
@@ -340,7 +349,7 @@ class MplogHandler(logging.Handler):
         deadline = time.monotonic() + limit
         if not self._mutex.acquire(timeout=max(limit, 0.0)):
             return False
-        self._local.busy = True
+        outer, self._owner = self._owner, get_ident()
         try:
             if self._pending:
                 self._flush_locked(apply_policy=False)
@@ -356,7 +365,7 @@ class MplogHandler(logging.Handler):
                     deadline = time.monotonic() + limit
             return not self._outbox
         finally:
-            self._local.busy = False
+            self._owner = outer
             self._mutex.release()
 
     def close(self) -> None:
@@ -367,7 +376,7 @@ class MplogHandler(logging.Handler):
         delivered = self.flush()
         if not self._mutex.acquire(timeout=self.options.close_timeout):
             return
-        self._local.busy = True
+        outer, self._owner = self._owner, get_ident()
         try:
             if self._closed:
                 return
@@ -384,7 +393,7 @@ class MplogHandler(logging.Handler):
             self._transport.close()
             self._wake.set()
         finally:
-            self._local.busy = False
+            self._owner = outer
             self._mutex.release()
         if lost or self._dropped:
             _report(
@@ -395,7 +404,7 @@ class MplogHandler(logging.Handler):
         super().close()
 
     def _busy_here(self) -> bool:
-        return bool(getattr(self._local, "busy", False))
+        return self._owner == get_ident()
 
 
 def _report(line: str) -> None:
