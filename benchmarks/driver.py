@@ -117,6 +117,9 @@ def run_once(system_name: str, producers: int, records: int, method: str, direct
     started.stop()
     elapsed = time.perf_counter() - t0
     sampler.finish()
+    # Every process of the run has been reaped by now; measured before the output check
+    # below, whose CPU is the harness's, not the system's.
+    cpu_after = _cpu_so_far()
     reports = [json.loads(p.read_text()) for p in sorted(directory.glob("producer-*.json"))]
     exitcodes = [p.exitcode for p in procs]
     expected = {r["pid"]: r["records"] for r in reports}
@@ -134,6 +137,7 @@ def run_once(system_name: str, producers: int, records: int, method: str, direct
         "call_us": 1e6 * sum(r["seconds"] for r in reports) / max(sum(r["records"] for r in reports), 1),
         "producer_cpu_us": 1e6 * sum(r["cpu"] for r in reports) / max(sum(r["records"] for r in reports), 1),
         "cpu_before_s": cpu_before,
+        "cpu_run_s": cpu_after - cpu_before,  # every process, from the start signal until stopped
         "producer_exitcodes": exitcodes,
         "producer_reports": len(reports),
         "consumer_pid": started.consumer_pid,

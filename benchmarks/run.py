@@ -79,7 +79,7 @@ def measure(system: str, producers: int, records: int, method: str, timeout: flo
         return result
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result["cpu_total_s"] = cpu
-    result["cpu_us_per_record"] = 1e6 * max(cpu - result["cpu_before_s"], 0.0) / result["total_records"]
+    result["cpu_us_per_record"] = 1e6 * max(result["cpu_run_s"], 0.0) / result["total_records"]
     if proc.stderr.strip():
         result["stderr"] = proc.stderr[-1000:]
     return result
