@@ -24,7 +24,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -39,8 +39,7 @@ _PAGE = 4096
 _MAX_BODY = 16 << 20  # a body claiming more is damage, not an intent
 
 
-@dataclass(frozen=True)
-class FileState:
+class FileState(NamedTuple):
     """A file a handler appends to, as it was before a frame: its identity and size."""
 
     path: str
