@@ -20,17 +20,18 @@ docs/reliability.md.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import sys
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, NamedTuple
 
 import msgpack
 
+from mplog.spool import AdoptedSpool, Spooler, frame_head, goodbye_frame
+from mplog.spool import report as _report
 from mplog.transports.base import TransportOptions
 from mplog.transports.zeromq_ack import DealerSender
 from mplog.wire import FLAG_FINAL
@@ -105,24 +106,55 @@ def frame_envelope(frame: bytes) -> Envelope:
         raise ValueError(f"not a frame envelope: {exc}") from None
 
 
-def _report(line: str) -> None:
-    with contextlib.suppress(Exception):
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 # ---------------------------------------------------------------- worker side
+
+
+class _Stream:
+    """The unacknowledged frames of one sender stream, oldest first."""
+
+    def __init__(self, adopted: AdoptedSpool | None = None) -> None:
+        self.frames: deque[tuple[int, bytes]] = deque()  # (end_seq, frame)
+        self.bytes = 0
+        self.acked = 0  # next_seq the listener last acknowledged
+        self.progress = self.advanced = time.monotonic()  # last resend round / last acknowledgement
+        self.resend_at: int | None = None  # the next frame a resend round has still to send
+        self.refused_at, self.refused_when = -1, 0.0
+        # A dead worker's stream, adopted from its spool file: said goodbye for once acknowledged.
+        self.adopted = adopted
+        self.sender, self.end_seq, self.dropped, self.final = b"", 0, 0, False
+
+    def keep(self, end_seq: int, frame: bytes) -> None:
+        self.frames.append((end_seq, frame))
+        self.bytes += len(frame)
+
+    def acknowledge(self, next_seq: int) -> bool:
+        """Drop the frames below ``next_seq``; True if any went."""
+        self.acked = max(self.acked, next_seq)
+        frames, popped = self.frames, 0
+        while frames and frames[0][0] <= next_seq:
+            self.bytes -= len(frames.popleft()[1])
+            popped += 1
+        if popped:
+            self.advanced = self.progress = time.monotonic()
+            if self.resend_at is not None:
+                self.resend_at = max(self.resend_at - popped, 0)
+        return popped > 0
 
 
 class AckingSender:
     """A Sender that keeps every frame until the listener acknowledges it, resending on silence.
 
+    With ``spool_dir``, kept frames are also written to a spool file (:mod:`mplog.spool`)
+    and the spool files of dead workers found there are adopted: their frames are resent
+    under the dead worker's identity, acknowledged per stream, and closed with a goodbye.
+
     Args:
         endpoint: the listener's endpoint (ipc:// or tcp://).
         options: socket options for the DEALER transport.
         ack_timeout: seconds without progress before every unacknowledged frame is sent again.
-        max_unacked_bytes: the resend buffer's bound; past it :meth:`send` refuses frames.
+        max_unacked_bytes: the resend buffer's bound (and the spool file's); past it :meth:`send` refuses frames.
         close_timeout: the longest :meth:`close` waits for the last acknowledgements.
+        spool_dir: a directory private to this user for spool files, or None.
     """
 
     def __init__(
@@ -133,58 +165,174 @@ class AckingSender:
         ack_timeout: float = 1.0,
         max_unacked_bytes: int = 16 * 1024 * 1024,
         close_timeout: float = 2.0,
+        spool_dir: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._dealer = DealerSender(endpoint, options)
         self._ack_timeout = ack_timeout
         self._max_bytes = max_unacked_bytes
         self._close_timeout = close_timeout
-        self._lock = threading.Lock()
-        self._unacked: deque[tuple[int, bytes]] = deque()  # (end_seq, frame), in send order
-        self._unacked_bytes = 0
-        self._stream = -1
-        self._acked = 0  # next_seq the listener last acknowledged
-        self._progress = time.monotonic()
-        self._refused_at, self._refused_when = -1, 0.0
+        self._spool_dir = spool_dir
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.resent = 0  # frames sent again after a silence
+        self.resent = 0  # frames sent again after a silence, a refusal or an adoption
         self.unacknowledged_at_close = 0  # records never acknowledged when close() gave up
+        self._spooler: Spooler | None = None
+        _senders.add(self)
+        self._start()
+
+    def _start(self) -> None:
+        """(Re)initialise the per-process state; runs again in a forked child (its own spool file)."""
+        self._lock = threading.Lock()
+        self._own = _Stream()
+        self._own_id = -1
+        self._streams: dict[int, _Stream] = {}  # by stream id, as acknowledgements name them
+        self._adopted: dict[str, tuple[AdoptedSpool, set[int]]] = {}  # path -> (file, its open streams)
+        self._more_to_adopt = False
+        if self._spool_dir is not None:
+            self._spooler = Spooler(self._spool_dir, self._max_bytes)
+            self._adopt()
 
     @property
     def unacked(self) -> int:
-        """Frames sent but not yet acknowledged."""
-        return len(self._unacked)
+        """Frames sent but not yet acknowledged (this worker's and adopted ones)."""
+        return len(self._own.frames) + sum(len(s.frames) for s in self._streams.values() if s is not self._own)
+
+    @property
+    def spool_errors(self) -> int:
+        """Spool writes that failed (spooling then stopped; the memory buffer goes on)."""
+        return self._spooler.errors if self._spooler is not None else 0
+
+    @property
+    def spool_path(self) -> str | None:
+        """This process's spool file, while it is written."""
+        spooler = self._spooler
+        return spooler.own.path if spooler is not None and spooler.own is not None and spooler.active else None
+
+    # ------------------------------------------------------------ adopted spools
+
+    def _adopt(self) -> None:
+        if self._spooler is None:
+            return
+        spools, self._more_to_adopt = self._spooler.adopt()
+        for spool in spools:
+            self._take_over(spool)
+        if self._adopted:
+            self._start_thread()
+
+    def _take_over(self, spool: AdoptedSpool) -> None:
+        """Track a dead worker's frames as streams of their own, to resend and to close."""
+        try:
+            found = spool.streams()
+        except ValueError as exc:
+            _report(f"mplog: spool file {spool.path} holds an entry that is not a frame ({exc}); left as it is")
+            spool.release()
+            return
+        if not found:
+            spool.remove()
+            return
+        if any(sid in self._streams for sid in found):
+            spool.release()  # the same stream id twice (one chance in 2**32): another worker's job
+            return
+        self._adopted[spool.path] = (spool, set(found))
+        for sid, adopted in found.items():
+            stream = self._streams[sid] = _Stream(spool)
+            for end_seq, frame in adopted.frames:
+                stream.keep(end_seq, frame)
+            stream.sender, stream.end_seq, stream.dropped, stream.final = adopted[1:]
+            stream.resend_at = 0
+            if not adopted.frames:
+                self._finish_adopted(sid, stream)
+        if spool.contents.torn:
+            _report(f"mplog: spool file {spool.path}: ignored a torn last entry ({spool.contents.torn} bytes)")
+
+    def _finish_adopted(self, stream_id: int, stream: _Stream) -> None:
+        """An adopted stream is acknowledged: say goodbye for the dead sender, then delete its file."""
+        if not stream.final:
+            stream.final = True
+            end = max(stream.end_seq, stream.acked)
+            stream.keep(end, goodbye_frame(stream.sender, end, stream.dropped))
+            stream.resend_at = len(stream.frames) - 1
+            self._push(stream)
+            return
+        del self._streams[stream_id]
+        assert stream.adopted is not None
+        spool, open_streams = self._adopted[stream.adopted.path]
+        open_streams.discard(stream_id)
+        if not open_streams:
+            del self._adopted[spool.path]
+            spool.remove()
+
+    def _give_up_adopted(self, *, at_close: bool) -> None:
+        """Leave an adopted file for the next worker: at close, or when the listener answers others but not it."""
+        now = time.monotonic()
+        answering = any(now - s.advanced < self._close_timeout for s in self._streams.values())
+        for path, (spool, open_streams) in list(self._adopted.items()):
+            streams = [self._streams[sid] for sid in open_streams]
+            stuck = all(now - s.advanced >= self._close_timeout for s in streams)
+            if not at_close and not (stuck and answering):
+                continue
+            frames = sum(len(s.frames) for s in streams)
+            _report(
+                f"mplog: spool file {path} of a dead worker: {frames} frames were not acknowledged "
+                f"within {self._close_timeout:g} s; left for the next worker (pid {os.getpid()})"
+            )
+            for sid in open_streams:
+                del self._streams[sid]
+            del self._adopted[path]
+            spool.release()
+
+    def _release_inherited(self) -> None:
+        """In a forked child: close the parent's files without unlocking them (the locks are the parent's)."""
+        if self._spooler is not None and self._spooler.own is not None:
+            self._spooler.own.release()
+        for spool, _ in self._adopted.values():
+            spool.release()
+        self._spooler, self._adopted = None, {}
+
+    # ------------------------------------------------------------ sending
 
     def send(self, frame: bytes, timeout: float = 0.0) -> bool:
         if self._closed:
             return False
         if self._pid != os.getpid():  # forked: the parent's unacknowledged frames are the parent's
             self._reset_after_fork()
-        _, stream, seq, count, flags = frame_envelope(frame)
+        head = frame_head(frame)
+        keep = bool(head.records or head.flags & FLAG_FINAL)
         with self._lock:
             self._read_acks()
-            if self._unacked and self._unacked_bytes + len(frame) > self._max_bytes:
+            own = self._own
+            if own.frames and own.bytes + len(frame) > self._max_bytes:
                 return False  # the worker keeps it; its policy applies
+            spooler = self._spooler
+            spooled = spooler.call("append", frame, head) if keep and spooler is not None else None
+            if spooled is False:
+                return False  # the spool file is at its bound
             if not self._dealer.send(frame, timeout):
+                if spooled and spooler is not None:
+                    spooler.call("undo")
                 return False
-            self._stream = stream
-            if count or flags & FLAG_FINAL:
-                if not self._unacked:
-                    self._progress = time.monotonic()
-                self._unacked.append((seq + count, frame))
-                self._unacked_bytes += len(frame)
+            if self._own_id != head.stream:
+                self._streams.pop(self._own_id, None)
+                self._own_id = head.stream
+                self._streams[head.stream] = own
+            if keep:
+                if not own.frames:
+                    own.progress = time.monotonic()
+                own.keep(head.end_seq, frame)
+        self._start_thread()
+        return True
+
+    def _start_thread(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mplog-ack", daemon=True)
             self._thread.start()
-        return True
 
     def _reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._unacked, self._unacked_bytes = deque(), 0
-        self._acked, self._stream, self._thread = 0, -1, None
-        self._pid = os.getpid()
+        self._release_inherited()
+        self._pid, self._thread = os.getpid(), None
+        self._start()  # the child's own spool file
 
     def _read_acks(self) -> None:
         """Drop every frame the listener acknowledged (call with the lock held)."""
@@ -193,39 +341,47 @@ class AckingSender:
             if data is None:
                 return
             ack = decode_ack(data)
-            if ack is None or ack[0] != self._stream:
+            stream = self._streams.get(ack[0]) if ack is not None else None
+            if ack is None or stream is None:
                 continue
-            next_seq, refused = ack[1], ack[2]
+            stream_id, next_seq, refused = ack
             if refused:  # the listener expects next_seq first (it restarted): go back, oldest first
-                self._resend_from_refusal(next_seq)
-                continue
-            self._acked = max(self._acked, next_seq)
-            unacked = self._unacked
-            while unacked and unacked[0][0] <= next_seq:
-                _, frame = unacked.popleft()
-                self._unacked_bytes -= len(frame)
-                self._progress = time.monotonic()
+                self._resend_from_refusal(stream, next_seq)
+            elif stream.acknowledge(next_seq):
+                if stream is self._own:
+                    if self._spooler is not None:
+                        self._spooler.call("acknowledged", stream_id, next_seq)
+                elif not stream.frames:
+                    self._finish_adopted(stream_id, stream)
 
-    def _resend_from_refusal(self, next_seq: int) -> None:
-        now = time.monotonic()
-        if next_seq == self._refused_at and now - self._refused_when < _REFUSAL_QUIET:
-            return  # one resend round answers a whole burst of refusals
-        self._refused_at, self._refused_when = next_seq, now
-        self._progress = now
-        for _, frame in self._unacked:
-            if not self._dealer.send(frame, 0.0):
+    def _push(self, stream: _Stream) -> None:
+        """Send the rest of a resend round, oldest first, until the transport refuses (lock held)."""
+        if stream.resend_at is None:
+            return
+        frames, i = stream.frames, stream.resend_at
+        while i < len(frames):
+            if not self._dealer.send(frames[i][1], 0.0):
+                stream.resend_at = i  # the listener is still away (IMMEDIATE=1): the next tick goes on
                 return
             self.resent += 1
+            i += 1
+        stream.resend_at = None
+
+    def _resend_from_refusal(self, stream: _Stream, next_seq: int) -> None:
+        now = time.monotonic()
+        if next_seq == stream.refused_at and now - stream.refused_when < _REFUSAL_QUIET:
+            return  # one resend round answers a whole burst of refusals
+        stream.refused_at, stream.refused_when = next_seq, now
+        stream.progress, stream.resend_at = now, 0
+        self._push(stream)
 
     def _resend_if_silent(self) -> None:
-        """After ``ack_timeout`` without progress, send every unacknowledged frame again (lock held)."""
-        if not self._unacked or time.monotonic() - self._progress < self._ack_timeout:
-            return
-        self._progress = time.monotonic()  # at most one resend round per ack_timeout
-        for _, frame in self._unacked:
-            if not self._dealer.send(frame, 0.0):
-                return  # the listener is still away (IMMEDIATE=1): try again next round
-            self.resent += 1
+        """After ``ack_timeout`` without progress, send a stream's unacknowledged frames again (lock held)."""
+        now = time.monotonic()
+        for stream in list(self._streams.values()):
+            if stream.frames and now - stream.progress >= self._ack_timeout:
+                stream.progress, stream.resend_at = now, 0  # at most one resend round per ack_timeout
+            self._push(stream)
 
     def _run(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)  # signals belong to the main thread
@@ -236,9 +392,16 @@ class AckingSender:
                     return
                 self._read_acks()
                 self._resend_if_silent()
+                self._give_up_adopted(at_close=False)
+                if self._more_to_adopt and not self._adopted:
+                    self._adopt()
 
     def close(self, linger: float | None = None) -> None:
-        """Wait (at most ``close_timeout``) until every frame is acknowledged, then close; idempotent."""
+        """Wait (at most ``close_timeout``) until every frame is acknowledged, then close; idempotent.
+
+        This worker's spool file is deleted when everything was acknowledged, and kept
+        (for the next worker to adopt) otherwise.
+        """
         if self._closed:
             return
         if self._pid == os.getpid():
@@ -246,20 +409,43 @@ class AckingSender:
             while True:
                 with self._lock:
                     self._read_acks()
-                    if not self._unacked or time.monotonic() >= deadline:
+                    if not self.unacked or time.monotonic() >= deadline:
                         break
                     self._resend_if_silent()
                 time.sleep(0.01)
             with self._lock:
                 self._closed = True
-                if self._unacked:
-                    self.unacknowledged_at_close = max(self._unacked[-1][0] - self._acked, 0)
-                    _report(
-                        f"mplog: {self.unacknowledged_at_close} records were sent but never acknowledged "
-                        f"(endpoint {self.endpoint}, pid {os.getpid()})"
-                    )
+                self._close_spools()
         self._closed = True
         self._dealer.close(linger)
+
+    def _close_spools(self) -> None:
+        own = self._own
+        if own.frames:
+            self.unacknowledged_at_close = max(own.frames[-1][0] - own.acked, 0)
+            kept = f"; kept in {self.spool_path} for the next worker" if self.spool_path else ""
+            _report(
+                f"mplog: {self.unacknowledged_at_close} records were sent but never acknowledged "
+                f"(endpoint {self.endpoint}, pid {os.getpid()}){kept}"
+            )
+        if self._spooler is not None:
+            self._spooler.close(keep=bool(own.frames))
+        self._give_up_adopted(at_close=True)
+
+
+_senders: weakref.WeakSet[AckingSender] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Close (never unlock) the files a parent's sender holds, now rather than at the child's
+    # first send: an inherited descriptor keeps the parent's lock alive after the parent dies,
+    # and its spool could not be adopted while this child lives (test_a_forked_child_...).
+    for sender in list(_senders):
+        if sender._pid != os.getpid():
+            sender._release_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def open_ack_sender(endpoint: str, options: Any) -> AckingSender:
@@ -271,4 +457,5 @@ def open_ack_sender(endpoint: str, options: Any) -> AckingSender:
         max_unacked_bytes=options.max_buffer_bytes,
         # At exit, wait long enough for a supervised restart and one resend round.
         close_timeout=max(options.close_timeout, ACK_CLOSE_TIMEOUT, 5 * options.ack_timeout),
+        spool_dir=getattr(options, "spool_dir", None),
     )

@@ -1,0 +1,342 @@
+"""Acknowledged delivery with a spool file: a SIGKILLed worker's unacknowledged frames reach the handlers.
+
+The listener is held stopped (SIGSTOP) while a worker hands frames to its transport, so no
+acknowledgement can arrive; then the worker is SIGKILLed. Without a spool those frames die
+with it (the ones still in its ZeroMQ queue, and all of them when the listener is killed
+too). With one, the next worker started on the same ``spool_dir`` adopts the file, resends
+them under the dead worker's identity and closes that sender with a goodbye.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import file_config, log_numbered, payload, read_lines, wait_for
+from ledger import build_ledger
+
+import mplog
+from mplog.ack import AckingSender
+from mplog.spool import HEADER_SIZE, OwnSpool, frame_head, parse_spool, prepare_dir
+from mplog.transports import TransportOptions
+from mplog.wire import Sender, build_frame, encode_record, encode_sender
+
+SPAWN = multiprocessing.get_context("spawn")
+SIZE = 300  # payload bytes: 2,000 records are about 1 MB, more than the kernel buffers between the two
+
+
+def _log_range(producer: int, start: int, stop: int, size: int = SIZE) -> None:
+    log = logging.getLogger("test")
+    for seq in range(start, stop):
+        log.info("%s", payload(producer, seq, size))
+
+
+def _hand_everything(handler: Any) -> dict[str, int]:
+    """Flush until every record is numbered and handed to the transport (the listener may be stopped)."""
+    deadline = time.monotonic() + 20
+    while not handler.flush(1.0) and time.monotonic() < deadline:
+        pass
+    return dict(handler.counters)
+
+
+def _doomed_worker(spool_dir: str | None, conn: Any, warmup: int, count: int) -> None:
+    """Connect and get ``warmup`` records acknowledged; then, once the listener is stopped, hand the rest."""
+    # sndhwm: every frame fits ZeroMQ's queue, so all of them are handed to the transport
+    # before the kill (the exact count), and most of them are still in this process then.
+    handler = mplog.setup_worker(ack=True, spool_dir=spool_dir, batch_records=100, sndhwm=1000)
+    _log_range(0, 0, warmup)
+    _hand_everything(handler)
+    wait_for(lambda: handler._transport.unacked == 0, timeout=20)
+    conn.send(handler._transport.spool_path)
+    conn.recv()  # the listener is stopped now
+    _log_range(0, warmup, count)
+    conn.send(_hand_everything(handler))
+    time.sleep(60)  # SIGKILLed here
+
+
+def _adopting_worker(spool_dir: str | None, conn: Any, count: int) -> None:
+    handler = mplog.setup_worker(ack=True, spool_dir=spool_dir, batch_records=100)
+    conn.send(handler._transport.unacked)  # frames adopted from the dead worker's spool
+    log_numbered(1, count, SIZE)
+    conn.send("logged")  # then exit: close() waits for every acknowledgement
+
+
+def _spool_files(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.glob("*.spool")) if spool_dir.exists() else []
+
+
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
+def _reap(*procs: Any) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(10)
+
+
+@pytest.mark.integration
+@pytest.mark.serial
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("listener_fate", ["resumed", "killed_and_restarted"])
+def test_a_sigkilled_workers_unacknowledged_records_are_adopted_from_its_spool_and_written_exactly_once(
+    tmp_path: Path, listener_fate: str
+) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    warmup, count, second = 100, 2_000, 300
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        conn1, child1 = SPAWN.Pipe()
+        conn2, child2 = SPAWN.Pipe()
+        doomed = SPAWN.Process(target=_doomed_worker, args=(str(spool_dir), child1, warmup, count))
+        adopter = SPAWN.Process(target=_adopting_worker, args=(str(spool_dir), child2, second))
+        stopped = listener.pid
+        try:
+            doomed.start()
+            assert conn1.poll(30)
+            own_spool = conn1.recv()
+            assert own_spool is not None and Path(own_spool).parent == spool_dir
+            os.kill(stopped, signal.SIGSTOP)
+            conn1.send("go")
+            assert conn1.poll(30)
+            counters = conn1.recv()
+            # Every record was numbered and handed to the transport: none is in the worker's
+            # own batch or outbox, which a SIGKILL would legitimately lose.
+            assert (counters["sent"], counters["buffered"], counters["dropped"]) == (count, 0, 0)
+            os.kill(doomed.pid, signal.SIGKILL)
+            doomed.join(10)
+            assert [f.name for f in _spool_files(spool_dir)] == [Path(own_spool).name]
+            assert len(parse_spool(Path(own_spool).read_bytes()).frames) > 0
+
+            adopter.start()
+            assert conn2.poll(30)
+            assert conn2.recv() > 0  # the dead worker's frames, adopted while the listener is still away
+            assert conn2.poll(30) and conn2.recv() == "logged"
+            if listener_fate == "resumed":
+                os.kill(stopped, signal.SIGCONT)
+            else:  # its queues die with it; the supervisor starts a new one on the same endpoint
+                os.kill(stopped, signal.SIGKILL)
+            adopter.join(60)
+            assert adopter.exitcode == 0
+        finally:
+            _resume(stopped)
+            _reap(doomed, adopter)
+        stats = listener.stats()
+    pids = {0: doomed.pid, 1: adopter.pid}
+    ledger = build_ledger(read_lines(out), {0: count, 1: second}, stats, pids)
+    ledger.assert_balanced()  # every record written once; no drop, gap or rejection
+    assert ledger.written == count + second and len(read_lines(out)) == count + second
+    dead = [s for s in stats["senders"].values() if s["pid"] == doomed.pid]
+    assert len(dead) == 1 and dead[0]["closed"] and dead[0]["next_seq"] == count and dead[0]["gaps"] == 0
+    assert stats["gaps"] == stats["dropped"] == stats["malformed_total"] == 0
+    assert all(s["closed"] for s in stats["senders"].values())
+    assert _spool_files(spool_dir) == []
+    assert stats["restarts"] == (1 if listener_fate == "killed_and_restarted" else 0)
+
+
+# ---------------------------------------------------------------- a spool written by hand
+
+
+def _dead_frames(sender: Sender, frames: int, per: int) -> list[bytes]:
+    packed = encode_sender(sender)
+    built = []
+    for i in range(frames):
+        records = [
+            encode_record(logging.LogRecord("test", logging.INFO, "p.py", 1, payload(0, seq), None, None))
+            for seq in range(i * per, (i + 1) * per)
+        ]
+        built.append(build_frame(packed, i * per, 0, 0, records))
+    return built
+
+
+def _write_spool(spool_dir: Path, frames: list[bytes]) -> Path:
+    prepare_dir(str(spool_dir))
+    spool = OwnSpool(str(spool_dir), 1 << 20)
+    for frame in frames:
+        head = frame_head(frame if frame[:2] == frames[0][:2] else frames[0])  # a bad entry: any head will do
+        assert spool.append(frame, head)
+    spool.release()  # as if its writer had died: the file stays, nobody holds it
+    return Path(spool.path)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_torn_last_entry_is_ignored_and_the_whole_entries_before_it_are_adopted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    dead = Sender(socket.gethostname(), 4_000_001, 1.5, 0xD00D)
+    path = _write_spool(spool_dir, _dead_frames(dead, 5, 10))
+    with path.open("r+b") as f:  # the last write, torn by a SIGKILL
+        f.truncate(path.stat().st_size - 7)
+    assert len(parse_spool(path.read_bytes()).frames) == 4
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        sender = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(spool_dir), close_timeout=20)
+        try:
+            assert sender.unacked == 4
+            wait_for(lambda: not path.exists(), timeout=20)  # acknowledged, goodbye acknowledged, deleted
+        finally:
+            sender.close()
+        stats = listener.stats()
+    record = stats["senders"][dead.key]
+    assert (record["records"], record["next_seq"], record["closed"], record["gaps"]) == (40, 40, True, 0)
+    lines = read_lines(out)
+    assert sorted(lines) == sorted(payload(0, seq) for seq in range(40))
+    assert "torn last entry" in capfd.readouterr().err
+    assert _spool_files(spool_dir) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_an_adopted_spool_with_an_entry_that_is_not_a_frame_is_left_alone_and_reported_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    spool_dir = tmp_path / "spool"
+    dead = Sender(socket.gethostname(), 4_000_002, 1.5, 0xBAD)
+    frames = _dead_frames(dead, 2, 5)
+    path = _write_spool(spool_dir, [frames[0], b"\x93not a frame", frames[1]])
+    with mplog.start_listener(None, ack=True, route_parent=False) as listener:
+        sender = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(spool_dir), close_timeout=5)
+        try:
+            assert sender.unacked == 0
+        finally:
+            sender.close()
+        assert dead.key not in listener.stats()["senders"]
+    assert path.exists()
+    assert capfd.readouterr().err.count(path.name) == 1
+
+
+# ---------------------------------------------------------------- the bound
+
+
+def _bounded_worker(spool_dir: str, conn: Any, count: int, bound: int) -> None:
+    handler = mplog.setup_worker(
+        ack=True, spool_dir=spool_dir, max_buffer_bytes=bound, policy="drop_newest", batch_records=20
+    )
+    _log_range(2, 0, 20)
+    _hand_everything(handler)
+    wait_for(lambda: handler._transport.unacked == 0, timeout=20)
+    spool = handler._transport.spool_path
+    conn.send(spool)
+    conn.recv()  # the listener is stopped now
+    largest = 0
+    log = logging.getLogger("test")
+    for seq in range(20, count):
+        log.info("%s", payload(2, seq, SIZE))
+        largest = max(largest, os.path.getsize(spool))
+    conn.send((largest, handler._transport.spool_errors, handler.counters["dropped"]))
+    conn.recv()  # the listener runs again: exit, delivering what is kept
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_the_spool_file_never_outgrows_the_resend_buffer_bound_and_drops_past_it_are_counted_exactly(
+    tmp_path: Path,
+) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    count, bound = 3_000, 64 * 1024
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        conn, child = SPAWN.Pipe()
+        worker = SPAWN.Process(target=_bounded_worker, args=(str(spool_dir), child, count, bound))
+        stopped = listener.pid
+        try:
+            worker.start()
+            assert conn.poll(30) and conn.recv() is not None
+            os.kill(stopped, signal.SIGSTOP)
+            conn.send("go")
+            assert conn.poll(60)
+            largest, spool_errors, dropped = conn.recv()
+            os.kill(stopped, signal.SIGCONT)
+            conn.send("exit")
+            worker.join(60)
+            assert worker.exitcode == 0
+        finally:
+            _resume(stopped)
+            _reap(worker)
+        stats = listener.stats()
+    assert HEADER_SIZE < largest <= bound
+    assert spool_errors == 0
+    assert dropped > 0  # the bound was reached: the policy dropped, and counted
+    ledger = build_ledger(read_lines(out), {2: count}, stats, {2: worker.pid})
+    ledger.assert_balanced()  # written + dropped == logged, exactly
+    entry = ledger.entries[2]
+    assert entry.dropped == dropped and entry.written == count - dropped and entry.gaps == 0
+    assert _spool_files(spool_dir) == []
+
+
+# ---------------------------------------------------------------- ownership
+
+
+def _live_worker(spool_dir: str, conn: Any, producer: int, count: int) -> None:
+    handler = mplog.setup_worker(ack=True, spool_dir=spool_dir, batch_records=50, sndhwm=1000)
+    adopted = handler._transport.unacked
+    _log_range(producer, 0, 1)  # connected and acknowledged before the listener is stopped
+    _hand_everything(handler)
+    wait_for(lambda: handler._transport.unacked == 0, timeout=20)
+    conn.send((handler._transport.spool_path, adopted))
+    conn.recv()
+    _log_range(producer, 1, count)
+    conn.send(_hand_everything(handler))
+    conn.recv()  # exit
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_two_live_workers_on_one_spool_dir_never_adopt_each_others_file(tmp_path: Path) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    count = 500
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        pipes = [SPAWN.Pipe() for _ in range(2)]
+        workers = [
+            SPAWN.Process(target=_live_worker, args=(str(spool_dir), child, i, count))
+            for i, (_, child) in enumerate(pipes)
+        ]
+        stopped = listener.pid
+        try:
+            paths = []
+            for worker, (conn, _) in zip(workers, pipes, strict=True):
+                worker.start()  # the second starts while the first lives: it must not adopt its file
+                assert conn.poll(30)
+                path, adopted = conn.recv()
+                assert adopted == 0
+                paths.append(Path(path).name)
+            os.kill(stopped, signal.SIGSTOP)
+            for conn, _ in pipes:  # the listener is stopped: their frames wait, unacknowledged, in their spools
+                conn.send("log")
+                assert conn.poll(30) and conn.recv()["sent"] == count
+            for name in paths:
+                assert len(parse_spool((spool_dir / name).read_bytes()).frames) > 0
+            # A third sender starts while both live: it adopts neither.
+            third = AckingSender(
+                "ipc://" + str(tmp_path / "nowhere"), TransportOptions(), spool_dir=str(spool_dir), close_timeout=0.1
+            )
+            try:
+                assert third.unacked == 0
+            finally:
+                third.close()
+            assert sorted(p.name for p in _spool_files(spool_dir)) == sorted(paths)
+            os.kill(stopped, signal.SIGCONT)
+            for conn, _ in pipes:
+                conn.send("exit")
+            for w in workers:
+                w.join(60)
+            assert [w.exitcode for w in workers] == [0, 0]
+        finally:
+            _resume(stopped)
+            _reap(*workers)
+        stats = listener.stats()
+    ledger = build_ledger(read_lines(out), {0: count, 1: count}, stats, {i: w.pid for i, w in enumerate(workers)})
+    ledger.assert_balanced()
+    assert len(read_lines(out)) == 2 * count
+    assert {s["pid"] for s in stats["senders"].values()} == {w.pid for w in workers}  # no goodbye for another
+    assert all(s["closed"] for s in stats["senders"].values())
+    assert _spool_files(spool_dir) == []
