@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import logging.handlers
 import mmap
 import os
 import stat
@@ -109,14 +110,16 @@ def measure(handler: logging.StreamHandler[Any]) -> FileState | None:
 
     The size comes from ``fstat`` on the open stream (the file's end, which is where an
     ``O_APPEND`` write lands). A FileHandler opened with ``delay=True`` that has written
-    nothing yet is measured by its path. Everything it wrote has been flushed: file and
+    nothing yet, and a WatchedFileHandler, are measured by their path. Everything it wrote has been flushed: file and
     stream handlers flush in every emit, and the others are flushed after every frame.
     """
     stream = handler.stream
     try:
         if isinstance(handler, logging.FileHandler):
             path = handler.baseFilename
-            if stream is None:
+            # A WatchedFileHandler writes to whatever file is at its path (it reopens when
+            # the file was moved away), so that file is the one to measure.
+            if stream is None or isinstance(handler, logging.handlers.WatchedFileHandler):
                 try:
                     st = os.stat(path)
                 except FileNotFoundError:

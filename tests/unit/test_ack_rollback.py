@@ -207,3 +207,16 @@ def test_a_stream_handler_on_an_appended_file_is_measured_and_one_writing_at_its
         state = measure(logging.StreamHandler(appended))
         assert state is not None and (state.path, state.size) == (str(tmp_path / "a.log"), 2)
         assert measure(logging.StreamHandler(positioned)) is None
+
+
+def test_a_watched_file_handler_is_measured_by_its_path_which_it_reopens_after_a_move(tmp_path):
+    watched = logging.handlers.WatchedFileHandler(tmp_path / "w.log")
+    try:
+        watched.emit(logging.makeLogRecord({"msg": "before"}))
+        os.rename(tmp_path / "w.log", tmp_path / "w.log.1")  # logrotate moved it; the next emit reopens the path
+        assert measure(watched) == FileState(str(tmp_path / "w.log"), 0, 0, 0, exists=False)
+        watched.emit(logging.makeLogRecord({"msg": "after"}))
+        st = os.stat(tmp_path / "w.log")
+        assert measure(watched) == FileState(str(tmp_path / "w.log"), st.st_dev, st.st_ino, 6)
+    finally:
+        watched.close()
