@@ -10,6 +10,7 @@ them under the dead worker's identity and closes that sender with a goodbye.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -340,3 +341,101 @@ def test_two_live_workers_on_one_spool_dir_never_adopt_each_others_file(tmp_path
     assert {s["pid"] for s in stats["senders"].values()} == {w.pid for w in workers}  # no goodbye for another
     assert all(s["closed"] for s in stats["senders"].values())
     assert _spool_files(spool_dir) == []
+
+
+# ---------------------------------------------------------------- fork and failures
+
+
+def _forking_worker(spool_dir: str, conn: Any, count: int) -> None:
+    handler = mplog.setup_worker(ack=True, spool_dir=spool_dir, batch_records=50, sndhwm=1000)
+    _log_range(3, 0, 1)
+    _hand_everything(handler)
+    wait_for(lambda: handler._transport.unacked == 0, timeout=20)
+    conn.send(handler._transport.spool_path)
+    conn.recv()  # the listener is stopped now
+    _log_range(3, 1, count)
+    conn.send(_hand_everything(handler))
+    pid = os.fork()
+    if pid == 0:  # the child: a spool file of its own, and none of its parent's descriptors
+        try:
+            transport = logging.getLogger().handlers[0]._transport  # type: ignore[attr-defined]
+            conn.send((os.getpid(), transport.spool_path))
+            time.sleep(30)  # outlives its parent; SIGKILLed by the test
+        finally:
+            os._exit(0)
+    time.sleep(60)  # SIGKILLed here
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_forked_child_that_outlives_its_parent_does_not_keep_the_parents_spool_from_being_adopted(
+    tmp_path: Path,
+) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    count = 500
+    child_pid = 0
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        conn, end = SPAWN.Pipe()
+        conn2, end2 = SPAWN.Pipe()
+        parent = SPAWN.Process(target=_forking_worker, args=(str(spool_dir), end, count))
+        adopter = SPAWN.Process(target=_adopting_worker, args=(str(spool_dir), end2, 0))
+        stopped = listener.pid
+        try:
+            parent.start()
+            assert conn.poll(30)
+            parent_spool = conn.recv()
+            os.kill(stopped, signal.SIGSTOP)
+            conn.send("go")
+            assert conn.poll(30) and conn.recv()["sent"] == count
+            assert conn.poll(30)
+            child_pid, child_spool = conn.recv()
+            assert child_spool is not None and child_spool != parent_spool
+            os.kill(parent.pid, signal.SIGKILL)
+            # Not join(): the forked child holds the sentinel pipe that join() waits for.
+            wait_for(lambda: not parent.is_alive(), timeout=10)
+            adopter.start()
+            assert conn2.poll(30)
+            assert conn2.recv() > 0  # adopted, although the forked child is alive
+            assert conn2.poll(30) and conn2.recv() == "logged"
+            os.kill(stopped, signal.SIGCONT)
+            adopter.join(60)
+            assert adopter.exitcode == 0
+        finally:
+            _resume(stopped)
+            if child_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child_pid, signal.SIGKILL)
+            _reap(parent, adopter)
+        stats = listener.stats()
+    ledger = build_ledger(read_lines(out), {3: count}, stats, {3: parent.pid})
+    ledger.assert_balanced()
+    assert len(read_lines(out)) == count
+    assert not Path(parent_spool).exists()
+    assert [s["closed"] for s in stats["senders"].values() if s["pid"] == parent.pid] == [True]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_spool_write_failure_is_counted_and_reported_once_and_delivery_goes_on_from_memory(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        handler = mplog.setup_worker(listener.endpoint, ack=True, spool_dir=str(spool_dir), batch_records=50)
+        transport = handler._transport
+        path = transport.spool_path  # type: ignore[attr-defined]
+        assert path is not None
+
+        def disk_full(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "pwrite", disk_full)
+        log_numbered(0, 1_000)  # never raises
+        handler.close()
+        monkeypatch.undo()
+        stats = listener.stats()
+    assert transport.spool_errors == 1  # type: ignore[attr-defined]
+    assert capfd.readouterr().err.count("goes on without a spool") == 1
+    build_ledger(read_lines(out), {0: 1_000}, stats, {0: os.getpid()}).assert_balanced()
+    assert not Path(path).exists()  # removed at a clean end, as when it was written
+    assert handler.counters["errors"] == 0
