@@ -20,11 +20,13 @@ record's write had failed.
 from __future__ import annotations
 
 import logging
+import operator
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from mplog.wire import make_log_record
+from mplog.wire import RECORD_FIELDS, make_log_record
 
 __all__ = ["BatchDispatcher"]
 
@@ -33,6 +35,47 @@ _STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
 _CACHED_CONVERTERS = (time.localtime, time.gmtime)
 _FALLBACK_FORMATTER = logging.Formatter()
 _INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
+# Record attributes a line can be built from straight out of the wire fields (no LogRecord):
+# the wire's fields, plus the two names LogRecord spells differently from the wire.
+_FIELD_INDEX = {name: i for i, name in enumerate(RECORD_FIELDS) if name != "extra"} | {"msg": 3}
+_MAPPING_KEY = re.compile(r"%%|%\(([^)]*)\)")
+_ASCTIME = -1
+_compiled: dict[str, tuple[str, tuple[int, ...]] | None] = {}
+
+
+def _compile(fmt: str) -> tuple[str, tuple[int, ...]] | None:
+    """``fmt`` with every ``%(key)`` made positional, and the field index of each key.
+
+    ``"%(asctime)s %(levelname)s"`` becomes ``("%s %s", (-1, 2))``: the line is then
+    ``positional % values`` with no LogRecord and no dict. None when a key is not a wire
+    field (an extra, ``hostname``), ``asctime`` appears twice, or anything else makes the
+    two spellings differ; such a format takes the LogRecord path.
+    """
+    if fmt in _compiled:
+        return _compiled[fmt]
+    keys: list[int] = []
+    unknown = False
+
+    def positional(match: re.Match[str]) -> str:
+        nonlocal unknown
+        key = match.group(1)
+        if key is None:
+            return "%%"
+        if key == "asctime":
+            keys.append(_ASCTIME)
+        elif key in _FIELD_INDEX:
+            keys.append(_FIELD_INDEX[key])
+        else:
+            unknown = True
+        return "%"
+
+    text = _MAPPING_KEY.sub(positional, fmt)
+    result = None
+    if not unknown and keys and keys.count(_ASCTIME) <= 1 and text.count("%") - 2 * text.count("%%") == len(keys):
+        result = (text, tuple(keys))
+    if len(_compiled) < 256:  # formats are few; a bound in case something makes them per record
+        _compiled[fmt] = result
+    return result
 
 
 class _Format:
@@ -55,12 +98,26 @@ class _Format:
         self.datefmt = formatter.datefmt
         self._second = -1
         self._second_text = ""
+        # The line straight from the wire fields when every key the format uses is one.
+        compiled = _compile(self.fmt) if self.inline_message and (self.cache_time or not self.uses_time) else None
+        self.compiled = compiled is not None
+        if compiled is not None:
+            self.positional, keys = compiled
+            self.asctime_at = keys.index(_ASCTIME) if _ASCTIME in keys else -1
+            indices = [k for k in keys if k != _ASCTIME]
+            self.values: Callable[[list[Any]], tuple[Any, ...]] = (
+                operator.itemgetter(*indices) if len(indices) > 1 else _one(indices[0]) if indices else _none
+            )
 
     def asctime(self, record: logging.LogRecord) -> str:
         formatter = self.formatter
         if not self.cache_time:
             return formatter.formatTime(record, formatter.datefmt)
-        created = record.created
+        return self.time_text(record.created, record.msecs)
+
+    def time_text(self, created: float, msecs: float) -> str:
+        """Formatter.formatTime for the stock formatTime and converters (cached per second)."""
+        formatter = self.formatter
         second = int(created)
         if second != self._second:
             # converter(created) depends only on the whole second, so neither does the text
@@ -69,7 +126,26 @@ class _Format:
             self._second = second
         if self.datefmt or not formatter.default_msec_format:
             return self._second_text
-        return formatter.default_msec_format % (self._second_text, record.msecs)
+        return formatter.default_msec_format % (self._second_text, msecs)
+
+    def line(self, fields: list[Any]) -> str:
+        """What :meth:`format` returns for the record of ``fields`` (compiled formats only)."""
+        values = self.values(fields)
+        at = self.asctime_at
+        if at >= 0:
+            values = (*values[:at], self.time_text(fields[4], fields[5]), *values[at:])
+        text: str = self.positional % values
+        exc_text = fields[17]
+        if exc_text:
+            if text[-1:] != "\n":
+                text += "\n"
+            text += exc_text
+        stack_info = fields[18]
+        if stack_info:
+            if text[-1:] != "\n":
+                text += "\n"
+            text += stack_info if self.inline_stack else self.formatter.formatStack(stack_info)
+        return text
 
     def format(self, record: logging.LogRecord) -> str:
         """What ``Formatter.format(record)`` returns for a record built by the wire codec."""
@@ -97,17 +173,30 @@ class _Format:
         return text
 
 
+_Maker = Callable[[list[Any]], logging.LogRecord]
+
+
+def _one(index: int) -> Callable[[list[Any]], tuple[Any, ...]]:
+    return lambda fields: (fields[index],)
+
+
+def _none(fields: list[Any]) -> tuple[Any, ...]:
+    return ()
+
+
 class _Sink:
     """One handler's share of the current frame: formatted lines waiting for one write."""
 
-    __slots__ = ("format", "handler", "level", "lines", "records")
+    __slots__ = ("compiled", "format", "handler", "level", "lines", "make", "records")
 
-    def __init__(self, handler: logging.StreamHandler[Any], fmt: _Format) -> None:
+    def __init__(self, handler: logging.StreamHandler[Any], fmt: _Format, make: _Maker) -> None:
         self.handler = handler
         self.level = handler.level
         self.format = fmt
+        self.compiled = fmt.compiled  # lines built from the wire fields, without a LogRecord
+        self.make = make  # wire fields -> LogRecord, for whatever needs a record after all
         self.lines: list[str] = []
-        self.records: list[logging.LogRecord] = []
+        self.records: list[Any] = []  # per line: its LogRecord, or its wire fields (a list)
 
     def add(self, record: logging.LogRecord) -> None:
         try:
@@ -118,14 +207,26 @@ class _Sink:
         self.lines.append(line)
         self.records.append(record)
 
+    def add_fields(self, fields: list[Any]) -> None:
+        try:
+            line = self.format.line(fields)
+        except Exception:  # the LogRecord path formats it again, and reports the error as emit() would
+            self.add(self.make(fields))
+            return
+        self.lines.append(line)
+        self.records.append(fields)
+
+    def _record(self, item: Any) -> logging.LogRecord:
+        return self.make(item) if type(item) is list else item
+
     def write(self) -> None:
         handler, records = self.handler, self.records
         if not records:
             return
         lines, self.lines, self.records = self.lines, [], []
         if handler.stream is None:  # a delayed or closed FileHandler: let emit() decide
-            for record in records:
-                handler.handle(record)
+            for item in records:
+                handler.handle(self._record(item))
             return
         terminator = handler.terminator
         handler.acquire()
@@ -133,8 +234,8 @@ class _Sink:
             handler.stream.write(terminator.join(lines) + terminator)
             handler.flush()
         except Exception:
-            for record in records:
-                handler.handleError(record)
+            for item in records:
+                handler.handleError(self._record(item))
         finally:
             handler.release()
 
@@ -203,6 +304,13 @@ class BatchDispatcher:
             return
         routes: dict[str, list[_Sink] | None] = {}
         sinks: dict[int, _Sink] = {}
+
+        def make(fields: list[Any]) -> logging.LogRecord:
+            record = make_log_record(fields, host)
+            if peer is not None:
+                record.peer_key = peer
+            return record
+
         try:
             for fields in records:
                 name = fields[0]
@@ -211,21 +319,24 @@ class BatchDispatcher:
                 if not logger.isEnabledFor(levelno):
                     continue
                 try:
-                    record = make_log_record(fields, host)
-                    if peer is not None:
-                        record.peer_key = peer
                     if name in routes:
                         route = routes[name]
                     else:
-                        route = routes[name] = self._route(logger, sinks)
+                        route = routes[name] = self._route(logger, sinks, make)
                     if route is None:
                         for sink in sinks.values():  # keep each handler's records in arrival order
                             sink.write()
-                        logger.handle(record)
+                        logger.handle(make(fields))
                         continue
+                    built: logging.LogRecord | None = None  # only for a sink whose format needs a record
                     for sink in route:
                         if levelno >= sink.level:
-                            sink.add(record)
+                            if sink.compiled:
+                                sink.add_fields(fields)
+                            else:
+                                if built is None:
+                                    built = make(fields)
+                                sink.add(built)
                 except Exception:
                     if on_error is not None:
                         on_error()
@@ -233,7 +344,7 @@ class BatchDispatcher:
             for sink in sinks.values():
                 sink.write()
 
-    def _route(self, logger: logging.Logger, sinks: dict[int, _Sink]) -> list[_Sink] | None:
+    def _route(self, logger: logging.Logger, sinks: dict[int, _Sink], make: _Maker) -> list[_Sink] | None:
         """The sinks a record of ``logger`` goes to, in callHandlers order; None: use the generic path."""
         cls = type(logger)
         if (
@@ -253,7 +364,7 @@ class BatchDispatcher:
                 if sink is None:
                     assert isinstance(handler, logging.StreamHandler)
                     # Built afresh for every frame, so a formatter changed since the last one is seen.
-                    sink = sinks[id(handler)] = _Sink(handler, _Format(handler.formatter or _default_formatter()))
+                    sink = sinks[id(handler)] = _Sink(handler, _Format(handler.formatter or _default_formatter()), make)
                 route.append(sink)
             current = current.parent if current.propagate else None
         return route or None  # no handler at all: lastResort's business

@@ -22,6 +22,14 @@ FORMATS = {
     "fields": "%(name)s|%(levelno)d|%(filename)s:%(lineno)d|%(funcName)s|%(threadName)s|%(msecs)03d|%(message)s",
     "extra": "%(asctime)s %(user)s %(message)s",
     "plain": "%(message)s",
+    # Built from the wire fields without a LogRecord (mplog.fastpath._compile): flags,
+    # precision, a literal %, the names LogRecord spells differently from the wire.
+    "conversions": "%%(name)s %(levelname)-8s|%(message).12s|%(msecs)03d|%(lineno)5d|%(created)f"
+    "|%(relativeCreated).1f|%(process)x|%(msg)s|%(taskName)s|%(stack_info).9s",
+    # ...and three that need the LogRecord path: a key that is not a wire field, asctime twice, args.
+    "hostname": "%(hostname)s %(message)s",
+    "twice": "%(asctime)s %(message)s %(asctime)s",
+    "args": "%(args)s %(exc_info)s %(message)s",
 }
 
 
@@ -154,7 +162,10 @@ def _config(directory: Path) -> dict[str, Any]:
             "app.sub": {"handlers": ["f_full", "f_fields", "f_owntime", "f_brace", "f_defaults", "f_delayed"]},
             "other": {"handlers": ["f_full", "f_rotating", "f_filtered"], "propagate": False, "level": "DEBUG"},
         },
-        "root": {"level": "DEBUG", "handlers": ["f_plain", "f_noformatter"]},
+        "root": {
+            "level": "DEBUG",
+            "handlers": ["f_plain", "f_noformatter", "f_conversions", "f_hostname", "f_twice", "f_args"],
+        },
     }
 
 
@@ -199,6 +210,19 @@ def test_fast_path_writes_the_same_bytes_as_the_generic_path_for_every_handler_a
     assert full.count("Traceback (most recent call last)") == 10  # exception text, once per record
     assert full.count("Stack (most recent call last)") == 10
     assert "multi\nline" in full and "ünïcødé ✓" in full
+
+
+def test_formats_made_only_of_wire_fields_are_compiled_and_the_others_are_not() -> None:
+    from mplog.fastpath import _compile
+
+    assert _compile(FORMATS["full"]) == ("%s %d %s %s %s", (-1, 14, 2, 0, 3))
+    assert _compile("100%% %(message)s") == ("100%% %s", (3,))
+    for name in ("conversions", "plain", "fields"):
+        assert _compile(FORMATS[name]) is not None, name
+    for name in ("hostname", "twice", "args", "extra"):
+        assert _compile(FORMATS[name]) is None, name
+    assert _compile("%(message)s %s") is None  # a positional conversion in a mapping format
+    assert _compile("no keys at all") is None
 
 
 def test_time_text_matches_format_time_across_second_boundaries() -> None:
