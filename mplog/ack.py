@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from mplog.spool import AdoptedSpool, Spooler, frame_head, goodbye_frame
+from mplog.spool import Spooler, frame_head, goodbye_frame
 from mplog.spool import report as _report
 from mplog.transports.base import TransportOptions
 from mplog.transports.zeromq_ack import DealerSender
@@ -112,14 +112,14 @@ def frame_envelope(frame: bytes) -> Envelope:
 class _Stream:
     """The unacknowledged frames of one sender stream, oldest first."""
 
-    def __init__(self, adopted: AdoptedSpool | None = None) -> None:
+    def __init__(self, adopted: str | None = None) -> None:
         self.frames: deque[tuple[int, bytes]] = deque()  # (end_seq, frame)
         self.bytes = 0
         self.acked = 0  # next_seq the listener last acknowledged
         self.progress = self.advanced = time.monotonic()  # last resend round / last acknowledgement
         self.resend_at: int | None = None  # the next frame a resend round has still to send
         self.refused_at, self.refused_when = -1, 0.0
-        # A dead worker's stream, adopted from its spool file: said goodbye for once acknowledged.
+        # A dead worker's stream, adopted from the spool file at this path: said goodbye for once acknowledged.
         self.adopted = adopted
         self.sender, self.end_seq, self.dropped, self.final = b"", 0, 0, False
 
@@ -188,8 +188,6 @@ class AckingSender:
         self._own = _Stream()
         self._own_id = -1
         self._streams: dict[int, _Stream] = {}  # by stream id, as acknowledgements name them
-        self._adopted: dict[str, tuple[AdoptedSpool, set[int]]] = {}  # path -> (file, its open streams)
-        self._more_to_adopt = False
         if self._spool_dir is not None:
             self._spooler = Spooler(self._spool_dir, self._max_bytes)
             self._adopt()
@@ -207,45 +205,25 @@ class AckingSender:
     @property
     def spool_path(self) -> str | None:
         """This process's spool file, while it is written."""
-        spooler = self._spooler
-        return spooler.own.path if spooler is not None and spooler.own is not None and spooler.active else None
+        return self._spooler.path if self._spooler is not None else None
 
     # ------------------------------------------------------------ adopted spools
 
     def _adopt(self) -> None:
+        """Track the frames of dead workers' spool files as streams of their own, to resend and to close."""
         if self._spooler is None:
             return
-        spools, self._more_to_adopt = self._spooler.adopt()
-        for spool in spools:
-            self._take_over(spool)
-        if self._adopted:
+        for path, found in self._spooler.adopt(self._streams):
+            for sid, adopted in found.items():
+                stream = self._streams[sid] = _Stream(path)
+                for end_seq, frame in adopted.frames:
+                    stream.keep(end_seq, frame)
+                stream.sender, stream.end_seq, stream.dropped, stream.final = adopted[1:]
+                stream.resend_at = 0
+                if not adopted.frames:
+                    self._finish_adopted(sid, stream)
+        if self._spooler.adopted:
             self._start_thread()
-
-    def _take_over(self, spool: AdoptedSpool) -> None:
-        """Track a dead worker's frames as streams of their own, to resend and to close."""
-        try:
-            found = spool.streams()
-        except ValueError as exc:
-            _report(f"mplog: spool file {spool.path} holds an entry that is not a frame ({exc}); left as it is")
-            spool.release()
-            return
-        if not found:
-            spool.remove()
-            return
-        if any(sid in self._streams for sid in found):
-            spool.release()  # the same stream id twice (one chance in 2**32): another worker's job
-            return
-        self._adopted[spool.path] = (spool, set(found))
-        for sid, adopted in found.items():
-            stream = self._streams[sid] = _Stream(spool)
-            for end_seq, frame in adopted.frames:
-                stream.keep(end_seq, frame)
-            stream.sender, stream.end_seq, stream.dropped, stream.final = adopted[1:]
-            stream.resend_at = 0
-            if not adopted.frames:
-                self._finish_adopted(sid, stream)
-        if spool.contents.torn:
-            _report(f"mplog: spool file {spool.path}: ignored a torn last entry ({spool.contents.torn} bytes)")
 
     def _finish_adopted(self, stream_id: int, stream: _Stream) -> None:
         """An adopted stream is acknowledged: say goodbye for the dead sender, then delete its file."""
@@ -255,41 +233,21 @@ class AckingSender:
             stream.keep(end, goodbye_frame(stream.sender, end, stream.dropped))
             stream.resend_at = len(stream.frames) - 1
             self._push(stream)
-            return
-        del self._streams[stream_id]
-        assert stream.adopted is not None
-        spool, open_streams = self._adopted[stream.adopted.path]
-        open_streams.discard(stream_id)
-        if not open_streams:
-            del self._adopted[spool.path]
-            spool.remove()
+        elif self._spooler is not None and stream.adopted is not None:
+            del self._streams[stream_id]
+            self._spooler.stream_done(stream.adopted, stream_id)
 
     def _give_up_adopted(self, *, at_close: bool) -> None:
         """Leave an adopted file for the next worker: at close, or when the listener answers others but not it."""
-        now = time.monotonic()
-        answering = any(now - s.advanced < self._close_timeout for s in self._streams.values())
-        for path, (spool, open_streams) in list(self._adopted.items()):
+        if self._spooler is None:
+            return
+        now, waited = time.monotonic(), self._close_timeout
+        answering = any(now - s.advanced < waited for s in self._streams.values())
+        for path, (_, open_streams) in list(self._spooler.adopted.items()):
             streams = [self._streams[sid] for sid in open_streams]
-            stuck = all(now - s.advanced >= self._close_timeout for s in streams)
-            if not at_close and not (stuck and answering):
-                continue
-            frames = sum(len(s.frames) for s in streams)
-            _report(
-                f"mplog: spool file {path} of a dead worker: {frames} frames were not acknowledged "
-                f"within {self._close_timeout:g} s; left for the next worker (pid {os.getpid()})"
-            )
-            for sid in open_streams:
-                del self._streams[sid]
-            del self._adopted[path]
-            spool.release()
-
-    def _release_inherited(self) -> None:
-        """In a forked child: close the parent's files without unlocking them (the locks are the parent's)."""
-        if self._spooler is not None and self._spooler.own is not None:
-            self._spooler.own.release()
-        for spool, _ in self._adopted.values():
-            spool.release()
-        self._spooler, self._adopted = None, {}
+            if at_close or (answering and all(now - s.advanced >= waited for s in streams)):
+                for sid in self._spooler.give_up(path, sum(len(s.frames) for s in streams), waited):
+                    del self._streams[sid]
 
     # ------------------------------------------------------------ sending
 
@@ -328,6 +286,11 @@ class AckingSender:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mplog-ack", daemon=True)
             self._thread.start()
+
+    def _release_inherited(self) -> None:
+        if self._spooler is not None:
+            self._spooler.release_inherited()
+            self._spooler = None
 
     def _reset_after_fork(self) -> None:
         self._release_inherited()
@@ -393,7 +356,7 @@ class AckingSender:
                 self._read_acks()
                 self._resend_if_silent()
                 self._give_up_adopted(at_close=False)
-                if self._more_to_adopt and not self._adopted:
+                if self._spooler is not None and self._spooler.more and not self._spooler.adopted:
                     self._adopt()
 
     def close(self, linger: float | None = None) -> None:
