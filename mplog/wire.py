@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 import traceback
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import msgpack
@@ -607,8 +609,38 @@ def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> None:
     """Validate every record of a frame (types, finiteness, extras depth)."""
     if len(records) > limits.max_records:
         raise FrameError("bad_header", f"more than {limits.max_records} records")
+    if records and _all_plain(records):
+        return
     for rec in records:
         _check_record(rec, limits)
+
+
+_CREATED, _MSECS, _RELATIVE, _EXTRA = (operator.itemgetter(i) for i in (4, 5, 6, 19))
+
+
+def _all_plain(records: list[Any]) -> bool:
+    """True when every record passes _check_record and has no extras, checked a frame at a time.
+
+    The usual frame's records share one or two type signatures; comparing those, and the
+    three time fields through sum/min/max, runs in C instead of once per record in Python.
+    False means "look at each record", not "bad".
+    """
+    try:
+        signatures = set(map(tuple, map(map, repeat(type), records)))
+        if not signatures <= _GOOD_SIGNATURES or any(map(_EXTRA, records)):
+            return False
+        created = list(map(_CREATED, records))
+        # A NaN or an infinity anywhere makes a sum non-finite; a finite sum too large for a
+        # float raises OverflowError (then each record is looked at).
+        return (
+            math.isfinite(sum(created))
+            and min(created) >= 0
+            and max(created) < 2**40
+            and math.isfinite(sum(map(_MSECS, records)))
+            and math.isfinite(sum(map(_RELATIVE, records)))
+        )
+    except Exception:  # a record that is not a list, an extra that cannot be tested, an overflow
+        return False
 
 
 _LogRecord = logging.LogRecord

@@ -467,6 +467,35 @@ def test_wrong_envelopes_and_field_types_are_rejected_with_their_reason(obj, rea
     assert reason_of(msgpack.packb(obj, use_bin_type=True)) == reason
 
 
+DEEP_EXTRA: Any = 1
+for _ in range(40):
+    DEEP_EXTRA = [DEEP_EXTRA]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"created": float("nan")},
+        {"created": float("inf")},
+        {"created": -0.5},
+        {"created": float(2**40)},
+        {"msecs": float("nan")},
+        {"relativeCreated": float("inf")},
+        {"created": 2**63 - 1},  # an int past the time bound
+        {"thread": "t"},
+        {"extra": {"deep": DEEP_EXTRA}},
+    ],
+)
+@pytest.mark.parametrize("where", [0, 17, 39])
+def test_one_bad_record_among_many_good_ones_is_found_by_the_whole_frame_check(bad, where):
+    # check_records compares a frame's type signatures and time sums at once (wire._all_plain);
+    # a single bad record anywhere must still be rejected with its own reason.
+    good = [record_list(created=1_700_000_000.0 + i, msecs=float(i)) for i in range(40)]
+    assert decode_frame(msgpack.packb([*header(), good], use_bin_type=True)).records == good
+    records = [*good[:where], record_list(**bad), *good[where:]]
+    assert reason_of(msgpack.packb([*header(), records], use_bin_type=True)) in ("bad_field", "too_deep")
+
+
 def test_a_record_with_a_missing_args_list_cannot_exist_args_are_merged_at_the_sender():
     # The wire has no args field: a sender merges the message, so a listener never formats foreign args.
     assert "args" not in RECORD_FIELDS
