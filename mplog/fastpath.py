@@ -98,8 +98,20 @@ class _Format:
         self.datefmt = formatter.datefmt
         self._second = -1
         self._second_text = ""
-        # The line straight from the wire fields when every key the format uses is one.
-        compiled = _compile(self.fmt) if self.inline_message and (self.cache_time or not self.uses_time) else None
+        # The line straight from the wire fields when every key the format uses is one. With
+        # the stock time format, asctime's milliseconds join the line's own format, so the
+        # time costs a cache check: "%(asctime)s" is the second's text + ",%(msecs)03d".
+        fmt = self.fmt
+        self.second_only = (
+            self.cache_time
+            and not self.datefmt
+            and formatter.default_msec_format == "%s,%03d"
+            and fmt.count("%(asctime)s") == 1
+            and "%%" not in fmt
+        )
+        if self.second_only:
+            fmt = fmt.replace("%(asctime)s", "%(asctime)s,%(msecs)03d")
+        compiled = _compile(fmt) if self.inline_message and (self.cache_time or not self.uses_time) else None
         self.compiled = compiled is not None
         if compiled is not None:
             self.positional, keys = compiled
@@ -118,22 +130,32 @@ class _Format:
     def time_text(self, created: float, msecs: float) -> str:
         """Formatter.formatTime for the stock formatTime and converters (cached per second)."""
         formatter = self.formatter
-        second = int(created)
-        if second != self._second:
-            # converter(created) depends only on the whole second, so neither does the text
-            converted = formatter.converter(created)
-            self._second_text = time.strftime(self.datefmt or formatter.default_time_format, converted)
-            self._second = second
+        if int(created) != self._second:
+            self._new_second(created)
         if self.datefmt or not formatter.default_msec_format:
             return self._second_text
         return formatter.default_msec_format % (self._second_text, msecs)
+
+    def _new_second(self, created: float) -> None:
+        # converter(created) depends only on the whole second, so neither does the text
+        formatter = self.formatter
+        converted = formatter.converter(created)
+        self._second_text = time.strftime(self.datefmt or formatter.default_time_format, converted)
+        self._second = int(created)
 
     def line(self, fields: list[Any]) -> str:
         """What :meth:`format` returns for the record of ``fields`` (compiled formats only)."""
         values = self.values(fields)
         at = self.asctime_at
         if at >= 0:
-            values = (*values[:at], self.time_text(fields[4], fields[5]), *values[at:])
+            created = fields[4]
+            if not self.second_only:
+                stamp = self.time_text(created, fields[5])
+            else:
+                if int(created) != self._second:
+                    self._new_second(created)
+                stamp = self._second_text
+            values = (*values[:at], stamp, *values[at:])
         text: str = self.positional % values
         exc_text = fields[17]
         if exc_text:
