@@ -439,3 +439,28 @@ def test_a_spool_write_failure_is_counted_and_reported_once_and_delivery_goes_on
     build_ledger(read_lines(out), {0: 1_000}, stats, {0: os.getpid()}).assert_balanced()
     assert not Path(path).exists()  # removed at a clean end, as when it was written
     assert handler.counters["errors"] == 0
+
+
+def test_a_spool_at_its_bound_is_rewritten_with_only_its_unacknowledged_frames(tmp_path: Path) -> None:
+    dead = Sender("host-a", 4242, 1.5, 0xC0FFEE)
+    frames = _dead_frames(dead, 40, 10)  # about 1 KB each
+    bound = HEADER_SIZE + 10 * (len(frames[0]) + 8)
+    spool = OwnSpool(str(tmp_path), bound)
+    path = Path(spool.path)
+    kept = 0
+    for i, frame in enumerate(frames):
+        if not spool.append(frame, frame_head(frame)):
+            # Full: acknowledge the oldest three frames still kept, and the next append rewrites the file.
+            spool.acknowledged(0xC0FFEE, (kept + 3) * 10)
+            kept += 3
+            assert spool.append(frame, frame_head(frame))
+        assert path.stat().st_size <= bound
+        contents = parse_spool(path.read_bytes())
+        live = [f for f in contents.frames if frame_head(f).end_seq > kept * 10]
+        assert live == frames[kept : i + 1]
+        assert contents.mark == ((0xC0FFEE, kept * 10) if kept else (0, 0))
+    assert kept > 0
+    spool.acknowledged(0xC0FFEE, 400)  # everything: truncated to its header
+    assert path.stat().st_size == HEADER_SIZE
+    spool.remove()
+    assert list(tmp_path.iterdir()) == []
