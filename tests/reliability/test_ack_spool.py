@@ -441,6 +441,7 @@ def test_a_spool_write_failure_is_counted_and_reported_once_and_delivery_goes_on
     assert handler.counters["errors"] == 0
 
 
+@pytest.mark.timeout(30)
 def test_a_spool_at_its_bound_is_rewritten_with_only_its_unacknowledged_frames(tmp_path: Path) -> None:
     dead = Sender("host-a", 4242, 1.5, 0xC0FFEE)
     frames = _dead_frames(dead, 40, 10)  # about 1 KB each
