@@ -256,7 +256,7 @@ class AckServer(Server):
         if not recovery.skipped:
             self.rolled_back += 1
         what = f"records {first}..{end - 1} of {key}"
-        lines = [f"mplog: undid the unacknowledged frame being written when the last listener died ({what})"]
+        lines = [f"mplog: undoing the unacknowledged frame the last listener was writing when it died ({what})"]
         lines += [f"mplog:   cut back {line}" for line in recovery.truncated]
         lines += [f"mplog:   could not undo {line}; {what} may be written twice" for line in recovery.skipped]
         with contextlib.suppress(Exception):

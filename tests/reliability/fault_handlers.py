@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import re
 import signal
@@ -60,6 +61,31 @@ class KillsItsListenerMidFrame(logging.FileHandler):
         super().emit(record)
         self.written += 1
         if self.written == self.after and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RotatesThenKillsItsListener(logging.handlers.RotatingFileHandler):
+    """Like :class:`KillsItsListenerMidFrame`, but rotates its file just before the fatal record.
+
+    The frame's earlier records end up in ``filename.1``, the last one in a new file at
+    ``filename``: a file that is no longer the one the listener recorded before the frame.
+    """
+
+    def __init__(self, filename: str, marker: str, after: int) -> None:
+        super().__init__(filename, backupCount=1, encoding="utf-8")
+        self.marker = marker
+        self.after = after
+        self.written = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fatal = self.written + 1 == self.after and not os.path.exists(self.marker)
+        if fatal:
+            self.doRollover()
+        super().emit(record)
+        self.written += 1
+        if fatal:
             with open(self.marker, "w"):
                 pass
             os.kill(os.getpid(), signal.SIGKILL)
