@@ -465,3 +465,20 @@ def test_a_spool_at_its_bound_is_rewritten_with_only_its_unacknowledged_frames(t
     assert path.stat().st_size == HEADER_SIZE
     spool.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(30)
+def test_an_adopted_spool_the_listener_never_acknowledges_is_left_for_the_next_worker(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    spool_dir = tmp_path / "spool"
+    dead = Sender("host-a", 4_000_003, 1.5, 0xFEED)
+    path = _write_spool(spool_dir, _dead_frames(dead, 3, 10))
+    nowhere = "ipc://" + str(tmp_path / "no-listener")
+    for attempt in range(2):  # the second worker finds the file the first one left
+        sender = AckingSender(nowhere, TransportOptions(), spool_dir=str(spool_dir), close_timeout=0.3)
+        assert sender.unacked == 3
+        sender.close()
+        assert path.exists()
+        assert capfd.readouterr().err.count(f"{path} of a dead worker: 3 frames were not acknowledged") == 1, attempt
+    assert _spool_files(spool_dir) == [path]  # and each worker's own (empty) file is gone
