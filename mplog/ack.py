@@ -402,7 +402,8 @@ _senders: weakref.WeakSet[AckingSender] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # Close (never unlock) the files a parent's sender holds, now rather than at the child's
     # first send: an inherited descriptor keeps the parent's lock alive after the parent dies,
-    # and its spool could not be adopted while this child lives (test_a_forked_child_...).
+    # and its spool could not be adopted while this child lives
+    # (see test_a_forked_child_that_outlives_its_parent_does_not_keep_the_parents_spool_from_being_adopted).
     for sender in list(_senders):
         if sender._pid != os.getpid():
             sender._release_inherited()
