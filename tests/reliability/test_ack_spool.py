@@ -26,7 +26,7 @@ from ledger import build_ledger
 
 import mplog
 from mplog.ack import AckingSender
-from mplog.spool import HEADER_SIZE, OwnSpool, frame_head, parse_spool, prepare_dir
+from mplog.spool import HEADER_SIZE, OwnSpool, frame_head, goodbye_frame, parse_spool, prepare_dir
 from mplog.transports import TransportOptions
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
 
@@ -482,3 +482,42 @@ def test_an_adopted_spool_the_listener_never_acknowledges_is_left_for_the_next_w
         assert path.exists()
         assert capfd.readouterr().err.count(f"{path} of a dead worker: 3 frames were not acknowledged") == 1, attempt
     assert _spool_files(spool_dir) == [path]  # and each worker's own (empty) file is gone
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_worker_that_exits_while_the_listener_is_away_keeps_its_spool_and_the_next_worker_delivers_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out, spool_dir = tmp_path / "out.log", tmp_path / "spool"
+    me = Sender(socket.gethostname(), 4_000_004, 1.5, 0xE417)
+    frames = _dead_frames(me, 6, 10)
+    with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+        stopped = listener.pid
+        first = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(spool_dir), close_timeout=0.5)
+        second = None
+        try:
+            wait_for(lambda: first.send(frames[0]), timeout=10)  # connected
+            wait_for(lambda: first.unacked == 0, timeout=10)
+            os.kill(stopped, signal.SIGSTOP)
+            for frame in frames[1:]:
+                assert first.send(frame)
+            assert first.send(goodbye_frame(encode_sender(me), 60, 0))
+            path = first.spool_path
+            first.close()  # gives up after close_timeout: the file stays
+            assert path is not None and Path(path).exists()
+            assert "kept in" in capfd.readouterr().err
+            second = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(spool_dir), close_timeout=20)
+            assert second.unacked == 6  # five frames and the goodbye
+            os.kill(stopped, signal.SIGCONT)
+            wait_for(lambda: not Path(path).exists(), timeout=20)
+        finally:
+            _resume(stopped)
+            first.close()
+            if second is not None:
+                second.close()
+        stats = listener.stats()
+    record = stats["senders"][me.key]
+    assert (record["records"], record["next_seq"], record["closed"], record["gaps"]) == (60, 60, True, 0)
+    assert sorted(read_lines(out)) == sorted(payload(0, seq) for seq in range(60))
+    assert _spool_files(spool_dir) == []
