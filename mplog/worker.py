@@ -206,8 +206,14 @@ class MplogHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override, unused-ignore]  # 3.12: LogRecord|bool
         # Handler.handle would hold Handler.lock without a bound; emit() has its own bounded lock.
-        if not self.filters:  # the usual case: skip Filterer.filter's loop on every call
-            self.emit(record)
+        if not self.filters:  # the usual case: skip Filterer.filter's loop, and emit()'s call
+            try:
+                if _exit_hooks_pid != self._pid:
+                    _install_exit_hooks()
+                self._add(encode_record(record, self._limits), record.levelno >= self._flush_level)
+            except Exception:
+                self._errors += 1
+                self.handleError(record)
             return True
         rv = self.filter(record)
         if isinstance(rv, logging.LogRecord):
