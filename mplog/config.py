@@ -57,6 +57,7 @@ _RUNTIME_KEYS = {
     "ack",
     "state_dir",
     "control",
+    "nice",
 }
 
 
@@ -75,6 +76,7 @@ class RuntimeSettings:
     ack: bool = False  # acknowledged delivery (mplog.ack): workers resend until the listener acknowledges
     state_dir: str | None = None  # where the listener keeps its stats checkpoint and acknowledged marks
     control: str | None = None  # the status channel `mplog status` asks (mplog.control); default: next to endpoint
+    nice: int = 0  # added to the listener process's niceness: 1-19 let busy workers' CPU come first
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -241,6 +243,8 @@ def _runtime(section: Any) -> RuntimeSettings:
         not isinstance(settings.control, str) or not settings.control.startswith(("ipc://", "tcp://"))
     ):
         raise ConfigError(f"mplog.control must be an ipc:// or tcp:// endpoint, got {settings.control!r}")
+    if type(settings.nice) is not int or not 0 <= settings.nice <= 19:
+        raise ConfigError(f"mplog.nice must be an int from 0 (the default) to 19, got {settings.nice!r}")
     if settings.state_dir is not None and not isinstance(settings.state_dir, str):
         raise ConfigError(f"mplog.state_dir must be a directory path, got {settings.state_dir!r}")
     if settings.endpoint is not None:
@@ -368,3 +372,10 @@ def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Li
 
         return RouterReceiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
     return open_receiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
+
+
+def apply_nice(runtime: dict[str, Any]) -> None:
+    """Lower the calling (listener) process's CPU priority by ``mplog.nice``, if set."""
+    nice = runtime.get("nice") or 0
+    if nice:
+        os.nice(nice)

@@ -342,7 +342,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import build_receiver  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.config import apply_nice, build_receiver  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
 
     control = _Control(read_fd, write_fd)
@@ -368,6 +368,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
         server = Server(receiver, limits=limits)
+    apply_nice(setup.get("runtime", {}))
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats

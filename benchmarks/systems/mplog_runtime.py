@@ -11,8 +11,12 @@ import mplog
 from benchmarks.scenario import LOGGER, Started, file_config
 
 
-def start(transport: str, out: Path, method: str) -> Started:
-    listener = mplog.start_listener(file_config(out), transport=transport, route_parent=False)
+def start(variant: str, out: Path, method: str) -> Started:
+    transport, _, nice = variant.partition("-")
+    config = file_config(out)
+    if nice:  # the listener process at niceness +10: busy producers' CPU comes first
+        config["mplog"] = {"nice": 10}
+    listener = mplog.start_listener(config, transport=transport, route_parent=False)
     final: dict[str, Any] = {}
 
     def stop() -> None:
