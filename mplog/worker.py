@@ -96,6 +96,10 @@ class WorkerOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.spool_dir is not None and not isinstance(self.spool_dir, str):
+            raise ConfigError(f"spool_dir must be a directory path (str), got {self.spool_dir!r}")
+        if self.spool_dir and self.ack is False:
+            raise ConfigError("spool_dir keeps unacknowledged frames: it needs ack=True (or drop spool_dir)")
         for name in ("flush_interval", "block_timeout", "close_timeout", "ack_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
@@ -192,8 +196,12 @@ class MplogHandler(logging.Handler):
 
     @property
     def counters(self) -> dict[str, int]:
-        """Worker-side counters: records numbered and sent, dropped, buffered, errors."""
-        return {
+        """Worker-side counters: records numbered and sent, dropped, buffered, errors.
+
+        With acknowledged delivery also ``unacked`` (frames sent, not yet acknowledged),
+        ``resent`` (frames sent again) and ``spool_errors`` (failed spool writes).
+        """
+        counters = {
             "sent": self._seq,
             "frames": self._frames_sent,
             "dropped": self._dropped,
@@ -201,6 +209,11 @@ class MplogHandler(logging.Handler):
             "buffered_bytes": self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
         }
+        if self._options.ack:
+            transport = self._transport
+            for name in ("unacked", "resent", "spool_errors"):
+                counters[name] = int(getattr(transport, name, 0))
+        return counters
 
     # ------------------------------------------------------------ the logging call
 
@@ -621,6 +634,11 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
         opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")
+    if opts.spool_dir and not opts.ack:
+        raise ConfigError(
+            "setup_worker(spool_dir=...) needs acknowledged delivery: pass ack=True, or start the listener "
+            "with ack=True (it exports MPLOG_ACK=1 to its workers)"
+        )
     if opts.ack and "close_timeout" not in options:  # exit outlasts a listener restart (docs/reliability.md)
         opts = replace(opts, close_timeout=max(opts.close_timeout, ACK_CLOSE_TIMEOUT))
     root = logging.getLogger()

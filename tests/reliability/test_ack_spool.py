@@ -25,7 +25,9 @@ from helpers import file_config, log_numbered, payload, read_lines, wait_for
 from ledger import build_ledger
 
 import mplog
+from mplog import WorkerOptions
 from mplog.ack import AckingSender
+from mplog.exceptions import ConfigError
 from mplog.spool import HEADER_SIZE, OwnSpool, frame_head, goodbye_frame, parse_spool, prepare_dir
 from mplog.transports import TransportOptions
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
@@ -234,7 +236,7 @@ def _bounded_worker(spool_dir: str, conn: Any, count: int, bound: int) -> None:
     for seq in range(20, count):
         log.info("%s", payload(2, seq, SIZE))
         largest = max(largest, os.path.getsize(spool))
-    conn.send((largest, handler._transport.spool_errors, handler.counters["dropped"]))
+    conn.send((largest, handler.counters["spool_errors"], handler.counters["dropped"]))
     conn.recv()  # the listener runs again: exit, delivering what is kept
 
 
@@ -435,6 +437,7 @@ def test_a_spool_write_failure_is_counted_and_reported_once_and_delivery_goes_on
         monkeypatch.undo()
         stats = listener.stats()
     assert transport.spool_errors == 1  # type: ignore[attr-defined]
+    assert handler.counters["spool_errors"] == 1 and handler.counters["unacked"] == 0
     assert capfd.readouterr().err.count("goes on without a spool") == 1
     build_ledger(read_lines(out), {0: 1_000}, stats, {0: os.getpid()}).assert_balanced()
     assert not Path(path).exists()  # removed at a clean end, as when it was written
@@ -521,3 +524,13 @@ def test_a_worker_that_exits_while_the_listener_is_away_keeps_its_spool_and_the_
     assert (record["records"], record["next_seq"], record["closed"], record["gaps"]) == (60, 60, True, 0)
     assert sorted(read_lines(out)) == sorted(payload(0, seq) for seq in range(60))
     assert _spool_files(spool_dir) == []
+
+
+def test_spool_dir_is_a_path_and_needs_acknowledged_delivery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"spool_dir must be a directory path \(str\), got 5"):
+        WorkerOptions.from_kwargs(spool_dir=5)
+    with pytest.raises(ConfigError, match="spool_dir keeps unacknowledged frames: it needs ack=True"):
+        WorkerOptions.from_kwargs(spool_dir=str(tmp_path), ack=False)
+    monkeypatch.delenv("MPLOG_ACK", raising=False)  # a plain listener's workers: ack resolves to off
+    with pytest.raises(ConfigError, match=r"setup_worker\(spool_dir=...\) needs acknowledged delivery"):
+        mplog.setup_worker("ipc:///nonexistent/x.sock", spool_dir=str(tmp_path))
