@@ -24,6 +24,7 @@ import operator
 import re
 import time
 from collections.abc import Callable
+from itertools import groupby
 from typing import Any
 
 from mplog.wire import RECORD_FIELDS, make_log_record
@@ -40,6 +41,7 @@ _INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
 _FIELD_INDEX = {name: i for i, name in enumerate(RECORD_FIELDS) if name != "extra"} | {"msg": 3}
 _MAPPING_KEY = re.compile(r"%%|%\(([^)]*)\)")
 _ASCTIME = -1
+_NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = (operator.itemgetter(i) for i in (0, 1, 17, 18))
 _compiled: dict[str, tuple[str, tuple[int, ...]] | None] = {}
 
 
@@ -169,6 +171,23 @@ class _Format:
             text += stack_info if self.inline_stack else self.formatter.formatStack(stack_info)
         return text
 
+    def lines(self, run: list[list[Any]]) -> list[str]:
+        """:meth:`line` of every record of ``run`` (records without exception text or stack)."""
+        values, positional = self.values, self.positional
+        if self.asctime_at < 0:
+            return [positional % values(fields) for fields in run]
+        if self.asctime_at or not self.second_only:
+            return [self.line(fields) for fields in run]
+        out = []
+        second, stamp = self._second, (self._second_text,)
+        for fields in run:  # the usual "%(asctime)s ..." line: the cached second, then the rest
+            created = fields[4]
+            if int(created) != second:
+                self._new_second(created)
+                second, stamp = self._second, (self._second_text,)
+            out.append(positional % (stamp + values(fields)))
+        return out
+
     def format(self, record: logging.LogRecord) -> str:
         """What ``Formatter.format(record)`` returns for a record built by the wire codec."""
         attrs = record.__dict__
@@ -237,6 +256,17 @@ class _Sink:
             return
         self.lines.append(line)
         self.records.append(fields)
+
+    def add_run(self, run: list[list[Any]]) -> None:
+        """:meth:`add_fields` for each record of ``run``, in one call when none of them fails."""
+        try:
+            lines = self.format.lines(run)
+        except Exception:  # one at a time: the record that fails is reported as emit() would
+            for fields in run:
+                self.add_fields(fields)
+            return
+        self.lines.extend(lines)
+        self.records.extend(run)
 
     def _record(self, item: Any) -> logging.LogRecord:
         return self.make(item) if type(item) is list else item
@@ -334,37 +364,71 @@ class BatchDispatcher:
             return record
 
         try:
-            for fields in records:
-                name = fields[0]
+            for name, same_logger in groupby(records, _NAME):
+                run = list(same_logger)
                 logger = self.logger(name)
-                levelno = fields[1]
-                if not logger.isEnabledFor(levelno):
+                if len(run) > 1 and self._add_run(run, name, logger, routes=routes, sinks=sinks, make=make):
                     continue
-                try:
-                    if name in routes:
-                        route = routes[name]
-                    else:
-                        route = routes[name] = self._route(logger, sinks, make)
-                    if route is None:
-                        for sink in sinks.values():  # keep each handler's records in arrival order
-                            sink.write()
-                        logger.handle(make(fields))
+                for fields in run:
+                    levelno = fields[1]
+                    if not logger.isEnabledFor(levelno):
                         continue
-                    built: logging.LogRecord | None = None  # only for a sink whose format needs a record
-                    for sink in route:
-                        if levelno >= sink.level:
-                            if sink.compiled:
-                                sink.add_fields(fields)
-                            else:
-                                if built is None:
-                                    built = make(fields)
-                                sink.add(built)
-                except Exception:
-                    if on_error is not None:
-                        on_error()
+                    try:
+                        if name in routes:
+                            route = routes[name]
+                        else:
+                            route = routes[name] = self._route(logger, sinks, make)
+                        if route is None:
+                            for sink in sinks.values():  # keep each handler's records in arrival order
+                                sink.write()
+                            logger.handle(make(fields))
+                            continue
+                        built: logging.LogRecord | None = None  # only for a sink whose format needs a record
+                        for sink in route:
+                            if levelno >= sink.level:
+                                if sink.compiled:
+                                    sink.add_fields(fields)
+                                else:
+                                    if built is None:
+                                        built = make(fields)
+                                    sink.add(built)
+                    except Exception:
+                        if on_error is not None:
+                            on_error()
         finally:
             for sink in sinks.values():
                 sink.write()
+
+    def _add_run(
+        self,
+        run: list[list[Any]],
+        name: str,
+        logger: logging.Logger,
+        *,
+        routes: dict[str, list[_Sink] | None],
+        sinks: dict[int, _Sink],
+        make: _Maker,
+    ) -> bool:
+        """Hand a run of consecutive records of one logger to its sinks at once; False: one at a time.
+
+        Only when nothing about them needs a closer look: every level enabled and at or above
+        every sink's level, every sink's format compiled, no exception text or stack.
+        """
+        levels = set(map(_LEVELNO, run))
+        if not all(map(logger.isEnabledFor, levels)) or any(map(_EXC_TEXT, run)) or any(map(_STACK_INFO, run)):
+            return False
+        try:
+            if name not in routes:
+                routes[name] = self._route(logger, sinks, make)
+        except Exception:  # the record-at-a-time path meets it again and counts it per record
+            return False
+        route = routes[name]
+        low = min(levels)
+        if route is None or not all(sink.compiled and sink.level <= low for sink in route):
+            return False
+        for sink in route:
+            sink.add_run(run)
+        return True
 
     def _route(self, logger: logging.Logger, sinks: dict[int, _Sink], make: _Maker) -> list[_Sink] | None:
         """The sinks a record of ``logger`` goes to, in callHandlers order; None: use the generic path."""

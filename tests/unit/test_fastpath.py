@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import check_lines, payload
 
-from mplog.fastpath import BatchDispatcher
+from mplog.fastpath import BatchDispatcher, _Sink
 from mplog.wire import Sender, build_frame, decode_frame, encode_record, encode_sender
 
 BASE = 1_700_000_000.25  # a whole-second boundary falls every few records below
@@ -323,22 +323,47 @@ def test_the_authenticated_peer_key_overrides_an_extra_of_that_name(tmp_path: Pa
     assert stream.getvalue() == "REALKEY host-z hello\n"
 
 
-def test_generic_and_fast_dispatch_of_a_large_batch_give_identical_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        FORMATS["full"],
+        FORMATS["fields"],
+        FORMATS["conversions"],
+        "%(levelname)s [%(asctime)s] %(message)s",
+        "%(message)s",
+    ],
+)
+def test_generic_and_fast_dispatch_of_a_large_batch_give_identical_files(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Runs of one logger go to the sinks a run at a time (BatchDispatcher._add_run): runs of
+    # mixed levels, a handler whose level cuts some of them, a record with exception text
+    # inside a run, and second boundaries inside runs must all give the generic path's bytes.
     sender = encode_sender(Sender("h", 1, 1.0, 1))
     recs = []
     for i in range(5000):
-        record = logging.LogRecord("bulk", logging.INFO, __file__, 1, "request %d handled in %.3f ms", (i, 1.234), None)
+        name = "bulk" if (i // 37) % 3 else "bulk.child"
+        level = logging.WARNING if i % 11 == 0 else logging.INFO
+        record = logging.LogRecord(name, level, __file__, 1, "request %d handled in %.3f ms", (i, 1.234), None)
+        if i % 401 == 0:
+            record.exc_text = f"Traceback (most recent call last):\nValueError: {i}"
         record.created = BASE + i * 0.001
         record.msecs = (record.created - int(record.created)) * 1000
         recs.append(encode_record(record))
     frames = [decode_frame(build_frame(sender, i, 0, 0, recs[i : i + 512])).records for i in range(0, 5000, 512)]
+    runs: list[int] = []
+    add_run = _Sink.add_run
+    monkeypatch.setattr(_Sink, "add_run", lambda sink, run: (runs.append(len(run)), add_run(sink, run))[1])
     outputs = []
     for fast in (False, True):
-        out = tmp_path / f"{fast}.log"
-        handler = logging.FileHandler(out, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(FORMATS["full"]))
-        logger = logging.getLogger("bulk")
-        logger.handlers[:] = [handler]
+        everything = logging.FileHandler(tmp_path / f"{fast}.log", encoding="utf-8")
+        warnings = logging.FileHandler(tmp_path / f"{fast}.warnings.log", encoding="utf-8")
+        warnings.setLevel(logging.WARNING)
+        for handler in (everything, warnings):
+            handler.setFormatter(logging.Formatter(fmt))
+        logger, child = logging.getLogger("bulk"), logging.getLogger("bulk.child")
+        logger.handlers[:] = [everything]
+        child.handlers[:] = [warnings]
         logger.propagate = False
         logger.setLevel(logging.INFO)
         try:
@@ -347,11 +372,14 @@ def test_generic_and_fast_dispatch_of_a_large_batch_give_identical_files(tmp_pat
                 dispatcher.dispatch(records, "h")
         finally:
             logger.handlers.clear()
+            child.handlers.clear()
             logger.propagate = True
-            handler.close()
-        outputs.append(out.read_bytes())
+            everything.close()
+            warnings.close()
+        outputs.append(((tmp_path / f"{fast}.log").read_bytes(), (tmp_path / f"{fast}.warnings.log").read_bytes()))
     assert outputs[0] == outputs[1]
-    assert outputs[0].count(b"\n") == 5000
+    assert outputs[0][0].count(b"\n") == 5000 + 13 * 2  # 13 records carry two lines of exception text
+    assert sum(runs) > 2000  # the "bulk" runs went a run at a time ("bulk.child" meets a WARNING handler)
 
 
 def test_a_handler_whose_emit_was_replaced_on_the_instance_takes_the_generic_path() -> None:
