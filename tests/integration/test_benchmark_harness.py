@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,13 @@ def test_driver_runs_a_system_end_to_end_and_checks_every_line(system: str, tmp_
             "duplicates": 0,
             "malformed_total": 0,
         }
+
+
+@pytest.mark.timeout(60)
+def test_the_in_process_micro_benchmark_runs_and_reports_both_hot_paths() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "benchmarks.micro", "--repeats", "1", "--records", "300", "--frames", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=50, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^call +\d+\.\d+ us +\(null handler \d+\.\d+ us, \d+\.\d+x\)$", proc.stdout, re.M)
+    assert re.search(r"^listener +\d+\.\d+ us per record", proc.stdout, re.M)

@@ -1,0 +1,116 @@
+"""In-process costs of the two hot paths, without processes, sockets or a scheduler in the way.
+
+``python -m benchmarks.micro`` prints, in microseconds per record:
+
+- ``call``: a logging call of the benchmark's scenario through ``MplogHandler`` whose transport
+  discards frames, next to the same call into a do-nothing handler (``null``);
+- ``listener``: decoding, validating and dispatching recorded frames of the scenario's records
+  into a FileHandler with the scenario's format (``BatchDispatcher``, the listener's fast path).
+
+Each figure is the minimum over ``--repeats`` rounds (the least disturbed one); compare two
+checkouts on the same machine in one sitting, e.g. ``PYTHONPATH=OLD python -m benchmarks.micro``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scenario import LOGGER, TEMPLATE, file_config
+from benchmarks.systems.ceilings import NullHandler
+from mplog.fastpath import BatchDispatcher
+from mplog.wire import Sender, build_frame, check_records, decode_header, encode_record, encode_sender
+from mplog.worker import MplogHandler
+
+
+class _Discard:
+    """A transport that takes every frame and keeps none."""
+
+    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self, linger: float | None = None) -> None:
+        pass
+
+
+def _best(run: Callable[[], None], per_round: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, (time.perf_counter() - t0) / per_round * 1e6)
+    return best
+
+
+def logging_call(records: int, repeats: int) -> dict[str, float]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    info = logging.getLogger(LOGGER).info
+
+    def run() -> None:
+        for i in range(records):
+            info(TEMPLATE, i, 1.234, "alice")
+
+    try:
+        root.setLevel(logging.INFO)
+        root.handlers[:] = [NullHandler()]
+        null = _best(run, records, repeats)
+        handler = MplogHandler("ipc:///nonexistent/mplog-micro.sock")
+        handler._transport = _Discard()  # type: ignore[assignment]  # no listener: measure the call alone
+        root.handlers[:] = [handler]
+        call = _best(run, records, repeats)
+        handler.close()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    return {"null": null, "call": call, "ratio": call / null}
+
+
+def listener(frames: int, repeats: int) -> dict[str, float]:
+    maker = logging.getLogger(LOGGER)
+    packed = [
+        encode_record(maker.makeRecord(LOGGER, logging.INFO, __file__, 1, TEMPLATE, (i, 1.234, "alice"), None))
+        for i in range(512)
+    ]
+    frame = build_frame(encode_sender(Sender("host", 1, 1.0, 1)), 0, 0, 0, packed)
+    saved: Any = logging.getLogger().handlers[:]
+    with tempfile.TemporaryDirectory(prefix="mplog-micro-") as tmp:
+        logging.config.dictConfig(file_config(Path(tmp, "out.log")))
+        dispatcher = BatchDispatcher()
+
+        def run() -> None:
+            for _ in range(frames):
+                decoded = decode_header(frame)
+                check_records(decoded.records)
+                dispatcher.dispatch(decoded.records, "host")
+
+        try:
+            return {"listener": _best(run, frames * len(packed), repeats)}
+        finally:
+            logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+            logging.getLogger().handlers[:] = saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="rounds; the minimum is reported")
+    parser.add_argument("--records", type=int, default=20_000, help="logging calls per round")
+    parser.add_argument("--frames", type=int, default=20, help="frames of 512 records per round")
+    args = parser.parse_args(argv)
+    call = logging_call(args.records, args.repeats)
+    lis = listener(args.frames, args.repeats)
+    print(f"mplog {os.path.dirname(os.path.dirname(__import__('mplog').__file__))}")
+    print(f"call      {call['call']:.2f} us   (null handler {call['null']:.2f} us, {call['ratio']:.2f}x)")
+    print(f"listener  {lis['listener']:.2f} us per record (decode + validate + dispatch + write)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
