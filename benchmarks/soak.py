@@ -31,8 +31,8 @@ import mplog
 SIZE = 100  # payload body bytes; a line is about 125 bytes
 
 
-def _worker(producer: int, rate: float, stop_at: float, out_dir: str) -> None:
-    mplog.setup_worker()
+def _worker(producer: int, rate: float, stop_at: float, out_dir: str, spool_dir: str | None = None) -> None:
+    mplog.setup_worker(**({"spool_dir": spool_dir} if spool_dir else {}))
     log = logging.getLogger("soak")
     seq = 0
     start = time.monotonic()
@@ -80,6 +80,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between memory samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="slope is measured after this many seconds")
     parser.add_argument("--ack", action="store_true", help="acknowledged delivery (mplog.ack)")
+    parser.add_argument("--spool", action="store_true", help="with --ack: workers also keep a spool file")
     args = parser.parse_args()
 
     out = Path(args.dir)
@@ -105,10 +106,17 @@ def main() -> int:
     started = time.monotonic()
     samples: dict[str, list[tuple[float, float]]] = {}
     extra: dict[str, list[dict[str, float]]] = {}
+    if args.spool and not args.ack:
+        parser.error("--spool needs --ack")
+    spool = str(Path(args.dir).with_name(Path(args.dir).name + "-spool")) if args.spool else None
     with mplog.start_listener(config, route_parent=False, ack=args.ack) as listener:
         stop_at = time.monotonic() + args.duration
         procs = [
-            ctx.Process(target=_worker, args=(i, args.rate / args.workers, stop_at, str(out)), name=f"soak-{i}")
+            ctx.Process(
+                target=_worker,
+                args=(i, args.rate / args.workers, stop_at, str(out), spool),
+                name=f"soak-{i}",
+            )
             for i in range(args.workers)
         ]
         for p in procs:
@@ -144,6 +152,7 @@ def main() -> int:
         "rate": args.rate,
         "workers": args.workers,
         "ack": args.ack,
+        "spool": bool(spool),
         "logged": sum(logged.values()),
         "lines": len(lines),
         "files": len(files),
