@@ -1,7 +1,7 @@
 """Acknowledged delivery, listener side: handle, flush, persist the mark, then acknowledge.
 
-The worker side and the acknowledgement format are in :mod:`mplog.ack`; the duplicate
-window and what this does and does not promise are in docs/reliability.md.
+The worker side is :mod:`mplog.ack`, the acknowledgement format :mod:`mplog.ack_format`;
+the duplicate window and what this does and does not promise are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from mplog.ack import Envelope, encode_ack, frame_envelope
+from mplog.ack_format import Envelope, encode_ack, frame_envelope
 from mplog.ack_intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
 from mplog.server import Server, _all_handlers
 from mplog.supervisor import load_checkpoint, stats_path
