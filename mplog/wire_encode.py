@@ -1,0 +1,354 @@
+"""The worker side of the wire codec: log records -> packed records -> frame bytes.
+
+:func:`encode_record` packs one ``logging.LogRecord`` (message merged, exception and stack
+rendered to text, extras made packable within the decoder's :class:`~mplog.wire_schema.Limits`)
+and never raises for any content of a record; :func:`build_frame` joins packed records under
+a frame header without re-encoding them. Pure functions only: no I/O, nothing logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from typing import Any
+
+import msgpack
+
+from mplog.wire_schema import _N_FIELDS, DEFAULT_LIMITS, Limits, Sender
+
+__all__ = [
+    "build_frame",
+    "encode_record",
+    "encode_sender",
+    "record_fields",
+]
+
+# Attributes every LogRecord has (plus what Formatter adds); anything else is an extra.
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_N_STANDARD = len(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_HAS_TASK_NAME = "taskName" in logging.LogRecord("", 0, "", 0, "", (), None).__dict__  # 3.12+
+_NO_EXTRAS: dict[str, Any] = {}  # packed, never changed
+_exception_formatter = logging.Formatter()
+
+
+def encode_sender(sender: Sender) -> bytes:
+    """Return the packed sender array (cached by the worker: it never changes)."""
+    packed: bytes = msgpack.packb(list(sender), use_bin_type=True)
+    return packed
+
+
+def build_frame(sender_bytes: bytes, seq: int, dropped: int, flags: int, records: list[bytes]) -> bytes:
+    """Join already-packed records into one frame without re-encoding them."""
+    n = len(records)
+    if n < 16:
+        array_header = bytes((0x90 | n,))
+    elif n < 0x10000:
+        array_header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        array_header = b"\xdd" + n.to_bytes(4, "big")
+    head: bytes = msgpack.packb([seq, dropped, flags], use_bin_type=True)[1:]  # drop the fixarray byte
+    return b"\x96\x01" + sender_bytes + head + array_header + b"".join(records)
+
+
+def _bounded_text(text: str, limit: int) -> str:
+    if len(text) > limit:
+        return f"{text[:limit]}...[mplog: truncated {len(text) - limit} chars]"
+    return text
+
+
+def _safe_repr(value: Any, limit: int) -> str:
+    try:
+        text = repr(value)
+        if not isinstance(text, str):
+            raise TypeError("__repr__ returned a non-string")
+    except Exception as exc:  # a hostile __repr__ must not reach the caller
+        return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+    return _bounded_text(text, limit)
+
+
+def _unformattable(record: logging.LogRecord, exc: Exception, limits: Limits) -> str:
+    template = _safe_repr(record.msg, limits.max_repr_chars)
+    args = _safe_repr(record.args, limits.max_repr_chars)
+    return f"{template} <unformattable: {type(exc).__name__}> args={args}"
+
+
+def _merge_message(record: logging.LogRecord, limits: Limits) -> str:
+    try:
+        message = record.getMessage()
+        if not isinstance(message, str):
+            message = str(message)
+    except Exception as exc:
+        message = _unformattable(record, exc, limits)
+    return _bounded_text(message, limits.max_message_chars)
+
+
+def _exception_text(record: logging.LogRecord, limits: Limits) -> str | None:
+    text = record.exc_text
+    if not text and record.exc_info:
+        try:
+            text = _exception_formatter.formatException(record.exc_info)
+        except Exception as exc:
+            try:
+                summary = "".join(traceback.format_exception_only(record.exc_info[0], None))
+            except Exception:
+                summary = "<exception>"
+            text = f"{summary.strip()} <traceback unavailable: {type(exc).__name__}>"
+    if text and not isinstance(text, str):
+        text = _safe_repr(text, limits.max_message_chars)
+    return _bounded_text(text, limits.max_message_chars) if text else None
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    attrs = record.__dict__
+    if len(attrs) <= _N_STANDARD:
+        return {}
+    return {k: v for k, v in attrs.items() if k not in _STANDARD_ATTRS}
+
+
+def record_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
+    """Return the field list of ``record`` (message merged, exception rendered to text)."""
+    attrs = record.__dict__
+    if len(attrs) <= _N_STANDARD and not (record.exc_info or record.exc_text or record.stack_info):
+        # The common record (no extras, exception or stack): the same fields, fewer calls;
+        # this runs on every logging call of every worker.
+        try:
+            message = record.getMessage()
+            if not isinstance(message, str):
+                message = str(message)
+        except Exception as exc:
+            message = _unformattable(record, exc, limits)
+        if len(message) > limits.max_message_chars:
+            message = _bounded_text(message, limits.max_message_chars)
+        return [
+            record.name,
+            record.levelno,
+            record.levelname,
+            message,
+            record.created,
+            record.msecs,
+            record.relativeCreated,
+            record.pathname,
+            record.filename,
+            record.module,
+            record.lineno,
+            record.funcName,
+            record.thread,
+            record.threadName,
+            record.process,
+            record.processName,
+            attrs.get("taskName"),
+            None,
+            None,
+            {},
+        ]
+    stack = record.stack_info
+    return [
+        record.name,
+        record.levelno,
+        record.levelname,
+        _merge_message(record, limits),
+        record.created,
+        record.msecs,
+        record.relativeCreated,
+        record.pathname,
+        record.filename,
+        record.module,
+        record.lineno,
+        record.funcName,
+        record.thread,
+        record.threadName,
+        record.process,
+        record.processName,
+        getattr(record, "taskName", None),
+        _exception_text(record, limits),
+        _bounded_text(stack, limits.max_message_chars) if stack else None,
+        _with_exception_fields(_extras(record), record, limits),
+    ]
+
+
+def _with_exception_fields(extras: dict[str, Any], record: logging.LogRecord, limits: Limits) -> dict[str, Any]:
+    """Add ``exc_type`` and ``exc_message`` extras when the record carries an exception.
+
+    Only the rendered ``exc_text`` crosses the wire as a field; structured outputs (e.g.
+    :class:`mplog.formatters.JSONFormatter`) need the type and message apart, and the
+    last line of a traceback cannot be parsed back reliably (multi-line messages, notes,
+    exception groups). Extras the caller set under these names win.
+    """
+    info = record.exc_info
+    if not info or not isinstance(info, tuple) or not isinstance(info[1], BaseException):
+        return extras
+    value = info[1]
+    cls = type(value)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(value)
+    except Exception as exc:  # a hostile __str__ must not reach the caller
+        message = f"<unprintable {cls.__name__}: {type(exc).__name__}>"
+    extras = dict(extras)
+    extras.setdefault("exc_type", name)
+    extras.setdefault("exc_message", _bounded_text(message, limits.max_message_chars))
+    return extras
+
+
+def _max_array(limits: Limits) -> int:
+    return max(limits.max_records, _N_FIELDS)  # the decoder's max_array_len
+
+
+_FLAT_TYPES = frozenset({bool, float, type(None)})
+
+
+def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: PLR0911  # one return per msgpack type
+    """True if the extra ``value`` packs into something the decoder accepts (see _check_value).
+
+    Without this check a deep, large or int-keyed extra packs fine here and then the
+    listener rejects the whole frame (see test_extras_over_the_decoder_limits_are_bounded_not_rejected).
+    Exact types first: this runs on every record that has extras.
+    """
+    kind = type(value)
+    if kind is str:
+        return len(value) <= limits.max_message_chars
+    if kind in _FLAT_TYPES:
+        return True
+    if kind is int:
+        return bool(-(2**63) <= value < 2**64)
+    if isinstance(value, str):
+        return len(value) <= limits.max_message_chars
+    if isinstance(value, (bool, float)):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, bytes):
+        return len(value) <= limits.max_bin_len
+    if depth >= limits.max_depth:
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(value) <= _max_array(limits) and all(_fits(item, limits, depth + 1) for item in value)
+    if isinstance(value, dict):
+        if len(value) > limits.max_extra_fields:
+            return False
+        cap = limits.max_message_chars
+        for key, item in value.items():
+            if type(key) is not str or len(key) > cap or not _fits(item, limits, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _sanitize(value: Any, limits: Limits, depth: int, text_cap: int | None = None) -> Any:  # noqa: PLR0911
+    """Make ``value`` packable within the decoder's limits: valid UTF-8, native types, bounded depth."""
+    if isinstance(value, str):
+        if text_cap is not None:
+            value = _bounded_text(value, text_cap)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, bytes) and len(value) <= limits.max_bin_len:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else repr(value)
+    cap = limits.max_message_chars
+    if depth < limits.max_depth and isinstance(value, (list, tuple)) and len(value) <= _max_array(limits):
+        return [_sanitize(v, limits, depth + 1, cap) for v in value]
+    if depth < limits.max_depth and isinstance(value, dict) and len(value) <= limits.max_extra_fields:
+        return {
+            _sanitize(k, limits, depth + 1, cap) if isinstance(k, str) else _safe_repr(k, 200): _sanitize(
+                v, limits, depth + 1, cap
+            )
+            for k, v in value.items()
+        }
+    return _sanitize(_safe_repr(value, limits.max_repr_chars), limits, depth, cap)
+
+
+def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
+    cap = limits.max_message_chars
+    head = [_sanitize(v, limits, 0) for v in fields[:-1]]
+    try:
+        extra = {
+            _sanitize(k, limits, 1, cap) if isinstance(k, str) else _safe_repr(k, 200): _sanitize(v, limits, 1, cap)
+            for k, v in list(fields[-1].items())[: limits.max_extra_fields]
+        }
+    except Exception as exc:  # a container whose iteration raises
+        extra = {"mplog_extra_error": f"<unencodable extra: {type(exc).__name__}>"}
+    packed: bytes = msgpack.packb([*head, extra], use_bin_type=True)
+    return packed
+
+
+class _PackerSlot(threading.local):
+    """One msgpack.Packer per thread (a Packer is not thread-safe), made on first use."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+
+_packer_slot = _PackerSlot()
+
+
+def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Pack one record; never raises for any content of ``record``."""
+    attrs = record.__dict__
+    if len(attrs) <= _N_STANDARD and not (record.exc_info or record.exc_text or record.stack_info):
+        # The common record (no extras, exception or stack), on every logging call of every
+        # worker: record_fields()'s fast branch inlined, the message merged as
+        # LogRecord.getMessage does, packed by this thread's reused Packer (half the cost
+        # of packb). Every value is a str, int, float or None, so packing runs no Python
+        # code and the Packer cannot be re-entered mid-pack, even by a signal handler that logs.
+        try:
+            if type(record) is logging.LogRecord:  # getMessage() inlined; a subclass may override it
+                message = record.msg
+                if type(message) is not str:
+                    message = str(message)
+                if record.args:
+                    message = message % record.args
+            else:
+                message = record.getMessage()
+                if not isinstance(message, str):
+                    message = str(message)
+        except Exception as exc:
+            message = _unformattable(record, exc, limits)
+        if len(message) > limits.max_message_chars:
+            message = _bounded_text(message, limits.max_message_chars)
+        try:
+            return _packer_slot.packer.pack(  # type: ignore[no-any-return]
+                [
+                    record.name,
+                    record.levelno,
+                    record.levelname,
+                    message,
+                    record.created,
+                    record.msecs,
+                    record.relativeCreated,
+                    record.pathname,
+                    record.filename,
+                    record.module,
+                    record.lineno,
+                    record.funcName,
+                    record.thread,
+                    record.threadName,
+                    record.process,
+                    record.processName,
+                    attrs.get("taskName") if _HAS_TASK_NAME else None,
+                    None,
+                    None,
+                    _NO_EXTRAS,
+                ]
+            )
+        except Exception:  # an odd value (surrogates, a huge int): the general path below
+            pass
+    fields = record_fields(record, limits)
+    try:
+        extra = fields[-1]
+        if extra and not _fits(extra, limits, 0):
+            raise ValueError("extras need sanitizing")
+        packed: bytes = msgpack.packb(fields, use_bin_type=True)
+        return packed
+    except Exception:  # surrogates, non-native extras, huge ints, deep nesting, over the limits
+        return _encode_slow(fields, limits)

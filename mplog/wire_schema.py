@@ -1,0 +1,89 @@
+"""The wire format's shared definitions: the frame's version and flags, the record field list, the limits.
+
+What both ends of :mod:`mplog.wire` agree on (see docs/wire-format.md): :data:`RECORD_FIELDS`
+gives the positions of a record array, :class:`Limits` bounds the encoder (worker side,
+:mod:`mplog.wire_encode`) and the decoder (listener side, :mod:`mplog.wire_decode`), and
+:class:`Sender` and :class:`Frame` name a frame's parts. Definitions only: no I/O, nothing logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FLAG_FINAL",
+    "RECORD_FIELDS",
+    "VERSION",
+    "Frame",
+    "Limits",
+    "Sender",
+]
+
+VERSION = 1
+FLAG_FINAL = 1  # the sender is closing; ``seq`` is its final next-sequence number
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "name",
+    "levelno",
+    "levelname",
+    "message",
+    "created",
+    "msecs",
+    "relativeCreated",
+    "pathname",
+    "filename",
+    "module",
+    "lineno",
+    "funcName",
+    "thread",
+    "threadName",
+    "process",
+    "processName",
+    "taskName",
+    "exc_text",
+    "stack_info",
+    "extra",
+)
+_N_FIELDS = len(RECORD_FIELDS)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied by the encoder (worker side) and the decoder (listener side)."""
+
+    max_frame_bytes: int = 16 * 1024 * 1024
+    max_records: int = 100_000
+    max_str_len: int = 4 * 1024 * 1024
+    max_bin_len: int = 1024 * 1024
+    max_extra_fields: int = 256
+    max_depth: int = 8
+    max_message_chars: int = 256 * 1024
+    max_repr_chars: int = 8192
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Sender(NamedTuple):
+    """Who sent a frame: one sequence stream of one process incarnation."""
+
+    host: str
+    pid: int
+    start_time: float
+    stream: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}/{self.pid}/{self.stream:08x}"
+
+
+class Frame(NamedTuple):
+    """A decoded frame; ``records`` are validated field lists (see RECORD_FIELDS)."""
+
+    sender: Sender
+    seq: int
+    dropped: int
+    flags: int
+    records: list[list[Any]]
