@@ -1,0 +1,299 @@
+"""How a worker's handler batches: pending records, the outbox and its policy, the flusher thread, flush and close.
+
+:class:`BatchingHandler` is :class:`mplog.worker.MplogHandler` without its logging
+call: it holds the per-process state (reset in a forked child), numbers and frames
+what it hands to the transport, bounds what the transport cannot take by
+``max_buffer_bytes`` and applies the ``policy`` past that bound, sends a batch
+``flush_interval`` seconds after its first record from a background thread, and
+delivers what is buffered on ``flush()`` and ``close()``. The logging call that
+fills the batch, and the process-wide hooks that close every handler at exit and on
+SIGTERM, are in :mod:`mplog.worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from threading import get_ident
+from typing import Any
+
+from mplog.exceptions import TransportError
+from mplog.transports import Sender, open_sender, transport_of
+from mplog.wire import FLAG_FINAL, build_frame, encode_sender
+from mplog.wire import Sender as SenderId
+from mplog.worker_options import WorkerOptions
+
+__all__ = ["BatchingHandler"]
+
+_ASYNC_SIGNALS = set(signal.valid_signals()) - {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+}
+# The live handlers of this process: the hooks in mplog.worker close them at exit and on SIGTERM.
+_handlers: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
+_abandoned: list[Any] = []  # transports inherited across fork: never closed in the child
+
+
+def _process_start_time() -> float:
+    try:
+        import psutil  # noqa: PLC0415  # only when a handler is created: keeps `import mplog` light
+
+        return float(psutil.Process().create_time())
+    except Exception:
+        return time.time()
+
+
+class _Identity:
+    """The sender identity of the current process incarnation and handler stream."""
+
+    def __init__(self) -> None:
+        stream = int.from_bytes(os.urandom(4), "big")
+        self.sender = SenderId(socket.gethostname(), os.getpid(), _process_start_time(), stream)
+        self.packed = encode_sender(self.sender)
+
+
+class BatchingHandler(logging.Handler):
+    """Batches encoded records for the listener at ``endpoint``; MplogHandler adds the logging call."""
+
+    def __init__(self, endpoint: str, options: WorkerOptions | None = None) -> None:
+        super().__init__()
+        transport_of(endpoint)  # validates the scheme
+        self.endpoint = endpoint
+        self.options = options or WorkerOptions()
+        self._start()
+        _handlers.add(self)
+
+    @property
+    def options(self) -> WorkerOptions:
+        """How this handler batches, bounds and flushes (setup_worker() may replace them)."""
+        return self._options
+
+    @options.setter
+    def options(self, options: WorkerOptions) -> None:
+        self._options = options
+        # Read on every logging call: plain attributes, not two lookups each.
+        self._limits = options.limits
+        self._flush_level = options.flush_level
+        self._batch_records = options.batch_records
+        self._batch_bytes = options.batch_bytes
+
+    # ------------------------------------------------------------ state per process
+
+    def _start(self) -> None:
+        """(Re)initialise every piece of per-process state; runs again in a forked child."""
+        self._pid = os.getpid()
+        self._mutex = threading.RLock()
+        self._owner = 0  # ident of the thread inside the buffer (holding _mutex), 0 for none
+        self._identity = _Identity()
+        self._transport: Sender = self._open_transport()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._outbox: deque[tuple[list[bytes], int]] = deque()
+        self._outbox_bytes = 0
+        self._seq = 0  # number of the next record handed to the transport
+        self._dropped = 0  # records dropped by policy (reported in every frame)
+        self._frames_sent = 0
+        self._errors = 0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _open_transport(self) -> Sender:
+        if self.options.ack:  # frames kept until acknowledged, resent after a listener restart
+            from mplog.ack import open_ack_sender  # noqa: PLC0415  # opt-in
+
+            return open_ack_sender(self.endpoint, self.options)
+        return open_sender(self.endpoint, self.options.transport)
+
+    def _after_fork_in_child(self) -> None:
+        _abandoned.append(self._transport)
+        self._start()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Worker-side counters: records numbered and sent, dropped, buffered, errors.
+
+        With acknowledged delivery also ``unacked`` (frames sent, not yet acknowledged),
+        ``resent`` (frames sent again) and ``spool_errors`` (failed spool writes).
+        """
+        counters = {
+            "sent": self._seq,
+            "frames": self._frames_sent,
+            "dropped": self._dropped,
+            "buffered": len(self._pending) + sum(len(b) for b, _ in self._outbox),
+            "buffered_bytes": self._pending_bytes + self._outbox_bytes,
+            "errors": self._errors,
+        }
+        if self._options.ack:
+            transport = self._transport
+            for name in ("unacked", "resent", "spool_errors"):
+                counters[name] = int(getattr(transport, name, 0))
+        return counters
+
+    # ------------------------------------------------------------ batching and policy
+
+    def _flush_locked(self, *, apply_policy: bool) -> None:
+        if self._pending:
+            batch, nbytes = self._pending, self._pending_bytes
+            self._pending, self._pending_bytes = [], 0
+            self._outbox.append((batch, nbytes))
+            self._outbox_bytes += nbytes
+        self._send_outbox(0.0)
+        if apply_policy and self._outbox_bytes > self.options.max_buffer_bytes:
+            self._apply_policy()
+        if self._outbox:
+            self._kick()
+
+    def _send_outbox(self, timeout: float) -> bool:
+        outbox = self._outbox
+        while outbox:
+            batch, nbytes = outbox[0]
+            frame = build_frame(self._identity.packed, self._seq, self._dropped, 0, batch)
+            try:
+                sent = self._transport.send(frame, timeout)
+            except TransportError:
+                self._errors += 1
+                sent = False
+            if not sent:
+                return False
+            outbox.popleft()
+            self._outbox_bytes -= nbytes
+            self._seq += len(batch)
+            self._frames_sent += 1
+        return True
+
+    def _apply_policy(self) -> None:
+        opts = self.options
+        if opts.policy == "block":
+            deadline = time.monotonic() + opts.block_timeout
+            while self._outbox_bytes > opts.max_buffer_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._send_outbox(min(remaining, 0.05)):
+                    break
+        while self._outbox_bytes > opts.max_buffer_bytes and self._outbox:
+            batch, nbytes = self._outbox.popleft() if opts.policy == "drop_oldest" else self._outbox.pop()
+            self._outbox_bytes -= nbytes
+            self._dropped += len(batch)
+
+    # ------------------------------------------------------------ the flusher thread
+
+    def _kick(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="mplog-flusher", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        # Signals sent to the process must reach the main thread: delivered to this
+        # thread, a SIGTERM would never interrupt a main thread blocked in a lock
+        # (a Pool worker waiting for tasks) and Pool.terminate() would hang
+        # (see test_pool_terminate_under_forkserver_never_hangs).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        wake, interval = self._wake, self.options.flush_interval
+        while not self._closed:
+            wake.wait()
+            if self._closed:
+                return
+            time.sleep(interval)
+            with self._mutex:
+                if self._closed or self._pid != os.getpid():
+                    return
+                wake.clear()
+                self._owner = get_ident()
+                try:
+                    self._flush_locked(apply_policy=False)
+                except Exception:
+                    self._errors += 1
+                finally:
+                    self._owner = 0
+
+    # ------------------------------------------------------------ flush and close
+
+    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]  # adds a bound and a result
+        """Send everything buffered, waiting at most ``timeout`` seconds; True if all went."""
+        if self._pid != os.getpid():
+            return False
+        if self._closed:
+            # logging.shutdown() flushes every handler again at exit, after close(): what
+            # close() could not deliver stays undelivered, so do not wait for it twice
+            # (see test_exit_with_the_listener_gone_waits_close_timeout_once).
+            return not self._pending and not self._outbox
+        limit = self.options.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        if not self._mutex.acquire(timeout=max(limit, 0.0)):
+            return False
+        outer, self._owner = self._owner, get_ident()
+        try:
+            if self._pending:
+                self._flush_locked(apply_policy=False)
+            while self._outbox:
+                remaining = deadline - time.monotonic()
+                sent_before = self._frames_sent
+                if self._send_outbox(max(min(remaining, 0.05), 0.0)) or remaining <= 0:
+                    break
+                if self._frames_sent != sent_before:
+                    # The listener is taking frames, only slower than we made them: the
+                    # bound is on time without progress, not on the size of the backlog
+                    # (a backlog larger than close_timeout's worth was lost at exit).
+                    deadline = time.monotonic() + limit
+            return not self._outbox
+        finally:
+            self._owner = outer
+            self._mutex.release()
+
+    def close(self) -> None:
+        """Deliver what is buffered (bounded by ``close_timeout``), say goodbye, release the socket."""
+        if self._pid != os.getpid() or self._closed:
+            super().close()
+            return
+        delivered = self.flush()
+        if not self._mutex.acquire(timeout=self.options.close_timeout):
+            return
+        outer, self._owner = self._owner, get_ident()
+        try:
+            if self._closed:
+                return
+            self._closed = True
+            lost = len(self._pending) + sum(len(batch) for batch, _ in self._outbox)
+            # Records never handed to the transport were never numbered: report them as
+            # dropped in the goodbye frame so the listener's ledger can still balance.
+            self._dropped += lost
+            final = build_frame(self._identity.packed, self._seq, self._dropped, FLAG_FINAL, [])
+            try:
+                self._transport.send(final, 0.2 if delivered else 0.0)
+            except TransportError:
+                pass
+            self._transport.close()
+            self._wake.set()
+        finally:
+            self._owner = outer
+            self._mutex.release()
+        if lost or self._dropped:
+            _report(
+                f"mplog: {lost} records could not be delivered and {self._dropped - lost} were dropped by policy "
+                f"(endpoint {self.endpoint}, pid {os.getpid()})"
+            )
+        _handlers.discard(self)
+        super().close()
+
+    def _busy_here(self) -> bool:
+        return self._owner == get_ident()
+
+
+def _report(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass

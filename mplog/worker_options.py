@@ -1,0 +1,86 @@
+"""How a worker batches, bounds and flushes: :class:`WorkerOptions` and its validation.
+
+Every option is a plain value that ``dictConfig`` and the ``worker`` table of a
+listener's configuration can express; a bad key or value is a :class:`ConfigError`
+that names it and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from mplog.exceptions import ConfigError
+from mplog.transports import TransportOptions
+from mplog.wire import Limits
+
+__all__ = ["POLICIES", "WorkerOptions"]
+
+POLICIES = ("block", "drop_newest", "drop_oldest")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker batches, bounds and flushes what it sends."""
+
+    batch_records: int = 512  # a batch is sent when it holds this many records...
+    batch_bytes: int = 64 * 1024  # ...or this many bytes...
+    flush_interval: float = 0.05  # ...or when its first record is this old (seconds)
+    flush_level: int = logging.ERROR  # records at or above this level are sent at once
+    max_buffer_bytes: int = 16 * 1024 * 1024  # unsent data held before the policy applies
+    policy: str = "block"  # block | drop_newest | drop_oldest
+    block_timeout: float = 2.0  # the longest a logging call waits under "block"
+    close_timeout: float = 2.0  # the longest exit waits to deliver what is buffered
+    flush_on_sigterm: bool = True  # deliver buffered records when SIGTERM ends the process
+    level: int | None = None  # root logger level; None: $MPLOG_LEVEL or DEBUG
+    ack: bool | None = None  # acknowledged delivery (mplog.ack); None: on if the listener exported $MPLOG_ACK=1
+    ack_timeout: float = 1.0  # seconds without an acknowledgement before unacknowledged frames are resent
+    spool_dir: str | None = None  # acknowledged delivery: unacknowledged frames also kept in a file here (mplog.ack)
+    limits: Limits = field(default_factory=Limits)
+    transport: TransportOptions = field(default_factory=TransportOptions)
+
+    @classmethod
+    def from_kwargs(cls, **options: Any) -> WorkerOptions:
+        """Build options from keyword arguments, naming any bad key and its fix."""
+        known = {f.name: f for f in fields(cls)}
+        nested = {
+            "limits": {f.name for f in fields(Limits)},
+            "transport": {f.name for f in fields(TransportOptions)},
+        }
+        top: dict[str, Any] = {}
+        sub: dict[str, dict[str, Any]] = {"limits": {}, "transport": {}}
+        for key, value in options.items():
+            if key in known:
+                top[key] = value
+                continue
+            for group, names in nested.items():
+                if key in names:
+                    sub[group][key] = value
+                    break
+            else:
+                choices = sorted(set(known) | nested["limits"] | nested["transport"])
+                raise ConfigError(f"setup_worker() got an unknown option {key!r}; known options: {', '.join(choices)}")
+        opts = cls(**top)
+        if sub["limits"]:
+            opts = replace(opts, limits=replace(opts.limits, **sub["limits"]))
+        if sub["transport"]:
+            opts = replace(opts, transport=replace(opts.transport, **sub["transport"]))
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        for name in ("batch_records", "batch_bytes", "max_buffer_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if self.spool_dir is not None and not isinstance(self.spool_dir, str):
+            raise ConfigError(f"spool_dir must be a directory path (str), got {self.spool_dir!r}")
+        if self.spool_dir and self.ack is False:
+            raise ConfigError("spool_dir keeps unacknowledged frames: it needs ack=True (or drop spool_dir)")
+        for name in ("flush_interval", "block_timeout", "close_timeout", "ack_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
