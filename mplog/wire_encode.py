@@ -112,40 +112,6 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 def record_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
     """Return the field list of ``record`` (message merged, exception rendered to text)."""
-    attrs = record.__dict__
-    if len(attrs) <= _N_STANDARD and not (record.exc_info or record.exc_text or record.stack_info):
-        # The common record (no extras, exception or stack): the same fields, fewer calls;
-        # this runs on every logging call of every worker.
-        try:
-            message = record.getMessage()
-            if not isinstance(message, str):
-                message = str(message)
-        except Exception as exc:
-            message = _unformattable(record, exc, limits)
-        if len(message) > limits.max_message_chars:
-            message = _bounded_text(message, limits.max_message_chars)
-        return [
-            record.name,
-            record.levelno,
-            record.levelname,
-            message,
-            record.created,
-            record.msecs,
-            record.relativeCreated,
-            record.pathname,
-            record.filename,
-            record.module,
-            record.lineno,
-            record.funcName,
-            record.thread,
-            record.threadName,
-            record.process,
-            record.processName,
-            attrs.get("taskName"),
-            None,
-            None,
-            {},
-        ]
     stack = record.stack_info
     return [
         record.name,
@@ -297,7 +263,7 @@ def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
     attrs = record.__dict__
     if len(attrs) <= _N_STANDARD and not (record.exc_info or record.exc_text or record.stack_info):
         # The common record (no extras, exception or stack), on every logging call of every
-        # worker: record_fields()'s fast branch inlined, the message merged as
+        # worker: record_fields() inlined for it, the message merged as
         # LogRecord.getMessage does, packed by this thread's reused Packer (half the cost
         # of packb). Every value is a str, int, float or None, so packing runs no Python
         # code and the Packer cannot be re-entered mid-pack, even by a signal handler that logs.
