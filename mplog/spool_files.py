@@ -86,7 +86,27 @@ def _create_locked(path: str, header: bytes) -> int:
     return fd
 
 
-class OwnSpool:
+class _SpoolFile:
+    """A spool file this process holds open (and locked): ``path`` and its descriptor."""
+
+    path: str
+    _fd: int
+
+    def remove(self) -> None:
+        """Everything was acknowledged: delete the file."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self.release()
+
+    def release(self) -> None:
+        """Close the file, keeping it (for the next worker, or for this process's parent after a fork)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+
+class OwnSpool(_SpoolFile):
     """The spool file of this process's AckingSender: what it keeps, also on disk.
 
     Not thread-safe: the sender calls it with its lock held. Every method but
@@ -168,19 +188,6 @@ class OwnSpool:
             _write_all(self._fd, NO_IDENTITY, IDENT_AT)
         self._live.clear()
 
-    def remove(self) -> None:
-        """Everything was acknowledged: delete the file."""
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-        self.release()
-
-    def release(self) -> None:
-        """Close the file, keeping it (for the next worker, or for this process's parent after a fork)."""
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-
 
 class AdoptedStream(NamedTuple):
     """One sender stream of a dead worker's spool file: what is left to resend, and how to close it."""
@@ -192,7 +199,7 @@ class AdoptedStream(NamedTuple):
     final: bool  # its own goodbye is among the frames
 
 
-class AdoptedSpool:
+class AdoptedSpool(_SpoolFile):
     """A dead worker's spool file, locked by this process until its frames are acknowledged."""
 
     def __init__(self, path: str, fd: int, contents: SpoolContents) -> None:
@@ -232,17 +239,6 @@ class AdoptedSpool:
             if stream == mark[0]:
                 found[stream] = AdoptedStream([], identity, mark[1], 0, False)
         return found
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-        self.release()
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
 
 
 def _lock_unheld(path: str) -> int | None:
