@@ -38,6 +38,18 @@ def _produce(producer: int, count: int) -> None:
     log_numbered(producer, count)
 
 
+def _run_ack_listener_with_workers(config: dict[str, Any], workers: int, per: int) -> tuple[dict[str, Any], list[Any]]:
+    """Spawn workers logging ``per`` numbered records each into an acknowledging listener; its final stats."""
+    with mplog.start_listener(config, ack=True, route_parent=False) as listener:
+        procs = [SPAWN.Process(target=_produce, args=(i, per)) for i in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * workers
+        return listener.stats(), procs
+
+
 @pytest.mark.integration
 @pytest.mark.serial
 @pytest.mark.timeout(120)
@@ -99,14 +111,7 @@ def test_a_listener_killed_after_writing_part_of_a_frame_is_followed_by_one_that
     out, also, marker = tmp_path / "out.log", tmp_path / "also.log", tmp_path / "killed"
     workers, per = 2, 5_000
     config = _kill_mid_frame_config(out, also, marker, after=3_000 + 77)  # somewhere inside a frame
-    with mplog.start_listener(config, ack=True, route_parent=False) as listener:
-        procs = [SPAWN.Process(target=_produce, args=(i, per)) for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0] * workers
-        stats = listener.stats()
+    stats, procs = _run_ack_listener_with_workers(config, workers, per)
     assert marker.exists()
     assert stats["restarts"] == 1
     assert (stats["rolled_back"], stats["rollback_skipped"]) == (1, 0)
@@ -128,14 +133,7 @@ def test_a_file_rotated_during_the_half_written_frame_is_left_alone_and_counted_
     workers, per = 2, 5_000
     config = _kill_mid_frame_config(out, also, marker, after=3_000 + 77)
     config["handlers"]["killer"]["()"] = "fault_handlers.RotatesThenKillsItsListener"
-    with mplog.start_listener(config, ack=True, route_parent=False) as listener:
-        procs = [SPAWN.Process(target=_produce, args=(i, per)) for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0] * workers
-        stats = listener.stats()
+    stats, _ = _run_ack_listener_with_workers(config, workers, per)
     assert (stats["restarts"], stats["rolled_back"], stats["rollback_skipped"]) == (1, 0, 1)
     expected = dict.fromkeys(range(workers), per)
     # The rotated file keeps its part of the frame, which is written again: at most one frame twice.
