@@ -48,6 +48,18 @@ def stop(listener) -> dict:
     return stats
 
 
+def stop_when_senders_closed(collector, count: int | None, timeout: float = 20.0) -> dict:
+    """Wait (bounded) until the collector has seen ``count`` senders (None: any) and all said goodbye; stop it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        collector.send("stats")
+        senders = collector.read("stats")["stats"]["senders"]
+        if senders and (count is None or len(senders) == count) and all(s["closed"] for s in senders.values()):
+            break
+        time.sleep(0.1)
+    return stop(collector)
+
+
 @pytest.mark.timeout(60)
 def test_workers_on_one_host_reach_a_curve_collector_on_another_and_strangers_get_nothing(network, tmp_path):
     a, b = network.host("a"), network.host("b")
@@ -138,14 +150,7 @@ def test_a_relay_host_forwards_between_workers_and_the_collector_with_curve_on_b
     results = [w.read("closed")["counters"] for w in workers]
     for proc in workers:
         proc.finish()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        collector.send("stats")
-        senders = collector.read("stats")["stats"]["senders"]
-        if len(senders) == 2 and all(s["closed"] for s in senders.values()):
-            break
-        time.sleep(0.1)
-    stats = stop(collector)
+    stats = stop_when_senders_closed(collector, 2)
     relay.terminate()
     _, relay_err = relay.communicate(timeout=20)
     assert [r_["sent"] for r_ in results] == [4000, 4000]
@@ -183,14 +188,7 @@ def test_a_partition_heals_and_every_record_is_delivered_or_counted(network, tmp
     network.set_link(a, b, up=True)
     counters = worker.read("closed", timeout=60)["counters"]
     worker.finish()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        collector.send("stats")
-        senders = collector.read("stats")["stats"]["senders"]
-        if senders and all(s["closed"] for s in senders.values()):
-            break
-        time.sleep(0.1)
-    stats = stop(collector)
+    stats = stop_when_senders_closed(collector, None)
     sender = next(iter(stats["senders"].values()))
     print(
         f"partition {partition} s, heartbeat timeout {heartbeat_timeout} s: received {sender['records']} "
@@ -250,14 +248,7 @@ def test_an_ack_mode_curve_collector_on_a_real_interface_killed_mid_stream_resta
     os.kill(collector.ready["pid"], signal.SIGKILL)
     results = [w.read("closed", timeout=60)["counters"] for w in workers]
     errors = [w.finish() for w in workers]
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        collector.send("stats")
-        senders = collector.read("stats")["stats"]["senders"]
-        if len(senders) == 2 and all(s["closed"] for s in senders.values()):
-            break
-        time.sleep(0.1)
-    stats = stop(collector)
+    stats = stop_when_senders_closed(collector, 2)
     lines = read_lines(out)
     print(
         f"ack + CURVE across hosts, SIGKILL at a third: {len(lines)} lines for {2 * per} records, listener "
