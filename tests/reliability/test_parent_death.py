@@ -108,7 +108,10 @@ def test_a_listener_whose_parent_was_killed_writes_everything_its_orphaned_worke
     assert codes[listener] == 0
     assert when[listener] < 5.0
     assert all(codes[str(pid)] == 0 for pid in info["producers"])
-    assert when[listener] >= max(when[str(pid)] for pid in info["producers"])  # it waited for the orphans
+    # It waited for the orphans: they were still logging when the supervisor died, and every
+    # record they logged is in the file. (Not "it exited after them": a producer's process can
+    # outlive its goodbye frame by its interpreter's teardown; under load the listener, done
+    # with everything it was sent, was once seen exiting 0.14 s before such a producer.)
     check_lines(read_lines(out), {0: 10_000, 1: 10_000}).assert_exact()
     socket_path = info["endpoint"].removeprefix("ipc://")
     assert not os.path.exists(socket_path), "the listener removes its ipc socket on the way out"
