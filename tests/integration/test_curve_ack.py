@@ -150,7 +150,9 @@ def test_mplog_listen_in_ack_mode_with_curve_flags_acknowledges_allowed_workers_
     collector_config["mplog"] = {"ack": True, "state_dir": str(tmp_path / "state")}
     config.write_text(json.dumps(collector_config))
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint]
+    # An explicit status channel: the default one, port + 1, may be taken by another test's socket.
+    control = f"ipc://{tmp_path}/status.ctl"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint, "--control", control]
     argv += ["--curve-secret-key", keys["server_secret"], "--authorized-keys", keys["authorized"]]
     collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -174,7 +176,7 @@ def test_mplog_listen_in_ack_mode_with_curve_flags_acknowledges_allowed_workers_
         # The allowed workers were acknowledged; the stranger, never connected, had nothing to wait for.
         assert not any("never acknowledged" in err for err in errors), errors
         status = subprocess.run(
-            [sys.executable, "-m", "mplog", "status", endpoint, "--json"],
+            [sys.executable, "-m", "mplog", "status", endpoint, "--control", control, "--json"],
             capture_output=True,
             text=True,
             timeout=30,
