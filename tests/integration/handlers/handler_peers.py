@@ -188,6 +188,16 @@ template(name="mplogtest" type="string"
 """
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a peer server and wait for it (bounded); SIGKILL it if it does not stop."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class Rsyslog:
     """rsyslogd on its own config: UDP and TCP on one free loopback port, a private unix socket."""
 
@@ -229,12 +239,7 @@ class Rsyslog:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        terminate(self.proc)
         self.proc = None
 
     def lines(self) -> list[str]:
@@ -275,12 +280,7 @@ class SmtpServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        terminate(self.proc)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.proc = None
