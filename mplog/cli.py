@@ -47,6 +47,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     settings = runtime.as_dict()
     _apply_key_flags(args, settings)
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
+    apply_nice(settings)  # before any thread starts: niceness is per thread, inherited by new ones
     logging.config.dictConfig(config)
     receiver, limits = build_receiver(endpoint, settings)
     if settings.get("ack"):
@@ -55,7 +56,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
         server = Server(receiver, limits=limits)
-    apply_nice(settings)
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,

@@ -375,7 +375,12 @@ def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Li
 
 
 def apply_nice(runtime: dict[str, Any]) -> None:
-    """Lower the calling (listener) process's CPU priority by ``mplog.nice``, if set."""
+    """Lower the calling (listener) process's CPU priority by ``mplog.nice``, if set.
+
+    On Linux niceness belongs to a thread and a new thread inherits its creator's: call
+    this before the process starts any thread (ZeroMQ's I/O thread above all), so that
+    every thread of the listener yields.
+    """
     nice = runtime.get("nice") or 0
     if nice:
         os.nice(nice)

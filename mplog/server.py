@@ -349,6 +349,9 @@ def child_main(read_fd: int, write_fd: int) -> int:
     setup = control.read()
     if setup is None:
         return 1
+    # Before any thread starts (ZeroMQ's I/O thread, handlers' own threads): niceness
+    # is per thread on Linux and a new thread inherits its creator's.
+    apply_nice(setup.get("runtime", {}))
     try:
         logging.config.dictConfig(setup["config"])
     except Exception as exc:
@@ -368,7 +371,6 @@ def child_main(read_fd: int, write_fd: int) -> int:
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
         server = Server(receiver, limits=limits)
-    apply_nice(setup.get("runtime", {}))
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
