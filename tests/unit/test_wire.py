@@ -7,6 +7,7 @@ same record in a real worker process and after decoding here, and compares the l
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from mplog import wire_encode
 from mplog.exceptions import FrameError
 from mplog.server import Server
 from mplog.wire import (
@@ -291,6 +293,82 @@ def test_a_huge_message_is_cut_to_max_message_chars_with_a_marker():
     data = encode_record(new_record("%s", ("m" * 5000,)), limits)
     [fields] = decode_frame(build_frame(SENDER_BYTES, 0, 0, 0, [data])).records
     assert fields[3] == "m" * 1000 + "...[mplog: truncated 4000 chars]"
+
+
+def _extra_by_filter(logger: logging.Logger) -> logging.LogRecord:
+    def add(record: logging.LogRecord) -> bool:
+        record.request_id = "r-1"  # set as an attribute: stays inline in the record
+        return True
+
+    logger.addFilter(add)
+    try:
+        return _captured(logger, lambda: logger.info("x"))
+    finally:
+        logger.removeFilter(add)
+
+
+def _extra_by_factory(logger: logging.Logger) -> logging.LogRecord:
+    made = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = made(*args, **kwargs)
+        record.request_id = "r-1"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        return _captured(logger, lambda: logger.info("x"))
+    finally:
+        logging.setLogRecordFactory(made)
+
+
+def _captured(logger: logging.Logger, log: Any) -> logging.LogRecord:
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.propagate, propagate = False, logger.propagate
+    try:
+        log()
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    return seen[0]
+
+
+EXTRA_CHANNELS = {
+    "extra= keyword": lambda lg: _captured(lg, lambda: lg.info("x", extra={"request_id": "r-1"})),
+    "LoggerAdapter": lambda lg: _captured(lg, lambda: logging.LoggerAdapter(lg, {"request_id": "r-1"}).info("x")),
+    "filter sets an attribute": _extra_by_filter,
+    "record factory": _extra_by_factory,
+}
+
+
+@pytest.mark.parametrize("channel", list(EXTRA_CHANNELS))
+def test_an_extra_arriving_by_any_channel_is_shipped(channel):
+    # The plain-record shortcut skips the extras check (see wire_encode._plain_referents):
+    # every way an extra reaches a record must still turn it off.
+    logger = logging.getLogger(f"test.extras.{channel}")
+    logger.setLevel(logging.INFO)
+    record = EXTRA_CHANNELS[channel](logger)
+    fields = decode_frame(frame_of(record)).records[0]
+    assert fields[-1] == {"request_id": "r-1"}
+    assert fields[3] == "x"
+
+
+def test_a_plain_record_is_packed_without_building_its_attribute_dict():
+    # Asking a record for its __dict__ builds one on CPython 3.11+ (~0.4 us per logging call).
+    if sys.version_info < (3, 11):
+        assert wire_encode._PLAIN_REFERENTS == 0  # every instance has its dict from the start: no shortcut
+        return
+    logger = logging.getLogger("test.plain")
+    logger.setLevel(logging.INFO)
+    record = _captured(logger, lambda: logger.info("request %d handled in %.3f ms user=%s", 7, 1.234, "alice"))
+    assert len(gc.get_referents(record)) == wire_encode._PLAIN_REFERENTS, "no shortcut on this interpreter"
+    data = encode_record(record)
+    assert len(gc.get_referents(record)) == wire_encode._PLAIN_REFERENTS  # its dict was never built
+    assert data == msgpack.packb(record_fields(record), use_bin_type=True)  # same bytes as the general path
+    assert decode_frame(frame_of(record)).records[0][3] == "request 7 handled in 1.234 ms user=alice"
 
 
 def test_an_extra_named_like_a_record_method_cannot_break_formatting():
