@@ -284,11 +284,12 @@ def _new_record() -> logging.LogRecord:
 
 _PLAIN_REFERENTS = _plain_referents()
 _referents = gc.get_referents
+_LogRecord = logging.LogRecord  # one global lookup on the hot path instead of two
 
 
 def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Pack one record; never raises for any content of ``record``."""
-    if type(record) is logging.LogRecord and len(_referents(record)) == _PLAIN_REFERENTS:
+    if type(record) is _LogRecord and len(_referents(record)) == _PLAIN_REFERENTS:
         plain = True  # exactly the standard attributes, no dict built (see _plain_referents)
     else:
         plain = len(record.__dict__) <= _N_STANDARD
@@ -299,7 +300,7 @@ def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
         # of packb). Every value is a str, int, float or None, so packing runs no Python
         # code and the Packer cannot be re-entered mid-pack, even by a signal handler that logs.
         try:
-            if type(record) is logging.LogRecord:  # getMessage() inlined; a subclass may override it
+            if type(record) is _LogRecord:  # getMessage() inlined; a subclass may override it
                 message = record.msg
                 if type(message) is not str:
                     message = str(message)
