@@ -7,6 +7,7 @@ import multiprocessing
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,23 +23,51 @@ _ENV_KEYS = ("MPLOG_ENDPOINT", "MPLOG_LEVEL", "MPLOG_ACK")
 _KEEP = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging_state() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    env = {key: inherited_setting(key) for key in _ENV_KEYS}
-    yield
-    for handler in list(root.handlers):
+_LoggerState = tuple[list[logging.Handler], int, bool, bool, list[Any]]
+_DEFAULT_STATE: _LoggerState = ([], logging.NOTSET, True, False, [])
+
+
+def _logger_states() -> dict[str, _LoggerState]:
+    return {
+        name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled, list(lg.filters))
+        for name, lg in list(logging.Logger.manager.loggerDict.items())
+        if isinstance(lg, logging.Logger)
+    }
+
+
+def _restore(logger: logging.Logger, state: _LoggerState) -> None:
+    handlers, level, propagate, disabled, filters = state
+    for handler in list(logger.handlers):
         if handler not in handlers:
-            root.removeHandler(handler)
+            logger.removeHandler(handler)
             try:
                 handler.close()
             except Exception:
                 pass
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
+    logger.handlers[:] = handlers
+    logger.level, logger.propagate, logger.disabled = level, propagate, disabled
+    logger.filters[:] = filters
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_state() -> Iterator[None]:
+    """Every logger as it was before the test: handlers, level, propagate, disabled, filters.
+
+    A test's dictConfig leaves its loggers configured (a reset config closes their
+    handlers but keeps them attached); a worker forked by a later test in the same
+    process inherits them, and records sent to a logger left with propagate=False never
+    reach the worker's handler on the root.
+    """
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, root.propagate, root.disabled, list(root.filters))
+    loggers = _logger_states()
+    env = {key: inherited_setting(key) for key in _ENV_KEYS}
+    yield
+    _restore(root, saved)
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger):
+            _restore(logger, loggers.get(name, _DEFAULT_STATE))
+    logging.Logger.manager._clear_cache()  # levels were set directly: forget cached isEnabledFor answers
     for key, value in env.items():
         export_setting(key, value)
 
