@@ -26,20 +26,13 @@ from typing import Any
 
 from mplog.exceptions import TransportError
 from mplog.transports import Sender, open_sender, transport_of
+from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import FLAG_FINAL, build_frame, encode_sender
 from mplog.wire import Sender as SenderId
 from mplog.worker_options import WorkerOptions
 
 __all__ = ["BatchingHandler"]
 
-_ASYNC_SIGNALS = set(signal.valid_signals()) - {
-    signal.SIGSEGV,
-    signal.SIGBUS,
-    signal.SIGFPE,
-    signal.SIGILL,
-    signal.SIGKILL,
-    signal.SIGSTOP,
-}
 # The live handlers of this process: the hooks in mplog.worker close them at exit and on SIGTERM.
 _handlers: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
 _abandoned: list[Any] = []  # transports inherited across fork: never closed in the child
@@ -199,7 +192,7 @@ class BatchingHandler(logging.Handler):
         # thread, a SIGTERM would never interrupt a main thread blocked in a lock
         # (a Pool worker waiting for tasks) and Pool.terminate() would hang
         # (see test_pool_terminate_under_forkserver_never_hangs).
-        signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         wake, interval = self._wake, self.options.flush_interval
         while not self._closed:
             wake.wait()

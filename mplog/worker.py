@@ -29,8 +29,9 @@ from threading import get_ident
 from types import FrameType
 from typing import Any
 
-from mplog.batching import _ASYNC_SIGNALS, BatchingHandler, _handlers
+from mplog.batching import BatchingHandler, _handlers
 from mplog.exceptions import ConfigError
+from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import encode_record
 from mplog.worker_options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
 from mplog.worker_options import WorkerOptions
@@ -213,7 +214,7 @@ def _watch_sigterm() -> None:
         return
     _wakeup = (os.getpid(), read_fd, write_fd)
     thread = threading.Thread(target=_resend_sigterm, args=(read_fd,), name="mplog-sigterm", daemon=True)
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)  # the thread starts with them blocked
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)  # the thread starts with them blocked
     try:
         thread.start()
     finally:

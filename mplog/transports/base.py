@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import stat
 import tempfile
 from collections import Counter
@@ -24,6 +25,20 @@ __all__ = [
     "ensure_private_dir",
     "make_private_dir",
 ]
+
+# The signals mplog holds back where one must not land: on its own threads (a worker's
+# flusher and SIGTERM watcher), so that a signal sent to the process reaches the main
+# thread (delivered to one of those, a SIGTERM never interrupts a main thread blocked in
+# a lock), and while ZeroMQ's context terminates (zeromq.py). Synchronous faults and the
+# two signals that cannot be blocked are left out.
+ASYNC_SIGNALS = set(signal.valid_signals()) - {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGKILL,
+    signal.SIGSTOP,
+}
 
 
 @dataclass(frozen=True)

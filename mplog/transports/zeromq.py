@@ -19,18 +19,9 @@ import zmq
 
 from mplog import security
 from mplog.exceptions import TransportError
-from mplog.transports.base import TransportOptions, check_bind_address, ensure_private_dir
+from mplog.transports.base import ASYNC_SIGNALS, TransportOptions, check_bind_address, ensure_private_dir
 
 __all__ = ["BoundReceiver", "ZmqReceiver", "ZmqSender", "bind_private_ipc"]
-
-_ASYNC_SIGNALS = set(signal.valid_signals()) - {
-    signal.SIGSEGV,
-    signal.SIGBUS,
-    signal.SIGFPE,
-    signal.SIGILL,
-    signal.SIGKILL,
-    signal.SIGSTOP,
-}
 
 # Sockets and contexts inherited across fork are never touched again in the child:
 # closing or terminating them there could hang on state owned by the parent's threads.
@@ -135,7 +126,7 @@ class ZmqSender:
         # ignores: frames still queued were lost when SIGTERM then ended the process.
         # Hold signals back until the linger is over; they are delivered right after
         # (see test_sigterm_during_close_neither_duplicates_nor_loses).
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         try:
             self._sock.close(linger=linger_ms)
             assert self._ctx is not None
