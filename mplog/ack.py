@@ -33,7 +33,7 @@ from mplog.ack_format import Envelope, decode_ack, encode_ack, frame_envelope
 from mplog.spool import Spooler
 from mplog.spool import report as _report
 from mplog.spool_format import frame_head, goodbye_frame
-from mplog.transports.base import TransportOptions
+from mplog.transports.base import ASYNC_SIGNALS, TransportOptions
 from mplog.transports.zeromq_ack import DealerSender
 from mplog.wire import FLAG_FINAL
 from mplog.worker import ACK_CLOSE_TIMEOUT
@@ -49,14 +49,6 @@ __all__ = [
 
 ENV_ACK = "MPLOG_ACK"  # "1": workers started by an acknowledging listener use acknowledged delivery
 _REFUSAL_QUIET = 0.2  # seconds: refusals of the same position within this time trigger one resend round
-_BLOCKED_SIGNALS = set(signal.valid_signals()) - {
-    signal.SIGSEGV,
-    signal.SIGBUS,
-    signal.SIGFPE,
-    signal.SIGILL,
-    signal.SIGKILL,
-    signal.SIGSTOP,
-}
 
 
 # ---------------------------------------------------------------- worker side
@@ -300,7 +292,7 @@ class AckingSender:
             self._push(stream)
 
     def _run(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_SIGNALS)  # signals belong to the main thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)  # signals belong to the main thread
         while not self._closed and self._pid == os.getpid():
             time.sleep(0.02)
             with self._lock:

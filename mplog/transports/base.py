@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # The signals mplog holds back where one must not land: on its own threads (a worker's
-# flusher and SIGTERM watcher), so that a signal sent to the process reaches the main
+# flusher, SIGTERM watcher and acknowledgement reader), so that a signal sent to the process reaches the main
 # thread (delivered to one of those, a SIGTERM never interrupts a main thread blocked in
 # a lock), and while ZeroMQ's context terminates (zeromq.py). Synchronous faults and the
 # two signals that cannot be blocked are left out.
