@@ -24,11 +24,14 @@ from collections import deque
 from threading import get_ident
 from typing import Any
 
+import msgpack
+
 from mplog.exceptions import TransportError
 from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
-from mplog.wire import FLAG_FINAL, build_frame, encode_sender
+from mplog.wire import FLAG_FINAL, encode_sender
 from mplog.wire import Sender as SenderId
+from mplog.wire_encode import frame_of_packed, pack_records
 from mplog.worker_options import WorkerOptions
 
 __all__ = ["BatchingHandler"]
@@ -90,9 +93,14 @@ class BatchingHandler(logging.Handler):
         self._owner = 0  # ident of the thread inside the buffer (holding _mutex), 0 for none
         self._identity = _Identity()
         self._transport: Sender = self._open_transport()
-        self._pending: list[bytes] = []
+        # Records not yet in a frame: field lists of common records (packed a batch at a
+        # time, see mplog.wire_encode.pack_records) and other records already packed. Their
+        # size is estimated (message length + _overhead) until the batch is packed.
+        self._pending: list[Any] = []
         self._pending_bytes = 0
-        self._outbox: deque[tuple[list[bytes], int]] = deque()
+        self._overhead = 256  # packed bytes of a common record besides its message; learnt per batch
+        self._packer = msgpack.Packer(use_bin_type=True)  # used under _mutex only
+        self._outbox: deque[tuple[int, bytes]] = deque()  # (records, their packed bytes) per batch
         self._outbox_bytes = 0
         self._seq = 0  # number of the next record handed to the transport
         self._dropped = 0  # records dropped by policy (reported in every frame)
@@ -124,7 +132,7 @@ class BatchingHandler(logging.Handler):
             "sent": self._seq,
             "frames": self._frames_sent,
             "dropped": self._dropped,
-            "buffered": len(self._pending) + sum(len(b) for b, _ in self._outbox),
+            "buffered": len(self._pending) + sum(count for count, _ in self._outbox),
             "buffered_bytes": self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
         }
@@ -138,10 +146,13 @@ class BatchingHandler(logging.Handler):
 
     def _flush_locked(self, *, apply_policy: bool) -> None:
         if self._pending:
-            batch, nbytes = self._pending, self._pending_bytes
+            batch, estimate = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
-            self._outbox.append((batch, nbytes))
-            self._outbox_bytes += nbytes
+            packed = pack_records(self._packer, batch, self._limits)
+            count = len(batch)
+            self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
+            self._outbox.append((count, packed))
+            self._outbox_bytes += len(packed)
         self._send_outbox(0.0)
         if apply_policy and self._outbox_bytes > self.options.max_buffer_bytes:
             self._apply_policy()
@@ -151,8 +162,8 @@ class BatchingHandler(logging.Handler):
     def _send_outbox(self, timeout: float) -> bool:
         outbox = self._outbox
         while outbox:
-            batch, nbytes = outbox[0]
-            frame = build_frame(self._identity.packed, self._seq, self._dropped, 0, batch)
+            count, packed = outbox[0]
+            frame = frame_of_packed(self._identity.packed, self._seq, self._dropped, 0, count=count, packed=packed)
             try:
                 sent = self._transport.send(frame, timeout)
             except TransportError:
@@ -161,8 +172,8 @@ class BatchingHandler(logging.Handler):
             if not sent:
                 return False
             outbox.popleft()
-            self._outbox_bytes -= nbytes
-            self._seq += len(batch)
+            self._outbox_bytes -= len(packed)
+            self._seq += count
             self._frames_sent += 1
         return True
 
@@ -175,9 +186,9 @@ class BatchingHandler(logging.Handler):
                 if remaining <= 0 or self._send_outbox(min(remaining, 0.05)):
                     break
         while self._outbox_bytes > opts.max_buffer_bytes and self._outbox:
-            batch, nbytes = self._outbox.popleft() if opts.policy == "drop_oldest" else self._outbox.pop()
-            self._outbox_bytes -= nbytes
-            self._dropped += len(batch)
+            count, packed = self._outbox.popleft() if opts.policy == "drop_oldest" else self._outbox.pop()
+            self._outbox_bytes -= len(packed)
+            self._dropped += count
 
     # ------------------------------------------------------------ the flusher thread
 
@@ -258,11 +269,11 @@ class BatchingHandler(logging.Handler):
             if self._closed:
                 return
             self._closed = True
-            lost = len(self._pending) + sum(len(batch) for batch, _ in self._outbox)
+            lost = len(self._pending) + sum(count for count, _ in self._outbox)
             # Records never handed to the transport were never numbered: report them as
             # dropped in the goodbye frame so the listener's ledger can still balance.
             self._dropped += lost
-            final = build_frame(self._identity.packed, self._seq, self._dropped, FLAG_FINAL, [])
+            final = frame_of_packed(self._identity.packed, self._seq, self._dropped, FLAG_FINAL, count=0, packed=b"")
             try:
                 self._transport.send(final, 0.2 if delivered else 0.0)
             except TransportError:

@@ -19,7 +19,17 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
-from mplog.wire_schema import _N_FIELDS, DEFAULT_LIMITS, RECORD_FIELDS, VERSION, Frame, Limits, Sender
+from mplog.wire_schema import (
+    _FIELD_TYPES,
+    _N_FIELDS,
+    _NUM,
+    DEFAULT_LIMITS,
+    RECORD_FIELDS,
+    VERSION,
+    Frame,
+    Limits,
+    Sender,
+)
 
 __all__ = [
     "check_records",
@@ -27,33 +37,6 @@ __all__ = [
     "decode_header",
     "make_log_record",
 ]
-
-_NUM = (int, float)
-_OPT_STR = (str, type(None))
-_OPT_INT = (int, type(None))
-# Expected Python types per position after unpacking (bool is an int subclass; allowed).
-_FIELD_TYPES: tuple[Any, ...] = (
-    str,  # name
-    int,  # levelno
-    str,  # levelname
-    str,  # message
-    _NUM,  # created
-    _NUM,  # msecs
-    _NUM,  # relativeCreated
-    str,  # pathname
-    str,  # filename
-    str,  # module
-    int,  # lineno
-    _OPT_STR,  # funcName
-    _OPT_INT,  # thread
-    _OPT_STR,  # threadName
-    _OPT_INT,  # process
-    _OPT_STR,  # processName
-    _OPT_STR,  # taskName
-    _OPT_STR,  # exc_text
-    _OPT_STR,  # stack_info
-    dict,  # extra
-)
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
 # Names the LogRecord class defines: an extra named like one (e.g. "getMessage") would

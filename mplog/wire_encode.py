@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import traceback
 from typing import Any
 
 import msgpack
 
-from mplog.wire_schema import _N_FIELDS, DEFAULT_LIMITS, Limits, Sender
+from mplog.wire_schema import _FIELD_TYPES, _N_FIELDS, _NUM, DEFAULT_LIMITS, RECORD_FIELDS, Limits, Sender
 
 __all__ = [
     "build_frame",
     "encode_record",
     "encode_sender",
+    "frame_of_packed",
+    "pack_records",
+    "plain_fields",
     "record_fields",
 ]
 
@@ -45,15 +49,25 @@ def encode_sender(sender: Sender) -> bytes:
 
 def build_frame(sender_bytes: bytes, seq: int, dropped: int, flags: int, records: list[bytes]) -> bytes:
     """Join already-packed records into one frame without re-encoding them."""
-    n = len(records)
-    if n < 16:
-        array_header = bytes((0x90 | n,))
-    elif n < 0x10000:
-        array_header = b"\xdc" + n.to_bytes(2, "big")
-    else:
-        array_header = b"\xdd" + n.to_bytes(4, "big")
+    return frame_of_packed(sender_bytes, seq, dropped, flags, count=len(records), packed=b"".join(records))
+
+
+def frame_of_packed(sender_bytes: bytes, seq: int, dropped: int, flags: int, *, count: int, packed: bytes) -> bytes:
+    """A frame around ``count`` records already packed one after the other in ``packed``."""
     head: bytes = msgpack.packb([seq, dropped, flags], use_bin_type=True)[1:]  # drop the fixarray byte
-    return b"\x96\x01" + sender_bytes + head + array_header + b"".join(records)
+    return b"\x96\x01" + sender_bytes + head + _array_header(count) + packed
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _array_header_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 0x10000 else 5
 
 
 def _bounded_text(text: str, limit: int) -> str:
@@ -245,8 +259,32 @@ def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
         }
     except Exception as exc:  # a container whose iteration raises
         extra = {"mplog_extra_error": f"<unencodable extra: {type(exc).__name__}>"}
+    _conform(head, extra, limits)
     packed: bytes = msgpack.packb([*head, extra], use_bin_type=True)
     return packed
+
+
+_FIELD_DEFAULTS: tuple[Any, ...] = tuple(
+    "" if kind is str else 0 if kind is int else 0.0 if kind is _NUM else None for kind in _FIELD_TYPES[:-1]
+)
+
+
+def _conform(head: list[Any], extra: dict[str, Any], limits: Limits) -> None:
+    """Give every field a value of the type the decoder accepts, keeping a wrong one as an extra.
+
+    A filter can set a standard attribute to anything (a float level, a line number past
+    msgpack's ints, a NaN time); sanitized, it may still be of the wrong type, and the
+    listener rejects a record with a wrong field along with its whole frame.
+    """
+    for i, (value, kind) in enumerate(zip(head, _FIELD_TYPES, strict=False)):
+        fits = isinstance(value, kind)
+        if fits and kind is _NUM:  # created, msecs, relativeCreated
+            fits = math.isfinite(value) and (i != 4 or 0 <= value < 2**40)
+        if not fits:
+            if len(extra) < limits.max_extra_fields:
+                text = value if isinstance(value, str) else _safe_repr(value, limits.max_repr_chars)
+                extra.setdefault(f"mplog_bad_{RECORD_FIELDS[i]}", text)
+            head[i] = _FIELD_DEFAULTS[i]
 
 
 class _PackerSlot(threading.local):
@@ -287,18 +325,21 @@ _referents = gc.get_referents
 _LogRecord = logging.LogRecord  # one global lookup on the hot path instead of two
 
 
-def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    """Pack one record; never raises for any content of ``record``."""
-    if type(record) is _LogRecord and len(_referents(record)) == _PLAIN_REFERENTS:
-        plain = True  # exactly the standard attributes, no dict built (see _plain_referents)
-    else:
-        plain = len(record.__dict__) <= _N_STANDARD
-    if plain and not (record.exc_info or record.exc_text or record.stack_info):
-        # The common record (no extras, exception or stack), on every logging call of every
-        # worker: record_fields() inlined for it, the message merged as
-        # LogRecord.getMessage does, packed by this thread's reused Packer (half the cost
-        # of packb). Every value is a str, int, float or None, so packing runs no Python
-        # code and the Packer cannot be re-entered mid-pack, even by a signal handler that logs.
+def plain_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> list[Any] | None:
+    """The field list of a common record (no extras, exception or stack), or None for any other.
+
+    Every logging call of every worker takes this path: record_fields() inlined for the
+    common record, the message merged as LogRecord.getMessage does. The list holds only
+    what the record held (str, int, float, None), so packing it later, a batch at a time
+    (:func:`pack_records`), gives the bytes packing it now would.
+    """
+    try:
+        if type(record) is _LogRecord and len(_referents(record)) == _PLAIN_REFERENTS:
+            pass  # exactly the standard attributes, no dict built (see _plain_referents)
+        elif len(record.__dict__) > _N_STANDARD:
+            return None
+        if record.exc_info or record.exc_text or record.stack_info:
+            return None
         try:
             if type(record) is _LogRecord:  # getMessage() inlined; a subclass may override it
                 message = record.msg
@@ -314,33 +355,43 @@ def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
             message = _unformattable(record, exc, limits)
         if len(message) > limits.max_message_chars:
             message = _bounded_text(message, limits.max_message_chars)
+        return [
+            record.name,
+            record.levelno,
+            record.levelname,
+            message,
+            record.created,
+            record.msecs,
+            record.relativeCreated,
+            record.pathname,
+            record.filename,
+            record.module,
+            record.lineno,
+            record.funcName,
+            record.thread,
+            record.threadName,
+            record.process,
+            record.processName,
+            record.taskName if _HAS_TASK_NAME else None,  # type: ignore[attr-defined, unused-ignore]  # 3.12+
+            None,
+            None,
+            _NO_EXTRAS,
+        ]
+    except AttributeError:  # a standard attribute deleted: the general path says so
+        return None
+
+
+def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Pack one record; never raises for any content of ``record``."""
+    fields = plain_fields(record, limits)
+    if fields is not None:
         try:
-            return _packer_slot.packer.pack(  # type: ignore[no-any-return]
-                [
-                    record.name,
-                    record.levelno,
-                    record.levelname,
-                    message,
-                    record.created,
-                    record.msecs,
-                    record.relativeCreated,
-                    record.pathname,
-                    record.filename,
-                    record.module,
-                    record.lineno,
-                    record.funcName,
-                    record.thread,
-                    record.threadName,
-                    record.process,
-                    record.processName,
-                    record.taskName if _HAS_TASK_NAME else None,  # type: ignore[attr-defined, unused-ignore]  # 3.12+
-                    None,
-                    None,
-                    _NO_EXTRAS,
-                ]
-            )
-        except Exception:  # an odd value (surrogates, a huge int): the general path below
-            pass
+            # This thread's reused Packer: half the cost of packb. Packing str, int, float
+            # and None runs no Python code, so the Packer cannot be re-entered mid-pack,
+            # even by a signal handler that logs.
+            return _packer_slot.packer.pack(fields)  # type: ignore[no-any-return]
+        except Exception:  # an odd value (surrogates, a huge int, a filter's object): sanitized below
+            return _encode_slow(fields, limits)
     fields = record_fields(record, limits)
     try:
         extra = fields[-1]
@@ -349,4 +400,29 @@ def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return packed
     except Exception:  # surrogates, non-native extras, huge ints, deep nesting, over the limits
+        return _encode_slow(fields, limits)
+
+
+def pack_records(packer: msgpack.Packer, items: list[Any], limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Pack a batch into the records part of a frame (no array header); never raises.
+
+    ``items`` are field lists from :func:`plain_fields` and records already packed by
+    :func:`encode_record` (bytes). A batch of field lists, the usual one, is packed by
+    one call of ``packer``: far cheaper than a call per record. ``packer`` must not be
+    used by another thread meanwhile.
+    """
+    if bytes not in set(map(type, items)):
+        try:
+            packed: bytes = packer.pack(items)
+            return packed[_array_header_size(len(items)) :]
+        except Exception:  # an odd value somewhere: each record on its own below
+            pass
+    return b"".join(item if type(item) is bytes else _pack_fields(packer, item, limits) for item in items)
+
+
+def _pack_fields(packer: msgpack.Packer, fields: list[Any], limits: Limits) -> bytes:
+    try:
+        packed: bytes = packer.pack(fields)
+        return packed
+    except Exception:
         return _encode_slow(fields, limits)

@@ -48,6 +48,33 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 _N_FIELDS = len(RECORD_FIELDS)
 
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+# Expected Python types per position after unpacking (bool is an int subclass; allowed).
+_FIELD_TYPES: tuple[Any, ...] = (
+    str,  # name
+    int,  # levelno
+    str,  # levelname
+    str,  # message
+    _NUM,  # created
+    _NUM,  # msecs
+    _NUM,  # relativeCreated
+    str,  # pathname
+    str,  # filename
+    str,  # module
+    int,  # lineno
+    _OPT_STR,  # funcName
+    _OPT_INT,  # thread
+    _OPT_STR,  # threadName
+    _OPT_INT,  # process
+    _OPT_STR,  # processName
+    _OPT_STR,  # taskName
+    _OPT_STR,  # exc_text
+    _OPT_STR,  # stack_info
+    dict,  # extra
+)
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -32,7 +32,7 @@ from typing import Any
 from mplog.batching import BatchingHandler, _handlers
 from mplog.exceptions import ConfigError
 from mplog.transports.base import ASYNC_SIGNALS
-from mplog.wire import encode_record
+from mplog.wire_encode import encode_record, plain_fields
 from mplog.worker_options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
 from mplog.worker_options import WorkerOptions
 
@@ -56,39 +56,46 @@ class MplogHandler(BatchingHandler):
     # ------------------------------------------------------------ the logging call
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override, unused-ignore]  # 3.12: LogRecord|bool
-        # Handler.handle would hold Handler.lock without a bound; emit() has its own bounded lock.
-        if not self.filters:  # the usual case: skip Filterer.filter's loop, and emit()'s call
-            try:
-                if _exit_hooks_pid != self._pid:
-                    _install_exit_hooks()
-                self._add(encode_record(record, self._limits), record.levelno >= self._flush_level)
-            except Exception:
-                self._errors += 1
-                self.handleError(record)
-            return True
-        rv = self.filter(record)
-        if isinstance(rv, logging.LogRecord):
-            record = rv
-        if rv:
-            self.emit(record)
-        return bool(rv)
+        # Handler.handle would hold Handler.lock without a bound; _ship() has its own bounded lock.
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return False
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        try:  # emit()'s body: a call less on every logging call
+            if _exit_hooks_pid != self._pid:
+                _install_exit_hooks()
+            self._ship(record)
+        except Exception:
+            self._errors += 1
+            self.handleError(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if _exit_hooks_pid != self._pid:
                 _install_exit_hooks()
-            self._add(encode_record(record, self._limits), record.levelno >= self._flush_level)
+            self._ship(record)
         except Exception:
             self._errors += 1
             self.handleError(record)
 
-    def _add(self, data: bytes, urgent: bool) -> None:
+    def _ship(self, record: logging.LogRecord) -> None:
+        # A common record's fields are kept as a list and packed with the rest of its batch
+        # at flush (one msgpack call per batch); any other record is packed now.
+        item: Any = plain_fields(record, self._limits)
+        if item is not None:
+            size = len(item[3]) + self._overhead  # an estimate until the batch is packed
+        else:
+            item = encode_record(record, self._limits)
+            size = len(item)
         me = get_ident()
         if self._owner == me:
             # Re-entered from a signal handler (or from inside a flush) on this thread:
             # only append; the outer call sends it.
-            self._pending.append(data)
-            self._pending_bytes += len(data)
+            self._pending.append(item)
+            self._pending_bytes += size
             return
         mutex = self._mutex
         # An uncontended try first: acquire(timeout=...) costs twice as much on every call.
@@ -101,10 +108,10 @@ class MplogHandler(BatchingHandler):
                 self._dropped += 1
                 return
             pending = self._pending
-            pending.append(data)
-            self._pending_bytes = nbytes = self._pending_bytes + len(data)
+            pending.append(item)
+            self._pending_bytes = nbytes = self._pending_bytes + size
             count = len(pending)
-            if urgent or count >= self._batch_records or nbytes >= self._batch_bytes:
+            if count >= self._batch_records or nbytes >= self._batch_bytes or record.levelno >= self._flush_level:
                 self._flush_locked(apply_policy=True)
             elif count == 1:
                 self._kick()

@@ -1,0 +1,141 @@
+"""A worker packs its common records a batch at a time: the bytes, the fallbacks, the order.
+
+``plain_fields`` keeps a common record as its field list and ``pack_records`` packs the
+whole batch in one msgpack call when the batch is flushed; any other record (extras,
+exception, stack) is packed when it is logged. These tests hold that path to the bytes
+of packing each record on its own, and follow a mixed batch through a real listener.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from helpers import read_lines
+
+import mplog
+from mplog.wire import Sender, decode_frame, encode_record, encode_sender
+from mplog.wire_encode import frame_of_packed, pack_records, plain_fields
+from mplog.worker import MplogHandler
+
+SENDER = encode_sender(Sender("h", 1, 1.0, 1))
+
+
+def _record(i: int, name: str = "batch", msg: str = "n=%d", args: tuple[Any, ...] | None = None) -> logging.LogRecord:
+    return logging.LogRecord(name, logging.INFO, "/src/app.py", 10, msg, (i,) if args is None else args, None, "f")
+
+
+def _fields(record: logging.LogRecord) -> list[Any]:
+    fields = plain_fields(record)
+    assert fields is not None
+    return fields
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 600])
+def test_a_batch_of_common_records_packs_to_the_bytes_of_one_pack_per_record(count):
+    records = [_record(i) for i in range(count)]
+    packer = msgpack.Packer(use_bin_type=True)
+    assert pack_records(packer, [_fields(r) for r in records]) == b"".join(encode_record(r) for r in records)
+
+
+def test_records_packed_when_logged_keep_their_place_among_field_lists():
+    plain = [_record(i) for i in range(5)]
+    extra = _record(99)
+    extra.request_id = "r-9"
+    items = [_fields(plain[0]), _fields(plain[1]), encode_record(extra), _fields(plain[2])]
+    packed = pack_records(msgpack.Packer(use_bin_type=True), items)
+    frame = decode_frame(frame_of_packed(SENDER, 0, 0, 0, count=len(items), packed=packed))
+    assert [r[3] for r in frame.records] == ["n=0", "n=1", "n=99", "n=2"]
+    assert frame.records[2][-1] == {"request_id": "r-9"}
+
+
+def test_one_unpackable_value_is_sanitized_alone_and_the_batch_still_arrives():
+    # Values a filter can put on standard attributes that msgpack cannot pack: a lone
+    # surrogate (a name decoded with surrogateescape) and an int past 64 bits. The batch's
+    # one-call pack fails, each record is then packed on its own; the line number takes
+    # the type the decoder accepts (0, the value kept as an extra), or the listener would
+    # reject the record along with its whole frame.
+    odd_name, odd_line = _record(1, name="bad\udcffname"), _record(2)
+    odd_line.lineno = 2**70
+    first = _record(0)
+    items = [_fields(r) for r in (first, odd_name, odd_line, _record(3))]
+    packed = pack_records(msgpack.Packer(use_bin_type=True), items)
+    records = decode_frame(frame_of_packed(SENDER, 0, 0, 0, count=len(items), packed=packed)).records
+    assert [r[3] for r in records] == [f"n={i}" for i in range(4)]
+    assert records[1][0] == "bad\\udcffname"
+    assert (records[2][10], records[2][-1]) == (0, {"mplog_bad_lineno": str(2**70)})
+    alone = decode_frame(frame_of_packed(SENDER, 0, 0, 0, count=1, packed=encode_record(first)))
+    assert records[0] == alone.records[0]
+
+
+def test_a_record_that_is_not_common_is_not_kept_as_fields():
+    with_extra, with_exc, with_stack = _record(1), _record(2), _record(3)
+    with_extra.user = "u"
+    try:
+        raise ValueError("x")
+    except ValueError:
+        with_exc.exc_info = logging.sys.exc_info()  # type: ignore[attr-defined]
+    with_stack.stack_info = "Stack (most recent call last): ..."
+    assert [plain_fields(r) for r in (with_extra, with_exc, with_stack)] == [None, None, None]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_mixed_stream_through_a_real_listener_arrives_complete_and_in_order(tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    config = {
+        "version": 1,
+        "formatters": {"json": {"()": "mplog.formatters.JSONFormatter"}},
+        "handlers": {"f": {"class": "logging.FileHandler", "filename": str(out), "formatter": "json"}},
+        "root": {"level": "DEBUG", "handlers": ["f"]},
+    }
+    expected: list[dict[str, Any]] = []
+    with mplog.start_listener(config, route_parent=False) as listener:
+        handler = MplogHandler(listener.endpoint)
+        logger = logging.getLogger("batching.mixed")
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        adapter = logging.LoggerAdapter(logger, {"tenant": "t1"})
+        try:
+            for i in range(3000):
+                kind = i % 6
+                if kind == 0:
+                    logger.info("plain %d %.3f %s", i, 1.5, "x")
+                    expected.append({"message": f"plain {i} 1.500 x"})
+                elif kind == 1:
+                    logger.warning("extra %d", i, extra={"user": f"u{i}"})
+                    expected.append({"message": f"extra {i}", "user": f"u{i}"})
+                elif kind == 2:
+                    try:
+                        raise KeyError(i)
+                    except KeyError:
+                        logger.exception("failed %d", i)
+                    expected.append({"message": f"failed {i}", "exc_type": "KeyError"})
+                elif kind == 3:
+                    adapter.info("adapted %d", i)
+                    expected.append({"message": f"adapted {i}", "tenant": "t1"})
+                elif kind == 4:
+                    logger.debug("surrogate \udcff %d", i)
+                    expected.append({"message": f"surrogate \\udcff {i}"})
+                else:
+                    logger.info("%s", "long " * 2000 + str(i))  # ~10 KB: batches cut by bytes
+                    expected.append({"message": "long " * 2000 + str(i)})
+        finally:
+            handler.close()
+            logger.handlers.clear()
+        sent = handler.counters
+    lines = [json.loads(line) for line in read_lines(out)]
+    assert len(lines) == len(expected) == sent["sent"] == 3000
+    for got, want in zip(lines, expected, strict=True):
+        assert {key: got.get(key) for key in want} == want
+    assert sent["dropped"] == sent["errors"] == 0
+    # 500 records of ~10 KB among 2,500 small ones: the byte bound (64 KiB) cuts the batches,
+    # the size estimate of a kept field list included.
+    total = sum(len(json.dumps(line["message"])) for line in lines)
+    assert sent["frames"] >= math.ceil(total / (64 * 1024 + 12 * 1024))
