@@ -19,6 +19,7 @@ import pytest
 from helpers import read_lines
 
 import mplog
+from mplog import wire_encode
 from mplog.wire import Sender, decode_frame, encode_record, encode_sender
 from mplog.wire_encode import frame_of_packed, pack_records, plain_fields
 from mplog.worker import MplogHandler
@@ -36,8 +37,13 @@ def _fields(record: logging.LogRecord) -> list[Any]:
     return fields
 
 
+@pytest.mark.parametrize("with_ormsgpack", [True, False], ids=["ormsgpack", "msgpack-only"])
 @pytest.mark.parametrize("count", [1, 15, 16, 600])
-def test_a_batch_of_common_records_packs_to_the_bytes_of_one_pack_per_record(count):
+def test_a_batch_of_common_records_packs_to_the_bytes_of_one_pack_per_record(count, with_ormsgpack, monkeypatch):
+    if not with_ormsgpack:  # installed without its dependencies: msgpack packs the batch
+        monkeypatch.setattr(wire_encode, "_pack_batch", None)
+    else:
+        assert wire_encode._pack_batch is not None
     records = [_record(i) for i in range(count)]
     packer = msgpack.Packer(use_bin_type=True)
     assert pack_records(packer, [_fields(r) for r in records]) == b"".join(encode_record(r) for r in records)
