@@ -1,7 +1,8 @@
 """The worker side: the one handler put on the root logger, its logging call, fork and exit safety.
 
-A logging call encodes the record (message merged, exception rendered) and appends
-the bytes to a pending batch. A batch is handed to the transport when it is full,
+A logging call merges the record's message and appends its fields to a pending batch
+(a record with extras, an exception or a stack is packed there and then); the batch is
+packed in one call when it is flushed. A batch is handed to the transport when it is full,
 when a record at ``flush_level`` or above arrives, after ``flush_interval`` seconds
 (a background thread), and at exit. Batches the transport cannot take wait in an
 outbox bounded by ``max_buffer_bytes``; past that bound the ``policy`` applies and
@@ -83,7 +84,8 @@ class MplogHandler(BatchingHandler):
 
     def _ship(self, record: logging.LogRecord) -> None:
         # A common record's fields are kept as a list and packed with the rest of its batch
-        # at flush (one msgpack call per batch); any other record is packed now.
+        # at flush (one call per batch, see wire_encode.pack_records); any other record is
+        # packed now.
         item: Any = plain_fields(record, self._limits)
         if item is not None:
             size = len(item[3]) + self._overhead  # an estimate until the batch is packed
