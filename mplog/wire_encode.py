@@ -337,14 +337,15 @@ def plain_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> 
     (:func:`pack_records`), gives the bytes packing it now would.
     """
     try:
-        if type(record) is _LogRecord and len(_referents(record)) == _PLAIN_REFERENTS:
+        exact = type(record) is _LogRecord
+        if exact and len(_referents(record)) == _PLAIN_REFERENTS:
             pass  # exactly the standard attributes, no dict built (see _plain_referents)
         elif len(record.__dict__) > _N_STANDARD:
             return None
         if record.exc_info or record.exc_text or record.stack_info:
             return None
         try:
-            if type(record) is _LogRecord:  # getMessage() inlined; a subclass may override it
+            if exact:  # getMessage() inlined; a subclass may override it
                 message = record.msg
                 if type(message) is not str:
                     message = str(message)
