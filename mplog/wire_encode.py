@@ -69,10 +69,6 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _array_header_size(n: int) -> int:
-    return 1 if n < 16 else 3 if n < 0x10000 else 5
-
-
 def _bounded_text(text: str, limit: int) -> str:
     if len(text) > limit:
         return f"{text[:limit]}...[mplog: truncated {len(text) - limit} chars]"
@@ -428,7 +424,7 @@ def pack_records(packer: msgpack.Packer, items: list[Any], limits: Limits = DEFA
     if bytes not in set(map(type, items)):
         try:
             packed: bytes = _pack_batch(items) if _pack_batch is not None else packer.pack(items)
-            return packed[_array_header_size(len(items)) :]
+            return packed[len(_array_header(len(items))) :]  # the records without the array header
         except Exception:  # an odd value somewhere: each record on its own below
             pass
     return b"".join(item if type(item) is bytes else _pack_fields(packer, item, limits) for item in items)

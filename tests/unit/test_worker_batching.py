@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def test_a_record_that_is_not_common_is_not_kept_as_fields():
     try:
         raise ValueError("x")
     except ValueError:
-        with_exc.exc_info = logging.sys.exc_info()  # type: ignore[attr-defined]
+        with_exc.exc_info = sys.exc_info()
     with_stack.stack_info = "Stack (most recent call last): ..."
     assert [plain_fields(r) for r in (with_extra, with_exc, with_stack)] == [None, None, None]
 
