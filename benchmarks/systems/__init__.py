@@ -15,7 +15,7 @@ from benchmarks.scenario import Started
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "mplog-zmq": ("mplog_runtime", "zmq", "mplog, ZeroMQ ipc transport, listener process"),
     "mplog-mp": ("mplog_runtime", "multiprocessing", "mplog, multiprocessing transport, listener process"),
-    "mplog-zmq-nice": ("mplog_runtime", "zmq-nice", "mplog-zmq with mplog.nice = 10 (the listener yields CPU)"),
+    "mplog-zmq-nice": ("mplog_runtime", "zmq-nice", "mplog-zmq with mplog.nice = 19 (the listener yields CPU)"),
     "mplog-zmq-ack": ("mplog_runtime", "zmq-ack", "mplog-zmq with acknowledged delivery (ack=True)"),
     "stdlib-thread": ("stdlib_recipe", "thread", "QueueHandler + multiprocessing.Queue + QueueListener thread"),
     "stdlib-process": ("stdlib_recipe", "process", "QueueHandler + multiprocessing.Queue + listener process"),
@@ -23,7 +23,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "concurrent-log-handler": ("concurrent_handler", "", "ConcurrentRotatingFileHandler in every producer"),
     "multiprocessing-logging": ("mp_logging", "", "multiprocessing-logging install_mp_handler (fork only)"),
     "ceiling-file": ("ceilings", "file", "ceiling: one process, all records, straight into a FileHandler"),
-    "ceiling-null": ("ceilings", "null", "ceiling: one process, logging calls into a do-nothing handler"),
+    "ceiling-null": ("ceilings", "null", "ceiling: the P producers' logging calls into a do-nothing handler"),
+    "ceiling-null-1": ("ceilings", "null-1", "one process, all P x M calls into a do-nothing handler"),
 }
 REFERENCE = "stdlib-thread"
 
@@ -37,7 +38,7 @@ class System:
     start: Callable[[Path, str], Started]  # (output file, start method) -> Started
     worker_setup: Callable[[dict[str, Any]], Callable[..., Any]]  # returns the logging call
     supports: Callable[[str], bool]  # start method -> supported
-    single_process: bool  # a ceiling: one process logs producers * records
+    single_process: bool  # one process logs producers * records (ceiling-file, ceiling-null-1)
     writes_file: bool
 
 
@@ -50,6 +51,6 @@ def get_system(name: str) -> System:
         start=partial(module.start, variant),
         worker_setup=module.worker_setup,
         supports=getattr(module, "supports", lambda method: True),
-        single_process=module_name == "ceilings",
-        writes_file=variant != "null",
+        single_process=variant in ("file", "null-1"),
+        writes_file=not variant.startswith("null"),
     )

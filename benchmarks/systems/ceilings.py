@@ -1,5 +1,12 @@
-"""The two ceilings: one process writing every record straight into its own FileHandler,
-and the bare cost of a logging call into a handler that does nothing."""
+"""The ceilings: one process writing every record straight into its own FileHandler, and
+the bare cost of a logging call into a handler that does nothing.
+
+The do-nothing call is measured where the systems' calls are: in ``P`` producer processes
+running at once, started the same way (``ceiling-null``). Two busy processes on a small
+machine each run slower than one alone, so a single process (``ceiling-null-1``, all
+``P x M`` calls) understates the cost of a call in the producers' conditions; the table's
+``x null`` ratios are against ``ceiling-null``.
+"""
 
 from __future__ import annotations
 
