@@ -329,13 +329,14 @@ class AckServer(Server):
             self.marks.clear_intent()
         return frame
 
-    def dispatch(self, frame: Frame, records: list[list[Any]]) -> None:
+    def dispatch(self, frame: Frame, records: list[list[Any]], first: int | None = None) -> None:
         """Dispatch as the plain server does, under an intent (also when the envelope could not be read first)."""
         marks = self.marks
         if marks is not None and records and not marks.intent_open:
             end = frame.seq + len(frame.records)
-            marks.begin_intent(frame.sender.key, end - len(records), end, self._measure_files())
-        super().dispatch(frame, records)
+            start = end - len(records) if first is None else first
+            marks.begin_intent(frame.sender.key, start, end, self._measure_files())
+        super().dispatch(frame, records, first)
 
     def _acknowledge(self, route: bytes, frame: Frame) -> None:
         key = frame.sender.key

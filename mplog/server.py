@@ -25,11 +25,11 @@ from mplog.stats import Stats
 from mplog.supervisor import live_local_senders, resume
 from mplog.transports import Receiver
 from mplog.wire import Frame, Limits, check_records, decode_header
+from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
 
 __all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
 
 _DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has said goodbye
-_MAX_NAME = 1024  # longest logger name dispatched (each name creates a Logger for good)
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 
 
@@ -67,19 +67,36 @@ class Server:
         try:
             check_records(records, limits)
             for fields in records:
-                if len(fields[0]) > _MAX_NAME:
+                if len(fields[0]) > MAX_NAME_CHARS:
                     raise FrameError("bad_field", "logger name too long")
-        except FrameError as exc:
-            stats.reject(frame, exc.reason)
-            return frame
+        except FrameError:
+            return self._salvage(frame)
         skip = stats.accept(frame)
         if skip:
             records = records[skip:]
         self.dispatch(frame, records)
         return frame
 
-    def dispatch(self, frame: Frame, records: list[list[Any]]) -> None:
-        """Hand ``records`` (the frame's records not seen before) to the loggers they name."""
+    def _salvage(self, frame: Frame) -> Frame:
+        """A frame some of whose records are bad: repair them, deliver every record that can be."""
+        stats = self.stats
+        try:
+            fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS)
+        except FrameError as exc:  # the frame as a whole is wrong (too many records)
+            stats.reject(frame, exc.reason)
+            return frame
+        skip = stats.accept(frame)
+        stats.salvaged(frame, fixed[skip:], reasons[skip:])
+        kept = [fields for fields in fixed[skip:] if fields is not None]
+        self.dispatch(frame, kept, first=frame.seq + skip)
+        return frame
+
+    def dispatch(self, frame: Frame, records: list[list[Any]], first: int | None = None) -> None:
+        """Hand ``records`` (the frame's records not seen before) to the loggers they name.
+
+        ``first`` is the sequence number the dispatched part of the frame starts at, when
+        items refused by salvage_records left ``records`` shorter than that part.
+        """
         stats = self.stats
         host = frame.sender.host
         # Under CURVE, the client key the handshake proved; set after the payload's extras,

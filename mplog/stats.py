@@ -23,7 +23,8 @@ class SenderStats:
     stream: int
     records: int = 0  # records dispatched to handlers
     frames: int = 0
-    rejected: int = 0  # records in frames that failed validation
+    rejected: int = 0  # records refused by validation (a frame that failed as a whole, or an item that was no record)
+    repaired: int = 0  # records delivered with a bad field replaced (mplog.wire_decode.salvage_records)
     dropped: int = 0  # records the sender dropped by policy (it reports a running total)
     gaps: int = 0  # numbered records this listener never received
     duplicates: int = 0  # records received twice (dropped here, not dispatched)
@@ -42,6 +43,7 @@ class Stats:
         self.frames = 0
         self.records = 0
         self.malformed: Counter[str] = Counter()
+        self.repaired: Counter[str] = Counter()  # records delivered after a repair, by reason
         self.handler_errors: Counter[str] = Counter()
         self.senders: dict[str, SenderStats] = {}
 
@@ -84,6 +86,27 @@ class Stats:
             self.records += n - skip
         return skip
 
+    def salvaged(self, frame: Frame, records: list[Any], reasons: list[str]) -> None:
+        """Amend :meth:`accept` for a frame that went through salvage_records.
+
+        ``records`` and ``reasons`` are the part of the frame that was not a duplicate: a
+        record repaired counts under ``repaired[reason]``, an item refused (None) moves from
+        ``received`` to ``rejected`` and counts under ``malformed[reason]``.
+        """
+        with self._lock:
+            sender = self._sender(frame)
+            for fields, reason in zip(records, reasons, strict=True):
+                if not reason:
+                    continue
+                if fields is None:
+                    self.malformed[reason] += 1
+                    self.records -= 1
+                    sender.records -= 1
+                    sender.rejected += 1
+                else:
+                    self.repaired[reason] += 1
+                    sender.repaired += 1
+
     def reject(self, frame: Frame, reason: str) -> None:
         """Count a frame whose envelope was valid but whose records were not."""
         with self._lock:
@@ -109,6 +132,7 @@ class Stats:
             self.frames += int(state.get("frames", 0))
             self.records += int(state.get("received", 0))
             self.malformed.update({str(k): int(v) for k, v in dict(state.get("malformed", {})).items()})
+            self.repaired.update({str(k): int(v) for k, v in dict(state.get("repaired", {})).items()})
             self.handler_errors.update({str(k): int(v) for k, v in dict(state.get("handler_errors", {})).items()})
             for key, values in dict(state.get("senders", {})).items():
                 if isinstance(values, dict) and {"host", "pid", "start_time", "stream"} <= set(values):
@@ -141,6 +165,7 @@ class Stats:
         with self._lock:
             senders = {key: asdict(s) for key, s in self.senders.items()}
             malformed = dict(self.malformed)
+            repaired = dict(self.repaired)
             handler_errors = dict(self.handler_errors)
             frames, records = self.frames, self.records
         return {
@@ -149,6 +174,8 @@ class Stats:
             "received": records,
             "malformed": malformed,
             "malformed_total": sum(malformed.values()),
+            "repaired": repaired,
+            "repaired_total": sum(repaired.values()),
             "rejected": sum(s["rejected"] for s in senders.values()),
             "dropped": sum(s["dropped"] for s in senders.values()),
             "gaps": sum(s["gaps"] for s in senders.values()),
@@ -176,12 +203,14 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """
     senders: dict[str, dict[str, Any]] = {}
     malformed: Counter[str] = Counter()
+    repaired: Counter[str] = Counter()
     handler_errors: Counter[str] = Counter()
     connections: Counter[str] = Counter()
     frames = 0
     for snap in snapshots:
         frames += snap.get("frames", 0)
         malformed.update(snap.get("malformed", {}))
+        repaired.update(snap.get("repaired", {}))
         handler_errors.update(snap.get("handler_errors", {}))
         connections.update(snap.get("connections", {}))
         for key, one in snap.get("senders", {}).items():
@@ -189,8 +218,8 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             if merged is None:
                 senders[key] = dict(one)
                 continue
-            for name in ("records", "frames", "rejected", "duplicates"):
-                merged[name] += one[name]
+            for name in ("records", "frames", "rejected", "duplicates", "repaired"):
+                merged[name] = merged.get(name, 0) + one.get(name, 0)
             for name in ("dropped", "next_seq", "last_seen"):
                 merged[name] = max(merged[name], one[name])
             merged["first_seen"] = min(merged["first_seen"], one["first_seen"])
@@ -203,6 +232,8 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "received": sum(s["records"] for s in senders.values()),
         "malformed": dict(malformed),
         "malformed_total": sum(malformed.values()),
+        "repaired": dict(repaired),
+        "repaired_total": sum(repaired.values()),
         "rejected": sum(s["rejected"] for s in senders.values()),
         "dropped": sum(s["dropped"] for s in senders.values()),
         "gaps": sum(s["gaps"] for s in senders.values()),

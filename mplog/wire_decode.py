@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
+from mplog.wire_encode import _bounded_text, _safe_repr, field_default
 from mplog.wire_schema import (
     _FIELD_TYPES,
     _N_FIELDS,
@@ -32,11 +33,15 @@ from mplog.wire_schema import (
 )
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "check_records",
     "decode_frame",
     "decode_header",
     "make_log_record",
+    "salvage_records",
 ]
+
+MAX_NAME_CHARS = 1024  # longest logger name dispatched (each name creates a Logger for good)
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
 # Names the LogRecord class defines: an extra named like one (e.g. "getMessage") would
@@ -183,6 +188,83 @@ def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> None:
         return
     for rec in records:
         _check_record(rec, limits)
+
+
+def salvage_records(
+    records: list[Any], limits: Limits = DEFAULT_LIMITS, max_name: int = MAX_NAME_CHARS
+) -> tuple[list[list[Any] | None], list[str]]:
+    """Repair what can be repaired in a frame whose records did not all pass :func:`check_records`.
+
+    One bad record must not cost its neighbours their delivery, nor itself its message. A
+    record whose standard field has the wrong type or an unusable value (a float
+    ``levelno``, a NaN ``created``, a logger name over ``max_name`` characters) gets the
+    field's default (:func:`~mplog.wire_encode.field_default`: ``created`` the time of the
+    repair, ``levelno`` the level its ``levelname`` names) and keeps the value as the extra
+    ``mplog_bad_<field>``, as the worker's encoder does; an extra value the decoder refuses
+    (too deep, a bytes key) travels as its ``repr()``. Only an item that is not a record at
+    all (not an array of 20 fields) is refused.
+
+    Returns:
+        ``(records, reasons)``, both as long as ``records``: the record (repaired in place),
+        or None where it was refused, and the reason it was repaired or refused ("" when it
+        passed as it was).
+
+    Raises:
+        FrameError: ``bad_header`` when the frame holds more than ``limits.max_records``.
+    """
+    if len(records) > limits.max_records:
+        raise FrameError("bad_header", f"more than {limits.max_records} records")
+    out: list[list[Any] | None] = []
+    reasons: list[str] = []
+    for rec in records:
+        if type(rec) is not list or len(rec) != _N_FIELDS:
+            out.append(None)
+            reasons.append("bad_record")
+            continue
+        reasons.append(_repair_record(rec, limits, max_name))
+        out.append(rec)
+    return out, reasons
+
+
+def _repair_record(rec: list[Any], limits: Limits, max_name: int) -> str:
+    """Make ``rec`` (an array of 20 fields) pass _check_record; return why it did not, or ""."""
+    try:
+        _check_record(rec, limits)
+        if len(rec[0]) <= max_name:
+            return ""
+        reason = "bad_field"
+    except FrameError as exc:
+        reason = exc.reason
+    extra = _repair_extra(rec[-1], limits)
+    for i, (value, kind) in enumerate(zip(rec[:-1], _FIELD_TYPES, strict=False)):
+        fits = isinstance(value, kind)
+        if fits and kind is _NUM:  # created, msecs, relativeCreated
+            fits = math.isfinite(value) and (i != 4 or 0 <= value < 2**40)
+        elif fits and i == 0:
+            fits = len(value) <= max_name
+        if not fits:
+            if len(extra) < limits.max_extra_fields:
+                limit = limits.max_repr_chars
+                text = _bounded_text(value, limit) if type(value) is str else _safe_repr(value, limit)
+                extra.setdefault(f"mplog_bad_{RECORD_FIELDS[i]}", text)
+            rec[i] = field_default(i, rec)
+    rec[-1] = extra
+    return reason
+
+
+def _repair_extra(extra: Any, limits: Limits) -> dict[str, Any]:
+    """The extras as a map the decoder accepts: a refused value becomes its repr()."""
+    if type(extra) is not dict:
+        return {"mplog_bad_extra": _safe_repr(extra, limits.max_repr_chars)}
+    fixed: dict[str, Any] = {}
+    for key, value in list(extra.items())[: limits.max_extra_fields]:
+        if not isinstance(value, _SCALARS):
+            try:
+                _check_value(value, limits, 1)
+            except FrameError:
+                value = _safe_repr(value, limits.max_repr_chars)  # noqa: PLW2901
+        fixed[key if type(key) is str else _safe_repr(key, 200)] = value
+    return fixed
 
 
 _CREATED, _MSECS, _RELATIVE, _EXTRA = (operator.itemgetter(i) for i in (4, 5, 6, 19))

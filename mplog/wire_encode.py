@@ -14,18 +14,29 @@ import gc
 import logging
 import math
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from mplog.wire_schema import _FIELD_TYPES, _N_FIELDS, _NUM, DEFAULT_LIMITS, RECORD_FIELDS, Limits, Sender
+from mplog.wire_schema import (
+    _FIELD_DEFAULTS,
+    _FIELD_TYPES,
+    _N_FIELDS,
+    _NUM,
+    DEFAULT_LIMITS,
+    RECORD_FIELDS,
+    Limits,
+    Sender,
+)
 
 __all__ = [
     "build_frame",
     "encode_record",
     "encode_sender",
+    "field_default",
     "frame_of_packed",
     "pack_records",
     "plain_fields",
@@ -263,11 +274,6 @@ def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
     return packed
 
 
-_FIELD_DEFAULTS: tuple[Any, ...] = tuple(
-    "" if kind is str else 0 if kind is int else 0.0 if kind is _NUM else None for kind in _FIELD_TYPES[:-1]
-)
-
-
 def _conform(head: list[Any], extra: dict[str, Any], limits: Limits) -> None:
     """Give every field a value of the type the decoder accepts, keeping a wrong one as an extra.
 
@@ -283,7 +289,25 @@ def _conform(head: list[Any], extra: dict[str, Any], limits: Limits) -> None:
             if len(extra) < limits.max_extra_fields:
                 text = value if isinstance(value, str) else _safe_repr(value, limits.max_repr_chars)
                 extra.setdefault(f"mplog_bad_{RECORD_FIELDS[i]}", text)
-            head[i] = _FIELD_DEFAULTS[i]
+            head[i] = field_default(i, head)
+
+
+def field_default(i: int, fields: list[Any]) -> Any:
+    """What standard field ``i`` of ``fields`` takes when its value cannot be used.
+
+    ``levelno``: a finite float's whole part (a filter set ``20.0``), else the level its
+    ``levelname`` names, else WARNING, so that the record still passes the levels it
+    should; ``created``: now; any other field its type's empty value.
+    """
+    if i == 1:
+        value, name = fields[1], fields[2]
+        if type(value) is float and math.isfinite(value) and -(2**63) <= value < 2**63:
+            return int(value)
+        level = logging.getLevelName(name) if type(name) is str else None
+        return level if type(level) is int else logging.WARNING
+    if i == 4:
+        return time.time()
+    return _FIELD_DEFAULTS[i]
 
 
 class _PackerSlot(threading.local):

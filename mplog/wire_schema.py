@@ -74,6 +74,11 @@ _FIELD_TYPES: tuple[Any, ...] = (
     _OPT_STR,  # stack_info
     dict,  # extra
 )
+# What a standard field that cannot be used takes instead (the worker's _conform, the
+# listener's salvage_records); the value it had travels as the extra ``mplog_bad_<field>``.
+_FIELD_DEFAULTS: tuple[Any, ...] = tuple(
+    "" if kind is str else 0 if kind is int else 0.0 if kind is _NUM else None for kind in _FIELD_TYPES[:-1]
+)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ reason, never unpickles anything, and writes the next valid record.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import random
@@ -165,3 +166,53 @@ def test_a_pickle_sent_with_connection_send_is_never_unpickled(tmp_path):
     assert not marker.exists()
     assert read_lines(out) == [payload(0, 0)]
     assert os.path.exists(out)
+
+
+class _Spoiler(logging.Filter):
+    """A worker-side filter that gives some records a standard field of the wrong type."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        seq = int(str(record.args[0]).split(":")[1]) if isinstance(record.args, tuple) else 0
+        if seq % 50 == 7:
+            record.levelno = 20.0  # type: ignore[assignment]
+        elif seq % 50 == 13:
+            record.created = float("nan")
+        elif seq % 50 == 21:
+            record.lineno = "n/a"  # type: ignore[assignment]
+        return True
+
+
+def _spoiled_worker(producer: int, count: int) -> None:
+    handler = mplog.setup_worker()
+    handler.addFilter(_Spoiler())
+    log = logging.getLogger("spoiled")
+    for seq in range(count):
+        log.info("%s", payload(producer, seq))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_records_a_worker_filter_spoiled_are_repaired_and_their_batches_delivered(tmp_path, method):
+    """Packable but wrongly typed fields (a float levelno, a NaN created, a str lineno) cost
+    neither the record nor the other records of its batch (they shared frames of up to 512)."""
+    out, count = tmp_path / "out.log", 500
+    config = file_config(out, fmt="%(levelname)s %(lineno)d %(message)s")
+    with mplog.start_listener(config, route_parent=False) as listener:
+        ctx = multiprocessing.get_context(method)
+        procs = [ctx.Process(target=_spoiled_worker, args=(p, count)) for p in range(2)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(30)
+        wait_for(lambda: listener.stats()["received"] == 2 * count, timeout=20)
+        stats = listener.stats()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    lines = read_lines(out)
+    check_lines(lines, {0: count, 1: count}).assert_exact()
+    assert stats["repaired"] == {"bad_field": 2 * 3 * (count // 50)}
+    assert (stats["rejected"], stats["malformed_total"], stats["gaps"], stats["dropped"]) == (0, 0, 0, 0)
+    by_seq: dict[int, list[str]] = {}
+    for line in lines:
+        by_seq.setdefault(int(line.split(":")[1]) % 50, []).append(line)
+    assert all(line.startswith("INFO 0 ") for line in by_seq[21])  # lineno "n/a" took its default
+    assert all(line.startswith("INFO ") and " 0 " not in line[:8] for line in by_seq[7])  # 20.0 is INFO
