@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from mplog import wire_encode
+from mplog import wire_decode, wire_encode
 from mplog.exceptions import FrameError
 from mplog.server import Server
 from mplog.wire import (
@@ -572,6 +572,28 @@ def test_one_bad_record_among_many_good_ones_is_found_by_the_whole_frame_check(b
     assert decode_frame(msgpack.packb([*header(), good], use_bin_type=True)).records == good
     records = [*good[:where], record_list(**bad), *good[where:]]
     assert reason_of(msgpack.packb([*header(), records], use_bin_type=True)) in ("bad_field", "too_deep")
+
+
+def test_the_whole_frame_check_passes_exactly_the_frames_every_record_of_which_passes_alone():
+    # wire_decode._all_plain checks a frame by its columns; it must never pass a frame the
+    # record-by-record check refuses (and it passes every plain frame, or nothing is gained).
+    samples = ["s", 7, True, 1.5, None, b"b", [1], {"k": 1}, float("nan"), 2**40]
+    good = [record_list(created=1_700_000_000.0 + i, msecs=float(i)) for i in range(40)]
+    assert wire_decode._all_plain(good)
+    for index in range(len(RECORD_FIELDS)):
+        for value in samples:
+            odd = record_list(**{RECORD_FIELDS[index]: value})
+            for where in (0, 20, 40):
+                records = [*good[:where], odd, *good[where:]]
+                try:
+                    for fields in records:
+                        wire_decode._check_record(fields, Limits())
+                    alone = not any(fields[-1] for fields in records)
+                except FrameError:
+                    alone = False
+                assert wire_decode._all_plain(records) == alone, (RECORD_FIELDS[index], value, where)
+    for odd_item in ([*good[0], None], good[0][:-1], "no record", tuple(good[0])):
+        assert not wire_decode._all_plain([*good, odd_item])
 
 
 def test_a_record_with_a_missing_args_list_cannot_exist_args_are_merged_at_the_sender():
