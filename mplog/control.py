@@ -221,7 +221,8 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     head = (
         f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}: up {stats.get('uptime', 0.0):.1f} s, "
-        f"received {stats['received']}, malformed {stats['malformed_total']}, dropped {stats['dropped']}, "
+        f"received {stats['received']}, malformed {stats['malformed_total']}, "
+        f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
         f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
     )
     columns = ("HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST SEEN", "STATE")

@@ -241,7 +241,7 @@ def test_status_shows_a_row_per_sender_with_exact_counts_and_sigterm_exits_0(tmp
         assert result.returncode == 0, result.stderr
         head, columns, *rows = result.stdout.splitlines()
         assert head.startswith(f"listener pid {running.proc.pid} at {running.endpoint}: up ")
-        assert head.endswith("received 500, malformed 0, dropped 0, gaps 0, duplicates 0, senders 2")
+        assert head.endswith("received 500, malformed 0, repaired 0, dropped 0, gaps 0, duplicates 0, senders 2")
         assert columns.split() == ["HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST", "SEEN", "STATE"]
         assert sorted(int(row.split()[2]) for row in rows) == [200, 300]
         assert [row.split()[4:6] + row.split()[-1:] for row in rows] == [["0", "0", "closed"]] * 2
