@@ -9,6 +9,7 @@ no record at all; the ledger still balances exactly.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -17,6 +18,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mplog.exceptions import FrameError
 from mplog.server import Server
@@ -203,3 +206,71 @@ def test_a_frame_of_good_records_takes_no_repair(collected):
     server.handle_frame(frame_bytes([good(i) for i in range(5)]))
     assert len(collected) == 5
     assert server.stats.snapshot()["repaired"] == {}
+
+
+_MSGPACK_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5) | st.binary(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def spoiled_frames(draw: st.DrawFn) -> list[Any]:
+    """Valid records some of whose fields (or whole items) are replaced by any msgpack value."""
+    items: list[Any] = [good(i) for i in range(draw(st.integers(1, 6)))]
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(items) - 1))
+        if draw(st.integers(0, 9)) == 0:
+            items[at] = draw(_MSGPACK_VALUES)  # no record at all
+        elif type(items[at]) is list and len(items[at]) == len(RECORD_FIELDS):
+            items[at][draw(st.integers(0, len(RECORD_FIELDS) - 1))] = draw(_MSGPACK_VALUES)
+    return items
+
+
+RICH = (
+    "%(asctime)s.%(msecs)03d %(relativeCreated)d %(levelname)s:%(levelno)d %(name)s %(pathname)s:%(lineno)d "
+    "%(funcName)s %(thread)s %(process)s %(message)s"
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spoiled_frames())
+def test_any_spoiled_frame_is_delivered_record_by_record_and_every_record_formats(items):
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler, root = Collect(), logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.NOTSET)
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(logging.NOTSET)
+    try:
+        server = Server(receiver=None)
+        server.handle_frame(frame_bytes(items))
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    snap = server.stats.snapshot()
+    refused = sum(1 for item in items if type(item) is not list or len(item) != len(RECORD_FIELDS))
+    assert (snap["received"], snap["rejected"], snap["gaps"]) == (len(items) - refused, refused, 0)
+    assert ledger(snap, len(items)) == 0
+    assert snap["malformed_total"] == refused
+    # every record reached the root logger's handler but those at a level <= 0, which a logger
+    # never handles (Logger.isEnabledFor, as in one process)
+    fixed, _ = salvage_records(copy.deepcopy(items))
+    assert len(records) == sum(1 for fields in fixed if fields is not None and fields[1] > 0)
+    formatter = logging.Formatter(RICH)
+    for record in records:
+        formatter.format(record)  # no field a Formatter uses can make it raise
