@@ -4,7 +4,8 @@ The decoder is stateless (one ``unpackb`` per frame), bounded by :class:`~mplog.
 rejects every ext type and unknown versions, and raises only
 :class:`~mplog.exceptions.FrameError`, whose ``reason`` names the counter. :func:`decode_header`
 unpacks and checks the envelope, :func:`check_records` validates the records,
-:func:`decode_frame` does both, and :func:`make_log_record` rebuilds a record from
+:func:`decode_frame` does both, :func:`salvage_records` repairs, record by record, a frame
+:func:`check_records` refused, and :func:`make_log_record` rebuilds a record from
 validated fields. Pure functions only: no I/O, nothing logged.
 """
 
