@@ -196,7 +196,8 @@ def test_records_a_worker_filter_spoiled_are_repaired_and_their_batches_delivere
     """Packable but wrongly typed fields (a float levelno, a NaN created, a str lineno) cost
     neither the record nor the other records of its batch (they shared frames of up to 512)."""
     out, count = tmp_path / "out.log", 500
-    config = file_config(out, fmt="%(levelname)s %(lineno)d %(message)s")
+    config = file_config(out, fmt="%(levelname)s %(levelno)d %(lineno)d %(created)d %(message)s")
+    started = time.time()
     with mplog.start_listener(config, route_parent=False) as listener:
         ctx = multiprocessing.get_context(method)
         procs = [ctx.Process(target=_spoiled_worker, args=(p, count)) for p in range(2)]
@@ -211,8 +212,10 @@ def test_records_a_worker_filter_spoiled_are_repaired_and_their_batches_delivere
     check_lines(lines, {0: count, 1: count}).assert_exact()
     assert stats["repaired"] == {"bad_field": 2 * 3 * (count // 50)}
     assert (stats["rejected"], stats["malformed_total"], stats["gaps"], stats["dropped"]) == (0, 0, 0, 0)
-    by_seq: dict[int, list[str]] = {}
+    by_seq: dict[int, list[list[str]]] = {}
     for line in lines:
-        by_seq.setdefault(int(line.split(":")[1]) % 50, []).append(line)
-    assert all(line.startswith("INFO 0 ") for line in by_seq[21])  # lineno "n/a" took its default
-    assert all(line.startswith("INFO ") and " 0 " not in line[:8] for line in by_seq[7])  # 20.0 is INFO
+        by_seq.setdefault(int(line.split(":")[1]) % 50, []).append(line.split())
+    assert {(level, levelno) for level, levelno, *_ in by_seq[7]} == {("INFO", "20")}  # 20.0 kept its level
+    assert {lineno for _, _, lineno, *_ in by_seq[21]} == {"0"}  # "n/a" took the default
+    assert all(started - 1 <= int(created) <= time.time() for _, _, _, created, _ in by_seq[13])  # NaN: now
+    assert {lineno for _, _, lineno, *_ in by_seq[0]} != {"0"}  # the others kept theirs
