@@ -297,8 +297,11 @@ def field_default(i: int, fields: list[Any]) -> Any:
 
     ``levelno``: a finite float's whole part (a filter set ``20.0``), else the level its
     ``levelname`` names, else WARNING, so that the record still passes the levels it
-    should; ``created``: now; any other field its type's empty value.
+    should; ``created``: now; ``name``: ``"root"``, the logger it is then handled by; any
+    other field its type's empty value.
     """
+    if i == 0:
+        return "root"
     if i == 1:
         value, name = fields[1], fields[2]
         if type(value) is float and math.isfinite(value) and -(2**63) <= value < 2**63:

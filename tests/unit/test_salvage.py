@@ -128,7 +128,7 @@ def test_a_long_logger_name_goes_to_the_root_logger_with_the_name_kept_bounded(c
     server = Server(receiver=None)
     server.handle_frame(frame_bytes([good(0, name=name), good(1)]))
     assert [r.getMessage() for r in collected] == ["record 0", "record 1"]
-    assert collected[0].name == ""
+    assert collected[0].name == "root"
     assert collected[0].mplog_bad_name == name  # 1025 chars: under max_repr_chars, kept whole
     assert logging.Logger.manager.loggerDict.get(name) is None  # no Logger made for it
 
