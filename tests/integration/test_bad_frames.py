@@ -191,14 +191,16 @@ def _spoiled_worker(producer: int, count: int) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_records_a_worker_filter_spoiled_are_repaired_and_their_batches_delivered(tmp_path, method):
+@pytest.mark.parametrize(("method", "ack"), [("fork", False), ("spawn", False), ("fork", True)])
+def test_records_a_worker_filter_spoiled_are_repaired_and_their_batches_delivered(tmp_path, method, ack):
     """Packable but wrongly typed fields (a float levelno, a NaN created, a str lineno) cost
     neither the record nor the other records of its batch (they shared frames of up to 512)."""
     out, count = tmp_path / "out.log", 500
     config = file_config(out, fmt="%(levelname)s %(levelno)d %(lineno)d %(created)d %(message)s")
     started = time.time()
-    with mplog.start_listener(config, route_parent=False) as listener:
+    # ack: acknowledged delivery (the workers learn it from MPLOG_ACK): a repaired frame is
+    # acknowledged once, its records written once, none resent
+    with mplog.start_listener(config, route_parent=False, ack=ack) as listener:
         ctx = multiprocessing.get_context(method)
         procs = [ctx.Process(target=_spoiled_worker, args=(p, count)) for p in range(2)]
         for proc in procs:
@@ -212,6 +214,8 @@ def test_records_a_worker_filter_spoiled_are_repaired_and_their_batches_delivere
     check_lines(lines, {0: count, 1: count}).assert_exact()
     assert stats["repaired"] == {"bad_field": 2 * 3 * (count // 50)}
     assert (stats["rejected"], stats["malformed_total"], stats["gaps"], stats["dropped"]) == (0, 0, 0, 0)
+    assert stats["duplicates"] == 0
+    assert ("rolled_back" in stats) == ack  # the acknowledging server ran
     by_seq: dict[int, list[list[str]]] = {}
     for line in lines:
         by_seq.setdefault(int(line.split(":")[1]) % 50, []).append(line.split())
