@@ -92,7 +92,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     snap = server.snapshot()
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
-        f"malformed {snap['malformed_total']}, gaps {snap['gaps']}, dropped {snap['dropped']}",
+        f"malformed {snap['malformed_total']}, repaired {snap['repaired_total']}, gaps {snap['gaps']}, "
+        f"dropped {snap['dropped']}",
         file=sys.stderr,
         flush=True,
     )
@@ -107,7 +108,8 @@ def _report_stats(server: object, interval: float) -> None:
         snap = server.snapshot()
         print(
             f"mplog: received {snap['received']} senders {len(snap['senders'])} malformed {snap['malformed_total']} "
-            f"gaps {snap['gaps']} dropped {snap['dropped']} handler_errors {sum(snap['handler_errors'].values())}",
+            f"repaired {snap['repaired_total']} gaps {snap['gaps']} dropped {snap['dropped']} "
+            f"handler_errors {sum(snap['handler_errors'].values())}",
             file=sys.stderr,
             flush=True,
         )

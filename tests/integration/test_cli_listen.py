@@ -141,7 +141,7 @@ def test_standalone_collector_receives_from_unrelated_processes_and_drains_on_si
     check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
     summary = lines[-1]
     assert summary.startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
-    assert summary.endswith("malformed 0, gaps 0, dropped 0")
+    assert summary.endswith("malformed 0, repaired 0, gaps 0, dropped 0")
 
 
 def test_standalone_collector_in_ack_mode_acknowledges_so_workers_exit_promptly_with_nothing_resent(
