@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
-from mplog.wire_encode import _bounded_text, _safe_repr, field_default
+from mplog.wire_encode import _conform, _safe_repr
 from mplog.wire_schema import (
     _FIELD_TYPES,
     _N_FIELDS,
@@ -234,20 +234,8 @@ def _repair_record(rec: list[Any], limits: Limits, max_name: int) -> str:
         reason = "bad_field"
     except FrameError as exc:
         reason = exc.reason
-    extra = _repair_extra(rec[-1], limits)
-    for i, (value, kind) in enumerate(zip(rec[:-1], _FIELD_TYPES, strict=False)):
-        fits = isinstance(value, kind)
-        if fits and kind is _NUM:  # created, msecs, relativeCreated
-            fits = math.isfinite(value) and (i != 4 or 0 <= value < 2**40)
-        elif fits and i == 0:
-            fits = len(value) <= max_name
-        if not fits:
-            if len(extra) < limits.max_extra_fields:
-                limit = limits.max_repr_chars
-                text = _bounded_text(value, limit) if type(value) is str else _safe_repr(value, limit)
-                extra.setdefault(f"mplog_bad_{RECORD_FIELDS[i]}", text)
-            rec[i] = field_default(i, rec)
-    rec[-1] = extra
+    rec[-1] = extra = _repair_extra(rec[-1], limits)
+    _conform(rec, extra, limits, max_name)  # the worker's own repair; the extra map now passes as it is
     return reason
 
 
