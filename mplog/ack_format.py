@@ -3,7 +3,8 @@
 An acknowledgement is the msgpack array ``[stream, next_seq]``: "every record of stream
 ``stream`` below ``next_seq`` is written"; a refusal, ``[stream, next_seq, 1]``, asks
 for a resend from ``next_seq``. :func:`frame_envelope` reads where a frame sits in its
-sender's stream without unpacking its records. The worker side is :mod:`mplog.ack`,
+sender's stream without unpacking its records (the listener's yielding reads its sender
+and flags with it too, see mplog.yielding). The worker side is :mod:`mplog.ack`,
 the listener side :mod:`mplog.ack_server`.
 """
 
@@ -41,6 +42,8 @@ class Envelope(NamedTuple):
     seq: int
     records: int
     flags: int
+    host: str
+    pid: int
 
 
 def frame_envelope(frame: bytes) -> Envelope:
@@ -59,6 +62,7 @@ def frame_envelope(frame: bytes) -> Envelope:
         unpacker.unpack()  # dropped
         flags = unpacker.unpack()
         count = unpacker.read_array_header()
-        return Envelope(f"{host}/{pid}/{stream:08x}", int(stream), int(seq), int(count), int(flags))
+        key = f"{host}/{pid}/{stream:08x}"
+        return Envelope(key, int(stream), int(seq), int(count), int(flags), str(host), int(pid))
     except Exception as exc:
         raise ValueError(f"not a frame envelope: {exc}") from None

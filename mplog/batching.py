@@ -29,7 +29,7 @@ import msgpack
 from mplog.exceptions import TransportError
 from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
-from mplog.wire import FLAG_FINAL, encode_sender
+from mplog.wire import FLAG_FINAL, FLAG_URGENT, encode_sender
 from mplog.wire import Sender as SenderId
 from mplog.wire_encode import frame_of_packed, pack_records
 from mplog.worker_options import WorkerOptions
@@ -100,7 +100,7 @@ class BatchingHandler(logging.Handler):
         self._pending_bytes = 0
         self._overhead = 256  # packed bytes of a common record besides its message; learnt per batch
         self._packer = msgpack.Packer(use_bin_type=True)  # used under _mutex only
-        self._outbox: deque[tuple[int, bytes]] = deque()  # (records, their packed bytes) per batch
+        self._outbox: deque[tuple[int, bytes, int]] = deque()  # (records, their packed bytes, frame flags) per batch
         self._outbox_bytes = 0
         self._seq = 0  # number of the next record handed to the transport
         self._dropped = 0  # records dropped by policy (reported in every frame)
@@ -132,7 +132,7 @@ class BatchingHandler(logging.Handler):
             "sent": self._seq,
             "frames": self._frames_sent,
             "dropped": self._dropped,
-            "buffered": len(self._pending) + sum(count for count, _ in self._outbox),
+            "buffered": len(self._pending) + sum(entry[0] for entry in self._outbox),
             "buffered_bytes": self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
         }
@@ -144,14 +144,19 @@ class BatchingHandler(logging.Handler):
 
     # ------------------------------------------------------------ batching and policy
 
-    def _flush_locked(self, *, apply_policy: bool) -> None:
+    def _flush_locked(self, *, apply_policy: bool, urgent: bool = False) -> None:
+        """Pack the pending records into one batch and send what the transport takes now.
+
+        ``urgent`` (the batch ends with a record at the flush level) marks its frame
+        FLAG_URGENT: a listener yielding the CPUs to busy workers handles it at once.
+        """
         if self._pending:
             batch, estimate = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
             packed = pack_records(self._packer, batch, self._limits)
             count = len(batch)
             self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
-            self._outbox.append((count, packed))
+            self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))
             self._outbox_bytes += len(packed)
         self._send_outbox(0.0)
         if apply_policy and self._outbox_bytes > self.options.max_buffer_bytes:
@@ -162,8 +167,8 @@ class BatchingHandler(logging.Handler):
     def _send_outbox(self, timeout: float) -> bool:
         outbox = self._outbox
         while outbox:
-            count, packed = outbox[0]
-            frame = frame_of_packed(self._identity.packed, self._seq, self._dropped, 0, count=count, packed=packed)
+            count, packed, flags = outbox[0]
+            frame = frame_of_packed(self._identity.packed, self._seq, self._dropped, flags, count=count, packed=packed)
             try:
                 sent = self._transport.send(frame, timeout)
             except TransportError:
@@ -186,7 +191,7 @@ class BatchingHandler(logging.Handler):
                 if remaining <= 0 or self._send_outbox(min(remaining, 0.05)):
                     break
         while self._outbox_bytes > opts.max_buffer_bytes and self._outbox:
-            count, packed = self._outbox.popleft() if opts.policy == "drop_oldest" else self._outbox.pop()
+            count, packed, _ = self._outbox.popleft() if opts.policy == "drop_oldest" else self._outbox.pop()
             self._outbox_bytes -= len(packed)
             self._dropped += count
 
@@ -269,7 +274,7 @@ class BatchingHandler(logging.Handler):
             if self._closed:
                 return
             self._closed = True
-            lost = len(self._pending) + sum(count for count, _ in self._outbox)
+            lost = len(self._pending) + sum(entry[0] for entry in self._outbox)
             # Records never handed to the transport were never numbered: report them as
             # dropped in the goodbye frame so the listener's ledger can still balance.
             self._dropped += lost

@@ -27,10 +27,11 @@ from mplog.wire_decode import decode_frame, make_log_record
 from mplog.wire_decode import decode_header as decode_header  # noqa: PLC0414
 from mplog.wire_encode import build_frame, encode_record, encode_sender, record_fields
 from mplog.wire_schema import DEFAULT_LIMITS as DEFAULT_LIMITS  # noqa: PLC0414
-from mplog.wire_schema import FLAG_FINAL, RECORD_FIELDS, VERSION, Frame, Limits, Sender
+from mplog.wire_schema import FLAG_FINAL, FLAG_URGENT, RECORD_FIELDS, VERSION, Frame, Limits, Sender
 
 __all__ = [
     "FLAG_FINAL",
+    "FLAG_URGENT",
     "RECORD_FIELDS",
     "VERSION",
     "Frame",

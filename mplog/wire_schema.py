@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "DEFAULT_LIMITS",
     "FLAG_FINAL",
+    "FLAG_URGENT",
     "RECORD_FIELDS",
     "VERSION",
     "Frame",
@@ -23,6 +24,7 @@ __all__ = [
 
 VERSION = 1
 FLAG_FINAL = 1  # the sender is closing; ``seq`` is its final next-sequence number
+FLAG_URGENT = 2  # the frame ends with a record at the sender's flush level: the listener must not hold it back
 
 RECORD_FIELDS: tuple[str, ...] = (
     "name",

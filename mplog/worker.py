@@ -113,8 +113,9 @@ class MplogHandler(BatchingHandler):
             pending.append(item)
             self._pending_bytes = nbytes = self._pending_bytes + size
             count = len(pending)
-            if count >= self._batch_records or nbytes >= self._batch_bytes or record.levelno >= self._flush_level:
-                self._flush_locked(apply_policy=True)
+            urgent = record.levelno >= self._flush_level
+            if urgent or count >= self._batch_records or nbytes >= self._batch_bytes:
+                self._flush_locked(apply_policy=True, urgent=urgent)
             elif count == 1:
                 self._kick()
         finally:
