@@ -36,7 +36,7 @@ def default_collector_endpoint() -> str:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    from mplog.config import apply_nice, build_receiver, load_config
+    from mplog.config import apply_nice, build_receiver, load_config, yield_seconds
     from mplog.control import start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
@@ -56,6 +56,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
         server = Server(receiver, limits=limits)
+        server.yield_seconds = yield_seconds(settings)
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,

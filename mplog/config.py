@@ -21,6 +21,7 @@ from mplog.exceptions import ConfigError
 from mplog.transports import Receiver, TransportOptions, open_receiver, transport_of
 from mplog.wire import Limits
 from mplog.worker import WorkerOptions
+from mplog.yielding import DEFAULT_YIELD_SECONDS
 
 __all__ = ["DEFAULT_CONFIG", "RuntimeSettings", "build_receiver", "load_config", "worker_level"]
 
@@ -58,6 +59,7 @@ _RUNTIME_KEYS = {
     "state_dir",
     "control",
     "nice",
+    "yield_to_workers",
 }
 
 
@@ -77,6 +79,9 @@ class RuntimeSettings:
     state_dir: str | None = None  # where the listener keeps its stats checkpoint and acknowledged marks
     control: str | None = None  # the status channel `mplog status` asks (mplog.control); default: next to endpoint
     nice: int = 0  # added to the listener process's niceness: 1-19 let busy workers' CPU come first
+    # The longest the listener holds frames while this host's workers keep every CPU busy
+    # (mplog.yielding); None: 1.0 s, or 0 under mplog.ack, whose acknowledgements are not held back.
+    yield_to_workers: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -245,6 +250,7 @@ def _runtime(section: Any) -> RuntimeSettings:
         raise ConfigError(f"mplog.control must be an ipc:// or tcp:// endpoint, got {settings.control!r}")
     if type(settings.nice) is not int or not 0 <= settings.nice <= 19:
         raise ConfigError(f"mplog.nice must be an int from 0 (the default) to 19, got {settings.nice!r}")
+    _check_yield(settings)
     if settings.state_dir is not None and not isinstance(settings.state_dir, str):
         raise ConfigError(f"mplog.state_dir must be a directory path, got {settings.state_dir!r}")
     if settings.endpoint is not None:
@@ -259,6 +265,21 @@ def _runtime(section: Any) -> RuntimeSettings:
     transport_options_for(settings.as_dict())  # also checks mplog.limits
     _check_worker(settings.worker)
     return settings
+
+
+def _check_yield(settings: RuntimeSettings) -> None:
+    value = settings.yield_to_workers
+    if value is None:
+        return
+    if type(value) not in (int, float) or not 0 <= value <= 60:
+        raise ConfigError(
+            f"mplog.yield_to_workers must be a number of seconds from 0 (never hold) to 60, got {value!r}"
+        )
+    if value and settings.ack:
+        raise ConfigError(
+            "mplog.yield_to_workers does not apply with mplog.ack (acknowledgements are never held back); "
+            "remove it or set it to 0"
+        )
 
 
 def _check_numbers(section: str, values: dict[str, Any], defaults: Any) -> None:
@@ -372,6 +393,14 @@ def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Li
 
         return RouterReceiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
     return open_receiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
+
+
+def yield_seconds(runtime: dict[str, Any]) -> float:
+    """How long the listener may hold frames for busy workers (``mplog.yield_to_workers``, see mplog.yielding)."""
+    if runtime.get("ack"):
+        return 0.0
+    value = runtime.get("yield_to_workers")
+    return DEFAULT_YIELD_SECONDS if value is None else float(value)
 
 
 def apply_nice(runtime: dict[str, Any]) -> None:

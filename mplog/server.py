@@ -19,14 +19,16 @@ import threading
 import time
 from typing import Any
 
+from mplog.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
 from mplog.stats import Stats
 from mplog.supervisor import live_local_senders, resume
 from mplog.transports import Receiver
-from mplog.wire import Frame, Limits, check_records, decode_header
+from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
 from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
+from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 
 __all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
 
@@ -50,6 +52,16 @@ class Server:
         self.drain_for_live_senders = False
         self.restarts = 0  # earlier incarnations of this listener (supervised restarts)
         self.dispatcher = BatchDispatcher()  # BatchDispatcher(fast=False): one logger.handle() per record
+        # mplog.yielding: the longest a frame is held while this host's workers keep every
+        # CPU busy (0: never held). Set by whoever starts the server; AckServer keeps 0.
+        self.yield_seconds = 0.0
+        self.hold_max_bytes = HOLD_MAX_BYTES
+        self.watch: WorkerWatch | None = None
+        self.holds = 0  # times frames were held
+        self.held_seconds = 0.0  # time spent holding, in all
+        self.held_frames = 0  # frames held right now
+        self._held_bytes = 0
+        self.hold_ends: dict[str, int] = {}  # why holds ended: idle, time, bytes, urgent, not_a_frame, stop
 
     # ------------------------------------------------------------ one frame
 
@@ -126,17 +138,97 @@ class Server:
         snap["endpoint"] = self.receiver.endpoint
         snap["pid"] = os.getpid()
         snap["restarts"] = self.restarts
+        snap["yield"] = {
+            "holds": self.holds,
+            "held_seconds": round(self.held_seconds, 3),
+            "held_frames": self.held_frames,
+            "ended": dict(self.hold_ends),
+        }
         return snap
 
     def run(self) -> None:
         """Receive until :attr:`stop_event` is set, then drain until quiet."""
         recv, handle = self.receiver.recv, self.handle_frame
         stop = self.stop_event
+        watch = None
+        if self.yield_seconds > 0:
+            watch = self.watch = self.watch or WorkerWatch()
+        catching_up = False  # a hold ran out of time or room: no new hold until nothing is waiting
         while not stop.is_set():
             data = recv(0.02)  # how soon a stop request is noticed
-            if data is not None:
+            if data is None:
+                catching_up = False
+            elif watch is not None and not catching_up and self._may_hold(data, watch):
+                catching_up = self._hold(data, watch)
+            else:
                 handle(data)
         self.drain()
+
+    def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
+        head = _envelope(data)
+        if head is None:  # not a frame: handle_frame counts it
+            return False
+        watch.saw(head.host, head.pid, head.flags)
+        return not head.flags & FLAG_URGENT and watch.busy(time.monotonic())
+
+    def _hold(self, first: bytes, watch: WorkerWatch) -> bool:
+        """Hold frames while the workers keep every CPU busy, then handle them in order (mplog.yielding).
+
+        Returns:
+            True when the hold ran out of time or room (the caller then catches up without holding).
+        """
+        held = [first]
+        start = time.monotonic()
+        self.holds += 1
+        self.held_frames = 1
+        ended = "error"
+        try:
+            ended = self._gather(held, watch, start + self.yield_seconds)
+        finally:
+            self.hold_ends[ended] = self.hold_ends.get(ended, 0) + 1
+            self.held_seconds += time.monotonic() - start
+            handle = self.handle_frame
+            for data in held:
+                handle(data)
+            self.held_frames = 0
+        return ended in ("time", "bytes")
+
+    def _gather(self, held: list[bytes], watch: WorkerWatch, deadline: float) -> str:
+        """Receive into ``held`` until a reason to stop holding comes; return the reason."""
+        stop = self.stop_event
+        self._held_bytes = len(held[0])
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return "time"
+            if self._held_bytes >= self.hold_max_bytes:
+                return "bytes"
+            if not watch.busy(now):
+                return "idle"
+            # Sleep, then take every frame waiting: one wake-up per look, not one per frame
+            # (each would take a CPU from a worker). Receiving goes on: no sender waits.
+            if stop.wait(min(CHECK_INTERVAL, deadline - now)):
+                return "stop"
+            ended = self._take_waiting(held, watch)
+            if ended:
+                return ended
+
+    def _take_waiting(self, held: list[bytes], watch: WorkerWatch) -> str | None:
+        """Append every frame already waiting to ``held``; a reason to stop holding, or None."""
+        recv = self.receiver.recv
+        while (data := recv(0)) is not None:
+            held.append(data)
+            self.held_frames = len(held)
+            self._held_bytes += len(data)
+            head = _envelope(data)
+            if head is None:  # handle_frame counts it, after what came before it
+                return "not_a_frame"
+            watch.saw(head.host, head.pid, head.flags)
+            if head.flags & FLAG_URGENT:
+                return "urgent"
+            if self._held_bytes >= self.hold_max_bytes:
+                return "bytes"
+        return None
 
     def drain(self) -> None:
         """Keep receiving until nothing arrives for ``drain_quiet`` seconds (bounded).
@@ -154,6 +246,14 @@ class Server:
                     continue
                 break
             self.handle_frame(data)
+
+
+def _envelope(data: bytes) -> Envelope | None:
+    """A frame's sender and flags without unpacking its records; None when it does not start like a frame."""
+    try:
+        return frame_envelope(data)
+    except ValueError:
+        return None
 
 
 def handler_drops() -> dict[str, int]:
@@ -360,7 +460,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import apply_nice, build_receiver  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.config import apply_nice, build_receiver, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
 
     control = _Control(read_fd, write_fd)
@@ -389,6 +489,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
         server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
         server = Server(receiver, limits=limits)
+        server.yield_seconds = yield_seconds(setup.get("runtime", {}))
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats

@@ -1,0 +1,233 @@
+"""The pieces of the listener's yielding (mplog.yielding): the urgent flag, the envelope, the watch, the setting.
+
+The watch is tested against real processes: one that keeps a CPU busy, one that sleeps,
+one that is gone. Whole listeners holding frames for real workers are in
+tests/integration/test_yield_to_workers.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+from mplog import yielding
+from mplog.ack_format import frame_envelope
+from mplog.config import load_config, yield_seconds
+from mplog.exceptions import ConfigError
+from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender
+from mplog.worker import MplogHandler, WorkerOptions
+from mplog.yielding import CHECK_INTERVAL, WorkerWatch
+
+HOST = socket.gethostname()
+SPIN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
+
+
+class _Capture:
+    """A transport that keeps every frame it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def close(self, linger: float | None = None) -> None:
+        pass
+
+
+def _handler(**options: Any) -> tuple[MplogHandler, _Capture]:
+    handler = MplogHandler("ipc:///nonexistent/mplog-yield.sock", WorkerOptions(**options))
+    capture = _Capture()
+    handler._transport = capture  # type: ignore[assignment]  # no listener: the frames themselves are the subject
+    return handler, capture
+
+
+def _log(handler: MplogHandler, level: int, message: str) -> None:
+    handler.handle(logging.LogRecord("yield", level, __file__, 1, message, None, None))
+
+
+def _flags(capture: _Capture) -> list[tuple[int, list[str]]]:
+    frames = [decode_frame(f) for f in capture.frames]
+    return [(f.flags, [r[3] for r in f.records]) for f in frames]
+
+
+def test_a_batch_ending_with_a_record_at_the_flush_level_is_flagged_urgent_and_no_other_is():
+    handler, capture = _handler(batch_records=3, flush_interval=60.0)
+    try:
+        for i in range(3):  # full batch: sent, not urgent
+            _log(handler, logging.INFO, f"i{i}")
+        _log(handler, logging.INFO, "before")
+        _log(handler, logging.ERROR, "boom")  # flushes at once, with what came before it
+        _log(handler, logging.INFO, "after")
+        assert handler.flush(5.0)  # a flush asked for by the program: not urgent
+        assert _flags(capture) == [
+            (0, ["i0", "i1", "i2"]),
+            (FLAG_URGENT, ["before", "boom"]),
+            (0, ["after"]),
+        ]
+    finally:
+        handler.close()
+    assert decode_frame(capture.frames[-1]).flags == FLAG_FINAL  # the goodbye: not urgent either
+
+
+def test_the_flush_level_decides_what_is_urgent():
+    handler, capture = _handler(flush_level=logging.WARNING, flush_interval=60.0)
+    try:
+        _log(handler, logging.WARNING, "w")
+        _log(handler, logging.INFO, "i")
+        assert handler.flush(5.0)
+        assert _flags(capture) == [(FLAG_URGENT, ["w"]), (0, ["i"])]
+    finally:
+        handler.close()
+
+
+def test_the_envelope_names_the_sender_host_and_pid_without_unpacking_records():
+    frame = build_frame(encode_sender(Sender("host-a", 4242, 1.5, 7)), 10, 0, FLAG_URGENT, [b"\xc0"] * 3)
+    env = frame_envelope(frame)
+    assert (env.host, env.pid, env.flags, env.seq, env.records) == ("host-a", 4242, FLAG_URGENT, 10, 3)
+    assert env.key == "host-a/4242/00000007"
+
+
+# ---------------------------------------------------------------- the watch
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose main thread is always runnable, for at most 60 s."""
+    proc = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _busy(watch: WorkerWatch) -> bool:
+    return watch.busy(time.monotonic())
+
+
+def _looks(watch: WorkerWatch, count: int) -> list[bool]:
+    answers = []
+    for _ in range(count):
+        answers.append(_busy(watch))
+        time.sleep(CHECK_INTERVAL * 1.2)
+    return answers
+
+
+@pytest.mark.timeout(60)
+def test_a_sender_on_this_host_keeping_the_only_cpu_busy_makes_the_watch_busy_until_it_is_gone(spinner):
+    watch = WorkerWatch(cpus=1)
+    assert not _busy(watch)  # no sender known
+    watch.saw(HOST, spinner.pid, 0)
+    wait_for(lambda: _busy(watch), timeout=20)
+    spinner.kill()
+    spinner.wait(10)
+    wait_for(lambda: not _busy(watch), timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_sleeping_sender_never_makes_the_watch_busy(sleeper):
+    watch = WorkerWatch(cpus=1)
+    watch.saw(HOST, sleeper.pid, 0)
+    time.sleep(0.3)  # its start-up is over
+    assert _looks(watch, 10) == [False] * 10
+    assert watch.pids == [sleeper.pid]
+
+
+@pytest.mark.timeout(60)
+def test_busy_workers_on_another_host_or_fewer_than_the_cpus_never_make_the_watch_busy(spinner):
+    other = WorkerWatch(cpus=1)
+    other.saw(HOST + "-elsewhere", spinner.pid, 0)  # a remote sender's pid means nothing here
+    too_few = WorkerWatch(cpus=2)
+    too_few.saw(HOST, spinner.pid, 0)  # one busy sender leaves the listener a CPU
+    time.sleep(0.3)
+    assert _looks(other, 5) == [False] * 5
+    assert _looks(too_few, 5) == [False] * 5
+    assert other.pids == []
+
+
+@pytest.mark.timeout(60)
+def test_a_goodbye_frame_removes_its_sender(spinner):
+    watch = WorkerWatch(cpus=1)
+    watch.saw(HOST, spinner.pid, 0)
+    wait_for(lambda: _busy(watch), timeout=20)
+    watch.saw(HOST, spinner.pid, FLAG_FINAL)
+    assert watch.pids == []
+    wait_for(lambda: not _busy(watch), timeout=5)
+
+
+def test_idle_needs_two_looks_in_a_row_and_busy_one(monkeypatch):
+    watch = WorkerWatch(cpus=1)
+    answers = iter([True, False, False, True, False, True])
+    monkeypatch.setattr(watch, "_look", lambda: next(answers))
+    seen = []
+    for look in range(6):
+        seen.append(watch.busy(look * 1.0))
+        seen.append(watch.busy(look * 1.0 + CHECK_INTERVAL / 2))  # within the interval: no new look
+    assert seen == [True, True, True, True, False, False, True, True, True, True, True, True]
+
+
+def test_the_watch_keeps_the_most_recent_senders_within_its_bound(monkeypatch):
+    monkeypatch.setattr(yielding, "MAX_WATCHED", 3)
+    watch = WorkerWatch(cpus=1)
+    for pid in (10, 11, 12, 10, 13):
+        watch.saw(HOST, pid, 0)
+    assert watch.pids == [12, 10, 13]
+
+
+def test_without_proc_the_watch_never_holds(monkeypatch, spinner):
+    watch = WorkerWatch(cpus=1)
+    watch.enabled = False
+    watch.saw(HOST, spinner.pid, 0)
+    time.sleep(0.3)
+    assert _looks(watch, 3) == [False] * 3
+
+
+def test_the_cpus_are_those_the_listener_may_run_on():
+    assert WorkerWatch().cpus == len(os.sched_getaffinity(0))
+
+
+# ---------------------------------------------------------------- the setting
+
+
+def _runtime(**mplog: Any) -> dict[str, Any]:
+    return load_config({"version": 1, "mplog": mplog})[1].as_dict()
+
+
+def test_the_setting_defaults_to_one_second_and_to_never_under_acknowledged_delivery():
+    assert yield_seconds(_runtime()) == 1.0
+    assert yield_seconds(_runtime(yield_to_workers=0)) == 0.0
+    assert yield_seconds(_runtime(yield_to_workers=2.5)) == 2.5
+    assert yield_seconds(_runtime(ack=True)) == 0.0
+
+
+@pytest.mark.parametrize("value", [-1, 61, "1", True, float("nan"), None.__class__])
+def test_a_bad_yield_setting_names_the_key_and_the_fix(value):
+    with pytest.raises(ConfigError, match=r"mplog\.yield_to_workers must be a number of seconds from 0"):
+        load_config({"version": 1, "mplog": {"yield_to_workers": value}})
+
+
+def test_yielding_under_acknowledged_delivery_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match=r"mplog\.yield_to_workers does not apply with mplog\.ack.*set it to 0"):
+        load_config({"version": 1, "mplog": {"ack": True, "yield_to_workers": 1}})
+    assert yield_seconds(_runtime(ack=True, yield_to_workers=0)) == 0.0
