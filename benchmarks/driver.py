@@ -27,7 +27,8 @@ from benchmarks.systems import get_system
 
 _IGNORED = ("resource_tracker", "forkserver")  # helpers that outlive the run; never reaped here
 JOIN_TIMEOUT = 300.0
-LEDGER = ("received", "gaps", "dropped", "duplicates", "malformed_total")  # mplog's own accounting, for the record
+# mplog's own accounting, and how it held frames for the busy producers (mplog.yielding), for the record
+LEDGER = ("received", "gaps", "dropped", "duplicates", "malformed_total", "yield")
 
 
 def _vm_hwm_kib(pid: int) -> int:

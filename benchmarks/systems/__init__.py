@@ -16,6 +16,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "mplog-zmq": ("mplog_runtime", "zmq", "mplog, ZeroMQ ipc transport, listener process"),
     "mplog-mp": ("mplog_runtime", "multiprocessing", "mplog, multiprocessing transport, listener process"),
     "mplog-zmq-nice": ("mplog_runtime", "zmq-nice", "mplog-zmq with mplog.nice = 19 (the listener yields CPU)"),
+    "mplog-zmq-noyield": ("mplog_runtime", "zmq-noyield", "mplog-zmq with mplog.yield_to_workers = 0 (never holds)"),
     "mplog-zmq-ack": ("mplog_runtime", "zmq-ack", "mplog-zmq with acknowledged delivery (ack=True)"),
     "stdlib-thread": ("stdlib_recipe", "thread", "QueueHandler + multiprocessing.Queue + QueueListener thread"),
     "stdlib-process": ("stdlib_recipe", "process", "QueueHandler + multiprocessing.Queue + listener process"),

@@ -16,6 +16,8 @@ def start(variant: str, out: Path, method: str) -> Started:
     config = file_config(out)
     if mode == "nice":  # the listener at the lowest priority (+19): busy producers' CPU comes first
         config["mplog"] = {"nice": 19}
+    if mode == "noyield":  # the listener handles every frame at once, busy producers or not (before 2026-11-25)
+        config["mplog"] = {"yield_to_workers": 0}
     # "ack": acknowledged delivery (the workers learn it from MPLOG_ACK, exported by start_listener)
     listener = mplog.start_listener(config, transport=transport, route_parent=False, ack=mode == "ack")
     final: dict[str, Any] = {}

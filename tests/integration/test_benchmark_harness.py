@@ -52,13 +52,9 @@ def test_driver_runs_a_system_end_to_end_and_checks_every_line(system: str, tmp_
     assert result["producer_exitcodes"] == [0] * (1 if system == "ceiling-null-1" else 2)
     assert result["cpu_run_s"] >= 0  # measured before the output check, which is the harness's own work
     if system.startswith("mplog-zmq"):
-        assert result["listener_stats"] == {
-            "received": 600,
-            "gaps": 0,
-            "dropped": 0,
-            "duplicates": 0,
-            "malformed_total": 0,
-        }
+        stats = dict(result["listener_stats"])
+        assert stats.pop("yield")["held_frames"] == 0  # whatever was held was written before the stop returned
+        assert stats == {"received": 600, "gaps": 0, "dropped": 0, "duplicates": 0, "malformed_total": 0}
 
 
 @pytest.mark.timeout(60)
