@@ -225,6 +225,9 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
         f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
         f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
     )
+    held = stats.get("yield", {}).get("held_frames", 0)
+    if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
+        head += f", holding {held} frames while the workers are busy"
     columns = ("HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST SEEN", "STATE")
     rows = [columns]
     senders = sorted(stats["senders"].values(), key=lambda s: (s["host"], s["pid"], s["stream"]))

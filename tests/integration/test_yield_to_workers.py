@@ -32,6 +32,7 @@ import pytest
 from helpers import check_lines, file_config, payload, read_lines, wait_for
 
 import mplog
+from mplog.control import format_status
 from mplog.server import Server
 from mplog.transports import open_receiver, open_sender
 from mplog.wire import FLAG_URGENT, Sender, build_frame, encode_record, encode_sender
@@ -302,7 +303,13 @@ def test_records_of_busy_workers_wait_until_a_cpu_is_free_then_every_one_is_writ
         time.sleep(0.5)
         assert all(p.is_alive() for p in procs)
         assert len(read_lines(out)) == two_cpus  # only the hellos: the rest is held
-        assert listener.stats()["yield"]["held_frames"] >= 1
+        held = listener.stats()
+        assert held["yield"]["held_frames"] >= 1
+        assert (
+            format_status(held)
+            .splitlines()[0]
+            .endswith(f", holding {held['yield']['held_frames']} frames while the workers are busy")
+        )
         for p in procs:
             p.join(60)
         wait_for(lambda: len(read_lines(out)) == two_cpus * 200, timeout=20)  # written once a CPU is free

@@ -231,3 +231,15 @@ def test_yielding_under_acknowledged_delivery_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"mplog\.yield_to_workers does not apply with mplog\.ack.*set it to 0"):
         load_config({"version": 1, "mplog": {"ack": True, "yield_to_workers": 1}})
     assert yield_seconds(_runtime(ack=True, yield_to_workers=0)) == 0.0
+
+
+@pytest.mark.timeout(60)
+def test_a_look_reads_only_the_senders_heard_from_most_recently(monkeypatch, spinner, sleeper):
+    monkeypatch.setattr(yielding, "MAX_LOOKED_AT", 1)
+    watch = WorkerWatch(cpus=1)
+    watch.saw(HOST, spinner.pid, 0)
+    watch.saw(HOST, sleeper.pid, 0)  # the newest, and asleep: the busy one is not read
+    time.sleep(0.3)
+    assert _looks(watch, 5) == [False] * 5
+    watch.saw(HOST, spinner.pid, 0)  # heard from again: now the newest
+    wait_for(lambda: _busy(watch), timeout=20)
