@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,27 @@ def _no_process_left_behind() -> Iterator[None]:
     psutil.wait_procs(alive, timeout=5)
     if alive:
         pytest.fail(f"test left processes running: {[p.pid for p in alive]}")
+
+
+def _child(code: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose main thread keeps a CPU busy (at most 60 s): a busy worker to the listener's eye."""
+    yield from _child("import time\nend = time.time() + 60\nwhile time.time() < end: pass")
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that only sleeps (at most 60 s)."""
+    yield from _child("import time; time.sleep(60)")
 
 
 @pytest.fixture(params=START_METHODS)

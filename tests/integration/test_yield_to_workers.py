@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +38,6 @@ from mplog.wire import FLAG_URGENT, Sender, build_frame, encode_record, encode_s
 from mplog.yielding import WorkerWatch
 
 HOST = socket.gethostname()
-SPIN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
 
 
 @pytest.fixture
@@ -109,16 +107,6 @@ class _Rig:
         self.thread.join(20)
         self.sender.close()
         self.server.receiver.close()
-
-
-@pytest.fixture
-def spinner() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", SPIN])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -322,46 +310,31 @@ def test_records_of_busy_workers_wait_until_a_cpu_is_free_then_every_one_is_writ
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_an_error_is_written_at_once_with_everything_held_before_it(tmp_path, two_cpus):
+@pytest.mark.parametrize(
+    ("error_last", "yield_seconds", "ended"),
+    [
+        (True, 30, "urgent"),  # an ERROR is written at once, with everything held before it
+        (False, 0.5, "time"),  # however long the workers stay busy, no longer than yield_to_workers
+        (False, 0, None),  # yield_to_workers = 0: never held
+    ],
+    ids=["error-releases-the-hold", "hold-bounded-in-time", "yield-off"],
+)
+def test_records_are_written_while_the_workers_are_still_busy(tmp_path, two_cpus, error_last, yield_seconds, ended):
     ctx = multiprocessing.get_context("fork")
-    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, error_last=True, yield_seconds=30, spin=6.0)
+    listener, procs, out = _run_busy_workers(
+        tmp_path, ctx, two_cpus, error_last=error_last, yield_seconds=yield_seconds, spin=6.0
+    )
     try:
-        wait_for(lambda: len(read_lines(out)) == two_cpus * 200, timeout=4)  # long before 30 s, workers still busy
+        wait_for(lambda: len(read_lines(out)) == two_cpus * 200, timeout=4)  # long before the workers are done
         assert all(p.is_alive() for p in procs)
-        assert listener.stats()["yield"]["ended"].get("urgent", 0) >= 1  # the ERROR ended the hold
+        reasons = listener.stats()["yield"]["ended"]
+        assert reasons.get(ended, 0) >= 1 if ended else reasons == {}
     finally:
         stats = _finish(listener, procs)
     check_lines(read_lines(out), dict.fromkeys(range(two_cpus), 200)).assert_exact()
     assert stats["received"] == two_cpus * 200
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(120)
-def test_records_wait_no_longer_than_yield_to_workers_however_long_the_workers_stay_busy(tmp_path, two_cpus):
-    ctx = multiprocessing.get_context("fork")
-    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, yield_seconds=0.5, spin=6.0)
-    try:
-        wait_for(lambda: len(read_lines(out)) == two_cpus * 200, timeout=4)
-        assert all(p.is_alive() for p in procs)
-        assert listener.stats()["yield"]["ended"].get("time", 0) >= 1
-    finally:
-        stats = _finish(listener, procs)
-    check_lines(read_lines(out), dict.fromkeys(range(two_cpus), 200)).assert_exact()
-    assert stats["received"] == two_cpus * 200
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(120)
-def test_yield_to_workers_zero_writes_records_while_the_workers_are_busy(tmp_path, two_cpus):
-    ctx = multiprocessing.get_context("fork")
-    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, yield_seconds=0, spin=6.0)
-    try:
-        wait_for(lambda: len(read_lines(out)) == two_cpus * 200, timeout=4)
-        assert all(p.is_alive() for p in procs)
-    finally:
-        stats = _finish(listener, procs)
-    check_lines(read_lines(out), dict.fromkeys(range(two_cpus), 200)).assert_exact()
-    assert stats["yield"]["holds"] == 0
+    if ended is None:
+        assert stats["yield"]["holds"] == 0
 
 
 def _hot_worker(producer: int, count: int) -> None:

@@ -1,8 +1,8 @@
 """The pieces of the listener's yielding (mplog.yielding): the urgent flag, the envelope, the watch, the setting.
 
-The watch is tested against real processes: one that keeps a CPU busy, one that sleeps,
-one that is gone. Whole listeners holding frames for real workers are in
-tests/integration/test_yield_to_workers.py.
+The watch is tested against real processes (the ``spinner`` and ``sleeper`` fixtures of
+conftest): one that keeps a CPU busy, one that sleeps, one that is gone. Whole listeners
+holding frames for real workers are in tests/integration/test_yield_to_workers.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +25,6 @@ from mplog.worker import MplogHandler, WorkerOptions
 from mplog.yielding import CHECK_INTERVAL, WorkerWatch
 
 HOST = socket.gethostname()
-SPIN = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
 
 
 class _Capture:
@@ -99,27 +95,6 @@ def test_the_envelope_names_the_sender_host_and_pid_without_unpacking_records():
 
 
 # ---------------------------------------------------------------- the watch
-
-
-@pytest.fixture
-def spinner() -> Iterator[subprocess.Popen[bytes]]:
-    """A process whose main thread is always runnable, for at most 60 s."""
-    proc = subprocess.Popen([sys.executable, "-c", SPIN])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def _busy(watch: WorkerWatch) -> bool:
