@@ -57,11 +57,10 @@ class Server:
         self.yield_seconds = 0.0
         self.hold_max_bytes = HOLD_MAX_BYTES
         self.watch: WorkerWatch | None = None
-        self.holds = 0  # times frames were held
         self.held_seconds = 0.0  # time spent holding, in all
         self.held_frames = 0  # frames held right now
         self._held_bytes = 0
-        self.hold_ends: dict[str, int] = {}  # why holds ended: idle, time, bytes, urgent, not_a_frame, stop
+        self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
 
     # ------------------------------------------------------------ one frame
 
@@ -139,7 +138,7 @@ class Server:
         snap["pid"] = os.getpid()
         snap["restarts"] = self.restarts
         snap["yield"] = {
-            "holds": self.holds,
+            "holds": sum(self.hold_ends.values()) + (1 if self.held_frames else 0),  # ended, and one going on
             "held_seconds": round(self.held_seconds, 3),
             "held_frames": self.held_frames,
             "ended": dict(self.hold_ends),
@@ -179,7 +178,6 @@ class Server:
         """
         held = [first]
         start = time.monotonic()
-        self.holds += 1
         self.held_frames = 1
         ended = "error"
         try:
