@@ -78,8 +78,11 @@ class Collector:
     sender_keys: dict[str, str] = field(default_factory=dict)  # CURVE: server_key and the secret key files
 
     def _processes(self) -> list[psutil.Process]:
-        me = psutil.Process(self.proc.pid)
-        return [me, *me.children(recursive=True)]
+        try:
+            me = psutil.Process(self.proc.pid)
+            return [me, *me.children(recursive=True)]
+        except psutil.Error:  # it exited (and was reaped): the run fails on its line count
+            return []
 
     def cpu_seconds(self) -> float:
         """CPU used so far by the collector, every thread of it and any process it started."""
@@ -92,10 +95,7 @@ class Collector:
 
     def peak_rss_kib(self) -> int:
         """Peak resident memory so far (VmHWM) of the collector and any process it started."""
-        try:
-            return sum(_vm_hwm_kib(p.pid) for p in self._processes())
-        except psutil.Error:
-            return 0
+        return sum(_vm_hwm_kib(p.pid) for p in self._processes())
 
     def threads(self) -> int:
         with contextlib.suppress(psutil.Error):

@@ -117,6 +117,7 @@ def measure(
         go.set()
         size = _wait_file(collector, expected, timeout)
         elapsed = time.perf_counter() - t0
+        died = collector.proc.poll()
         cpu = collector.cpu_seconds() - cpu0
         result.update(
             seconds=elapsed,
@@ -156,7 +157,8 @@ def measure(
         bad_samples=verdict.samples if verdict else [],
     )
     if not result["complete"]:
-        result["error"] = f"the file stalled at {size} of {expected} bytes: {collector.errors()[-500:]}"
+        why = f"the collector exited ({died})" if died is not None else "the file stopped growing"
+        result["error"] = f"{why} at {size} of {expected} bytes: {collector.errors()[-500:]}"
     collector.out.unlink(missing_ok=True)  # up to a few hundred MB per run
     return result
 
