@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.check import check_lines  # noqa: E402  # benchmarks/ lives at the repository root
+from benchmarks.collector.collectors import RSYSLOGD  # noqa: E402
+from benchmarks.collector.payload import check_output, line_text  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +68,76 @@ def test_the_in_process_micro_benchmark_runs_and_reports_both_hot_paths() -> Non
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^call +\d+\.\d+ us +\(null handler \d+\.\d+ us, \d+\.\d+x\)$", proc.stdout, re.M)
     assert re.search(r"^listener +\d+\.\d+ us per record", proc.stdout, re.M)
+
+
+def test_collector_checker_counts_lost_duplicated_and_malformed_lines_exactly(tmp_path: Path) -> None:
+    good = [line_text(c, s, 40) for c in range(2) for s in range(50)]
+    lines = [line for line in good if line != line_text(1, 7, 40)]  # one lost
+    lines += [line_text(0, 3, 40)] * 2  # two duplicates of one record
+    lines += [line_text(0, 5, 40)[:-1], "", "garbage", line_text(0, 9, 40).replace("x", "y")]  # four malformed
+    lines += [line_text(2, 1, 40), line_text(0, 50, 40)]  # two nobody sent: malformed as well
+    lines += [line_text(1, 0, 40)]  # (1, 0) again, after (1, 49): a duplicate, out of order
+    path = tmp_path / "out.log"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    verdict = check_output(path, [50, 50], 40)
+    assert (verdict.lines, verdict.lost, verdict.duplicated, verdict.malformed) == (len(lines), 1, 3, 6)
+    assert verdict.out_of_order == 2  # (0, 3) after (0, 49), and (1, 0) after (1, 49)
+    assert not verdict.ok
+    path.write_text("".join(f"{line}\n" for line in reversed(good)))
+    assert check_output(path, [50, 50], 40).ok
+
+
+def _collector_benchmark(args: list[str], output: Path) -> tuple[str, dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "benchmarks.collector", *args, "--repeats", "1", "--output", str(output)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads(output.read_text())
+
+
+def _assert_exact(run: dict[str, Any], lines: int, senders: int) -> None:
+    assert run["complete"], run.get("error")
+    assert (run["lines_found"], run["lost"], run["duplicated"], run["malformed"]) == (lines, 0, 0, 0)
+    assert run["sender_exitcodes"] == [0] * senders
+    assert run["collector_exit"] == 0
+    assert run["cpu_s"] >= 0
+    assert run["peak_rss_mib"] > 0
+    if run["system"].startswith("mplog"):  # the listener's own ledger agrees with the file
+        assert run["ledger"] == {
+            "received": lines,
+            "gaps": 0,
+            "dropped": 0,
+            "duplicates": 0,
+            "malformed_total": 0,
+            "refused": 0,
+        }
+
+
+@pytest.mark.timeout(240)
+def test_the_collector_benchmark_accounts_for_every_line_of_rsyslog_mplog_tcp_and_curve(tmp_path: Path) -> None:
+    if RSYSLOGD is None:
+        pytest.skip("rsyslogd is not installed (apt-get install rsyslog); .ci/run installs it")
+    stdout, report = _collector_benchmark(["--lines", "20000"], tmp_path / "collector.json")
+    systems = report["comparison"]["systems"]
+    assert list(systems) == ["rsyslog", "mplog-tcp", "mplog-curve"]
+    for entry in systems.values():
+        (run,) = entry["runs"]
+        assert (run["connections"], run["per_frame"], run["length"]) == (4, 512, 120)
+        _assert_exact(run, 20000, 4)
+        assert entry["median"]["runs"] == 1
+    for name in systems:
+        assert re.search(rf"^{name} +\d+ +\d+\.\d\d +\d+\.\d\d .* 0/0/0$", stdout, re.M), stdout
+
+
+@pytest.mark.timeout(240)
+def test_the_collector_scaling_run_measures_every_cell_and_accounts_for_every_line(tmp_path: Path) -> None:
+    args = ["--scaling", "--lines", "3000", "--connections", "1,16", "--frames", "1,32"]
+    stdout, report = _collector_benchmark(args, tmp_path / "scaling.json")
+    (section,) = report["scaling"]
+    assert section["system"] == "mplog-tcp"
+    cells = {(cell["connections"], cell["per_frame"]): cell for cell in section["cells"]}
+    assert set(cells) == {(1, 1), (16, 1), (1, 32), (16, 32)}
+    for (connections, _), cell in cells.items():
+        (run,) = cell["runs"]
+        _assert_exact(run, 3000, min(connections, 4))  # 16 connections share 4 sender processes
+    assert re.search(r"^ +32 +\d+ \(\d+\.\d\d, \d+\) +\d+ \(", stdout, re.M), stdout
