@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, read_lines, wait_for
+from helpers import check_lines, console_script, read_lines, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -39,11 +39,6 @@ def _env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
-
-
-def _console_script() -> str | None:
-    beside = Path(sys.executable).with_name("mplog")
-    return str(beside) if beside.exists() else shutil.which("mplog")
 
 
 @pytest.fixture
@@ -106,13 +101,7 @@ CASES = [
 def test_standalone_collector_receives_from_unrelated_processes_and_drains_on_signal(
     tmp_path, short_dir, command, scheme, signum
 ):
-    if command == "console-script":
-        script = _console_script()
-        if script is None:
-            pytest.skip("the mplog console script is not installed")
-        argv = [script]
-    else:
-        argv = [sys.executable, "-m", "mplog"]
+    argv = [console_script()] if command == "console-script" else [sys.executable, "-m", "mplog"]
     out = tmp_path / "collected.log"
     config = tmp_path / "collector.json"
     config.write_text(
