@@ -17,22 +17,17 @@ import logging.config
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from types import FrameType
 
 from mplog.exceptions import ConfigError, TransportError
+from mplog.transports.base import default_collector_endpoint
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BIND = 0, 1, 2, 3
 ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL"
-
-
-def default_collector_endpoint() -> str:
-    """A per-user ipc endpoint for a standalone collector on this host."""
-    return f"ipc://{tempfile.gettempdir()}/mplog-{os.getuid()}/collector.sock"
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 from mplog.batching import BatchingHandler, _handlers
 from mplog.exceptions import ConfigError
-from mplog.transports.base import ASYNC_SIGNALS
+from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire_encode import encode_record, plain_fields
 from mplog.worker_options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
 from mplog.worker_options import WorkerOptions
@@ -302,7 +302,8 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
 
     Args:
         endpoint: the listener's URL; defaults to ``$MPLOG_ENDPOINT`` (set by
-            :func:`mplog.start_listener` for child processes).
+            :func:`mplog.start_listener` for child processes), else to the default
+            endpoint of this user's ``mplog listen`` on this host when one is bound there.
         **options: fields of :class:`WorkerOptions`, :class:`~mplog.wire.Limits` or
             :class:`~mplog.transports.TransportOptions`.
 
@@ -312,11 +313,12 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     Raises:
         ConfigError: no endpoint is known, or an option is wrong.
     """
-    endpoint = endpoint or inherited_setting(ENV_ENDPOINT)
+    endpoint = endpoint or inherited_setting(ENV_ENDPOINT) or local_collector()
     if not endpoint:
         raise ConfigError(
             f"setup_worker() has no endpoint: pass one, or set {ENV_ENDPOINT} "
-            "(mplog.start_listener() sets it for the processes it starts)"
+            "(mplog.start_listener() sets it for the processes it starts); no local collector "
+            f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
         )
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)

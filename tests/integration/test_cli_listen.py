@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -50,12 +51,12 @@ def short_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _collector(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], list[str], str]]:
+def _collector(argv: list[str], **env: str) -> Iterator[tuple[subprocess.Popen[str], list[str], str]]:
     """Start ``mplog listen`` and yield (process, its stderr lines so far, the endpoint it printed).
 
     Always killed and reaped at the end, whatever the test did.
     """
-    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(**env))
     lines: list[str] = []
     assert collector.stderr is not None
     stream = collector.stderr
@@ -158,3 +159,59 @@ def test_standalone_collector_in_ack_mode_acknowledges_so_workers_exit_promptly_
         assert collector.wait(20) == 0
     check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
     assert lines[-1].startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
+
+
+# ---------------------------------------------------------------- setup_worker() finds this user's collector
+
+
+def _line_config(tmp_path: Path, out: Path) -> Path:
+    config = tmp_path / "collector.json"
+    config.write_text(
+        json.dumps(
+            {
+                "formatters": {"line": {"format": "%(message)s"}},
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": str(out), "formatter": "line"}},
+                "root": {"level": "DEBUG", "handlers": ["file"]},
+            }
+        )
+    )
+    return config
+
+
+def _setup_worker_error(**env: str) -> str:
+    code = "import mplog\ntry:\n    mplog.setup_worker()\nexcept mplog.ConfigError as exc:\n    print(exc)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(**env), timeout=30, check=False
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout.strip()
+
+
+def test_setup_worker_with_no_endpoint_delivers_to_this_users_collector_at_its_default_socket(tmp_path, short_dir):
+    # TMPDIR moves the default socket (TMPDIR/mplog-UID/collector.sock) into this test's own folder.
+    out = tmp_path / "collected.log"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, out))]
+    with _collector(argv, TMPDIR=str(short_dir)) as (collector, lines, endpoint):
+        assert endpoint == f"ipc://{short_dir}/mplog-{os.getuid()}/collector.sock"
+        _run_workers(TMPDIR=str(short_dir))  # no MPLOG_ENDPOINT: the workers find the collector
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    assert lines[-1].startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
+    assert lines[-1].endswith("malformed 0, repaired 0, gaps 0, dropped 0")
+
+
+def test_setup_worker_with_no_endpoint_and_no_live_collector_says_where_it_looked(tmp_path, short_dir):
+    socket_path = f"{short_dir}/mplog-{os.getuid()}/collector.sock"
+    message = (
+        "setup_worker() has no endpoint: pass one, or set MPLOG_ENDPOINT (mplog.start_listener() sets it for "
+        "the processes it starts); no local collector (mplog listen) was found at its default endpoint "
+        f"ipc://{socket_path}"
+    )
+    assert _setup_worker_error(TMPDIR=str(short_dir)) == message  # nothing there
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, tmp_path / "out.log"))]
+    with _collector(argv, TMPDIR=str(short_dir)) as (collector, _, _):
+        collector.kill()  # leaves its socket file behind, with no one listening on it
+        collector.wait(10)
+    assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+    assert _setup_worker_error(TMPDIR=str(short_dir)) == message
