@@ -119,6 +119,31 @@ class BatchingHandler(logging.Handler):
         self._identity = _Identity()
         self._transport: Sender = self._open_transport()
 
+    def discard_if_unused(self) -> bool:
+        """Close without the goodbye frame if no record was ever handed to the transport.
+
+        For :func:`mplog.setup_worker` replacing a handler that never sent anything (the
+        one a spawn child got from :mod:`mplog.children` before its initializer asked for
+        other options): the listener never heard of this stream, and a goodbye would only
+        add an empty sender to its stats (and, to a CURVE listener, a refused plaintext
+        connection). Returns False, having done nothing, when there is anything to account for.
+        """
+        if self._pid != os.getpid() or self._closed:
+            return False
+        if not self._mutex.acquire(timeout=self.options.close_timeout):
+            return False
+        try:
+            if self._seq or self._dropped or self._pending or self._outbox or self._frames_sent:
+                return False
+            self._closed = True
+            self._transport.close(0.0)
+            self._wake.set()
+        finally:
+            self._mutex.release()
+        _handlers.discard(self)
+        super().close()
+        return True
+
     def _open_transport(self) -> Sender:
         if self.options.ack:  # frames kept until acknowledged, resent after a listener restart
             from mplog.ack import open_ack_sender  # noqa: PLC0415  # opt-in

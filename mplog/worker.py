@@ -297,6 +297,16 @@ def _level_from_env() -> int:
     return level
 
 
+def _opens_alike(old: WorkerOptions, new: WorkerOptions) -> bool:
+    """True when ``new`` needs no other transport than the one opened with ``old`` (those options apply at open)."""
+    return (old.transport, old.ack, old.ack_timeout, old.spool_dir) == (
+        new.transport,
+        new.ack,
+        new.ack_timeout,
+        new.spool_dir,
+    )
+
+
 def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     """Route this process's logging to the listener: one mplog handler on the root logger.
 
@@ -333,7 +343,13 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     root = logging.getLogger()
     level = opts.level if opts.level is not None else _level_from_env()
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
-    if len(root.handlers) == 1 and current and current[0].endpoint == endpoint and not current[0]._closed:
+    if (
+        len(root.handlers) == 1
+        and current
+        and current[0].endpoint == endpoint
+        and not current[0]._closed
+        and _opens_alike(current[0].options, opts)
+    ):
         handler = current[0]
         if options:
             handler.options = opts
@@ -341,7 +357,7 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
         handler = MplogHandler(endpoint, opts)
         for old in list(root.handlers):
             root.removeHandler(old)
-            if isinstance(old, MplogHandler):
+            if isinstance(old, MplogHandler) and not old.discard_if_unused():
                 old.close()
         root.addHandler(handler)
     root.setLevel(level)
