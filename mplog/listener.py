@@ -83,6 +83,7 @@ class Listener:
         self._own_state_dir = ""
         self.endpoint = ""
         self.pid = 0
+        self.metrics_url = ""  # the Prometheus endpoint (mplog.metrics), once started: http://HOST:PORT/metrics
 
     # ------------------------------------------------------------ lifecycle
 
@@ -114,6 +115,7 @@ class Listener:
             raise ListenerError(message)
         self.endpoint = reply["endpoint"]
         self.pid = reply["pid"]
+        self.metrics_url = str(reply.get("metrics", ""))
         if self._export_env:
             self._set_env(ENV_ENDPOINT, self.endpoint)
             self._set_env(ENV_LEVEL, logging.getLevelName(worker_level(self._config)))
@@ -170,6 +172,7 @@ class Listener:
             self._proc.wait()
             raise ListenerError((reply or {}).get("message", "the new listener process exited during start-up"))
         self.pid = int(reply["pid"])
+        self.metrics_url = str(reply.get("metrics", ""))  # another port if mplog.metrics asked for port 0
         return self.pid
 
     @property

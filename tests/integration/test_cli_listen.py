@@ -8,8 +8,11 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from helpers import check_lines, console_script, read_lines, wait_for
+
+from mplog.cli import build_parser
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -215,3 +220,61 @@ def test_setup_worker_with_no_endpoint_and_no_live_collector_says_where_it_looke
         collector.wait(10)
     assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
     assert _setup_worker_error(TMPDIR=str(short_dir)) == message
+
+
+# ---------------------------------------------------------------- a service manager (sd_notify)
+
+
+@pytest.mark.parametrize("namespace", ["path", "abstract"])
+def test_listen_tells_the_service_manager_when_it_is_ready_and_when_it_stops(tmp_path, short_dir, namespace):
+    # What systemd does for Type=notify: a datagram socket in $NOTIFY_SOCKET ('@' = abstract name).
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if namespace == "path":
+        address = str(short_dir / "notify")
+        notify.bind(address)
+    else:
+        address = f"@mplog-test-{secrets.token_hex(8)}"
+        notify.bind("\0" + address[1:])
+    notify.settimeout(20)
+    out = tmp_path / "collected.log"
+    endpoint = f"ipc://{short_dir}/collector.sock"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, out)), "--bind", endpoint]
+    env = _env(NOTIFY_SOCKET=address)
+    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        ready = notify.recv(4096).decode().split("\n")
+        assert ready == ["READY=1", f"STATUS=listening on {endpoint}", f"MAINPID={collector.pid}"]
+        # Ready means ready: workers started on that word deliver everything.
+        _run_workers(MPLOG_ENDPOINT=endpoint)
+        collector.send_signal(signal.SIGTERM)
+        assert notify.recv(4096).decode().split("\n") == ["STOPPING=1", "STATUS=draining"]
+        assert collector.wait(20) == 0
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait(10)
+        notify.close()
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+
+
+def test_listen_runs_the_same_when_the_notify_socket_is_absent(tmp_path, short_dir):
+    endpoint = f"ipc://{short_dir}/collector.sock"
+    out = tmp_path / "collected.log"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, out)), "--bind", endpoint]
+    with _collector(argv, NOTIFY_SOCKET=str(short_dir / "nobody-listens")) as (collector, lines, _):
+        _run_workers(MPLOG_ENDPOINT=endpoint)
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_the_systemd_unit_in_deployment_md_names_flags_that_exist_and_waits_for_ready():
+    page = (Path(TESTS_DIR).parent / "docs" / "deployment.md").read_text()
+    unit = page.split("<!-- file: mplog-collector.service -->\n```ini\n", 1)[1].split("```", 1)[0]
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["Type"] == "notify" and settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    program, *argv = shlex.split(settings["ExecStart"])
+    assert program.endswith("/mplog")
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.bind, args.metrics) == ("listen", "tcp://127.0.0.1:5140", "127.0.0.1:9464")
