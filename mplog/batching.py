@@ -67,7 +67,15 @@ class BatchingHandler(logging.Handler):
         transport_of(endpoint)  # validates the scheme
         self.endpoint = endpoint
         self.options = options or WorkerOptions()
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            # Handler.__init__ registered this handler for logging.shutdown() at exit; a
+            # half-built one must stay inert there, not raise from flush() or close()
+            # (see test_a_handler_whose_transport_cannot_open_is_inert_at_exit).
+            self._closed = True
+            super().close()
+            raise
         _handlers.add(self)
 
     @property
@@ -91,8 +99,6 @@ class BatchingHandler(logging.Handler):
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._owner = 0  # ident of the thread inside the buffer (holding _mutex), 0 for none
-        self._identity = _Identity()
-        self._transport: Sender = self._open_transport()
         # Records not yet in a frame: field lists of common records (packed a batch at a
         # time, see mplog.wire_encode.pack_records) and other records already packed. Their
         # size is estimated (message length + _overhead) until the batch is packed.
@@ -109,6 +115,34 @@ class BatchingHandler(logging.Handler):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # Last: every other piece of state exists even when these raise (a bad key file).
+        self._identity = _Identity()
+        self._transport: Sender = self._open_transport()
+
+    def discard_if_unused(self) -> bool:
+        """Close without the goodbye frame if no record was ever handed to the transport.
+
+        For :func:`mplog.setup_worker` replacing a handler that never sent anything (the
+        one a spawn child got from :mod:`mplog.children` before its initializer asked for
+        other options): the listener never heard of this stream, and a goodbye would only
+        add an empty sender to its stats (and, to a CURVE listener, a refused plaintext
+        connection). Returns False, having done nothing, when there is anything to account for.
+        """
+        if self._pid != os.getpid() or self._closed:
+            return False
+        if not self._mutex.acquire(timeout=self.options.close_timeout):
+            return False
+        try:
+            if self._seq or self._dropped or self._pending or self._outbox or self._frames_sent:
+                return False
+            self._closed = True
+            self._transport.close(0.0)
+            self._wake.set()
+        finally:
+            self._mutex.release()
+        _handlers.discard(self)
+        super().close()
+        return True
 
     def _open_transport(self) -> Sender:
         if self.options.ack:  # frames kept until acknowledged, resent after a listener restart

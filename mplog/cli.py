@@ -17,12 +17,12 @@ import logging.config
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from types import FrameType
 
 from mplog.exceptions import ConfigError, TransportError
+from mplog.transports.base import default_collector_endpoint
 
 __all__ = ["main"]
 
@@ -30,15 +30,12 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BIND = 0, 1, 2, 3
 ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL"
 
 
-def default_collector_endpoint() -> str:
-    """A per-user ipc endpoint for a standalone collector on this host."""
-    return f"ipc://{tempfile.gettempdir()}/mplog-{os.getuid()}/collector.sock"
-
-
 def _cmd_listen(args: argparse.Namespace) -> int:
+    from mplog import sd_notify
     from mplog.config import apply_nice, build_receiver, load_config, yield_seconds
     from mplog.control import start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
+    from mplog.metrics import start_metrics_server
     from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
     from mplog.supervisor import resume
 
@@ -65,14 +62,22 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     if state_dir:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
     checkpoint = resume(server, {"state_dir": state_dir})
+    if args.metrics:
+        settings["metrics"] = args.metrics
+    status = metrics = None
     try:
         status = start_control_server(receiver.endpoint, server.snapshot, settings)
+        metrics = start_metrics_server(settings, server.snapshot)
     except BaseException:
+        if status is not None:
+            status.close()
         receiver.close()
         raise
     install_sighup_reopen(server.stop_event)
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        if not server.stop_event.is_set():
+            sd_notify.notify("STOPPING=1", "STATUS=draining")
         server.stop_event.set()
 
     signal.signal(signal.SIGTERM, stop)
@@ -80,11 +85,16 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     if args.stats_interval:
         threading.Thread(target=_report_stats, args=(server, args.stats_interval), daemon=True).start()
     print(f"mplog: listening on {receiver.endpoint}", file=sys.stderr, flush=True)
+    if metrics is not None:
+        print(f"mplog: metrics on {metrics.url}", file=sys.stderr, flush=True)
+    sd_notify.notify("READY=1", f"STATUS=listening on {receiver.endpoint}", f"MAINPID={os.getpid()}")
     try:
         server.run()
     finally:
         if status is not None:
             status.close()
+        if metrics is not None:
+            metrics.close()
         stop_queue_listeners()  # deliver what they hold while their handlers are still open
         logging.shutdown()
         receiver.close()
@@ -298,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--bind", "-b", help="endpoint to bind, e.g. tcp://127.0.0.1:5140; default $MPLOG_BIND")
     listen.add_argument("--stats-interval", type=float, default=0.0, help="print a one-line stats report every N s")
     listen.add_argument("--control", help="status-channel endpoint (default: next to the bound endpoint)")
+    listen.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (mplog.metrics)"
+    )
     _add_server_key_flags(listen)
     listen.set_defaults(func=_cmd_listen)
 

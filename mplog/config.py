@@ -18,6 +18,7 @@ from typing import Any
 
 from mplog import security
 from mplog.exceptions import ConfigError
+from mplog.metrics import parse_address
 from mplog.transports import Receiver, TransportOptions, open_receiver, transport_of
 from mplog.wire import Limits
 from mplog.worker import WorkerOptions
@@ -60,6 +61,7 @@ _RUNTIME_KEYS = {
     "control",
     "nice",
     "yield_to_workers",
+    "metrics",
 }
 
 
@@ -82,6 +84,7 @@ class RuntimeSettings:
     # The longest the listener holds frames while this host's workers keep every CPU busy
     # (mplog.yielding); None: 1.0 s, or 0 under mplog.ack, whose acknowledgements are not held back.
     yield_to_workers: float | None = None
+    metrics: str | None = None  # "HOST:PORT" of a Prometheus endpoint on the listener (mplog.metrics); None: none
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -251,6 +254,8 @@ def _runtime(section: Any) -> RuntimeSettings:
     if type(settings.nice) is not int or not 0 <= settings.nice <= 19:
         raise ConfigError(f"mplog.nice must be an int from 0 (the default) to 19, got {settings.nice!r}")
     _check_yield(settings)
+    if settings.metrics is not None:
+        parse_address(settings.metrics, insecure=settings.insecure)
     if settings.state_dir is not None and not isinstance(settings.state_dir, str):
         raise ConfigError(f"mplog.state_dir must be a directory path, got {settings.state_dir!r}")
     if settings.endpoint is not None:

@@ -21,6 +21,7 @@ import time
 from types import TracebackType
 from typing import Any
 
+from mplog.children import route_children
 from mplog.config import load_config, worker_level
 from mplog.exceptions import ConfigError, ListenerError, TransportError
 from mplog.supervisor import Supervisor, load_checkpoint, stats_path
@@ -73,6 +74,7 @@ class Listener:
         self._final: dict[str, Any] | None = None
         self._owner_pid = os.getpid()
         self._saved_env: dict[str, str | None] = {}
+        self._routed_children: bool | None = None  # whether children were routed before start() (to restore)
         self._saved_root: tuple[list[logging.Handler], int] | None = None
         self._handler: MplogHandler | None = None
         self._supervise = supervise
@@ -81,6 +83,7 @@ class Listener:
         self._own_state_dir = ""
         self.endpoint = ""
         self.pid = 0
+        self.metrics_url = ""  # the Prometheus endpoint (mplog.metrics), once started: http://HOST:PORT/metrics
 
     # ------------------------------------------------------------ lifecycle
 
@@ -112,10 +115,12 @@ class Listener:
             raise ListenerError(message)
         self.endpoint = reply["endpoint"]
         self.pid = reply["pid"]
+        self.metrics_url = str(reply.get("metrics", ""))
         if self._export_env:
             self._set_env(ENV_ENDPOINT, self.endpoint)
             self._set_env(ENV_LEVEL, logging.getLevelName(worker_level(self._config)))
             self._set_env(ENV_ACK, "1" if self._runtime.ack else "0")
+            self._routed_children = route_children(True)  # spawn/forkserver children need no setup_worker()
         if self._route_parent:
             root = logging.getLogger()
             self._saved_root = (list(root.handlers), root.level)
@@ -167,6 +172,7 @@ class Listener:
             self._proc.wait()
             raise ListenerError((reply or {}).get("message", "the new listener process exited during start-up"))
         self.pid = int(reply["pid"])
+        self.metrics_url = str(reply.get("metrics", ""))  # another port if mplog.metrics asked for port 0
         return self.pid
 
     @property
@@ -247,6 +253,9 @@ class Listener:
         for key, value in self._saved_env.items():
             export_setting(key, value)
         self._saved_env.clear()
+        if self._routed_children is not None:
+            route_children(self._routed_children)
+            self._routed_children = None
 
     def _abort(self) -> None:
         assert self._proc is not None
@@ -328,7 +337,8 @@ def start_listener(
         endpoint: where to bind; default a private ``ipc://`` (or ``mp://``) socket.
         transport: ``"zmq"`` (default) or ``"multiprocessing"``.
         route_parent: also send this process's own logging through the listener.
-        export_env: set ``MPLOG_ENDPOINT`` (and ``MPLOG_LEVEL``) for child processes.
+        export_env: set ``MPLOG_ENDPOINT`` (and ``MPLOG_LEVEL``) for child processes, and
+            route every process multiprocessing starts meanwhile (mplog.children).
         supervise: restart the listener process on the same endpoint if it dies (mplog.supervisor).
         ack: acknowledged delivery (mplog.ack); None: the config's ``mplog.ack``.
 

@@ -460,6 +460,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
     from mplog.config import apply_nice, build_receiver, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
+    from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
 
     control = _Control(read_fd, write_fd)
     setup = control.read()
@@ -491,14 +492,19 @@ def child_main(read_fd: int, write_fd: int) -> int:
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
+    status = metrics = None
     try:
         status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}))
+        metrics = start_metrics_server(setup.get("runtime", {}), server.snapshot)
     except Exception as exc:
+        if status is not None:
+            status.close()
         receiver.close()
         control.write({"event": "error", "kind": "transport", "message": f"{type(exc).__name__}: {exc}"})
         return 3
     install_sighup_reopen(server.stop_event)
-    control.write({"event": "ready", "endpoint": receiver.endpoint, "pid": os.getpid()})
+    ready = {"event": "ready", "endpoint": receiver.endpoint, "pid": os.getpid()}
+    control.write({**ready, "metrics": metrics.url} if metrics is not None else ready)
     parent = os.getppid()
     threading.Thread(target=_watch_control, args=(server, control), daemon=True, name="mplog-control").start()
     threading.Thread(target=_watch_parent, args=(server, parent), daemon=True, name="mplog-lifeline").start()
@@ -507,6 +513,8 @@ def child_main(read_fd: int, write_fd: int) -> int:
     finally:
         if status is not None:
             status.close()
+        if metrics is not None:
+            metrics.close()
         stop_queue_listeners()  # deliver what they hold while their handlers are still open
         logging.shutdown()
         receiver.close()

@@ -32,7 +32,7 @@ from typing import Any
 
 from mplog.batching import BatchingHandler, _handlers
 from mplog.exceptions import ConfigError
-from mplog.transports.base import ASYNC_SIGNALS
+from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire_encode import encode_record, plain_fields
 from mplog.worker_options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
 from mplog.worker_options import WorkerOptions
@@ -297,12 +297,23 @@ def _level_from_env() -> int:
     return level
 
 
+def _opens_alike(old: WorkerOptions, new: WorkerOptions) -> bool:
+    """True when ``new`` needs no other transport than the one opened with ``old`` (those options apply at open)."""
+    return (old.transport, old.ack, old.ack_timeout, old.spool_dir) == (
+        new.transport,
+        new.ack,
+        new.ack_timeout,
+        new.spool_dir,
+    )
+
+
 def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     """Route this process's logging to the listener: one mplog handler on the root logger.
 
     Args:
         endpoint: the listener's URL; defaults to ``$MPLOG_ENDPOINT`` (set by
-            :func:`mplog.start_listener` for child processes).
+            :func:`mplog.start_listener` for child processes), else to the default
+            endpoint of this user's ``mplog listen`` on this host when one is bound there.
         **options: fields of :class:`WorkerOptions`, :class:`~mplog.wire.Limits` or
             :class:`~mplog.transports.TransportOptions`.
 
@@ -312,11 +323,12 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     Raises:
         ConfigError: no endpoint is known, or an option is wrong.
     """
-    endpoint = endpoint or inherited_setting(ENV_ENDPOINT)
+    endpoint = endpoint or inherited_setting(ENV_ENDPOINT) or local_collector()
     if not endpoint:
         raise ConfigError(
             f"setup_worker() has no endpoint: pass one, or set {ENV_ENDPOINT} "
-            "(mplog.start_listener() sets it for the processes it starts)"
+            "(mplog.start_listener() sets it for the processes it starts); no local collector "
+            f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
         )
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
@@ -331,7 +343,13 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     root = logging.getLogger()
     level = opts.level if opts.level is not None else _level_from_env()
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
-    if len(root.handlers) == 1 and current and current[0].endpoint == endpoint and not current[0]._closed:
+    if (
+        len(root.handlers) == 1
+        and current
+        and current[0].endpoint == endpoint
+        and not current[0]._closed
+        and _opens_alike(current[0].options, opts)
+    ):
         handler = current[0]
         if options:
             handler.options = opts
@@ -339,7 +357,7 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
         handler = MplogHandler(endpoint, opts)
         for old in list(root.handlers):
             root.removeHandler(old)
-            if isinstance(old, MplogHandler):
+            if isinstance(old, MplogHandler) and not old.discard_if_unused():
                 old.close()
         root.addHandler(handler)
     root.setLevel(level)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 START_METHODS = ["fork", "spawn", "forkserver"]
 TRANSPORTS = ["zmq", "multiprocessing"]
 _ENV_KEYS = ("MPLOG_ENDPOINT", "MPLOG_LEVEL", "MPLOG_ACK")
+_ROUTE_KEY = "mplog:route_children"
 # Long-lived helpers that multiprocessing starts once per test process on purpose.
 _KEEP = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
@@ -63,6 +64,8 @@ def _restore_logging_state() -> Iterator[None]:
     saved = (list(root.handlers), root.level, root.propagate, root.disabled, list(root.filters))
     loggers = _logger_states()
     env = {key: inherited_setting(key) for key in _ENV_KEYS}
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    route = config.get(_ROUTE_KEY)  # mplog.children: how children started from here are routed
     yield
     _restore(root, saved)
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
@@ -71,6 +74,10 @@ def _restore_logging_state() -> Iterator[None]:
     logging.Logger.manager._clear_cache()  # levels were set directly: forget cached isEnabledFor answers
     for key, value in env.items():
         export_setting(key, value)
+    if route is None:
+        config.pop(_ROUTE_KEY, None)
+    else:
+        config[_ROUTE_KEY] = route
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,10 @@ Importable from spawn/forkserver children (tests/ is on sys.path via conftest an
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
+import sysconfig
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -102,3 +105,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def console_script(name: str = "mplog") -> str:
+    """This interpreter's own ``mplog`` console script, never one found on ``PATH``.
+
+    A bare ``mplog`` runs whatever ``PATH`` holds first: nothing on a fresh machine whose
+    virtual environment is not activated (the README runs ``.venv/bin/python -m pytest``),
+    or another checkout's copy on a machine used before.
+    """
+    for directory in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK):
+            return path
+    raise AssertionError(
+        f"no {name!r} console script beside {sys.executable} or in {sysconfig.get_path('scripts')}; "
+        "install mplog into this interpreter's environment (pip install -e .)"
+    )

@@ -5,9 +5,11 @@ A transport moves opaque ``bytes``. It imports neither the codec nor ``logging``
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import signal
+import socket
 import stat
 import tempfile
 from collections import Counter
@@ -22,7 +24,9 @@ __all__ = [
     "Sender",
     "TransportOptions",
     "check_bind_address",
+    "default_collector_endpoint",
     "ensure_private_dir",
+    "local_collector",
     "make_private_dir",
 ]
 
@@ -114,6 +118,40 @@ def ensure_private_dir(path: str) -> None:
             f"endpoint directory {directory!r} is writable by other users (mode {stat.S_IMODE(mode):o}); "
             "use a directory only you can write, e.g. one made with mode 0700"
         )
+
+
+def default_collector_endpoint() -> str:
+    """The per-user ipc endpoint a standalone collector (``mplog listen``) binds on this host by default."""
+    return f"ipc://{tempfile.gettempdir()}/mplog-{os.getuid()}/collector.sock"
+
+
+def local_collector() -> str | None:
+    """The default endpoint when this user's ``mplog listen`` is bound there now, else None.
+
+    The socket and its directory must belong to this user (and the directory be writable
+    by no one else), so that another user cannot put a socket there to collect this
+    user's records. Whether something listens is asked without connecting: a datagram
+    ``connect()`` to a stream socket fails with EPROTOTYPE when a socket is bound at the
+    path and with ECONNREFUSED when the file was left by a collector that died, and the
+    collector sees no connection (its counters stay as they are).
+    """
+    endpoint = default_collector_endpoint()
+    path = endpoint[len("ipc://") :]
+    uid = os.getuid()
+    try:
+        folder, sock = os.stat(os.path.dirname(path)), os.stat(path)
+    except OSError:
+        return None
+    if folder.st_uid != uid or folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or sock.st_uid != uid:
+        return None
+    if not stat.S_ISSOCK(sock.st_mode):
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return endpoint if exc.errno == errno.EPROTOTYPE else None
+    return None  # a datagram socket: not a collector
 
 
 def check_bind_address(endpoint: str, *, secure: bool, insecure_ok: bool) -> None:

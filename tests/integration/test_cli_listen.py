@@ -8,8 +8,12 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, read_lines, wait_for
+from helpers import check_lines, console_script, read_lines, wait_for
+
+from mplog.cli import build_parser
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -41,11 +47,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _console_script() -> str | None:
-    beside = Path(sys.executable).with_name("mplog")
-    return str(beside) if beside.exists() else shutil.which("mplog")
-
-
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A private directory with a short path (unix socket paths are limited to ~107 bytes)."""
@@ -55,12 +56,12 @@ def short_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _collector(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], list[str], str]]:
+def _collector(argv: list[str], **env: str) -> Iterator[tuple[subprocess.Popen[str], list[str], str]]:
     """Start ``mplog listen`` and yield (process, its stderr lines so far, the endpoint it printed).
 
     Always killed and reaped at the end, whatever the test did.
     """
-    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(**env))
     lines: list[str] = []
     assert collector.stderr is not None
     stream = collector.stderr
@@ -106,13 +107,7 @@ CASES = [
 def test_standalone_collector_receives_from_unrelated_processes_and_drains_on_signal(
     tmp_path, short_dir, command, scheme, signum
 ):
-    if command == "console-script":
-        script = _console_script()
-        if script is None:
-            pytest.skip("the mplog console script is not installed")
-        argv = [script]
-    else:
-        argv = [sys.executable, "-m", "mplog"]
+    argv = [console_script()] if command == "console-script" else [sys.executable, "-m", "mplog"]
     out = tmp_path / "collected.log"
     config = tmp_path / "collector.json"
     config.write_text(
@@ -169,3 +164,117 @@ def test_standalone_collector_in_ack_mode_acknowledges_so_workers_exit_promptly_
         assert collector.wait(20) == 0
     check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
     assert lines[-1].startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
+
+
+# ---------------------------------------------------------------- setup_worker() finds this user's collector
+
+
+def _line_config(tmp_path: Path, out: Path) -> Path:
+    config = tmp_path / "collector.json"
+    config.write_text(
+        json.dumps(
+            {
+                "formatters": {"line": {"format": "%(message)s"}},
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": str(out), "formatter": "line"}},
+                "root": {"level": "DEBUG", "handlers": ["file"]},
+            }
+        )
+    )
+    return config
+
+
+def _setup_worker_error(**env: str) -> str:
+    code = "import mplog\ntry:\n    mplog.setup_worker()\nexcept mplog.ConfigError as exc:\n    print(exc)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(**env), timeout=30, check=False
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout.strip()
+
+
+def test_setup_worker_with_no_endpoint_delivers_to_this_users_collector_at_its_default_socket(tmp_path, short_dir):
+    # TMPDIR moves the default socket (TMPDIR/mplog-UID/collector.sock) into this test's own folder.
+    out = tmp_path / "collected.log"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, out))]
+    with _collector(argv, TMPDIR=str(short_dir)) as (collector, lines, endpoint):
+        assert endpoint == f"ipc://{short_dir}/mplog-{os.getuid()}/collector.sock"
+        _run_workers(TMPDIR=str(short_dir))  # no MPLOG_ENDPOINT: the workers find the collector
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    assert lines[-1].startswith(f"mplog: stopped; received {WORKERS * PER_WORKER} records from {WORKERS} senders")
+    assert lines[-1].endswith("malformed 0, repaired 0, gaps 0, dropped 0")
+
+
+def test_setup_worker_with_no_endpoint_and_no_live_collector_says_where_it_looked(tmp_path, short_dir):
+    socket_path = f"{short_dir}/mplog-{os.getuid()}/collector.sock"
+    message = (
+        "setup_worker() has no endpoint: pass one, or set MPLOG_ENDPOINT (mplog.start_listener() sets it for "
+        "the processes it starts); no local collector (mplog listen) was found at its default endpoint "
+        f"ipc://{socket_path}"
+    )
+    assert _setup_worker_error(TMPDIR=str(short_dir)) == message  # nothing there
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, tmp_path / "out.log"))]
+    with _collector(argv, TMPDIR=str(short_dir)) as (collector, _, _):
+        collector.kill()  # leaves its socket file behind, with no one listening on it
+        collector.wait(10)
+    assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+    assert _setup_worker_error(TMPDIR=str(short_dir)) == message
+
+
+# ---------------------------------------------------------------- a service manager (sd_notify)
+
+
+@pytest.mark.parametrize("namespace", ["path", "abstract"])
+def test_listen_tells_the_service_manager_when_it_is_ready_and_when_it_stops(tmp_path, short_dir, namespace):
+    # What systemd does for Type=notify: a datagram socket in $NOTIFY_SOCKET ('@' = abstract name).
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if namespace == "path":
+        address = str(short_dir / "notify")
+        notify.bind(address)
+    else:
+        address = f"@mplog-test-{secrets.token_hex(8)}"
+        notify.bind("\0" + address[1:])
+    notify.settimeout(20)
+    out = tmp_path / "collected.log"
+    endpoint = f"ipc://{short_dir}/collector.sock"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, out)), "--bind", endpoint]
+    env = _env(NOTIFY_SOCKET=address)
+    collector = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        ready = notify.recv(4096).decode().split("\n")
+        assert ready == ["READY=1", f"STATUS=listening on {endpoint}", f"MAINPID={collector.pid}"]
+        # Ready means ready: workers started on that word deliver everything.
+        _run_workers(MPLOG_ENDPOINT=endpoint)
+        collector.send_signal(signal.SIGTERM)
+        assert notify.recv(4096).decode().split("\n") == ["STOPPING=1", "STATUS=draining"]
+        assert collector.wait(20) == 0
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait(10)
+        notify.close()
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+
+
+def test_listen_runs_the_same_when_the_notify_socket_is_absent(tmp_path, short_dir):
+    endpoint = f"ipc://{short_dir}/collector.sock"
+    out = tmp_path / "collected.log"
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(_line_config(tmp_path, out)), "--bind", endpoint]
+    with _collector(argv, NOTIFY_SOCKET=str(short_dir / "nobody-listens")) as (collector, lines, _):
+        _run_workers(MPLOG_ENDPOINT=endpoint)
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_the_systemd_unit_in_deployment_md_names_flags_that_exist_and_waits_for_ready():
+    page = (Path(TESTS_DIR).parent / "docs" / "deployment.md").read_text()
+    unit = page.split("<!-- file: mplog-collector.service -->\n```ini\n", 1)[1].split("```", 1)[0]
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["Type"] == "notify" and settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    program, *argv = shlex.split(settings["ExecStart"])
+    assert program.endswith("/mplog")
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.bind, args.metrics) == ("listen", "tcp://127.0.0.1:5140", "127.0.0.1:9464")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, file_config, read_lines, wait_for
+from helpers import check_lines, console_script, file_config, read_lines, wait_for
 
 import mplog
 
@@ -132,7 +132,9 @@ def test_every_command_prints_help_and_exits_zero(command):
 
 
 def test_python_dash_m_mplog_and_the_console_script_are_the_same_command():
-    script = subprocess.run(["mplog", "--help"], capture_output=True, text=True, env=_env(), timeout=30, check=False)
+    script = subprocess.run(
+        [console_script(), "--help"], capture_output=True, text=True, env=_env(), timeout=30, check=False
+    )
     module = run_mplog("--help")
     assert script.returncode == module.returncode == 0
     assert script.stdout == module.stdout

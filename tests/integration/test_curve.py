@@ -343,18 +343,33 @@ def test_the_default_endpoint_is_an_ipc_socket_private_to_the_user(tmp_path, uma
 def test_another_user_cannot_send_to_the_ipc_endpoint(tmp_path):
     out = tmp_path / "out.log"
     with mplog.start_listener(file_config(out), route_parent=False, export_env=False) as listener:
+        # The child drops to nobody only after the same calls, made once against an endpoint no
+        # one listens on, have imported every module the attempt needs: nobody may not read the
+        # clone, nor the interpreter's library (a clone in /root or a `mktemp -d` folder, a
+        # Python under /root/.pyenv), so what it needs is loaded while it can still read them.
         code = (
             "import os, sys, logging, mplog\n"
-            "os.setgid(65534); os.setuid(65534)\n"
+            "warm = mplog.setup_worker(sys.argv[2], close_timeout=0.1)\n"
+            "logging.getLogger('x').info('warm-up'); warm.close()\n"
+            "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "h = mplog.setup_worker(sys.argv[1], close_timeout=0.5)\n"
             "[logging.getLogger('x').info('P9:%08d:00000:', i) for i in range(100)]\n"
-            "h.close(); print(h.counters['sent'])\n"
+            "h.close(); print(h.counters['sent'], h.counters['dropped'])\n"
         )
+        absent = f"ipc://{tmp_path / 'absent.sock'}"
         other = subprocess.run(
-            [sys.executable, "-c", code, listener.endpoint], capture_output=True, text=True, timeout=30, check=False
+            [sys.executable, "-c", code, listener.endpoint, absent],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            cwd=tmp_path,
         )
         assert other.returncode == 0, other.stderr
-        assert other.stdout.strip() == "0"  # nothing could be handed over
+        assert other.stdout.split() == ["0", "100"]  # nothing could be handed over; all counted as lost
+        assert f"100 records could not be delivered and 0 were dropped by policy (endpoint {listener.endpoint}" in (
+            other.stderr
+        )
         assert finish(run_worker(listener.endpoint, 0, 100))["sent"] == 100
         wait_for(lambda: listener.stats()["received"] == 100)
     check_lines(read_lines(out), {0: 100}).assert_exact()

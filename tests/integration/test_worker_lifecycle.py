@@ -352,3 +352,40 @@ def test_exit_with_the_listener_gone_waits_close_timeout_once(tmp_path, transpor
     exit_seconds = ended - float(proc.stdout.split()[-1])
     assert close_timeout <= exit_seconds < 1.5 + close_timeout, f"exit took {exit_seconds:.2f} s"
     assert proc.stderr.count("records could not be delivered") == 1
+
+
+# ---------------------------------------------------------------- a setup_worker() that fails half-way
+
+_HALF_BUILT_SCRIPT = """
+import logging, sys
+import mplog
+
+try:
+    mplog.setup_worker("tcp://127.0.0.1:9", curve_server_key=sys.argv[1])
+except mplog.ConfigError as exc:
+    kept = exc  # its traceback keeps the half-built handler alive until exit, as an uncaught one would
+    print("refused")
+half = [ref() for ref in logging._handlerList if isinstance(ref(), mplog.MplogHandler)]
+for handler in half:
+    print(handler.flush(), handler.counters["sent"], handler.counters["buffered"])
+    handler.close()
+    handler.close()
+logging.getLogger("after").warning("the root logger is as it was")
+print(len(half), [type(h).__name__ for h in logging.getLogger().handlers])
+"""
+
+
+def test_a_handler_whose_transport_cannot_open_is_inert_at_exit(tmp_path):
+    # The transport is opened while the handler is built (here: a server key file that does
+    # not exist); logging.shutdown() still flushes and closes the half-built handler at exit.
+    result = subprocess.run(
+        [sys.executable, "-c", _HALF_BUILT_SCRIPT, str(tmp_path / "absent.key")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["refused", "True 0 0", "1 []"]
+    assert result.stderr == "the root logger is as it was\n"  # logging's last resort; no traceback at exit

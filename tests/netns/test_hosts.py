@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, file_config, read_lines, wait_for
+from helpers import check_lines, console_script, file_config, read_lines, wait_for
 
 from mplog import security
 
@@ -102,7 +102,7 @@ def test_a_plaintext_collector_on_a_real_interface_is_refused_unless_insecure_is
     a, b = network.host("a"), network.host("b")
     network.link(a, b)
     endpoint = f"tcp://{b.addresses['a']}:{PORT}"
-    refused = b.popen("mplog", "listen", "--bind", endpoint)
+    refused = b.popen(console_script(), "listen", "--bind", endpoint)
     _, err = refused.communicate(timeout=20)
     assert refused.returncode == 2 and "without CURVE" in err
     out = tmp_path / "out.log"
@@ -127,7 +127,7 @@ def test_a_relay_host_forwards_between_workers_and_the_collector_with_curve_on_b
     relay_endpoint = f"tcp://{r.addresses['a']}:{PORT}"
     collector = b.listener(curve_collector_config(out, keys, "collector", "relay_client"), collector_endpoint)
     relay = r.popen(
-        "mplog",
+        console_script(),
         "relay",
         "--bind",
         relay_endpoint,
@@ -230,7 +230,7 @@ def test_an_ack_mode_curve_collector_on_a_real_interface_killed_mid_stream_resta
     # Without CURVE, an acknowledging collector is refused on this address too.
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({**file_config(tmp_path / "plain.log"), "mplog": {"ack": True}}))
-    refused = b.popen("mplog", "listen", "--config", str(plain), "--bind", endpoint)
+    refused = b.popen(console_script(), "listen", "--config", str(plain), "--bind", endpoint)
     _, err = refused.communicate(timeout=20)
     assert refused.returncode == 2 and "without CURVE" in err
     config = curve_collector_config(out, keys, "collector", "worker")

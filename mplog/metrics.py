@@ -1,0 +1,174 @@
+"""The listener's Prometheus endpoint: opt-in (``mplog.metrics = "HOST:PORT"``, ``mplog listen --metrics``).
+
+Every value is read from the listener's stats snapshot (:meth:`mplog.server.Server.snapshot`)
+when Prometheus scrapes, by a custom collector on a registry of its own: nothing is
+counted twice and nothing is added to the receive loop. Series are per listener, never per
+sender: every worker process is a new sender, and a label per sender would grow without
+bound. ``prometheus_client`` is an optional dependency (``pip install 'mplog[metrics]'``),
+imported only by a listener that serves metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mplog.exceptions import ConfigError, TransportError
+from mplog.transports.base import check_bind_address
+
+__all__ = ["MetricsServer", "parse_address", "start_metrics_server"]
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+def parse_address(value: object, *, insecure: bool = False, key: str = "mplog.metrics") -> tuple[str, int]:
+    """Check a ``HOST:PORT`` to serve metrics on (``[::1]:9464`` for IPv6); return ``(host, port)``.
+
+    Raises:
+        ConfigError: not ``HOST:PORT``, a bad port, a non-loopback host without ``insecure``,
+            or ``prometheus_client`` is not installed.
+    """
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key} must be 'HOST:PORT', e.g. '127.0.0.1:9464', got {value!r}")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(
+            f"{key} must be 'HOST:PORT' with a port from 0 to 65535, e.g. '127.0.0.1:9464', got {value!r}"
+        )
+    try:
+        check_bind_address(f"tcp://{_bracketed(host)}:{port_text}", secure=False, insecure_ok=insecure)
+    except ConfigError:
+        raise ConfigError(
+            f"{key} {value!r} serves metrics beyond loopback, in plaintext and to anyone who connects; "
+            "bind 127.0.0.1 (and scrape through a tunnel or a local agent), or set mplog.insecure = true "
+            "(mplog listen --insecure) to expose them"
+        ) from None
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(f"{key} needs prometheus_client: pip install 'mplog[metrics]' (or remove {key})")
+    return host, int(port_text)
+
+
+def _bracketed(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+class _SnapshotCollector:
+    """A prometheus_client collector whose every scrape reads one stats snapshot."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415  # optional
+
+        snap = self._snapshot()
+
+        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"mplog_{name}", text, value=value)
+
+        def by(name: str, text: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+            family = CounterMetricFamily(f"mplog_{name}", text, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            return family
+
+        yield counter("frames_received", "Frames received with a valid envelope.", snap.get("frames", 0))
+        yield counter("records_received", "Records dispatched to the handlers.", snap.get("received", 0))
+        yield counter(
+            "records_rejected", "Records refused by validation (counted under malformed).", snap.get("rejected", 0)
+        )
+        yield counter(
+            "records_dropped", "Records the workers dropped by policy, as they report it.", snap.get("dropped", 0)
+        )
+        yield counter(
+            "gaps", "Numbered records never received (lost between worker and listener).", snap.get("gaps", 0)
+        )
+        yield counter("duplicates", "Records received twice (not dispatched again).", snap.get("duplicates", 0))
+        yield by(
+            "malformed",
+            "Frames (or items) that did not decode or validate, by reason.",
+            "reason",
+            snap.get("malformed", {}),
+        )
+        yield by(
+            "repaired", "Records delivered with a bad field replaced, by reason.", "reason", snap.get("repaired", {})
+        )
+        yield by("handler_errors", "Handler failures, by handler.", "handler", snap.get("handler_errors", {}))
+        yield by(
+            "handler_dropped",
+            "Records a buffering handler had to drop, by handler.",
+            "handler",
+            snap.get("handler_drops", {}),
+        )
+        connections = snap.get("connections", {})
+        refused = {key.removeprefix("refused_"): n for key, n in connections.items() if key.startswith("refused_")}
+        yield by(
+            "connections_refused", "Connections refused (auth: key not allowed; protocol; other).", "reason", refused
+        )
+        events = {key: n for key, n in connections.items() if not key.startswith("refused_")}
+        yield by("connection_events", "Connection events: handshakes, disconnected.", "event", events)
+        yield counter("restarts", "Times the supervisor restarted the listener process.", snap.get("restarts", 0))
+        senders = GaugeMetricFamily("mplog_senders", "Senders seen, by whether they said goodbye.", labels=["state"])
+        closed = sum(1 for sender in snap.get("senders", {}).values() if sender.get("closed"))
+        senders.add_metric(["live"], len(snap.get("senders", {})) - closed)
+        senders.add_metric(["closed"], closed)
+        yield senders
+        held = snap.get("yield", {})
+        yield GaugeMetricFamily(
+            "mplog_frames_held",
+            "Frames held back while the workers keep every CPU busy.",
+            value=held.get("held_frames", 0),
+        )
+        yield counter("held_seconds", "Time spent holding frames for busy workers.", held.get("held_seconds", 0.0))
+        start = time.time() - float(snap.get("uptime", 0.0))
+        yield GaugeMetricFamily(
+            "mplog_start_time_seconds", "When this listener's stats began, seconds since the epoch.", value=start
+        )
+
+
+class MetricsServer:
+    """An HTTP server answering ``GET /metrics`` from its own threads until :meth:`close`."""
+
+    def __init__(self, host: str, port: int, snapshot: Snapshot) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415  # optional
+
+        registry = CollectorRegistry()
+        registry.register(_SnapshotCollector(snapshot))
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=registry)
+        except OSError as exc:
+            raise TransportError(f"cannot serve metrics on {_bracketed(host)}:{port}: {exc}") from exc
+        self.url = f"http://{_bracketed(host)}:{self._server.server_port}/metrics"
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop serving; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
+
+
+def start_metrics_server(runtime: dict[str, Any], snapshot: Snapshot) -> MetricsServer | None:
+    """Serve ``snapshot`` at ``runtime["metrics"]`` (``HOST:PORT``); None when it is not set.
+
+    Raises:
+        ConfigError: a bad address (see :func:`parse_address`).
+        TransportError: the address could not be bound.
+    """
+    address = runtime.get("metrics")
+    if not address:
+        return None
+    host, port = parse_address(address, insecure=bool(runtime.get("insecure", False)))
+    return MetricsServer(host, port, snapshot)
