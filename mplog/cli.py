@@ -33,10 +33,10 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog import sd_notify
     from mplog.config import apply_nice, build_receiver, load_config, yield_seconds
-    from mplog.control import start_control_server
+    from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.metrics import start_metrics_server
-    from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
+    from mplog.server import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
     from mplog.supervisor import resume
 
     config, runtime = load_config(_config_path(args))
@@ -45,7 +45,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     _apply_key_flags(args, settings)
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     apply_nice(settings)  # before any thread starts: niceness is per thread, inherited by new ones
-    logging.config.dictConfig(config)
+    apply_logging_config(config)  # a handler that cannot be built: ConfigError, exit 2, one line
     receiver, limits = build_receiver(endpoint, settings)
     if settings.get("ack"):
         from mplog.ack_server import AckServer
@@ -104,7 +104,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
         f"malformed {snap['malformed_total']}, repaired {snap['repaired_total']}, gaps {snap['gaps']}, "
-        f"dropped {snap['dropped']}",
+        f"dropped {snap['dropped']}{handler_errors_text(snap)}",
         file=sys.stderr,
         flush=True,
     )
@@ -139,12 +139,14 @@ def _config_path(args: argparse.Namespace) -> str | None:
 def _cmd_check(args: argparse.Namespace) -> int:
     from mplog.config import load_config, worker_level
     from mplog.control import control_endpoint_for
+    from mplog.handler_check import check_handlers
 
     path = _config_path(args)
     if path is None:
         raise ConfigError(f"mplog check needs a config file: pass one, or set {ENV_CONFIG}")
     config, runtime = load_config(path)
     _check_references(config)
+    check_handlers(config)  # arguments and log file directories, without building a handler
     endpoint = runtime.endpoint or default_collector_endpoint()
     print(f"{path}: OK")
     print(f"listener   {endpoint}{'' if runtime.endpoint else '  (default; mplog listen --bind overrides)'}")

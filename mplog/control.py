@@ -35,6 +35,7 @@ __all__ = [
     "ControlServer",
     "control_endpoint_for",
     "format_status",
+    "handler_errors_text",
     "request_stats",
     "start_control_server",
 ]
@@ -212,6 +213,16 @@ def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = 
     return stats
 
 
+def handler_errors_text(stats: dict[str, Any]) -> str:
+    """``, handler errors 501 (file 501)``: the failures of each handler, to append to a summary line; '' when none."""
+    errors: dict[str, int] = stats.get("handler_errors") or {}
+    total = sum(errors.values())
+    if not total:
+        return ""
+    each = ", ".join(f"{name} {count}" for name, count in sorted(errors.items()) if count)
+    return f", handler errors {total} ({each})"
+
+
 def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     """Render a stats snapshot as the table ``mplog status`` prints: one row per sender.
 
@@ -225,6 +236,7 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
         f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
         f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
     )
+    head += handler_errors_text(stats)  # a handler failing on every record shows here, not only in stderr
     held = stats.get("yield", {}).get("held_frames", 0)
     if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"
