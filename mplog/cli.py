@@ -33,6 +33,7 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog import sd_notify
     from mplog.config import apply_nice, build_receiver, load_config, yield_seconds
+    from mplog.continuation import append_on_first_open, continues_earlier_run
     from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.metrics import start_metrics_server
@@ -45,6 +46,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     _apply_key_flags(args, settings)
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     apply_nice(settings)  # before any thread starts: niceness is per thread, inherited by new ones
+    state_dir = settings.get("state_dir")
+    append_on_first_open(continues_earlier_run(state_dir))  # restarted on its state_dir: never truncate
     apply_logging_config(config)  # a handler that cannot be built: ConfigError, exit 2, one line
     receiver, limits = build_receiver(endpoint, settings)
     if settings.get("ack"):
@@ -58,7 +61,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,
     # the acknowledged marks that let it drop what workers resend.
-    state_dir = settings.get("state_dir")
     if state_dir:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
     checkpoint = resume(server, {"state_dir": state_dir})

@@ -483,6 +483,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
     from mplog.config import apply_nice, build_receiver, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
     from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
 
@@ -493,6 +494,8 @@ def child_main(read_fd: int, write_fd: int) -> int:
     # Before any thread starts (ZeroMQ's I/O thread, handlers' own threads): niceness
     # is per thread on Linux and a new thread inherits its creator's.
     apply_nice(setup.get("runtime", {}))
+    if continues_earlier_run(setup.get("state_dir"), int(setup.get("restarts", 0))):
+        append_on_first_open()  # a restart never truncates what the killed listener wrote
     try:
         apply_logging_config(setup["config"])
     except ConfigError as exc:
