@@ -28,6 +28,7 @@ import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
 from mplog.transports.base import check_bind_address
+from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
 
 __all__ = [
@@ -79,7 +80,7 @@ class ControlServer:
         self._snapshot = snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._path = ""
+        self._claim: SocketClaim | None = None
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
         self._sock = self._ctx.socket(zmq.REP)
         try:
@@ -87,7 +88,7 @@ class ControlServer:
             self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
             self._sock.setsockopt(zmq.SNDTIMEO, 1000)
             if endpoint.startswith("ipc://"):
-                self._path = bind_private_ipc(self._sock, endpoint)
+                self._claim = bind_private_ipc(self._sock, endpoint)
             else:
                 check_bind_address(endpoint, secure=False, insecure_ok=insecure)
                 self._sock.bind(endpoint)
@@ -147,9 +148,8 @@ class ControlServer:
         if not self._sock.closed:
             self._sock.close(linger=0)
             self._ctx.term()
-            if self._path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path)
+            if self._claim is not None:  # unlinks PATH.ctl only if it is still the file this server created
+                self._claim.release()
 
 
 def start_control_server(
