@@ -16,9 +16,11 @@ process, the first time each file handler opens its file it opens it for appendi
 TimedRotatingFileHandler), mplog's rotating handlers, subclasses whose default mode is
 'w', handlers made by ``'()'`` factories, and ``delay = true`` (the first open then
 comes with the first record). Later opens keep the configured mode: a rollover opens a
-new file, and a SIGHUP reopen appends on its own (mplog.server). A handler that opens
-its file without ``FileHandler._open`` (a custom stream, ``FactoryStreamHandler``) is
-outside this rule; docs/reliability.md says so.
+new file, and a SIGHUP reopen appends on its own (mplog.server). mplog's
+``FactoryStreamHandler`` follows the same rule for a ``mode`` in its factory's arguments
+(``factory = "ext://builtins.open"``). A handler that opens its file some other way (a
+custom ``_open`` that does not call the base class's, a stream built by a ``'()'``
+factory) is outside this rule; docs/reliability.md says so.
 
 Appending is also what the ack mode's write-ahead intent needs (mplog.ack_intent): the
 restarted listener cuts a half-written frame off the end of each file, and appended
@@ -31,6 +33,7 @@ import logging
 import os
 from typing import Any
 
+from mplog.handlers.stream import FactoryStreamHandler
 from mplog.supervisor import stats_path
 
 __all__ = ["append_on_first_open", "continues_earlier_run", "open_for_appending"]
@@ -61,6 +64,7 @@ def append_on_first_open(enabled: bool = True) -> None:
     """
     global _enabled  # one switch for the whole listener process
     _enabled = enabled
+    FactoryStreamHandler.append_on_first_open = enabled  # its factory's 'mode' argument, e.g. builtins.open
     if enabled and logging.FileHandler._open is not _open:
         logging.FileHandler._open = _open  # type: ignore[method-assign]  # the listener process owns every handler
 

@@ -160,6 +160,11 @@ HANDLERS = {
     "mplog-TimedRotatingFileHandler": {"class": "mplog.handlers.TimedRotatingFileHandler", "when": "D"},
     "subclass-default-w": {"()": "truncating_handlers.TruncatingFileHandler"},
     "factory-w": {"()": "truncating_handlers.truncating_file_handler"},
+    "FactoryStreamHandler-open-w": {
+        "class": "mplog.handlers.FactoryStreamHandler",
+        "factory": "ext://builtins.open",
+        "kwargs": {"mode": "w", "encoding": "utf-8"},
+    },
 }
 
 
@@ -170,7 +175,12 @@ def test_every_file_handler_truncates_at_the_first_start_only(tmp_path, kind, mo
     out, state = tmp_path / "out.log", tmp_path / "state"
     out.write_text("a line from an earlier run\n")
     config = _config(out, state)
-    config["handlers"]["file"] = {"filename": str(out), "formatter": "f", **HANDLERS[kind]}
+    spec = {"formatter": "f", **HANDLERS[kind]}
+    if "kwargs" in spec:  # FactoryStreamHandler: the file is its factory's argument
+        spec["kwargs"] = {**spec["kwargs"], "file": str(out)}
+    else:
+        spec["filename"] = str(out)
+    config["handlers"]["file"] = spec
     log = logging.getLogger("test")
     with mplog.start_listener(config) as listener:
         for seq in range(100):
@@ -183,7 +193,7 @@ def test_every_file_handler_truncates_at_the_first_start_only(tmp_path, kind, mo
     lines = read_lines(out)
     check_lines(_payload_lines(out), {0: 200}).assert_exact()
     first_start_truncated = "a line from an earlier run" not in lines
-    assert first_start_truncated == ("mode" in HANDLERS[kind] or kind.endswith("-w"))
+    assert first_start_truncated == (kind not in ("TimedRotatingFileHandler", "mplog-TimedRotatingFileHandler"))
 
 
 @contextlib.contextmanager
