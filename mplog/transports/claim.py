@@ -12,10 +12,10 @@ channel) first claims the path:
   it locked and refuses with :class:`TransportError`, naming the path and the pid that
   the owner wrote into the lock file.
 - With the lock held, a socket file still at PATH was left by a listener that died. It
-  is replaced only if it is a socket nobody accepts on (``connect`` is refused); a
-  socket that accepts (a server outside mplog, or one that does not lock) is refused,
-  with the pid of its owner when the kernel tells it (``SO_PEERCRED``), and a file that
-  is not a socket is never removed.
+  is replaced only if no socket is bound there any more (asked without connecting); a
+  socket still bound (a server outside mplog, or a listener that does not lock) is
+  refused, naming the pid of the process that holds it where psutil can see it, and a
+  file that is not a socket is never removed.
 - After the bind, the claim remembers the socket file's (st_dev, st_ino). At close it
   unlinks PATH only if PATH is still that file: a socket that someone else put there
   since is left alone. Then it unlinks the lock file (if it is still its own) and
@@ -33,15 +33,15 @@ import fcntl
 import os
 import socket
 import stat
-import struct
 import threading
+
+import psutil
 
 from mplog.exceptions import TransportError
 
 __all__ = ["SocketClaim", "claim_socket_path", "lock_path_of"]
 
 LOCK_SUFFIX = ".lock"
-_PROBE_TIMEOUT = 1.0  # seconds a connect() to a leftover socket may take
 _held: set[int] = set()  # lock descriptors of this process, closed in a forked child
 _held_lock = threading.Lock()
 
@@ -141,17 +141,23 @@ def _lock(path: str, endpoint: str) -> int:
         os.close(fd)
 
 
-def _peer_pid(sock: socket.socket) -> str:
-    with contextlib.suppress(OSError, AttributeError, struct.error):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
-        if pid > 0:
-            return str(pid)
+def _bound_by(path: str) -> str:
+    """The pid of a process with a unix socket bound at ``path`` (this user's processes, or any as root)."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="unix"):
+            if conn.laddr == path and conn.pid:
+                return str(conn.pid)
     return "unknown"
 
 
 def _clear_leftover(path: str, endpoint: str) -> None:
-    """Remove a socket file a dead listener left at ``path``; refuse anything else that is there."""
+    """Remove a socket file a dead listener left at ``path``; refuse anything else that is there.
+
+    Whether something is bound there is asked without connecting (the process that owns
+    the socket sees nothing): a datagram ``connect()`` to a unix stream socket fails with
+    EPROTOTYPE when a socket is bound at the path, and with ECONNREFUSED when the file is
+    all that is left of one.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -161,25 +167,24 @@ def _clear_leftover(path: str, endpoint: str) -> None:
             f"cannot bind {endpoint!r}: {path} exists and is not a socket; mplog does not remove it: "
             "move it away or bind another path"
         )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(_PROBE_TIMEOUT)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        pass  # nobody accepts there: a socket left by a dead listener
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise TransportError(f"cannot bind {endpoint!r}: {path} is in use ({exc})") from exc
-    else:
-        pid = _peer_pid(probe)
-        raise TransportError(
-            f"cannot bind {endpoint!r}: a process (pid {pid}) already accepts connections at {path}; "
-            "stop it first, or bind another path"
-        )
-    finally:
-        probe.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno != errno.ECONNREFUSED:  # EPROTOTYPE: a stream socket is bound there
+                raise TransportError(
+                    f"cannot bind {endpoint!r}: a process (pid {_bound_by(path)}) already has a socket bound "
+                    f"at {path}; stop it first, or bind another path"
+                ) from None
+        else:  # a datagram socket is bound there
+            raise TransportError(
+                f"cannot bind {endpoint!r}: a process (pid {_bound_by(path)}) already has a datagram socket "
+                f"bound at {path}; stop it first, or bind another path"
+            )
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        os.unlink(path)  # nobody is bound there: a socket left by a dead listener
 
 
 def claim_socket_path(path: str, endpoint: str) -> SocketClaim:
