@@ -33,10 +33,11 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog import sd_notify
     from mplog.config import apply_nice, build_receiver, load_config, yield_seconds
-    from mplog.control import start_control_server
+    from mplog.continuation import append_on_first_open, continues_earlier_run
+    from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.metrics import start_metrics_server
-    from mplog.server import Server, install_handler_error_counter, install_sighup_reopen
+    from mplog.server import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
     from mplog.supervisor import resume
 
     config, runtime = load_config(_config_path(args))
@@ -45,7 +46,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     _apply_key_flags(args, settings)
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     apply_nice(settings)  # before any thread starts: niceness is per thread, inherited by new ones
-    logging.config.dictConfig(config)
+    state_dir = settings.get("state_dir")
+    append_on_first_open(continues_earlier_run(state_dir))  # restarted on its state_dir: never truncate
+    apply_logging_config(config)  # a handler that cannot be built: ConfigError, exit 2, one line
     receiver, limits = build_receiver(endpoint, settings)
     if settings.get("ack"):
         from mplog.ack_server import AckServer
@@ -58,7 +61,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,
     # the acknowledged marks that let it drop what workers resend.
-    state_dir = settings.get("state_dir")
     if state_dir:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
     checkpoint = resume(server, {"state_dir": state_dir})
@@ -104,7 +106,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
         f"malformed {snap['malformed_total']}, repaired {snap['repaired_total']}, gaps {snap['gaps']}, "
-        f"dropped {snap['dropped']}",
+        f"dropped {snap['dropped']}{handler_errors_text(snap)}",
         file=sys.stderr,
         flush=True,
     )
@@ -139,12 +141,14 @@ def _config_path(args: argparse.Namespace) -> str | None:
 def _cmd_check(args: argparse.Namespace) -> int:
     from mplog.config import load_config, worker_level
     from mplog.control import control_endpoint_for
+    from mplog.handler_check import check_handlers
 
     path = _config_path(args)
     if path is None:
         raise ConfigError(f"mplog check needs a config file: pass one, or set {ENV_CONFIG}")
     config, runtime = load_config(path)
     _check_references(config)
+    check_handlers(config)  # arguments and log file directories, without building a handler
     endpoint = runtime.endpoint or default_collector_endpoint()
     print(f"{path}: OK")
     print(f"listener   {endpoint}{'' if runtime.endpoint else '  (default; mplog listen --bind overrides)'}")

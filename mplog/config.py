@@ -235,6 +235,13 @@ def _runtime(section: Any) -> RuntimeSettings:
     unknown = set(section) - _RUNTIME_KEYS
     if unknown:
         raise ConfigError(f"unknown key mplog.{sorted(unknown)[0]}; known keys: {', '.join(sorted(_RUNTIME_KEYS))}")
+    if section.get("curve", None) == {}:
+        # An empty table is a CURVE setting with every key missing: fail closed, never plaintext.
+        raise ConfigError(
+            "mplog.curve is empty, so the listener would accept plaintext: set mplog.curve.server_secret_key "
+            "(a NAME.key_secret file from `mplog keygen DIR`) and authorized_keys (a directory of client NAME.key "
+            "files) or allow_any = true; or remove the mplog.curve table to run without CURVE"
+        )
     settings = RuntimeSettings(**section)
     if settings.transport not in ("zmq", "multiprocessing"):
         raise ConfigError(f"mplog.transport must be 'zmq' or 'multiprocessing', got {settings.transport!r}")

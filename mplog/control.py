@@ -28,6 +28,7 @@ import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
 from mplog.transports.base import check_bind_address
+from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ControlServer",
     "control_endpoint_for",
     "format_status",
+    "handler_errors_text",
     "request_stats",
     "start_control_server",
 ]
@@ -78,7 +80,7 @@ class ControlServer:
         self._snapshot = snapshot
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._path = ""
+        self._claim: SocketClaim | None = None
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
         self._sock = self._ctx.socket(zmq.REP)
         try:
@@ -86,7 +88,7 @@ class ControlServer:
             self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
             self._sock.setsockopt(zmq.SNDTIMEO, 1000)
             if endpoint.startswith("ipc://"):
-                self._path = bind_private_ipc(self._sock, endpoint)
+                self._claim = bind_private_ipc(self._sock, endpoint)
             else:
                 check_bind_address(endpoint, secure=False, insecure_ok=insecure)
                 self._sock.bind(endpoint)
@@ -146,9 +148,8 @@ class ControlServer:
         if not self._sock.closed:
             self._sock.close(linger=0)
             self._ctx.term()
-            if self._path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path)
+            if self._claim is not None:  # unlinks PATH.ctl only if it is still the file this server created
+                self._claim.release()
 
 
 def start_control_server(
@@ -212,6 +213,16 @@ def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = 
     return stats
 
 
+def handler_errors_text(stats: dict[str, Any]) -> str:
+    """``, handler errors 501 (file 501)``: the failures of each handler, to append to a summary line; '' when none."""
+    errors: dict[str, int] = stats.get("handler_errors") or {}
+    total = sum(errors.values())
+    if not total:
+        return ""
+    each = ", ".join(f"{name} {count}" for name, count in sorted(errors.items()) if count)
+    return f", handler errors {total} ({each})"
+
+
 def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     """Render a stats snapshot as the table ``mplog status`` prints: one row per sender.
 
@@ -225,6 +236,7 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
         f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
         f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
     )
+    head += handler_errors_text(stats)  # a handler failing on every record shows here, not only in stderr
     held = stats.get("yield", {}).get("held_frames", 0)
     if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"

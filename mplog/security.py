@@ -210,14 +210,13 @@ def read_authorized_keys(directory: str | os.PathLike[str]) -> frozenset[str]:
     return keys
 
 
-def server_keys(curve: dict[str, Any], where: str = "mplog.curve") -> ServerKeys | None:
+def server_keys(curve: dict[str, Any], where: str = "mplog.curve") -> ServerKeys:
     """Turn a ``curve`` table (server_secret_key, authorized_keys | allow_any) into :class:`ServerKeys`.
 
     Raises:
-        ConfigError: naming the key: CURVE without an explicit client policy fails closed.
+        ConfigError: naming the missing or bad key: an empty or partial table, or CURVE
+            without an explicit client policy, fails closed (never plaintext).
     """
-    if not curve:
-        return None
     known = {"server_secret_key", "authorized_keys", "allow_any"}
     unknown = set(curve) - known
     if unknown:

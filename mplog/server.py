@@ -30,7 +30,13 @@ from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
 from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
 from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 
-__all__ = ["Server", "install_handler_error_counter", "install_sighup_reopen", "reopen_file_handlers"]
+__all__ = [
+    "Server",
+    "apply_logging_config",
+    "install_handler_error_counter",
+    "install_sighup_reopen",
+    "reopen_file_handlers",
+]
 
 _DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has said goodbye
 _NAME = operator.itemgetter(0)  # a record's logger name
@@ -392,6 +398,24 @@ def install_sighup_reopen(stop: threading.Event) -> None:
     threading.Thread(target=reopen_when_asked, daemon=True, name="mplog-sighup").start()
 
 
+# ---------------------------------------------------------------- configuring the handlers
+
+
+def apply_logging_config(config: dict[str, Any]) -> None:
+    """Apply ``config`` with ``logging.config.dictConfig`` in this (the listener) process.
+
+    Raises:
+        ConfigError: one line naming what could not be built and why, e.g. ``Unable to
+            configure handler 'file': FileNotFoundError: [Errno 2] No such file or directory: ...``.
+    """
+    try:
+        logging.config.dictConfig(config)
+    except Exception as exc:
+        cause = exc.__cause__ or exc.__context__
+        detail = f"{exc}" + (f": {type(cause).__name__}: {cause}" if cause else "")
+        raise ConfigError(detail) from exc
+
+
 # ---------------------------------------------------------------- child process entry
 
 
@@ -459,6 +483,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
     from mplog.config import apply_nice, build_receiver, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
     from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
 
@@ -469,12 +494,12 @@ def child_main(read_fd: int, write_fd: int) -> int:
     # Before any thread starts (ZeroMQ's I/O thread, handlers' own threads): niceness
     # is per thread on Linux and a new thread inherits its creator's.
     apply_nice(setup.get("runtime", {}))
+    if continues_earlier_run(setup.get("state_dir"), int(setup.get("restarts", 0))):
+        append_on_first_open()  # a restart never truncates what the killed listener wrote
     try:
-        logging.config.dictConfig(setup["config"])
-    except Exception as exc:
-        cause = exc.__cause__ or exc.__context__
-        detail = f"{exc}" + (f": {type(cause).__name__}: {cause}" if cause else "")
-        control.write({"event": "error", "kind": "config", "message": detail})
+        apply_logging_config(setup["config"])
+    except ConfigError as exc:
+        control.write({"event": "error", "kind": "config", "message": str(exc)})
         return 2
     try:
         receiver, limits = build_receiver(setup["endpoint"], setup.get("runtime", {}))

@@ -117,6 +117,14 @@ class Checkpoint:
         self._thread = threading.Thread(target=self._run, name="mplog-checkpoint", daemon=True)
 
     def start(self) -> Checkpoint:
+        """Write the first checkpoint now, then one every ``interval`` while something changes.
+
+        The first one marks the state directory as used: a listener started on it later,
+        even after this one was killed at once, continues it and appends to its files
+        (mplog.continuation).
+        """
+        with contextlib.suppress(Exception):  # a full disk must not stop the listener from starting
+            self.write()
         self._thread.start()
         return self
 

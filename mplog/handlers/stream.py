@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from mplog.exceptions import ConfigError
 
@@ -26,6 +26,10 @@ class FactoryStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # 
         kwargs: keyword arguments for ``factory``.
         close_stream: close the stream when the handler closes (default True).
     """
+
+    # Set by a listener that continues an earlier one (mplog.continuation): the first stream
+    # opened with a 'mode' argument opens for appending ('w' -> 'a'), never truncating.
+    append_on_first_open: ClassVar[bool] = False
 
     def __init__(
         self, factory: Callable[..., IO[str]] | str, kwargs: dict[str, Any] | None = None, close_stream: bool = True
@@ -57,7 +61,11 @@ class FactoryStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # 
 
     def reopen(self) -> None:
         """Open a fresh stream with the factory and switch to it (closing the old one if ours)."""
-        stream = self.factory(**self.kwargs)
+        kwargs = self.kwargs
+        mode = kwargs.get("mode")
+        if not self.opened and self.append_on_first_open and isinstance(mode, str):
+            kwargs = {**kwargs, "mode": mode.replace("w", "a")}
+        stream = self.factory(**kwargs)
         self.opened += 1
         old = self.setStream(stream)
         if old is not None and self.close_stream:

@@ -20,6 +20,7 @@ from typing import Any
 
 from mplog.exceptions import TransportError
 from mplog.transports.base import TransportOptions, ensure_private_dir
+from mplog.transports.claim import claim_socket_path
 
 __all__ = ["MpReceiver", "MpSender"]
 
@@ -113,12 +114,20 @@ class MpReceiver:
         self._options = options
         self._path = _path_of(endpoint)
         ensure_private_dir(self._path)
-        if os.path.exists(self._path):
-            os.unlink(self._path)  # a socket left by a killed listener
+        # Refused while a live listener serves the path; a socket left by a dead one is replaced.
+        self._claim = claim_socket_path(self._path, endpoint)
         old_umask = os.umask(0o077)
         try:
             self._listener = mpc.Listener(self._path, family="AF_UNIX", backlog=512)
+            # multiprocessing unlinks the path at close whatever file is there by then;
+            # the claim unlinks it only if it is still the socket this bind created.
+            unlink = getattr(self._listener._listener, "_unlink", None)  # type: ignore[attr-defined]  # SocketListener's finalizer
+            if unlink is not None:
+                unlink.cancel()
+                self._listener._listener._unlink = None  # type: ignore[attr-defined]  # cancelled above
+            self._claim.bound()
         except OSError as exc:
+            self._claim.release()
             raise TransportError(f"cannot bind {endpoint!r}: {exc}") from exc
         finally:
             os.umask(old_umask)
@@ -176,3 +185,4 @@ class MpReceiver:
                 pass
         self._conns.clear()
         self._listener.close()
+        self._claim.release()

@@ -9,7 +9,6 @@ MAXMSGSIZE on the listener equals the frame limit.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from collections import Counter
@@ -20,6 +19,7 @@ import zmq
 from mplog import security
 from mplog.exceptions import TransportError
 from mplog.transports.base import ASYNC_SIGNALS, TransportOptions, check_bind_address, ensure_private_dir
+from mplog.transports.claim import SocketClaim, claim_socket_path
 
 __all__ = ["BoundReceiver", "ZmqReceiver", "ZmqSender", "bind_private_ipc"]
 
@@ -32,21 +32,34 @@ def _split(endpoint: str) -> list[str]:
     return [part.strip() for part in endpoint.split(",") if part.strip()]
 
 
-def bind_private_ipc(sock: zmq.Socket[Any], endpoint: str) -> str:
-    """Bind ``ipc://PATH`` so that only this user can connect; returns PATH.
+def bind_private_ipc(sock: zmq.Socket[Any], endpoint: str) -> SocketClaim:
+    """Bind ``ipc://PATH`` so that only this user can connect, and only if no live listener serves PATH.
 
     The directory must be private (0700) and the socket file is created under umask 077,
-    then set to 0600 explicitly (whatever the caller's umask).
+    then set to 0600 explicitly (whatever the caller's umask). The path is claimed first
+    (mplog.transports.claim): libzmq would replace a live listener's socket file.
+
+    Returns:
+        The claim; release it after the socket is closed (it unlinks only the file this bind created).
+
+    Raises:
+        TransportError: a live listener (or another program) serves PATH.
     """
     path = endpoint[len("ipc://") :]
     ensure_private_dir(path)
-    old_umask = os.umask(0o077)
+    claim = claim_socket_path(path, endpoint)
     try:
-        sock.bind(endpoint)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    return path
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(endpoint)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        claim.bound()
+    except BaseException:
+        claim.release()
+        raise
+    return claim
 
 
 class ZmqSender:
@@ -151,7 +164,7 @@ class BoundReceiver:
         self.events: Counter[str] = Counter()
         self.last_peer: str | None = None  # CURVE: the authenticated client key of the last frame
         self._options = options
-        self._path = ""
+        self._claims: list[SocketClaim] = []  # one per ipc:// path bound (mplog.transports.claim)
         self._gatekeeper: security.Gatekeeper | None = None
         keys = _server_keys(options)
         self._curve = keys is not None
@@ -196,7 +209,7 @@ class BoundReceiver:
 
     def _bind(self, endpoint: str) -> None:
         if endpoint.startswith("ipc://"):
-            self._path = bind_private_ipc(self._sock, endpoint)
+            self._claims.append(bind_private_ipc(self._sock, endpoint))
             return
         if endpoint.startswith("tcp://"):
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
@@ -231,9 +244,8 @@ class BoundReceiver:
             self._gatekeeper.close()
         self._sock.close(linger=0)
         self._ctx.term()
-        if self._path:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path)
+        for claim in self._claims:  # after the socket is gone: unlinks only the files this receiver created
+            claim.release()
 
 
 def _server_keys(options: TransportOptions) -> security.ServerKeys | None:
