@@ -20,6 +20,7 @@ from mplog.ack_format import Envelope, encode_ack, frame_envelope
 from mplog.ack_intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
 from mplog.server import Server, _all_handlers
 from mplog.supervisor import load_checkpoint, stats_path
+from mplog.transports import NO_ORIGIN, Origin
 from mplog.transports.zeromq_ack import RouterReceiver
 from mplog.wire import Frame, Limits
 
@@ -302,14 +303,15 @@ class AckServer(Server):
                 files.append(state)
         return files
 
-    def handle_frame(self, data: bytes) -> Frame | None:
+    def handle_frame(self, data: bytes, origin: Origin = NO_ORIGIN) -> Frame | None:
         """Handle one frame as the plain server does, then acknowledge it to its sender.
 
         Frames must arrive in order: one that starts past the sender's next record
         (earlier frames were lost with a killed listener and will be resent) is refused,
-        and the refusal tells the worker where to resend from.
+        and the refusal tells the worker where to resend from. The answer goes to the
+        connection the frame came on (``origin.connection``, the ROUTER's routing id).
         """
-        route = self.router.last_route
+        route = origin.connection
         try:
             env = frame_envelope(data)
         except ValueError:
@@ -322,21 +324,23 @@ class AckServer(Server):
                 return None
             # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
             self._begin_intent(env.key, env.seq, env.seq + env.records)
-        frame = super().handle_frame(data)
+        frame = super().handle_frame(data, origin)
         if frame is not None:  # an undecodable frame names no sender to answer
             self._acknowledge(route, frame)
         elif self.marks is not None:
             self.marks.clear_intent()
         return frame
 
-    def dispatch(self, frame: Frame, records: list[list[Any]], first: int | None = None) -> None:
+    def dispatch(
+        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+    ) -> None:
         """Dispatch as the plain server does, under an intent (also when the envelope could not be read first)."""
         marks = self.marks
         if marks is not None and records and not marks.intent_open:
             end = frame.seq + len(frame.records)
             start = end - len(records) if first is None else first
             marks.begin_intent(frame.sender.key, start, end, self._measure_files())
-        super().dispatch(frame, records, first)
+        super().dispatch(frame, records, first, origin)
 
     def _acknowledge(self, route: bytes, frame: Frame) -> None:
         key = frame.sender.key

@@ -25,7 +25,7 @@ from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
 from mplog.stats import Stats
 from mplog.supervisor import live_local_senders, resume
-from mplog.transports import Receiver
+from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
 from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
 from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
@@ -70,8 +70,11 @@ class Server:
 
     # ------------------------------------------------------------ one frame
 
-    def handle_frame(self, data: bytes) -> Frame | None:
+    def handle_frame(self, data: bytes, origin: Origin = NO_ORIGIN) -> Frame | None:
         """Decode, account and dispatch one frame; bad frames only count.
+
+        ``origin`` is where the receiver says the frame came from (its connection and,
+        under CURVE, the client key), whenever the frame is handled.
 
         Returns:
             The frame when its envelope was valid (its records may have been rejected), else None.
@@ -88,14 +91,14 @@ class Server:
             if records and max(map(len, map(_NAME, records))) > MAX_NAME_CHARS:  # in C, not a loop per record
                 raise FrameError("bad_field", "logger name too long")
         except FrameError:
-            return self._salvage(frame)
+            return self._salvage(frame, origin)
         skip = stats.accept(frame)
         if skip:
             records = records[skip:]
-        self.dispatch(frame, records)
+        self.dispatch(frame, records, origin=origin)
         return frame
 
-    def _salvage(self, frame: Frame) -> Frame:
+    def _salvage(self, frame: Frame, origin: Origin) -> Frame:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""
         stats = self.stats
         try:
@@ -106,20 +109,26 @@ class Server:
         skip = stats.accept(frame)
         stats.salvaged(frame, fixed[skip:], reasons[skip:])
         kept = [fields for fields in fixed[skip:] if fields is not None]
-        self.dispatch(frame, kept, first=frame.seq + skip)
+        self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
         return frame
 
-    def dispatch(self, frame: Frame, records: list[list[Any]], first: int | None = None) -> None:
+    def dispatch(
+        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+    ) -> None:
         """Hand ``records`` (the frame's records not seen before) to the loggers they name.
 
         ``first`` is the sequence number the dispatched part of the frame starts at, when
         items refused by salvage_records left ``records`` shorter than that part.
+        ``origin`` is the frame's own: its key is stamped on its records.
         """
         stats = self.stats
         host = frame.sender.host
-        # Under CURVE, the client key the handshake proved; set after the payload's extras,
-        # so a record cannot claim another sender's key (test_records_carry_the_authenticated_client_key).
-        peer = getattr(self.receiver, "last_peer", None)
+        # Under CURVE, the client key the handshake proved for this frame's connection; set
+        # after the payload's extras, so a record cannot claim another sender's key
+        # (test_records_carry_the_authenticated_client_key_not_one_the_payload_claims), and
+        # carried with the frame, so a frame held back is stamped with its own sender's key
+        # (test_held_frames_keep_the_key_of_the_connection_that_sent_them).
+        peer = origin.peer_key or None
         # A whole batch per handler write where the route allows it (mplog.fastpath); an
         # exception outside every handler (a logger-level filter) is counted per record.
         self.dispatcher.dispatch(records, host, peer, lambda: stats.note_handler_error(DISPATCH_ERROR))
@@ -160,13 +169,13 @@ class Server:
             watch = self.watch = self.watch or WorkerWatch()
         catching_up = False  # a hold ran out of time or room: no new hold until nothing is waiting
         while not stop.is_set():
-            data = recv(0.02)  # how soon a stop request is noticed
-            if data is None:
+            received = recv(0.02)  # how soon a stop request is noticed
+            if received is None:
                 catching_up = False
-            elif watch is not None and not catching_up and self._may_hold(data, watch):
-                catching_up = self._hold(data, watch)
+            elif watch is not None and not catching_up and self._may_hold(received[0], watch):
+                catching_up = self._hold(received, watch)
             else:
-                handle(data)
+                handle(*received)
         self.drain()
 
     def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
@@ -176,7 +185,7 @@ class Server:
         watch.saw(head.host, head.pid, head.flags)
         return not head.flags & FLAG_URGENT and watch.busy(time.monotonic())
 
-    def _hold(self, first: bytes, watch: WorkerWatch) -> bool:
+    def _hold(self, first: tuple[bytes, Origin], watch: WorkerWatch) -> bool:
         """Hold frames while the workers keep every CPU busy, then handle them in order (mplog.yielding).
 
         Returns:
@@ -192,15 +201,15 @@ class Server:
             self.hold_ends[ended] = self.hold_ends.get(ended, 0) + 1
             self.held_seconds += time.monotonic() - start
             handle = self.handle_frame
-            for data in held:
-                handle(data)
+            for data, origin in held:
+                handle(data, origin)
             self.held_frames = 0
         return ended in ("time", "bytes")
 
-    def _gather(self, held: list[bytes], watch: WorkerWatch, deadline: float) -> str:
+    def _gather(self, held: list[tuple[bytes, Origin]], watch: WorkerWatch, deadline: float) -> str:
         """Receive into ``held`` until a reason to stop holding comes; return the reason."""
         stop = self.stop_event
-        self._held_bytes = len(held[0])
+        self._held_bytes = len(held[0][0])
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -217,11 +226,12 @@ class Server:
             if ended:
                 return ended
 
-    def _take_waiting(self, held: list[bytes], watch: WorkerWatch) -> str | None:
-        """Append every frame already waiting to ``held``; a reason to stop holding, or None."""
+    def _take_waiting(self, held: list[tuple[bytes, Origin]], watch: WorkerWatch) -> str | None:
+        """Append every frame already waiting to ``held``, each with its origin; a reason to stop holding, or None."""
         recv = self.receiver.recv
-        while (data := recv(0)) is not None:
-            held.append(data)
+        while (received := recv(0)) is not None:
+            held.append(received)
+            data = received[0]
             self.held_frames = len(held)
             self._held_bytes += len(data)
             head = _envelope(data)
@@ -244,12 +254,12 @@ class Server:
         deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline:
             quiet = _DONE_QUIET if self.stats.all_closed() else self.drain_quiet
-            data = self.receiver.recv(min(quiet, self.drain_quiet))
-            if data is None:
+            received = self.receiver.recv(min(quiet, self.drain_quiet))
+            if received is None:
                 if self.drain_for_live_senders and live_local_senders(self.stats):
                     continue
                 break
-            self.handle_frame(data)
+            self.handle_frame(*received)
 
 
 def _envelope(data: bytes) -> Envelope | None:
