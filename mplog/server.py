@@ -14,6 +14,7 @@ import logging
 import logging.config
 import operator
 import os
+import socket
 import sys
 import threading
 import time
@@ -23,8 +24,8 @@ from mplog.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
-from mplog.stats import Stats
-from mplog.supervisor import live_local_senders, resume
+from mplog.stats import SenderLimits, Stats
+from mplog.supervisor import live_local_senders, process_runs, resume
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
 from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
@@ -46,10 +47,17 @@ DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outs
 class Server:
     """Owns a bound receiver and dispatches what it receives until stopped."""
 
-    def __init__(self, receiver: Receiver, *, limits: Limits | None = None, drain_quiet: float = 0.2) -> None:
+    def __init__(
+        self,
+        receiver: Receiver,
+        *,
+        limits: Limits | None = None,
+        drain_quiet: float = 0.2,
+        sender_limits: SenderLimits | None = None,
+    ) -> None:
         self.receiver = receiver
         self.limits = limits or Limits()
-        self.stats = Stats()
+        self.stats = Stats(sender_limits, self._still_owned)
         self.stop_event = threading.Event()
         self.drain_quiet = drain_quiet
         self.drain_timeout = 10.0
@@ -67,6 +75,7 @@ class Server:
         self.held_frames = 0  # frames held right now
         self._held_bytes = 0
         self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
+        self._hostname = socket.gethostname()
 
     # ------------------------------------------------------------ one frame
 
@@ -74,10 +83,13 @@ class Server:
         """Decode, account and dispatch one frame; bad frames only count.
 
         ``origin`` is where the receiver says the frame came from (its connection and,
-        under CURVE, the client key), whenever the frame is handled.
+        under CURVE, the client key), whenever the frame is handled: the frame is booked
+        to the sender it names in that key's namespace, if that connection may claim it
+        (mplog.stats).
 
         Returns:
-            The frame when its envelope was valid (its records may have been rejected), else None.
+            The frame when its envelope was valid (its records may have been rejected), else
+            None: not a frame, or a frame whose claim on its sender was refused (counted).
         """
         stats, limits = self.stats, self.limits
         try:
@@ -92,22 +104,26 @@ class Server:
                 raise FrameError("bad_field", "logger name too long")
         except FrameError:
             return self._salvage(frame, origin)
-        skip = stats.accept(frame)
+        skip = stats.accept(frame, origin)
+        if skip is None:
+            return None
         if skip:
             records = records[skip:]
         self.dispatch(frame, records, origin=origin)
         return frame
 
-    def _salvage(self, frame: Frame, origin: Origin) -> Frame:
+    def _salvage(self, frame: Frame, origin: Origin) -> Frame | None:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""
         stats = self.stats
         try:
             fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
-            stats.reject(frame, exc.reason)
+            stats.reject(frame, exc.reason, origin)
             return frame
-        skip = stats.accept(frame)
-        stats.salvaged(frame, fixed[skip:], reasons[skip:])
+        skip = stats.accept(frame, origin)
+        if skip is None:
+            return None
+        stats.salvaged(frame, fixed[skip:], reasons[skip:], origin)
         kept = [fields for fields in fixed[skip:] if fields is not None]
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
         return frame
@@ -132,6 +148,20 @@ class Server:
         # A whole batch per handler write where the route allows it (mplog.fastpath); an
         # exception outside every handler (a logger-level filter) is counted per record.
         self.dispatcher.dispatch(records, host, peer, lambda: stats.note_handler_error(DISPATCH_ERROR))
+
+    def _still_owned(self, connection: bytes, host: str, pid: int, start_time: float) -> bool:
+        """Whether ``connection`` still speaks for the sender it opened (asked only when another claims it).
+
+        It does while the receiver says it is open, unless the sender is on this host and
+        its process is gone: a forked child keeps its dead parent's connection open (see
+        test_a_forked_child_that_outlives_its_parent_does_not_keep_the_parents_spool_from_being_adopted).
+        """
+        connected = getattr(self.receiver, "connected", None)
+        if connected is None or not connected(connection):
+            return False
+        if host != self._hostname:
+            return True
+        return process_runs(pid, start_time)
 
     # ------------------------------------------------------------ the loop
 
@@ -492,7 +522,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import apply_nice, build_receiver, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.config import apply_nice, build_receiver, sender_limits_for, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
     from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
@@ -520,9 +550,10 @@ def child_main(read_fd: int, write_fd: int) -> int:
     if setup.get("runtime", {}).get("ack"):
         from mplog.ack_server import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
 
-        server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
+        sender_limits = sender_limits_for(setup.get("runtime", {}))
+        server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
-        server = Server(receiver, limits=limits)
+        server = Server(receiver, limits=limits, sender_limits=sender_limits_for(setup.get("runtime", {})))
         server.yield_seconds = yield_seconds(setup.get("runtime", {}))
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
