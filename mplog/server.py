@@ -118,8 +118,7 @@ class Server:
         try:
             fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
-            stats.reject(frame, exc.reason, origin)
-            return frame
+            return frame if stats.reject(frame, exc.reason, origin) else None
         skip = stats.accept(frame, origin)
         if skip is None:
             return None

@@ -173,13 +173,13 @@ class Stats:
                     else:
                         self.table.folded["repaired"] += 1
 
-    def reject(self, frame: Frame, reason: str, origin: Origin = NO_ORIGIN) -> None:
-        """Count a frame whose envelope was valid but whose records were not."""
+    def reject(self, frame: Frame, reason: str, origin: Origin = NO_ORIGIN) -> bool:
+        """Count a frame whose envelope was valid but whose records were not; False when its claim was refused."""
         with self._lock:
             self.malformed[reason] += 1
             sender = self._claim(frame, origin)
             if sender is None:
-                return
+                return False
             n = len(frame.records)
             seq, expected = frame.seq, sender.next_seq
             if seq > expected:
@@ -188,6 +188,7 @@ class Stats:
             sender.rejected += n
             sender.dropped = max(sender.dropped, frame.dropped)
             sender.last_seen = time.time()
+        return True
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot written by an earlier incarnation of this listener.
