@@ -18,8 +18,10 @@ from typing import Any
 
 from mplog.ack_format import Envelope, encode_ack, frame_envelope
 from mplog.ack_intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
+from mplog.sender_table import SenderLimits, ledger_key
 from mplog.server import Server, _all_handlers
 from mplog.supervisor import load_checkpoint, stats_path
+from mplog.transports import NO_ORIGIN, Origin
 from mplog.transports.zeromq_ack import RouterReceiver
 from mplog.wire import Frame, Limits
 
@@ -61,7 +63,9 @@ class MarksFile:
         # intent reset: a listener killed during this start finds the same inputs again.
         self.recovery = self._recover(f"{path}.intent", {**closed, **self.marks})
         self._intent = IntentFile(f"{path}.intent")
-        self._slots: dict[str, int] = {}
+        self._slots: dict[str, int] = {}  # key -> offset of its slot
+        self._used = 0  # slots handed out (the header's count)
+        self._free: list[int] = []  # slots of senders that said goodbye (or were forgotten), to reuse
         capacity = 256
         while capacity < 2 * len(self.marks):
             capacity *= 2
@@ -117,18 +121,22 @@ class MarksFile:
         raw = key.encode()
         if len(raw) > self._MAX_KEY:
             return None  # a host name longer than DNS allows: this sender gets no persisted mark
-        index = len(self._slots)
-        if index >= self._capacity:
-            self._capacity *= 2
-            size = self._HEADER + self._capacity * self._SLOT
-            os.ftruncate(self._fd, size)
-            self._map.close()
-            self._map = mmap.mmap(self._fd, size)
-        offset = self._HEADER + index * self._SLOT
+        if self._free:  # reused only after the frame that freed it was done (its intent cleared)
+            offset = self._free.pop()
+        else:
+            index = self._used
+            if index >= self._capacity:
+                self._capacity *= 2
+                size = self._HEADER + self._capacity * self._SLOT
+                os.ftruncate(self._fd, size)
+                self._map.close()
+                self._map = mmap.mmap(self._fd, size)
+            offset = self._HEADER + index * self._SLOT
+            self._used = index + 1
         struct.pack_into("<QBH", self._map, offset, 0, 0, len(raw))
         self._map[offset + 11 : offset + 11 + len(raw)] = raw
         self._map[offset + 8] = 1  # the slot becomes valid only once its key is complete
-        struct.pack_into("<I", self._map, 12, index + 1)
+        struct.pack_into("<I", self._map, 12, self._used)
         self._slots[key] = offset
         return offset
 
@@ -143,10 +151,15 @@ class MarksFile:
         self.marks[key] = next_seq
 
     def forget(self, key: str) -> None:
-        """The sender said goodbye: its slot (its last mark kept) is dropped at the next open."""
-        offset = self._slots.get(key)
+        """The sender said goodbye (or was forgotten): its slot keeps its last mark until reused.
+
+        A restart drops the slot; so does the next sender given a slot, which keeps the
+        file and this object as large as the senders still open, not all ever seen.
+        """
+        offset = self._slots.pop(key, None)
         if offset is not None:
             self._map[offset + 8] = 2
+            self._free.append(offset)
         self.marks.pop(key, None)
 
     def begin_intent(self, key: str, first: int, end: int, files: list[FileState]) -> None:
@@ -200,8 +213,15 @@ class AckServer(Server):
     back: for them a crash can still repeat up to one frame (docs/reliability.md).
     """
 
-    def __init__(self, receiver: RouterReceiver, *, limits: Limits | None = None, drain_quiet: float = 0.2) -> None:
-        super().__init__(receiver, limits=limits, drain_quiet=drain_quiet)
+    def __init__(
+        self,
+        receiver: RouterReceiver,
+        *,
+        limits: Limits | None = None,
+        drain_quiet: float = 0.2,
+        sender_limits: SenderLimits | None = None,
+    ) -> None:
+        super().__init__(receiver, limits=limits, drain_quiet=drain_quiet, sender_limits=sender_limits)
         self.router = receiver
         self.marks: MarksFile | None = None
         self.refused = 0  # frames refused because they arrived ahead of a gap (resent later)
@@ -209,22 +229,40 @@ class AckServer(Server):
         self.rollback_skipped = 0  # files such a frame reached that could not be cut back (rotated, replaced)
         self._handlers: list[logging.Handler] | None = None
         self._files: list[logging.StreamHandler[Any]] | None = None  # candidates for the intent
-        self._unknown: dict[str, float] = {}  # sender key -> when its first out-of-order frame came
+        self._unknown: dict[str, float] = {}  # ledger key -> when its first out-of-order frame came
         self._started = time.monotonic()
+        self.stats.table.on_forget = self._forget_mark
 
-    def _out_of_order(self, env: Envelope) -> bool:
-        sender = self.stats.senders.get(env.key)
-        if sender is not None:
-            return env.seq > sender.next_seq
+    def _forget_mark(self, key: str) -> None:
+        """A folded sender silent so long that the stats forgot its place: its mark goes too (bounded state)."""
+        if self.marks is not None:
+            self.marks.forget(key)
+
+    def _out_of_order(self, key: str, env: Envelope) -> bool:
+        next_seq = self.stats.next_seq_of(key)
+        if next_seq is not None:
+            return env.seq > next_seq
         if env.seq == 0:
             return False
         # An unknown sender starting past 0: its first frames may have died with the last
         # incarnation (they will be resent), or this listener lost its state (they will not).
-        first = self._unknown.setdefault(env.key, time.monotonic())
-        if time.monotonic() - first < UNKNOWN_SENDER_GRACE:
+        now = time.monotonic()
+        unknown = self._unknown
+        if len(unknown) >= self.stats.limits.max_senders and key not in unknown:
+            self._forget_unknown(now)
+        first = unknown.setdefault(key, now)
+        if now - first < UNKNOWN_SENDER_GRACE:
             return True
-        del self._unknown[env.key]
+        del unknown[key]
         return False  # accepted: the records before it are counted as a gap
+
+    def _forget_unknown(self, now: float) -> None:
+        """Keep the unknown senders waited for bounded: drop those past their grace, else the oldest."""
+        unknown = self._unknown
+        for key in [key for key, first in unknown.items() if now - first >= UNKNOWN_SENDER_GRACE]:
+            del unknown[key]
+        while len(unknown) >= self.stats.limits.max_senders:
+            del unknown[next(iter(unknown))]
 
     def after_restore(self, state_dir: str) -> None:
         """Load the persisted marks and undo a frame the last listener left half-written.
@@ -285,8 +323,7 @@ class AckServer(Server):
         marks = self.marks
         if marks is None:
             return
-        sender = self.stats.senders.get(key)
-        first = max(seq, sender.next_seq if sender is not None else 0)
+        first = max(seq, self.stats.next_seq_of(key) or 0)
         if first >= end:
             return  # every record is a duplicate: nothing will be written
         marks.begin_intent(key, first, end, self._measure_files())
@@ -302,44 +339,52 @@ class AckServer(Server):
                 files.append(state)
         return files
 
-    def handle_frame(self, data: bytes) -> Frame | None:
+    def handle_frame(self, data: bytes, origin: Origin = NO_ORIGIN) -> Frame | None:
         """Handle one frame as the plain server does, then acknowledge it to its sender.
 
         Frames must arrive in order: one that starts past the sender's next record
         (earlier frames were lost with a killed listener and will be resent) is refused,
-        and the refusal tells the worker where to resend from.
+        and the refusal tells the worker where to resend from. The answer goes to the
+        connection the frame came on (``origin.connection``, the ROUTER's routing id).
         """
-        route = self.router.last_route
+        route = origin.connection
         try:
             env = frame_envelope(data)
         except ValueError:
             env = None
         if env is not None:
-            if self._out_of_order(env):
+            key = ledger_key(env.key, origin.peer_key)
+            # Another connection's sender, or a jump past the window (mplog.stats): refused and
+            # counted before anything else, so that it is never answered as a real sender's frame.
+            if self.stats.refuse_claim(key, env.seq, env.records, origin):
+                return None
+            if self._out_of_order(key, env):
                 self.refused += 1
-                sender = self.stats.senders.get(env.key)
-                self.router.reply(route, encode_ack(env.stream, sender.next_seq if sender else 0, refused=True))
+                next_seq = self.stats.next_seq_of(key) or 0
+                self.router.reply(route, encode_ack(env.stream, next_seq, refused=True))
                 return None
             # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
-            self._begin_intent(env.key, env.seq, env.seq + env.records)
-        frame = super().handle_frame(data)
+            self._begin_intent(key, env.seq, env.seq + env.records)
+        frame = super().handle_frame(data, origin)
         if frame is not None:  # an undecodable frame names no sender to answer
-            self._acknowledge(route, frame)
+            self._acknowledge(route, frame, origin)
         elif self.marks is not None:
             self.marks.clear_intent()
         return frame
 
-    def dispatch(self, frame: Frame, records: list[list[Any]], first: int | None = None) -> None:
+    def dispatch(
+        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+    ) -> None:
         """Dispatch as the plain server does, under an intent (also when the envelope could not be read first)."""
         marks = self.marks
         if marks is not None and records and not marks.intent_open:
             end = frame.seq + len(frame.records)
             start = end - len(records) if first is None else first
-            marks.begin_intent(frame.sender.key, start, end, self._measure_files())
-        super().dispatch(frame, records, first)
+            marks.begin_intent(ledger_key(frame.sender.key, origin.peer_key), start, end, self._measure_files())
+        super().dispatch(frame, records, first, origin)
 
-    def _acknowledge(self, route: bytes, frame: Frame) -> None:
-        key = frame.sender.key
+    def _acknowledge(self, route: bytes, frame: Frame, origin: Origin) -> None:
+        key = ledger_key(frame.sender.key, origin.peer_key)
         sender = self.stats.senders.get(key)
         marks = self.marks
         if sender is None:

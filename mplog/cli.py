@@ -32,7 +32,7 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog import sd_notify
-    from mplog.config import apply_nice, build_receiver, load_config, yield_seconds
+    from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, yield_seconds
     from mplog.continuation import append_on_first_open, continues_earlier_run
     from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
@@ -53,9 +53,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     if settings.get("ack"):
         from mplog.ack_server import AckServer
 
-        server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
+        server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits_for(settings))  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
-        server = Server(receiver, limits=limits)
+        server = Server(receiver, limits=limits, sender_limits=sender_limits_for(settings))
         server.yield_seconds = yield_seconds(settings)
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it

@@ -19,12 +19,20 @@ from typing import Any
 from mplog import security
 from mplog.exceptions import ConfigError
 from mplog.metrics import parse_address
+from mplog.stats import SenderLimits
 from mplog.transports import Receiver, TransportOptions, open_receiver, transport_of
 from mplog.wire import Limits
 from mplog.worker import WorkerOptions
 from mplog.yielding import DEFAULT_YIELD_SECONDS
 
-__all__ = ["DEFAULT_CONFIG", "RuntimeSettings", "build_receiver", "load_config", "worker_level"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "RuntimeSettings",
+    "build_receiver",
+    "load_config",
+    "sender_limits_for",
+    "worker_level",
+]
 
 DEFAULT_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -275,6 +283,7 @@ def _runtime(section: Any) -> RuntimeSettings:
         if not isinstance(getattr(settings, name), dict):
             raise ConfigError(f"mplog.{name} must be a table, got {getattr(settings, name)!r}")
     transport_options_for(settings.as_dict())  # also checks mplog.limits
+    sender_limits_for(settings.as_dict())
     _check_worker(settings.worker)
     return settings
 
@@ -360,15 +369,26 @@ def worker_level(config: dict[str, Any]) -> int:
     return max(min(levels), logging.DEBUG) if levels else logging.WARNING
 
 
+_SENDER_LIMITS = frozenset(f.name for f in fields(SenderLimits))
+
+
 def limits_for(runtime: dict[str, Any]) -> Limits:
-    """Decoder limits from the ``mplog.limits`` table."""
+    """Decoder limits from the ``mplog.limits`` table (its sender bounds are :func:`sender_limits_for`'s)."""
+    table = {k: v for k, v in runtime.get("limits", {}).items() if k not in _SENDER_LIMITS}
     try:
-        limits = replace(Limits(), **runtime.get("limits", {}))
+        limits = replace(Limits(), **table)
     except TypeError:
-        known = ", ".join(f.name for f in fields(Limits))
+        known = ", ".join(sorted([f.name for f in fields(Limits)] + list(_SENDER_LIMITS)))
         raise ConfigError(f"mplog.limits has an unknown key; known keys: {known}") from None
-    _check_numbers("mplog.limits", runtime.get("limits", {}), Limits())
+    _check_numbers("mplog.limits", table, Limits())
     return limits
+
+
+def sender_limits_for(runtime: dict[str, Any]) -> SenderLimits:
+    """The per-sender accounting bounds from ``mplog.limits`` (``max_senders``, ``max_seq_jump``)."""
+    table = {k: v for k, v in runtime.get("limits", {}).items() if k in _SENDER_LIMITS}
+    _check_numbers("mplog.limits", table, SenderLimits())
+    return replace(SenderLimits(), **table)
 
 
 def transport_options_for(runtime: dict[str, Any]) -> TransportOptions:

@@ -236,7 +236,13 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
         f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
         f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
     )
+    folded = stats.get("folded", {}).get("senders", 0) - stats.get("folded", {}).get("returned", 0)
+    if folded > 0:  # senders beyond mplog.limits.max_senders: in the totals, not in the table
+        head += f" (+{folded} folded)"
     head += handler_errors_text(stats)  # a handler failing on every record shows here, not only in stderr
+    claims = stats.get("claims_refused_total", 0)
+    if claims:  # frames that claimed a sender they may not write to (docs/security.md)
+        head += f", refused claims {claims}"
     held = stats.get("yield", {}).get("held_frames", 0)
     if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"

@@ -49,9 +49,10 @@ class Relay:
     def _forward(self, timeout: float) -> bool:
         """Move one frame on; False when nothing arrived or the collector could not take it."""
         if self._held is None:
-            self._held = self.receiver.recv(timeout)
-            if self._held is None:
+            received = self.receiver.recv(timeout)  # passed on as it is: the collector sees the relay as its origin
+            if received is None:
                 return False
+            self._held = received[0]
         if not self.sender.send(self._held, timeout):
             self.waits += 1
             return False

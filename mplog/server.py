@@ -14,6 +14,7 @@ import logging
 import logging.config
 import operator
 import os
+import socket
 import sys
 import threading
 import time
@@ -23,9 +24,9 @@ from mplog.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
-from mplog.stats import Stats
-from mplog.supervisor import live_local_senders, resume
-from mplog.transports import Receiver
+from mplog.stats import SenderLimits, Stats
+from mplog.supervisor import live_local_senders, process_runs, resume
+from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
 from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
 from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
@@ -46,10 +47,17 @@ DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outs
 class Server:
     """Owns a bound receiver and dispatches what it receives until stopped."""
 
-    def __init__(self, receiver: Receiver, *, limits: Limits | None = None, drain_quiet: float = 0.2) -> None:
+    def __init__(
+        self,
+        receiver: Receiver,
+        *,
+        limits: Limits | None = None,
+        drain_quiet: float = 0.2,
+        sender_limits: SenderLimits | None = None,
+    ) -> None:
         self.receiver = receiver
         self.limits = limits or Limits()
-        self.stats = Stats()
+        self.stats = Stats(sender_limits, self._still_owned)
         self.stop_event = threading.Event()
         self.drain_quiet = drain_quiet
         self.drain_timeout = 10.0
@@ -67,14 +75,21 @@ class Server:
         self.held_frames = 0  # frames held right now
         self._held_bytes = 0
         self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
+        self._hostname = socket.gethostname()
 
     # ------------------------------------------------------------ one frame
 
-    def handle_frame(self, data: bytes) -> Frame | None:
+    def handle_frame(self, data: bytes, origin: Origin = NO_ORIGIN) -> Frame | None:
         """Decode, account and dispatch one frame; bad frames only count.
 
+        ``origin`` is where the receiver says the frame came from (its connection and,
+        under CURVE, the client key), whenever the frame is handled: the frame is booked
+        to the sender it names in that key's namespace, if that connection may claim it
+        (mplog.stats).
+
         Returns:
-            The frame when its envelope was valid (its records may have been rejected), else None.
+            The frame when its envelope was valid (its records may have been rejected), else
+            None: not a frame, or a frame whose claim on its sender was refused (counted).
         """
         stats, limits = self.stats, self.limits
         try:
@@ -88,41 +103,64 @@ class Server:
             if records and max(map(len, map(_NAME, records))) > MAX_NAME_CHARS:  # in C, not a loop per record
                 raise FrameError("bad_field", "logger name too long")
         except FrameError:
-            return self._salvage(frame)
-        skip = stats.accept(frame)
+            return self._salvage(frame, origin)
+        skip = stats.accept(frame, origin)
+        if skip is None:
+            return None
         if skip:
             records = records[skip:]
-        self.dispatch(frame, records)
+        self.dispatch(frame, records, origin=origin)
         return frame
 
-    def _salvage(self, frame: Frame) -> Frame:
+    def _salvage(self, frame: Frame, origin: Origin) -> Frame | None:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""
         stats = self.stats
         try:
             fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
-            stats.reject(frame, exc.reason)
-            return frame
-        skip = stats.accept(frame)
-        stats.salvaged(frame, fixed[skip:], reasons[skip:])
+            return frame if stats.reject(frame, exc.reason, origin) else None
+        skip = stats.accept(frame, origin)
+        if skip is None:
+            return None
+        stats.salvaged(frame, fixed[skip:], reasons[skip:], origin)
         kept = [fields for fields in fixed[skip:] if fields is not None]
-        self.dispatch(frame, kept, first=frame.seq + skip)
+        self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
         return frame
 
-    def dispatch(self, frame: Frame, records: list[list[Any]], first: int | None = None) -> None:
+    def dispatch(
+        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+    ) -> None:
         """Hand ``records`` (the frame's records not seen before) to the loggers they name.
 
         ``first`` is the sequence number the dispatched part of the frame starts at, when
         items refused by salvage_records left ``records`` shorter than that part.
+        ``origin`` is the frame's own: its key is stamped on its records.
         """
         stats = self.stats
         host = frame.sender.host
-        # Under CURVE, the client key the handshake proved; set after the payload's extras,
-        # so a record cannot claim another sender's key (test_records_carry_the_authenticated_client_key).
-        peer = getattr(self.receiver, "last_peer", None)
+        # Under CURVE, the client key the handshake proved for this frame's connection; set
+        # after the payload's extras, so a record cannot claim another sender's key
+        # (test_records_carry_the_authenticated_client_key_not_one_the_payload_claims), and
+        # carried with the frame, so a frame held back is stamped with its own sender's key
+        # (test_held_frames_keep_the_key_of_the_connection_that_sent_them).
+        peer = origin.peer_key or None
         # A whole batch per handler write where the route allows it (mplog.fastpath); an
         # exception outside every handler (a logger-level filter) is counted per record.
         self.dispatcher.dispatch(records, host, peer, lambda: stats.note_handler_error(DISPATCH_ERROR))
+
+    def _still_owned(self, connection: bytes, host: str, pid: int, start_time: float) -> bool:
+        """Whether ``connection`` still speaks for the sender it opened (asked only when another claims it).
+
+        It does while the receiver says it is open, unless the sender is on this host and
+        its process is gone: a forked child keeps its dead parent's connection open (see
+        test_a_forked_child_that_outlives_its_parent_does_not_keep_the_parents_spool_from_being_adopted).
+        """
+        connected = getattr(self.receiver, "connected", None)
+        if connected is None or not connected(connection):
+            return False
+        if host != self._hostname:
+            return True
+        return process_runs(pid, start_time)
 
     # ------------------------------------------------------------ the loop
 
@@ -160,13 +198,13 @@ class Server:
             watch = self.watch = self.watch or WorkerWatch()
         catching_up = False  # a hold ran out of time or room: no new hold until nothing is waiting
         while not stop.is_set():
-            data = recv(0.02)  # how soon a stop request is noticed
-            if data is None:
+            received = recv(0.02)  # how soon a stop request is noticed
+            if received is None:
                 catching_up = False
-            elif watch is not None and not catching_up and self._may_hold(data, watch):
-                catching_up = self._hold(data, watch)
+            elif watch is not None and not catching_up and self._may_hold(received[0], watch):
+                catching_up = self._hold(received, watch)
             else:
-                handle(data)
+                handle(*received)
         self.drain()
 
     def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
@@ -176,7 +214,7 @@ class Server:
         watch.saw(head.host, head.pid, head.flags)
         return not head.flags & FLAG_URGENT and watch.busy(time.monotonic())
 
-    def _hold(self, first: bytes, watch: WorkerWatch) -> bool:
+    def _hold(self, first: tuple[bytes, Origin], watch: WorkerWatch) -> bool:
         """Hold frames while the workers keep every CPU busy, then handle them in order (mplog.yielding).
 
         Returns:
@@ -192,15 +230,15 @@ class Server:
             self.hold_ends[ended] = self.hold_ends.get(ended, 0) + 1
             self.held_seconds += time.monotonic() - start
             handle = self.handle_frame
-            for data in held:
-                handle(data)
+            for data, origin in held:
+                handle(data, origin)
             self.held_frames = 0
         return ended in ("time", "bytes")
 
-    def _gather(self, held: list[bytes], watch: WorkerWatch, deadline: float) -> str:
+    def _gather(self, held: list[tuple[bytes, Origin]], watch: WorkerWatch, deadline: float) -> str:
         """Receive into ``held`` until a reason to stop holding comes; return the reason."""
         stop = self.stop_event
-        self._held_bytes = len(held[0])
+        self._held_bytes = len(held[0][0])
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -217,11 +255,12 @@ class Server:
             if ended:
                 return ended
 
-    def _take_waiting(self, held: list[bytes], watch: WorkerWatch) -> str | None:
-        """Append every frame already waiting to ``held``; a reason to stop holding, or None."""
+    def _take_waiting(self, held: list[tuple[bytes, Origin]], watch: WorkerWatch) -> str | None:
+        """Append every frame already waiting to ``held``, each with its origin; a reason to stop holding, or None."""
         recv = self.receiver.recv
-        while (data := recv(0)) is not None:
-            held.append(data)
+        while (received := recv(0)) is not None:
+            held.append(received)
+            data = received[0]
             self.held_frames = len(held)
             self._held_bytes += len(data)
             head = _envelope(data)
@@ -244,12 +283,12 @@ class Server:
         deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline:
             quiet = _DONE_QUIET if self.stats.all_closed() else self.drain_quiet
-            data = self.receiver.recv(min(quiet, self.drain_quiet))
-            if data is None:
+            received = self.receiver.recv(min(quiet, self.drain_quiet))
+            if received is None:
                 if self.drain_for_live_senders and live_local_senders(self.stats):
                     continue
                 break
-            self.handle_frame(data)
+            self.handle_frame(*received)
 
 
 def _envelope(data: bytes) -> Envelope | None:
@@ -482,7 +521,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import apply_nice, build_receiver, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.config import apply_nice, build_receiver, sender_limits_for, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
     from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
@@ -510,9 +549,10 @@ def child_main(read_fd: int, write_fd: int) -> int:
     if setup.get("runtime", {}).get("ack"):
         from mplog.ack_server import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
 
-        server: Server = AckServer(receiver, limits=limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
+        sender_limits = sender_limits_for(setup.get("runtime", {}))
+        server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
-        server = Server(receiver, limits=limits)
+        server = Server(receiver, limits=limits, sender_limits=sender_limits_for(setup.get("runtime", {})))
         server.yield_seconds = yield_seconds(setup.get("runtime", {}))
     install_handler_error_counter(server.stats)
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it

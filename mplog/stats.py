@@ -1,51 +1,63 @@
-"""Listener-side counters and per-sender sequence tracking (gaps, duplicates, drops)."""
+"""Listener-side counters and per-sender sequence tracking (gaps, duplicates, drops).
+
+Whose ledger a frame is booked to (docs/security.md, "Sender identity and the ledger"):
+the sender its frames claim, in the namespace of its CURVE client key
+(:func:`~mplog.sender_table.ledger_key`). Where the transport names connections
+(``mp://``, the acknowledging ROUTER), a sender also **belongs to the connection that
+opened it** while that connection still holds it: a frame claiming it from another
+connection is refused and counted (``claims_refused["taken"]``). A frame starting more
+than ``max_seq_jump`` records past the sender's next record is refused and counted
+(``claims_refused["seq_jump"]``), never booked as gaps. Both checks cost a few dictionary
+lookups per frame, nothing per record. The table of senders is bounded
+(:mod:`mplog.sender_table`); the totals stay exact.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from mplog.wire import FLAG_FINAL, Frame
+from mplog.sender_table import SenderLimits, SenderStats, SenderTable, ledger_key, split_ledger_key
+from mplog.transports.base import NO_ORIGIN, Origin
+from mplog.wire import FLAG_FINAL, Frame, Sender
 
-__all__ = ["SenderStats", "Stats", "ledger", "merge_snapshots"]
+__all__ = ["SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
 
+_TOTALS = ("rejected", "dropped", "gaps", "duplicates")  # what snapshot() sums over senders, folded ones included
 
-@dataclass
-class SenderStats:
-    """What one sender stream delivered, as this listener saw it."""
-
-    host: str
-    pid: int
-    start_time: float
-    stream: int
-    records: int = 0  # records dispatched to handlers
-    frames: int = 0
-    rejected: int = 0  # records refused by validation (a frame that failed as a whole, or an item that was no record)
-    repaired: int = 0  # records delivered with a bad field replaced (mplog.wire_decode.salvage_records)
-    dropped: int = 0  # records the sender dropped by policy (it reports a running total)
-    gaps: int = 0  # numbered records this listener never received
-    duplicates: int = 0  # records received twice (dropped here, not dispatched)
-    next_seq: int = 0
-    first_seen: float = field(default_factory=time.time)
-    last_seen: float = 0.0
-    closed: bool = False  # the sender said goodbye (orderly end)
+OwnerCheck = Callable[[bytes, str, int, float], bool]  # (connection, host, pid, start_time) -> still owned
 
 
 class Stats:
-    """Thread-safe counters updated by the receive loop and read by the control channel."""
+    """Thread-safe counters updated by the receive loop and read by the control channel.
 
-    def __init__(self) -> None:
+    Args:
+        limits: the bounds of the per-sender table and of a sequence jump.
+        still_owned: ``(connection, host, pid, start_time) -> bool``, whether the connection
+            that opened a sender still speaks for it (the listener asks its receiver whether
+            that connection is open and, for a sender on this host, whether its process still
+            runs: a forked child can keep a dead worker's connection open). Asked only when a
+            second connection claims a sender; without it, never.
+    """
+
+    def __init__(self, limits: SenderLimits | None = None, still_owned: OwnerCheck | None = None) -> None:
         self._lock = threading.Lock()
+        self.limits = limits or SenderLimits()
+        self._still_owned = still_owned or _never_owned
         self.started = time.time()
         self.frames = 0
         self.records = 0
         self.malformed: Counter[str] = Counter()
         self.repaired: Counter[str] = Counter()  # records delivered after a repair, by reason
         self.handler_errors: Counter[str] = Counter()
-        self.senders: dict[str, SenderStats] = {}
+        self.table = SenderTable(self.limits)
+        self.senders = self.table.senders  # the ledgers by ledger key (those not folded)
+        # Frames whose claim on a sender was refused, by why (taken, seq_jump), and their records.
+        self.claims_refused: Counter[str] = Counter()
+        self.claims_refused_records = 0
 
     def note_malformed(self, reason: str) -> None:
         with self._lock:
@@ -55,19 +67,66 @@ class Stats:
         with self._lock:
             self.handler_errors[handler_name] += 1
 
-    def _sender(self, frame: Frame) -> SenderStats:
-        key = frame.sender.key
-        stats = self.senders.get(key)
-        if stats is None:
-            host, pid, start_time, stream = frame.sender
-            stats = self.senders[key] = SenderStats(host, pid, float(start_time), stream)
-        return stats
+    # ------------------------------------------------------------ whose ledger a frame is booked to
 
-    def accept(self, frame: Frame) -> int:
-        """Account for a valid frame; return how many leading records are duplicates."""
+    def _claim(self, frame: Frame, origin: Origin) -> SenderStats | None:
+        """The sender ``frame`` is booked to, or None when its claim is refused (and counted); lock held."""
+        table = self.table
+        key = ledger_key(frame.sender.key, origin.peer_key)
+        sender = table.find(key, frame.sender, origin.peer_key)
+        if sender is not None:
+            next_seq, who = sender.next_seq, (sender.host, sender.pid, sender.start_time)
+        else:
+            next_seq, who = 0, (frame.sender.host, frame.sender.pid, float(frame.sender.start_time))
+        reason = self._refusal(next_seq, table.owners.get(key, b""), frame.seq, origin.connection, who)
+        if reason:
+            self._refuse(reason, len(frame.records))
+            return None
+        if sender is None:
+            sender = table.add(key, frame.sender, origin.peer_key)
+        if origin.connection:
+            table.owners[key] = origin.connection
+        return sender
+
+    def _refusal(self, next_seq: int, owner: bytes, seq: int, connection: bytes, who: tuple[str, int, float]) -> str:
+        """Why a frame starting at ``seq`` from ``connection`` may not be booked to sender ``who``, or ""; lock held."""
+        if seq - next_seq > self.limits.max_seq_jump:
+            return "seq_jump"
+        # Slow path, a second connection claims a sender: refused while the first still holds it.
+        if connection and owner and owner != connection and self._still_owned(owner, *who):
+            return "taken"
+        return ""
+
+    def _refuse(self, reason: str, records: int) -> None:
+        self.claims_refused[reason] += 1
+        self.claims_refused_records += records
+
+    def refuse_claim(self, key: str, seq: int, records: int, origin: Origin) -> bool:
+        """Check a frame's claim before it is handled (acknowledged delivery); True when refused, and counted.
+
+        :meth:`accept` checks the same again; a frame that passes here passes there.
+        """
+        with self._lock:
+            next_seq, owner, who = self.table.place(key)
+            reason = self._refusal(next_seq, owner, seq, origin.connection, who)
+            if reason:
+                self._refuse(reason, records)
+            return bool(reason)
+
+    # ------------------------------------------------------------ accounting
+
+    def accept(self, frame: Frame, origin: Origin = NO_ORIGIN) -> int | None:
+        """Account for a valid frame that came from ``origin``.
+
+        Returns:
+            How many leading records are duplicates (not to be dispatched), or None when
+            the frame's claim on its sender was refused: nothing of it is to be dispatched.
+        """
         n = len(frame.records)
         with self._lock:
-            sender = self._sender(frame)
+            sender = self._claim(frame, origin)
+            if sender is None:
+                return None
             sender.frames += 1
             sender.last_seen = time.time()
             seq, expected = frame.seq, sender.next_seq
@@ -86,7 +145,7 @@ class Stats:
             self.records += n - skip
         return skip
 
-    def salvaged(self, frame: Frame, records: list[Any], reasons: list[str]) -> None:
+    def salvaged(self, frame: Frame, records: list[Any], reasons: list[str], origin: Origin = NO_ORIGIN) -> None:
         """Amend :meth:`accept` for a frame that went through salvage_records.
 
         ``records`` and ``reasons`` are the part of the frame that was not a duplicate: a
@@ -94,24 +153,33 @@ class Stats:
         ``received`` to ``rejected`` and counts under ``malformed[reason]``.
         """
         with self._lock:
-            sender = self._sender(frame)
+            sender = self.senders.get(ledger_key(frame.sender.key, origin.peer_key))
             for fields, reason in zip(records, reasons, strict=True):
                 if not reason:
                     continue
                 if fields is None:
                     self.malformed[reason] += 1
                     self.records -= 1
-                    sender.records -= 1
-                    sender.rejected += 1
+                    if sender is not None:
+                        sender.records -= 1
+                        sender.rejected += 1
+                    else:  # folded since accept() (another thread made room): the totals stay exact
+                        self.table.folded["records"] -= 1
+                        self.table.folded["rejected"] += 1
                 else:
                     self.repaired[reason] += 1
-                    sender.repaired += 1
+                    if sender is not None:
+                        sender.repaired += 1
+                    else:
+                        self.table.folded["repaired"] += 1
 
-    def reject(self, frame: Frame, reason: str) -> None:
-        """Count a frame whose envelope was valid but whose records were not."""
+    def reject(self, frame: Frame, reason: str, origin: Origin = NO_ORIGIN) -> bool:
+        """Count a frame whose envelope was valid but whose records were not; False when its claim was refused."""
         with self._lock:
             self.malformed[reason] += 1
-            sender = self._sender(frame)
+            sender = self._claim(frame, origin)
+            if sender is None:
+                return False
             n = len(frame.records)
             seq, expected = frame.seq, sender.next_seq
             if seq > expected:
@@ -120,12 +188,15 @@ class Stats:
             sender.rejected += n
             sender.dropped = max(sender.dropped, frame.dropped)
             sender.last_seen = time.time()
+        return True
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot written by an earlier incarnation of this listener.
 
         Per-sender ``next_seq`` carries over, so records delivered before a restart are
-        not counted again as a gap (see mplog.supervisor and docs/reliability.md).
+        not counted again as a gap (see mplog.supervisor and docs/reliability.md). The
+        folded totals and refused claims carry over too; folded senders' places in their
+        streams do not (a snapshot lists the table only).
         """
         known = set(SenderStats.__dataclass_fields__)
         with self._lock:
@@ -134,9 +205,18 @@ class Stats:
             self.malformed.update({str(k): int(v) for k, v in dict(state.get("malformed", {})).items()})
             self.repaired.update({str(k): int(v) for k, v in dict(state.get("repaired", {})).items()})
             self.handler_errors.update({str(k): int(v) for k, v in dict(state.get("handler_errors", {})).items()})
+            self.claims_refused.update({str(k): int(v) for k, v in dict(state.get("claims_refused", {})).items()})
+            self.claims_refused_records += int(state.get("claims_refused_records", 0))
+            folded = dict(state.get("folded", {}))
+            self.table.folded.update({str(k): int(v) for k, v in folded.items() if k != "dormant"})
             for key, values in dict(state.get("senders", {})).items():
                 if isinstance(values, dict) and {"host", "pid", "start_time", "stream"} <= set(values):
-                    self.senders[str(key)] = SenderStats(**{k: v for k, v in values.items() if k in known})
+                    self.table.insert(str(key), SenderStats(**{k: v for k, v in values.items() if k in known}))
+
+    def next_seq_of(self, key: str) -> int | None:
+        """The next record expected from the sender under ledger ``key`` (folded or not); None if unknown."""
+        with self._lock:
+            return self.table.place(key)[0] if self.table.known(key) else None
 
     def resume_sender(self, key: str, next_seq: int) -> None:
         """Raise a sender's ``next_seq`` to a persisted high-water mark (acknowledged delivery).
@@ -144,11 +224,10 @@ class Stats:
         Records below the mark reached the handlers before a crash, so they count as
         received here and a resent copy counts as a duplicate.
         """
+        peer_key, host, pid, stream = split_ledger_key(key)
+        identity = Sender(host, pid, 0.0, stream)
         with self._lock:
-            sender = self.senders.get(key)
-            if sender is None:
-                host, pid, stream = key.rsplit("/", 2)
-                sender = self.senders[key] = SenderStats(host, int(pid), 0.0, int(stream, 16))
+            sender = self.table.find(key, identity, peer_key) or self.table.add(key, identity, peer_key)
             if next_seq != sender.next_seq:
                 delta = next_seq - sender.next_seq
                 sender.records += delta
@@ -156,14 +235,24 @@ class Stats:
                 sender.next_seq = next_seq
 
     def all_closed(self) -> bool:
-        """True when every sender seen so far has sent its goodbye frame."""
+        """True when every sender seen so far has sent its goodbye frame (folded ones included)."""
         with self._lock:
-            return all(sender.closed for sender in self.senders.values())
+            return self.table.all_closed()
 
     def snapshot(self) -> dict[str, Any]:
         """Return a JSON-ready copy of every counter."""
         with self._lock:
-            senders = {key: asdict(s) for key, s in self.senders.items()}
+            # A shallow copy of each sender's fields (asdict() would deep-copy, ten times slower).
+            senders = {key: dict(vars(s)) for key, s in self.senders.items()}
+            totals = dict.fromkeys(_TOTALS, 0)
+            for s in self.senders.values():
+                totals["rejected"] += s.rejected
+                totals["dropped"] += s.dropped
+                totals["gaps"] += s.gaps
+                totals["duplicates"] += s.duplicates
+            folded = self.table.folded_counts()
+            claims = dict(self.claims_refused)
+            claims_records = self.claims_refused_records
             malformed = dict(self.malformed)
             repaired = dict(self.repaired)
             handler_errors = dict(self.handler_errors)
@@ -176,13 +265,18 @@ class Stats:
             "malformed_total": sum(malformed.values()),
             "repaired": repaired,
             "repaired_total": sum(repaired.values()),
-            "rejected": sum(s["rejected"] for s in senders.values()),
-            "dropped": sum(s["dropped"] for s in senders.values()),
-            "gaps": sum(s["gaps"] for s in senders.values()),
-            "duplicates": sum(s["duplicates"] for s in senders.values()),
+            **{name: totals[name] + folded[name] for name in _TOTALS},
             "handler_errors": handler_errors,
+            "claims_refused": claims,
+            "claims_refused_total": sum(claims.values()),
+            "claims_refused_records": claims_records,
+            "folded": folded,
             "senders": senders,
         }
+
+
+def _never_owned(connection: bytes, host: str, pid: int, start_time: float) -> bool:
+    return False
 
 
 def ledger(snapshot: dict[str, Any], logged: int) -> int:
@@ -200,8 +294,15 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     and rejected, and counts as lost only what no collector got:
     ``gaps = next_seq - received - rejected``. ``dropped`` is a running total the
     sender repeats in every frame: the merge keeps the largest report.
+
+    Senders a collector folded (``folded``, see :class:`Stats`) are added as that
+    collector counted them: a sender spread over collectors and folded in one of them
+    keeps the other collectors' frames among its gaps there.
     """
     senders: dict[str, dict[str, Any]] = {}
+    folded: Counter[str] = Counter()
+    claims: Counter[str] = Counter()
+    claims_records = 0
     malformed: Counter[str] = Counter()
     repaired: Counter[str] = Counter()
     handler_errors: Counter[str] = Counter()
@@ -213,6 +314,9 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         repaired.update(snap.get("repaired", {}))
         handler_errors.update(snap.get("handler_errors", {}))
         connections.update(snap.get("connections", {}))
+        folded.update(snap.get("folded", {}))
+        claims.update(snap.get("claims_refused", {}))
+        claims_records += snap.get("claims_refused_records", 0)
         for key, one in snap.get("senders", {}).items():
             merged = senders.get(key)
             if merged is None:
@@ -229,16 +333,17 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "collectors": len(snapshots),
         "frames": frames,
-        "received": sum(s["records"] for s in senders.values()),
+        "received": sum(s["records"] for s in senders.values()) + folded["records"],
         "malformed": dict(malformed),
         "malformed_total": sum(malformed.values()),
         "repaired": dict(repaired),
         "repaired_total": sum(repaired.values()),
-        "rejected": sum(s["rejected"] for s in senders.values()),
-        "dropped": sum(s["dropped"] for s in senders.values()),
-        "gaps": sum(s["gaps"] for s in senders.values()),
-        "duplicates": sum(s["duplicates"] for s in senders.values()),
+        **{name: sum(s[name] for s in senders.values()) + folded[name] for name in _TOTALS},
         "handler_errors": dict(handler_errors),
+        "claims_refused": dict(claims),
+        "claims_refused_total": sum(claims.values()),
+        "claims_refused_records": claims_records,
+        "folded": dict(folded),
         "connections": dict(connections),
         "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
         "senders": senders,

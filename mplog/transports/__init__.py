@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 
 from mplog.exceptions import ConfigError
-from mplog.transports.base import Receiver, Sender, TransportOptions, make_private_dir
+from mplog.transports.base import NO_ORIGIN, Origin, Receiver, Sender, TransportOptions, make_private_dir
 
 __all__ = [
+    "NO_ORIGIN",
     "TRANSPORTS",
+    "Origin",
     "Receiver",
     "Sender",
     "TransportOptions",

@@ -14,12 +14,14 @@ import stat
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from mplog.exceptions import ConfigError, TransportError
 
 __all__ = [
+    "NO_ORIGIN",
+    "Origin",
     "Receiver",
     "Sender",
     "TransportOptions",
@@ -84,15 +86,44 @@ class Sender(Protocol):
         """Flush within ``linger`` seconds, then release everything; idempotent."""
 
 
+class Origin(NamedTuple):
+    """Where one frame came from, as the transport saw it (never as the frame claims).
+
+    ``connection`` names the connection the frame arrived on: unique among this
+    receiver's connections for its whole life (never reused), and the address to answer
+    on where the transport has a return path (the ROUTER's routing id). ``b""`` where
+    the transport cannot tell its connections apart (ZeroMQ PULL merges them).
+    ``peer_key`` is the client's public key (Z85) that the CURVE handshake proved, ``""``
+    without CURVE.
+    """
+
+    connection: bytes
+    peer_key: str
+
+
+NO_ORIGIN = Origin(b"", "")  # a frame from a transport that knows neither connections nor keys
+
+
 @runtime_checkable
 class Receiver(Protocol):
-    """The listener's end: yields whole frames; counts transport-level rejects in ``events``."""
+    """The listener's end: yields whole frames with their origin; counts transport-level rejects in ``events``."""
 
     endpoint: str
     events: Counter[str]
 
-    def recv(self, timeout: float) -> bytes | None:
-        """Return the next frame, or None when ``timeout`` seconds pass without one."""
+    def recv(self, timeout: float) -> tuple[bytes, Origin] | None:
+        """Return the next frame and where it came from, or None when ``timeout`` seconds pass without one.
+
+        The origin travels with the frame (not as a "last peer" attribute) so that a frame
+        handled later, e.g. held while workers are busy, is still attributed to its own
+        connection and key.
+        """
+
+    def connected(self, connection: bytes) -> bool:
+        """Whether the connection an :class:`Origin` named is still open (False for ``b""``).
+
+        Called by the listener only when two connections claim one sender (a slow path).
+        """
 
     def close(self) -> None:
         """Release everything; idempotent."""

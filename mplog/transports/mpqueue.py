@@ -9,6 +9,7 @@ counted as ``truncated`` and closed; the other producers never notice.
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import socket
@@ -19,7 +20,7 @@ from multiprocessing import connection as mpc
 from typing import Any
 
 from mplog.exceptions import TransportError
-from mplog.transports.base import TransportOptions, ensure_private_dir
+from mplog.transports.base import Origin, TransportOptions, ensure_private_dir
 from mplog.transports.claim import claim_socket_path
 
 __all__ = ["MpReceiver", "MpSender"]
@@ -133,8 +134,12 @@ class MpReceiver:
             os.umask(old_umask)
         self.endpoint = endpoint
         self._lsock: socket.socket = self._listener._listener._socket  # type: ignore[attr-defined]  # the listening socket, to multiplex accept() with reads
-        self._conns: list[mpc.Connection] = []
-        self._ready: deque[bytes] = deque()
+        # Each open connection and the origin of its frames: a number never reused while
+        # this receiver lives, so a connection that ended is never mistaken for a new one.
+        self._conns: dict[mpc.Connection, Origin] = {}
+        self._open: set[bytes] = set()
+        self._numbers = itertools.count(1)
+        self._ready: deque[tuple[bytes, Origin]] = deque()
         self._closed = False
 
     def _accept(self) -> None:
@@ -143,11 +148,13 @@ class MpReceiver:
         except OSError:
             return
         _set_timeout(conn.fileno(), socket.SO_RCVTIMEO, self._options.write_timeout * 2)
-        self._conns.append(conn)
+        origin = Origin(next(self._numbers).to_bytes(8, "big"), "")
+        self._conns[conn] = origin
+        self._open.add(origin.connection)
 
     def _read(self, conn: mpc.Connection) -> None:
         try:
-            self._ready.append(conn.recv_bytes(self._options.max_frame_bytes))
+            self._ready.append((conn.recv_bytes(self._options.max_frame_bytes), self._conns[conn]))
             return
         except EOFError:
             pass  # a clean end between two frames
@@ -157,13 +164,17 @@ class MpReceiver:
                 self.events["oversized"] += 1
             else:
                 self.events["truncated"] += 1  # the writer died or stalled inside a frame
-        self._conns.remove(conn)
+        self._open.discard(self._conns.pop(conn).connection)
         try:
             conn.close()
         except OSError:
             pass
 
-    def recv(self, timeout: float) -> bytes | None:
+    def connected(self, connection: bytes) -> bool:
+        """Whether the connection numbered ``connection`` is still open (it ends at EOF or a cut frame)."""
+        return connection in self._open
+
+    def recv(self, timeout: float) -> tuple[bytes, Origin] | None:
         if self._ready:
             return self._ready.popleft()
         waitables: list[Any] = [self._lsock, *self._conns]
@@ -184,5 +195,6 @@ class MpReceiver:
             except OSError:  # noqa: PERF203  # each connection is closed whatever the others do
                 pass
         self._conns.clear()
+        self._open.clear()
         self._listener.close()
         self._claim.release()

@@ -18,7 +18,14 @@ import zmq
 
 from mplog import security
 from mplog.exceptions import TransportError
-from mplog.transports.base import ASYNC_SIGNALS, TransportOptions, check_bind_address, ensure_private_dir
+from mplog.transports.base import (
+    ASYNC_SIGNALS,
+    NO_ORIGIN,
+    Origin,
+    TransportOptions,
+    check_bind_address,
+    ensure_private_dir,
+)
 from mplog.transports.claim import SocketClaim, claim_socket_path
 
 __all__ = ["BoundReceiver", "ZmqReceiver", "ZmqSender", "bind_private_ipc"]
@@ -162,7 +169,7 @@ class BoundReceiver:
 
     def __init__(self, endpoint: str, options: TransportOptions, *, secure: bool = False) -> None:
         self.events: Counter[str] = Counter()
-        self.last_peer: str | None = None  # CURVE: the authenticated client key of the last frame
+        self._origin = NO_ORIGIN  # the last origin made: frames in a row from one peer share it
         self._options = options
         self._claims: list[SocketClaim] = []  # one per ipc:// path bound (mplog.transports.claim)
         self._gatekeeper: security.Gatekeeper | None = None
@@ -216,16 +223,23 @@ class BoundReceiver:
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self._options.heartbeat_timeout * 1000))
         self._sock.bind(endpoint)
 
-    def _take(self) -> bytes | None:
-        """Read one frame without waiting (raises zmq.Again when there is none)."""
+    def _take(self) -> tuple[bytes, Origin] | None:
+        """Read one frame and its origin without waiting (raises zmq.Again when there is none)."""
         raise NotImplementedError
 
-    def _peer(self, message: zmq.Frame) -> bytes:
-        """The bytes of ``message``, remembering the client key its CURVE handshake proved."""
-        self.last_peer = str(message.get("User-Id"))
-        return message.bytes
+    def _origin_of(self, connection: bytes, message: zmq.Frame | None) -> Origin:
+        """The origin of a frame read on ``connection``; under CURVE, with the key ``message``'s handshake proved."""
+        key = str(message.get("User-Id")) if message is not None else ""
+        origin = self._origin
+        if origin.connection != connection or origin.peer_key != key:
+            origin = self._origin = Origin(connection, key)
+        return origin
 
-    def recv(self, timeout: float) -> bytes | None:
+    def connected(self, connection: bytes) -> bool:
+        """PULL merges its connections: no connection is ever named, so none is open."""
+        return False
+
+    def recv(self, timeout: float) -> tuple[bytes, Origin] | None:
         try:
             return self._take()
         except zmq.Again:
@@ -265,8 +279,9 @@ class ZmqReceiver(BoundReceiver):
 
     socket_type = zmq.PULL
 
-    def _take(self) -> bytes | None:
-        if self._curve:
-            return self._peer(self._sock.recv(zmq.NOBLOCK, copy=False))
+    def _take(self) -> tuple[bytes, Origin] | None:
+        if self._curve:  # read without copying, for the client key the handshake proved
+            message = self._sock.recv(zmq.NOBLOCK, copy=False)
+            return message.bytes, self._origin_of(b"", message)
         data: bytes = self._sock.recv(zmq.NOBLOCK)
-        return data
+        return data, NO_ORIGIN

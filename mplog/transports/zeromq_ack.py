@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from mplog.exceptions import TransportError
-from mplog.transports.base import TransportOptions
+from mplog.transports.base import Origin
 from mplog.transports.zeromq import BoundReceiver, ZmqSender
 
 __all__ = ["DealerSender", "RouterReceiver"]
@@ -47,6 +47,8 @@ class DealerSender(ZmqSender):
             if timeout > 0 and not sock.poll(int(timeout * 1000), zmq.POLLIN):
                 return None
             data: bytes = sock.recv(zmq.NOBLOCK)
+            while not data:  # an empty message is the listener's probe (RouterReceiver.connected): not for the caller
+                data = sock.recv(zmq.NOBLOCK)
             return data
         except zmq.Again:
             return None
@@ -55,37 +57,53 @@ class DealerSender(ZmqSender):
 
 
 class RouterReceiver(BoundReceiver):
-    """The listener's ROUTER socket: yields frames and remembers who sent the last one.
+    """The listener's ROUTER socket: yields frames with the connection they came on.
 
-    Binding, CURVE (server keys, the ZAP allow-list, refusal counts) and ``last_peer``
-    work as for the PULL receiver; acknowledgements go back over the same connection,
-    so under CURVE they are encrypted too.
+    Binding and CURVE (server keys, the ZAP allow-list, refusal counts) work as for the
+    PULL receiver. A frame's :class:`~mplog.transports.base.Origin` names its connection
+    by the ZeroMQ routing id, which libzmq gives each connection (and refuses to a second
+    live connection); acknowledgements go back to it over the same connection, so under
+    CURVE they are encrypted too.
     """
 
     socket_type = zmq.ROUTER
 
-    def __init__(self, endpoint: str, options: TransportOptions) -> None:
-        self.last_route: bytes = b""  # the ZeroMQ routing id of the last frame's peer
-        super().__init__(endpoint, options)
-
     def _set_options(self, sock: zmq.Socket[Any]) -> None:
         super()._set_options(sock)
         sock.setsockopt(zmq.SNDHWM, 10_000)  # acks are tiny; a slow worker must not stall the loop
+        # A send to a connection that is gone fails (EHOSTUNREACH) instead of vanishing:
+        # connected() needs to know, and reply() reports it as not queued either way.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
-    def _take(self) -> bytes | None:
+    def _take(self) -> tuple[bytes, Origin] | None:
         if self._curve:  # read without copying, for the client key the handshake proved
             frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             if len(frames) != 2:
                 self.events["bad_envelope"] += 1
                 return None
-            self.last_route = frames[0].bytes
-            return self._peer(frames[1])
+            return frames[1].bytes, self._origin_of(frames[0].bytes, frames[1])
         parts = self._sock.recv_multipart(zmq.NOBLOCK)
         if len(parts) != 2:
             self.events["bad_envelope"] += 1
             return None
-        self.last_route, data = parts
-        return data
+        route, data = parts
+        return data, self._origin_of(route, None)
+
+    def connected(self, connection: bytes) -> bool:
+        """Whether the peer with routing id ``connection`` is still connected.
+
+        Sends it an empty message, which :meth:`DealerSender.recv` discards: libzmq
+        refuses a send to a routing id whose connection has ended (ROUTER_MANDATORY).
+        """
+        if not connection:
+            return False
+        try:
+            self._sock.send_multipart([connection, b""], zmq.NOBLOCK)
+        except zmq.Again:
+            return True  # its queue is full: connected, and slow
+        except zmq.ZMQError:
+            return False  # EHOSTUNREACH: no such connection (any more)
+        return True
 
     def reply(self, route: bytes, data: bytes) -> bool:
         """Send ``data`` to the peer ``route``; False if it could not be queued (the peer resends)."""

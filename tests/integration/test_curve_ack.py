@@ -231,9 +231,12 @@ def test_a_router_with_allow_any_admits_a_fresh_client_key_stamps_it_and_answers
     dealer = DealerSender(receiver.endpoint, TransportOptions(curve_server_key=keys["server"]))
     try:
         assert wait_for(lambda: dealer.send(b"frame", 0.1), timeout=10)  # IMMEDIATE: once the handshake is done
-        assert receiver.recv(5.0) == b"frame"
-        assert dealer._curve is not None and receiver.last_peer == dealer._curve.pair.public
-        assert receiver.reply(receiver.last_route, b"ack")
+        received = receiver.recv(5.0)
+        assert received is not None
+        data, origin = received
+        assert data == b"frame"
+        assert dealer._curve is not None and origin.peer_key == dealer._curve.pair.public
+        assert receiver.reply(origin.connection, b"ack")
         assert dealer.recv(5.0) == b"ack"
         wait_for(lambda: receiver.connections["handshakes"] == 1)  # the monitor thread counts it soon after
         assert not receiver.events

@@ -24,9 +24,21 @@ from dataclasses import dataclass
 
 import pytest
 import zmq
+from helpers import wait_for
 
+from mplog import security
 from mplog.exceptions import ConfigError
-from mplog.transports import Receiver, Sender, TransportOptions, default_endpoint, open_receiver, open_sender
+from mplog.transports import (
+    Origin,
+    Receiver,
+    Sender,
+    TransportOptions,
+    default_endpoint,
+    open_receiver,
+    open_sender,
+)
+from mplog.transports.zeromq import ZmqReceiver, ZmqSender
+from mplog.transports.zeromq_ack import DealerSender, RouterReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -42,14 +54,17 @@ class Collector:
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
         self.frames: list[bytes] = []
+        self.origins: list[Origin] = []  # the origin of each frame, in the same order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            data = self.receiver.recv(0.05)
-            if data is not None:
+            received = self.receiver.recv(0.05)
+            if received is not None:
+                data, origin = received
+                self.origins.append(origin)  # first: whoever sees a frame finds its origin
                 self.frames.append(data)
 
     def wait(self, predicate: Callable[[list[bytes]], bool], timeout: float = 20.0) -> list[bytes]:
@@ -193,6 +208,111 @@ def test_empty_and_large_frames_arrive_unchanged(ends):
         sender.close()
     assert [len(f) for f in frames] == [22 + size for size in sizes]
     assert by_sender(frames) == {9: list(range(len(sizes)))}
+
+
+# ---------------------------------------------------------------- origin: where each frame came from
+
+
+def test_every_frame_comes_with_the_origin_of_the_connection_it_arrived_on(ends):
+    """mp:// names each connection (never reusing a name); PULL cannot tell its connections apart."""
+    opened = [open_sender(ends.endpoint) for _ in range(2)]
+    try:
+        for index in range(20):  # interleaved: the origins must follow the frames, not the last reader
+            for sender_id, sender in enumerate(opened):
+                send_all(sender, [numbered(sender_id, index, 10)])
+        ends.collector.wait(lambda got: len(got) == 40)
+        by_origin: dict[Origin, set[int]] = {}
+        for data, origin in zip(ends.collector.frames, ends.collector.origins, strict=True):
+            by_origin.setdefault(origin, set()).add(parse(data)[0])
+        if ends.kind == "multiprocessing":
+            assert sorted(by_origin.values(), key=min) == [{0}, {1}]  # one origin per connection
+            assert all(origin.connection and not origin.peer_key for origin in by_origin)
+            assert all(ends.receiver.connected(origin.connection) for origin in by_origin)
+        else:
+            assert by_origin == {Origin(b"", ""): {0, 1}}
+            assert not ends.receiver.connected(b"")
+    finally:
+        for sender in opened:
+            sender.close()
+    if ends.kind == "multiprocessing":
+        first = next(iter(by_origin))
+        deadline = time.monotonic() + 10
+        while ends.receiver.connected(first.connection):  # it ends when the receiver reads the EOF
+            assert time.monotonic() < deadline, "a closed connection still counts as open"
+            time.sleep(0.01)
+        again = open_sender(ends.endpoint)  # a new connection gets a new name, never an old one
+        try:
+            send_all(again, [numbered(2, 0, 10)])
+            ends.collector.wait(lambda got: len(got) == 41)
+        finally:
+            again.close()
+        assert ends.collector.origins[-1] not in by_origin
+
+
+def test_a_router_names_each_connection_answers_it_and_knows_when_it_has_ended(private_dir):
+    """The acknowledging transport: routing id as the connection, replies to it, probes for connected()."""
+    receiver = RouterReceiver(f"ipc://{private_dir}/router.sock", TransportOptions())
+    dealers = [DealerSender(receiver.endpoint, TransportOptions()) for _ in range(2)]
+    try:
+        origins: dict[int, set[Origin]] = {0: set(), 1: set()}
+        for index in range(10):
+            for dealer_id, dealer in enumerate(dealers):
+                assert wait_for(lambda d=dealer, i=index, n=dealer_id: d.send(numbered(n, i, 10), 0.1), timeout=10)
+                received = receiver.recv(5.0)
+                assert received is not None
+                origins[parse(received[0])[0]].add(received[1])
+        assert all(len(seen) == 1 for seen in origins.values())
+        first, second = (next(iter(origins[n])) for n in (0, 1))
+        assert first.connection and second.connection and first != second
+        assert receiver.connected(first.connection) and receiver.connected(second.connection)
+        assert receiver.reply(second.connection, b"to the second")
+        assert dealers[1].recv(5.0) == b"to the second"  # the probes connected() sent were never returned
+        assert dealers[0].recv(0.2) is None
+        dealers[0].close(0)
+        wait_for(lambda: not receiver.connected(first.connection), timeout=10)
+        assert receiver.connected(second.connection)
+        assert not receiver.connected(b"")
+    finally:
+        for dealer in dealers:
+            dealer.close(0)
+        receiver.close()
+
+
+@pytest.mark.parametrize("router", [False, True], ids=["pull", "router"])
+def test_under_curve_every_frame_carries_the_key_its_own_connection_proved(tmp_path, router):
+    security.generate_key_pair(tmp_path / "server", "server")
+    for name in ("alpha", "beta"):
+        security.generate_key_pair(tmp_path / "clients", name)
+    server = TransportOptions(
+        curve_secret_key=str(tmp_path / "server" / "server.key_secret"), curve_authorized_keys=str(tmp_path / "clients")
+    )
+    receiver = (RouterReceiver if router else ZmqReceiver)("tcp://127.0.0.1:0", server)
+    kind = DealerSender if router else ZmqSender
+    clients = {
+        name: kind(
+            receiver.endpoint,
+            TransportOptions(
+                curve_server_key=str(tmp_path / "server" / "server.key"),
+                curve_secret_key=str(tmp_path / "clients" / f"{name}.key_secret"),
+            ),
+        )
+        for name in ("alpha", "beta")
+    }
+    public = {name: security.read_public_key(tmp_path / "clients" / f"{name}.key") for name in clients}
+    try:
+        for index in range(10):
+            for sender_id, client in enumerate(clients.values()):
+                assert wait_for(lambda c=client, i=index, n=sender_id: c.send(numbered(n, i, 10), 0.1), timeout=10)
+        keys: dict[int, set[str]] = {0: set(), 1: set()}
+        for _ in range(20):
+            received = receiver.recv(5.0)
+            assert received is not None
+            keys[parse(received[0])[0]].add(received[1].peer_key)
+        assert keys == {0: {public["alpha"]}, 1: {public["beta"]}}
+    finally:
+        for client in clients.values():
+            client.close(0)
+        receiver.close()
 
 
 # ---------------------------------------------------------------- no receiver

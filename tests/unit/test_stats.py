@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from mplog.stats import Stats, ledger
+from mplog.sender_table import ledger_key, split_ledger_key
+from mplog.stats import SenderLimits, Stats, ledger
+from mplog.transports import Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
 
 A = Sender("host-a", 100, 1_700_000_000.0, 1)
@@ -187,3 +189,64 @@ def test_concurrent_accounting_from_many_threads_loses_no_count():
     snap = stats.snapshot()
     assert snap["received"] == 8 * 1000
     assert snap["gaps"] == snap["duplicates"] == 0
+
+
+# ---------------------------------------------------------------- whose ledger a frame may write (docs/security.md)
+
+
+def test_a_frame_far_past_the_senders_next_record_is_refused_and_counted_never_booked_as_gaps():
+    stats = Stats(SenderLimits(max_seq_jump=1000))
+    stats.accept(frame(A, 0, 5))
+    assert stats.accept(frame(A, 5 + 1000, 1)) == 0  # at the edge of the window: a gap of 1000
+    assert stats.accept(frame(A, 2**64 - 1, 3)) is None  # past it: refused
+    assert stats.accept(frame(B, 1001, 0)) is None  # a new sender's first frame too
+    stats.reject(frame(A, 2**63, 2), "bad_field")  # a frame of bad records does not move it either
+    sender = stats.senders[A.key]
+    assert (sender.next_seq, sender.gaps, sender.records, sender.rejected) == (1006, 1000, 6, 0)
+    snap = stats.snapshot()
+    assert snap["claims_refused"] == {"seq_jump": 3} and snap["claims_refused_records"] == 5
+    assert snap["gaps"] == 1000 and B.key not in snap["senders"]
+    assert SenderLimits().max_seq_jump == 2**32
+
+
+def test_under_curve_each_client_key_keeps_its_own_ledger_for_the_same_claimed_sender():
+    stats = Stats()
+    alpha, beta = Origin(b"", "a" * 40), Origin(b"", "b" * 40)
+    stats.accept(frame(A, 0, 10), alpha)
+    assert stats.accept(frame(A, 10, 50), beta) == 0  # beta's own A: 10 gaps in beta's ledger, none in alpha's
+    assert stats.accept(frame(A, 10, 5), alpha) == 0  # alpha's next records are not duplicates
+    mine, theirs = stats.senders[ledger_key(A.key, alpha.peer_key)], stats.senders[ledger_key(A.key, beta.peer_key)]
+    assert (mine.records, mine.gaps, mine.duplicates, mine.peer_key) == (15, 0, 0, "a" * 40)
+    assert (theirs.records, theirs.gaps, theirs.peer_key) == (50, 10, "b" * 40)
+    assert A.key not in stats.senders
+    assert split_ledger_key(ledger_key(A.key, "a" * 40)) == ("a" * 40, "host-a", 100, 1)
+    assert split_ledger_key(A.key) == ("", "host-a", 100, 1)
+    assert split_ledger_key("we|ird/host/7/0000000a") == ("", "we|ird/host", 7, 10)
+
+
+def test_a_sender_belongs_to_its_connection_until_that_connection_no_longer_holds_it():
+    held = {b"c1"}
+    asked: list[tuple[bytes, str, int]] = []
+
+    def still_owned(connection: bytes, host: str, pid: int, start_time: float) -> bool:
+        asked.append((connection, host, pid))
+        return connection in held
+
+    stats = Stats(still_owned=still_owned)
+    one, two = Origin(b"c1", ""), Origin(b"c2", "")
+    assert stats.accept(frame(A, 0, 3), one) == 0
+    assert stats.accept(frame(A, 3, 50), two) is None  # c1 still holds it
+    assert stats.accept(frame(A, 53, 0, flags=FLAG_FINAL), two) is None
+    assert stats.refuse_claim(A.key, 3, 50, two)  # the check the acknowledging listener makes first
+    assert stats.accept(frame(A, 3, 2), one) == 0  # the owner's own records go on
+    held.clear()  # c1 ended
+    assert not stats.refuse_claim(A.key, 5, 1, two)
+    assert stats.accept(frame(A, 5, 1), two) == 0  # taken over by c2
+    held.add(b"c2")
+    assert stats.accept(frame(A, 6, 1), one) is None  # c1, were it back, is now the stranger
+    sender = stats.senders[A.key]
+    assert (sender.records, sender.gaps, sender.duplicates, sender.closed) == (6, 0, 0, False)
+    assert stats.claims_refused == {"taken": 4} and stats.claims_refused_records == 50 + 0 + 50 + 1
+    assert asked[0] == (b"c1", "host-a", 100)
+    assert stats.accept(frame(B, 0, 1)) == 0  # a transport without connections (PULL) binds nothing
+    assert stats.accept(frame(B, 1, 1), Origin(b"c9", "")) == 0
