@@ -11,6 +11,7 @@ logged.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from mplog.exceptions import FrameError
@@ -94,6 +95,8 @@ def salvage_records(
 
 # Positions of the fields a record cannot be without (everything but the optional ones and extra).
 _REQUIRED = tuple(i for i, kind in enumerate(_FIELD_TYPES[:-1]) if not isinstance(None, kind))
+_required_fields = operator.itemgetter(*_REQUIRED)
+_REQUIRED_KINDS = tuple(_FIELD_TYPES[i] for i in _REQUIRED)
 
 
 def _repair_record(rec: list[Any], limits: Limits, max_name: int, escaped: bool) -> str:
@@ -108,7 +111,7 @@ def _repair_record(rec: list[Any], limits: Limits, max_name: int, escaped: bool)
             return reason
         reason = reason or "bad_field"
     except FrameError as exc:
-        if not any(isinstance(rec[i], _FIELD_TYPES[i]) for i in _REQUIRED):
+        if not any(map(isinstance, _required_fields(rec), _REQUIRED_KINDS)):
             return "empty_record"
         reason = reason or exc.reason
     rec[-1] = extra = _repair_extra(rec[-1], limits)

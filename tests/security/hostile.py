@@ -248,3 +248,18 @@ def listener_config(out: Path, fmt: str = "%(name)s %(levelname)s %(message)s", 
     if mplog_section:
         config["mplog"] = mplog_section
     return config
+
+
+class NoReceiver:
+    """A receiver that never has a frame: for a Server whose frames a test hands to handle_frame()."""
+
+    endpoint = "none://"
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+
+    def recv(self, timeout: float) -> None:
+        return None
+
+    def close(self) -> None:
+        pass

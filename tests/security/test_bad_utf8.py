@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 import pytest
 from helpers import wait_for
-from hostile import listener_config, raw_sender, record
+from hostile import NoReceiver, listener_config, raw_sender, record
 
 import mplog
 from mplog import wire_repair
@@ -85,7 +85,7 @@ def test_a_frame_that_decodes_never_takes_the_repair_path(monkeypatch):
     calls: list[bytes] = []
     real = wire_repair.decode_escaped
     monkeypatch.setattr("mplog.server.decode_escaped", lambda data, limits: calls.append(data) or real(data, limits))
-    server = Server(_NoReceiver())  # type: ignore[arg-type]  # frames handed in directly
+    server = Server(NoReceiver())  # type: ignore[arg-type]  # frames handed in directly
     server.handle_frame(packed([record("app", "fine")]))
     assert calls == []
     assert server.snapshot()["received"] == 1
@@ -105,14 +105,3 @@ def test_decode_frame_itself_stays_strict():
     fixed, reasons = wire_repair.salvage_records(frame.records, escaped=True)
     assert reasons == ["bad_utf8"]
     assert fixed[0] is not None and fixed[0][3] == "\\xed\\xb3\\xbf"
-
-
-class _NoReceiver:
-    endpoint = "none://"
-    events: dict[str, int] = {}
-
-    def recv(self, timeout: float) -> None:
-        return None
-
-    def close(self) -> None:
-        pass

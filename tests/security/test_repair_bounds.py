@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from hostile import NoReceiver
 
 from mplog.exceptions import FrameError
 from mplog.server import Server
@@ -100,21 +101,10 @@ def test_the_repr_of_a_refused_value_costs_the_same_whatever_its_size():
 
 
 def test_refused_records_are_counted_and_their_neighbours_delivered():
-    server = Server(_NoReceiver())  # type: ignore[arg-type]  # the receive path only: frames handed in directly
+    server = Server(NoReceiver())  # type: ignore[arg-type]  # the receive path only: frames handed in directly
     server.handle_frame(packed([rec("keep.a"), [None] * 20, rec("keep.b")]))
     stats = server.snapshot()
     assert stats["received"] == 2
     assert stats["rejected"] == 1
     assert stats["malformed"] == {"empty_record": 1}
     assert stats["repaired_total"] == 0
-
-
-class _NoReceiver:
-    endpoint = "none://"
-    events: dict[str, int] = {}
-
-    def recv(self, timeout: float) -> None:
-        return None
-
-    def close(self) -> None:
-        pass
