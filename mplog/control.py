@@ -9,7 +9,9 @@ listener binds a second socket next to its data endpoint and answers ``{"cmd":
   ``mplog.control`` names another endpoint.
 
 Requests are bounded (``MAX_REQUEST_BYTES``; libzmq drops a peer that sends more),
-replies carry counters and sender identities only, never keys or the config.
+replies carry counters and sender identities only, never keys or the config. A
+malformed request (not JSON, several parts, no REQ envelope) gets an error answer and
+the next request is answered as usual.
 """
 
 from __future__ import annotations
@@ -82,11 +84,14 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._claim: SocketClaim | None = None
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.REP)
+        # ROUTER, not REP: REP must alternate receive and send, so one request of two parts
+        # left it unable to do either and ended the channel for good. A ROUTER has no such
+        # state: every request gets its answer, whatever came before it.
+        self._sock = self._ctx.socket(zmq.ROUTER)
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-            self._sock.setsockopt(zmq.SNDTIMEO, 1000)
+            self._sock.setsockopt(zmq.SNDTIMEO, 0)  # a reply a client does not read is dropped, never waited for
             if endpoint.startswith("ipc://"):
                 self._claim = bind_private_ipc(self._sock, endpoint)
             else:
@@ -117,19 +122,25 @@ class ControlServer:
             return {"error": 'unknown request; the only command is {"cmd": "stats"}'}
         return {"stats": self._snapshot()}
 
+    def reply_to(self, parts: list[bytes]) -> dict[str, Any]:
+        """The reply to one request as a ROUTER reads it: ``[client, b"", request]`` (a REQ client's envelope)."""
+        if len(parts) != 3 or parts[1]:
+            return {"error": 'a request is one message holding a JSON object such as {"cmd": "stats"}'}
+        try:
+            return self.answer(parts[2])
+        except Exception as exc:  # a failing snapshot must not end the channel
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
     def _serve(self) -> None:
         sock = self._sock
         try:
             while not self._stop.is_set():
                 if not sock.poll(_POLL_MS, zmq.POLLIN):
                     continue
-                request = sock.recv(zmq.NOBLOCK)
-                try:
-                    reply = self.answer(request)
-                except Exception as exc:  # a failing snapshot must not end the channel
-                    reply = {"error": f"{type(exc).__name__}: {exc}"}
-                with contextlib.suppress(zmq.Again):  # the client went away before the reply
-                    sock.send(json.dumps(reply, default=repr).encode())
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+                reply = json.dumps(self.reply_to(parts), default=repr).encode()
+                with contextlib.suppress(zmq.Again):  # the client's queue is full: it is not reading
+                    sock.send_multipart([parts[0], b"", reply], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # closed under us at shutdown
         finally:

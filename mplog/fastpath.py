@@ -1,6 +1,7 @@
 """The listener's dispatch: one frame's records into ``logging``, written a batch at a time.
 
-The generic path hands every record to ``logging.getLogger(name).handle()``: a
+The generic path hands every record to its logger's ``handle()`` (the logger named
+``name``, or a stand-in for one the config does not name: :mod:`mplog.logger_lookup`): a
 FileHandler then formats it, writes it and flushes the file, once per record. When a
 record's whole route is plain (the logger and its ancestors call handlers the stock
 way, no filters anywhere, every handler on the route a StreamHandler or FileHandler
@@ -27,6 +28,7 @@ from itertools import groupby
 from typing import Any
 
 from mplog.line_format import LineFormat
+from mplog.logger_lookup import LoggerLookup
 from mplog.wire import make_log_record
 
 __all__ = ["BatchDispatcher"]
@@ -133,13 +135,11 @@ class BatchDispatcher:
 
     def __init__(self, *, fast: bool = True) -> None:
         self.fast = fast
-        self._loggers: dict[str, logging.Logger] = {}
+        self._loggers = LoggerLookup()
 
     def logger(self, name: str) -> logging.Logger:
-        logger = self._loggers.get(name)
-        if logger is None:
-            logger = self._loggers[name] = logging.getLogger(name) if name != "root" else logging.getLogger()
-        return logger
+        """The logger a record named ``name`` is handled by (see :class:`LoggerLookup`)."""
+        return self._loggers.get(name)
 
     def dispatch(
         self,
@@ -157,6 +157,7 @@ class BatchDispatcher:
             on_error: called once for each record whose dispatch raised outside every handler
                 (a logger-level filter, for example); handlers report their own errors.
         """
+        self._loggers.refresh()
         if not self.fast:
             for fields in records:
                 logger = self.logger(fields[0])

@@ -28,7 +28,8 @@ from mplog.stats import SenderLimits, Stats
 from mplog.supervisor import live_local_senders, process_runs, resume
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
-from mplog.wire_decode import MAX_NAME_CHARS, salvage_records
+from mplog.wire_decode import MAX_NAME_CHARS
+from mplog.wire_repair import decode_escaped, salvage_records
 from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 
 __all__ = [
@@ -95,6 +96,8 @@ class Server:
         try:
             frame = decode_header(data, limits)
         except FrameError as exc:
+            if exc.reason == "bad_utf8":  # one bad string: repair its record, deliver the others
+                return self._escaped(data, origin)
             stats.note_malformed(exc.reason)
             return None
         records = frame.records
@@ -112,11 +115,20 @@ class Server:
         self.dispatch(frame, records, origin=origin)
         return frame
 
-    def _salvage(self, frame: Frame, origin: Origin) -> Frame | None:
+    def _escaped(self, data: bytes, origin: Origin) -> Frame | None:
+        """A frame msgpack refused for invalid UTF-8: decode it again with the bad bytes kept, then salvage it."""
+        try:
+            frame = decode_escaped(data, self.limits)
+        except FrameError as exc:
+            self.stats.note_malformed(exc.reason)
+            return None
+        return self._salvage(frame, origin, escaped=True)
+
+    def _salvage(self, frame: Frame, origin: Origin, *, escaped: bool = False) -> Frame | None:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""
         stats = self.stats
         try:
-            fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS)
+            fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS, escaped=escaped)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
             return frame if stats.reject(frame, exc.reason, origin) else None
         skip = stats.accept(frame, origin)

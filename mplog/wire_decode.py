@@ -4,9 +4,10 @@ The decoder is stateless (one ``unpackb`` per frame), bounded by :class:`~mplog.
 rejects every ext type and unknown versions, and raises only
 :class:`~mplog.exceptions.FrameError`, whose ``reason`` names the counter. :func:`decode_header`
 unpacks and checks the envelope, :func:`check_records` validates the records,
-:func:`decode_frame` does both, :func:`salvage_records` repairs, record by record, a frame
-:func:`check_records` refused, and :func:`make_log_record` rebuilds a record from
-validated fields. Pure functions only: no I/O, nothing logged.
+:func:`decode_frame` does both, and :func:`make_log_record` rebuilds a record from
+validated fields (:mod:`mplog.wire_repair` repairs, record by record, a frame
+:func:`check_records` or msgpack's UTF-8 check refused). Pure functions only: no I/O,
+nothing logged.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
-from mplog.wire_encode import _conform, _safe_repr
 from mplog.wire_schema import (
     _FIELD_TYPES,
     _N_FIELDS,
@@ -37,10 +37,9 @@ __all__ = [
     "decode_frame",
     "decode_header",
     "make_log_record",
-    "salvage_records",
 ]
 
-MAX_NAME_CHARS = 1024  # longest logger name dispatched (each name creates a Logger for good)
+MAX_NAME_CHARS = 1024  # longest logger name dispatched (a longer one is repaired to "root")
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
 # Names the LogRecord class defines: an extra named like one (e.g. "getMessage") would
@@ -138,22 +137,53 @@ def _reason_for(message: str) -> str:
     return "undecodable"
 
 
-def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
-    """Unpack and check the frame envelope; records are returned unchecked."""
-    if len(data) > limits.max_frame_bytes:
-        raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
+class _ItemBudget:
+    """msgpack hooks that count the values a frame decodes to and stop it past ``limits.max_items``.
+
+    Each hook runs once a list or map is built, so the count lags by at most one container
+    (``max_records`` values).
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def _spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise FrameError("over_limit", "the frame decodes to more values than max_items")
+
+    def array(self, value: list[Any]) -> list[Any]:
+        self._spend(len(value) + 1)
+        return value
+
+    def map(self, value: dict[str, Any]) -> dict[str, Any]:
+        self._spend(2 * len(value) + 1)
+        return value
+
+
+def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
+    options: dict[str, Any] = {}
+    # Every value takes one byte at least, so a frame no longer than max_items cannot decode
+    # to more: only longer frames (rare, and then mostly long strings) pay for the count.
+    if len(data) > limits.max_items:
+        budget = _ItemBudget(limits.max_items)
+        options = {"list_hook": budget.array, "object_hook": budget.map}
     try:
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
             use_list=True,
             ext_hook=_reject_ext,
+            unicode_errors=unicode_errors,
             max_str_len=limits.max_str_len,
             max_bin_len=limits.max_bin_len,
             max_array_len=max(limits.max_records, _N_FIELDS),
             max_map_len=limits.max_extra_fields,
             max_ext_len=0,
+            **options,
         )
     except FrameError:
         raise
@@ -165,7 +195,13 @@ def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
         raise FrameError("trailing_data", "bytes after the frame") from None
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
         raise FrameError(_reason_for(str(exc)), str(exc)[:200]) from None
-    return _check_header(obj)
+
+
+def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Unpack and check the frame envelope; records are returned unchecked."""
+    if len(data) > limits.max_frame_bytes:
+        raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
+    return _check_header(_unpack(data, limits, "strict"))
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -187,71 +223,6 @@ def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> None:
         return
     for rec in records:
         _check_record(rec, limits)
-
-
-def salvage_records(
-    records: list[Any], limits: Limits = DEFAULT_LIMITS, max_name: int = MAX_NAME_CHARS
-) -> tuple[list[list[Any] | None], list[str]]:
-    """Repair what can be repaired in a frame whose records did not all pass :func:`check_records`.
-
-    One bad record must not cost its neighbours their delivery, nor itself its message. A
-    record whose standard field has the wrong type or an unusable value (a float
-    ``levelno``, a NaN ``created``, a logger name over ``max_name`` characters) gets the
-    field's default (:func:`~mplog.wire_encode.field_default`: ``created`` the time of the
-    repair, ``levelno`` the level its ``levelname`` names) and keeps the value as the extra
-    ``mplog_bad_<field>``, as the worker's encoder does; an extra value the decoder refuses
-    (too deep, a bytes key) travels as its ``repr()``. Only an item that is not a record at
-    all (not an array of 20 fields) is refused.
-
-    Returns:
-        ``(records, reasons)``, both as long as ``records``: the record (repaired in place),
-        or None where it was refused, and the reason it was repaired or refused ("" when it
-        passed as it was).
-
-    Raises:
-        FrameError: ``bad_header`` when the frame holds more than ``limits.max_records``.
-    """
-    if len(records) > limits.max_records:
-        raise FrameError("bad_header", f"more than {limits.max_records} records")
-    out: list[list[Any] | None] = []
-    reasons: list[str] = []
-    for rec in records:
-        if type(rec) is not list or len(rec) != _N_FIELDS:
-            out.append(None)
-            reasons.append("bad_record")
-            continue
-        reasons.append(_repair_record(rec, limits, max_name))
-        out.append(rec)
-    return out, reasons
-
-
-def _repair_record(rec: list[Any], limits: Limits, max_name: int) -> str:
-    """Make ``rec`` (an array of 20 fields) pass _check_record; return why it did not, or ""."""
-    try:
-        _check_record(rec, limits)
-        if len(rec[0]) <= max_name:
-            return ""
-        reason = "bad_field"
-    except FrameError as exc:
-        reason = exc.reason
-    rec[-1] = extra = _repair_extra(rec[-1], limits)
-    _conform(rec, extra, limits, max_name)  # the worker's own repair; the extra map now passes as it is
-    return reason
-
-
-def _repair_extra(extra: Any, limits: Limits) -> dict[str, Any]:
-    """The extras as a map the decoder accepts: a refused value becomes its repr()."""
-    if type(extra) is not dict:
-        return {"mplog_bad_extra": _safe_repr(extra, limits.max_repr_chars)}
-    fixed: dict[str, Any] = {}
-    for key, value in list(extra.items())[: limits.max_extra_fields]:
-        if not isinstance(value, _SCALARS):
-            try:
-                _check_value(value, limits, 1)
-            except FrameError:
-                value = _safe_repr(value, limits.max_repr_chars)  # noqa: PLW2901
-        fixed[key if type(key) is str else _safe_repr(key, 200)] = value
-    return fixed
 
 
 # Per field, the exact types msgpack can give that pass isinstance(value, _FIELD_TYPES[i])

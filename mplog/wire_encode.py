@@ -274,16 +274,25 @@ def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
     return packed
 
 
-def _conform(head: list[Any], extra: dict[str, Any], limits: Limits, max_name: int | None = None) -> None:
+def _conform(
+    head: list[Any],
+    extra: dict[str, Any],
+    limits: Limits,
+    max_name: int | None = None,
+    *,
+    describe: Callable[[Any, int], str] | None = None,
+) -> None:
     """Give every field a value of the type the decoder accepts, keeping a wrong one as an extra.
 
     A filter can set a standard attribute to anything (a float level, a line number past
     msgpack's ints, a NaN time). The worker's encoder calls this for a field it cannot pack
-    as its type; the listener (:func:`mplog.wire_decode.salvage_records`) for a record whose
+    as its type; the listener (:func:`mplog.wire_repair.salvage_records`) for a record whose
     field it refuses, with ``max_name`` also refusing a longer logger name. The wrong value
-    travels as the extra ``mplog_bad_<field>``, cut at ``max_repr_chars``.
+    travels as the extra ``mplog_bad_<field>``, cut at ``max_repr_chars``; ``describe``
+    writes a value that is not a str (default: its repr(), guarded against a hostile one).
     """
     limit = limits.max_repr_chars
+    describe = describe or _safe_repr
     for i, (value, kind) in enumerate(zip(head, _FIELD_TYPES, strict=False)):
         fits = isinstance(value, kind)
         if fits and kind is _NUM:  # created, msecs, relativeCreated
@@ -292,7 +301,7 @@ def _conform(head: list[Any], extra: dict[str, Any], limits: Limits, max_name: i
             fits = len(value) <= max_name
         if not fits:
             if len(extra) < limits.max_extra_fields:
-                text = _bounded_text(value, limit) if isinstance(value, str) else _safe_repr(value, limit)
+                text = _bounded_text(value, limit) if isinstance(value, str) else describe(value, limit)
                 extra.setdefault(f"mplog_bad_{RECORD_FIELDS[i]}", text)
             head[i] = field_default(i, head)
 

@@ -87,8 +87,15 @@ _FIELD_DEFAULTS: tuple[Any, ...] = tuple(
 class Limits:
     """Bounds applied by the encoder (worker side) and the decoder (listener side)."""
 
-    max_frame_bytes: int = 16 * 1024 * 1024
+    # Every cost of a frame in the listener grows with its size (it is received, decoded,
+    # formatted and written, about 9 copies at once for a frame of long strings), and a
+    # worker's frames are batches of at most batch_bytes (64 KiB) or one large record.
+    max_frame_bytes: int = 4 * 1024 * 1024
     max_records: int = 100_000
+    # Values one frame may decode to (records, fields, extra values, map keys). A frame
+    # costs its bytes plus ~100 bytes per value at worst (an empty list is one byte on the
+    # wire and ~90 in memory), so this bounds what any frame costs the listener to decode.
+    max_items: int = 256 * 1024
     max_str_len: int = 4 * 1024 * 1024
     max_bin_len: int = 1024 * 1024
     max_extra_fields: int = 256

@@ -30,6 +30,7 @@ __all__ = [
     "ensure_private_dir",
     "local_collector",
     "make_private_dir",
+    "receive_hwm",
 ]
 
 # The signals mplog holds back where one must not land: on its own threads (a worker's
@@ -51,12 +52,16 @@ ASYNC_SIGNALS = set(signal.valid_signals()) - {
 class TransportOptions:
     """Socket-level settings; every default is chosen for a logging path (see docs/configuration.md)."""
 
-    max_frame_bytes: int = 16 * 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024  # as mplog.wire.Limits.max_frame_bytes
     # Frames queued in the sender's ZeroMQ pipe. Kept small on purpose: what waits here is out of
     # mplog's sight (a closing worker can only linger for it), while the worker's own outbox is
     # bounded, counted and flushed with progress at exit.
     sndhwm: int = 8
-    rcvhwm: int = 1000  # frames queued in the listener's ZeroMQ pipe
+    rcvhwm: int = 1000  # frames queued per connection in the listener's ZeroMQ socket (ipc://; at most, on tcp://)
+    # Bytes of frames the listener's transport may queue: per connection on tcp://, where
+    # ZeroMQ's RCVHWM counts messages and is therefore set to max_queued_bytes //
+    # max_frame_bytes frames (8 by default), and for every connection together on mp://.
+    max_queued_bytes: int = 32 * 1024 * 1024
     linger: float = 1.0  # seconds a closing sender waits for queued frames
     write_timeout: float = 1.0  # seconds one write may block (multiprocessing transport)
     heartbeat_ivl: float = 1.0  # tcp only: ZMTP heartbeat interval
@@ -127,6 +132,15 @@ class Receiver(Protocol):
 
     def close(self) -> None:
         """Release everything; idempotent."""
+
+
+def receive_hwm(options: TransportOptions) -> int:
+    """The frames one connection may queue in the listener so that they hold at most ``max_queued_bytes``.
+
+    ZeroMQ bounds a connection's queue in messages, not bytes: this many frames of the
+    largest size (``max_frame_bytes``) fit in ``max_queued_bytes``; at least 1, at most ``rcvhwm``.
+    """
+    return max(1, min(options.rcvhwm, options.max_queued_bytes // max(options.max_frame_bytes, 1)))
 
 
 def make_private_dir() -> str:

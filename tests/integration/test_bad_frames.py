@@ -25,6 +25,7 @@ from helpers import check_lines, file_config, payload, read_lines, wait_for
 import mplog
 from mplog.exceptions import FrameError
 from mplog.wire import Limits, Sender, build_frame, decode_frame, encode_record, encode_sender
+from mplog.wire_repair import decode_escaped
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +61,11 @@ def _reason(data: bytes) -> str:
     """The counter a bad frame must land in, as the codec names it."""
     try:
         decode_frame(data, LIMITS)
+    except FrameError as exc:
+        if exc.reason != "bad_utf8":
+            return exc.reason
+    try:  # the listener decodes a frame msgpack refused for invalid UTF-8 again, the bad bytes kept
+        decode_escaped(data, LIMITS)
     except FrameError as exc:
         return exc.reason
     raise AssertionError(f"{data[:20]!r} is a valid frame")

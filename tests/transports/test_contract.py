@@ -668,7 +668,11 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
         assert push.getsockopt(zmq.IMMEDIATE) == 1
         assert push.getsockopt(zmq.RECONNECT_IVL_MAX) == int(options.reconnect_ivl_max * 1000)
         assert pull.getsockopt(zmq.MAXMSGSIZE) == options.max_frame_bytes
-        assert pull.getsockopt(zmq.RCVHWM) == options.rcvhwm
+        # tcp: ZeroMQ counts messages, so as many frames of the largest size as fit in
+        # max_queued_bytes, at most rcvhwm; ipc (this user's processes only): rcvhwm.
+        expected = min(options.rcvhwm, max(1, options.max_queued_bytes // options.max_frame_bytes))
+        assert expected == (8 if options.rcvhwm == 1000 else 11)
+        assert pull.getsockopt(zmq.RCVHWM) == (expected if scheme == "tcp" else options.rcvhwm)
         assert pull.getsockopt(zmq.LINGER) == 0
         assert pull.getsockopt(zmq.HANDSHAKE_IVL) == int(options.handshake_ivl * 1000)
         heartbeat = int(options.heartbeat_ivl * 1000) if scheme == "tcp" else 0
@@ -684,7 +688,8 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
 
 def test_documented_transport_defaults():
     options = TransportOptions()
-    assert (options.max_frame_bytes, options.sndhwm, options.rcvhwm) == (16 * 1024 * 1024, 8, 1000)
+    assert (options.max_frame_bytes, options.sndhwm, options.rcvhwm) == (4 * 1024 * 1024, 8, 1000)
+    assert options.max_queued_bytes == 32 * 1024 * 1024
     assert (options.linger, options.write_timeout, options.handshake_ivl) == (1.0, 1.0, 2.0)
     assert (options.heartbeat_ivl, options.heartbeat_timeout, options.reconnect_ivl_max) == (1.0, 3.0, 2.0)
     assert options.insecure is False

@@ -212,7 +212,9 @@ def test_a_frame_keeps_its_records_in_order(records, seq):
 @pytest.mark.parametrize("count", [0, 1, 15, 16, 65535, 65536])
 def test_build_frame_writes_every_msgpack_array_header_size(count):
     data = encode_record(new_record())
-    frame = decode_frame(build_frame(SENDER_BYTES, 1, 0, 0, [data] * count), Limits(max_records=70_000))
+    # 65,536 records are 8 MB and 1.4 million values
+    limits = Limits(max_frame_bytes=16 * 1024 * 1024, max_records=70_000, max_items=2_000_000)
+    frame = decode_frame(build_frame(SENDER_BYTES, 1, 0, 0, [data] * count), limits)
     assert len(frame.records) == count
     assert all(r == frame.records[0] for r in frame.records[:: max(count // 64, 1)])
 
