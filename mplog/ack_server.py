@@ -228,6 +228,8 @@ class AckServer(Server):
         self.rolled_back = 0  # frames a killed listener left half-written, undone in every file at restart
         self.rollback_skipped = 0  # files such a frame reached that could not be cut back (rotated, replaced)
         self._handlers: list[logging.Handler] | None = None
+        self._confirming: list[Any] | None = None  # handlers with wait_confirmed() (RELPHandler, RFC5424Handler)
+        self.unconfirmed = 0  # acknowledgements withheld: a handler had not confirmed delivery in time
         self._files: list[logging.StreamHandler[Any]] | None = None  # candidates for the intent
         self._unknown: dict[str, float] = {}  # ledger key -> when its first out-of-order frame came
         self._started = time.monotonic()
@@ -305,7 +307,27 @@ class AckServer(Server):
         snap = super().snapshot()
         snap["rolled_back"] = self.rolled_back
         snap["rollback_skipped"] = self.rollback_skipped
+        snap["unconfirmed"] = self.unconfirmed
         return snap
+
+    def _confirmed(self) -> bool:
+        """Wait (bounded) for every handler that confirms delivery downstream; True when all did.
+
+        A handler opts in with ``wait_confirmed(timeout=None) -> bool``: True once every
+        record it was given has been taken by its destination (RELPHandler: acknowledged by
+        rsyslog; RFC5424Handler: written into the socket), False after its own bound.
+        """
+        if self._confirming is None:
+            self._confirming = [h for h in _all_handlers() if callable(getattr(h, "wait_confirmed", None))]
+        confirmed = True
+        for handler in self._confirming:
+            try:
+                if not handler.wait_confirmed():
+                    confirmed = False
+            except Exception:  # noqa: PERF203  # one failing handler must not stop the others
+                handler.handleError(logging.makeLogRecord({"msg": "wait_confirmed failed"}))
+                confirmed = False
+        return confirmed
 
     def _flush_handlers(self) -> None:
         if self._handlers is None:
@@ -393,6 +415,14 @@ class AckServer(Server):
             return
         next_seq = sender.next_seq
         self._flush_handlers()
+        if not self._confirmed():
+            # Not acknowledged, no mark: the worker resends, and a restarted listener
+            # dispatches the frame again. This listener still holds the records (the
+            # handler delivers them when its destination is back).
+            self.unconfirmed += 1
+            if marks is not None:
+                marks.clear_intent()
+            return
         if marks is not None:
             marks.set(key, next_seq)  # a closed sender's last mark too: a restart reads it (MarksFile._recover)
             if sender.closed:
