@@ -286,9 +286,11 @@ class AckServer(Server):
     def _undo_accounting(self, recovery: Recovery) -> None:
         """The frame being written at the crash is not written: its sender resends it from ``first``."""
         key, first, end = recovery.key, recovery.first, recovery.end
-        mark = self.marks.marks.get(key, 0) if self.marks is not None else 0
-        # The stats checkpoint may have been taken after the frame was accepted.
-        self.stats.resume_sender(key, max(mark, first))
+        mark = self.marks.marks.get(key) if self.marks is not None else None
+        # The stats checkpoint may have been taken after the frame was accepted. The mark is
+        # where the worker resends from: the frame's first record, or earlier when earlier
+        # frames were left unacknowledged (a handler had not confirmed them).
+        self.stats.resume_sender(key, first if mark is None else min(mark, first))
         sender = self.stats.senders.get(key)
         if sender is not None:
             sender.closed = False  # a goodbye frame that was undone comes again
@@ -385,6 +387,10 @@ class AckServer(Server):
                 next_seq = self.stats.next_seq_of(key) or 0
                 self.router.reply(route, encode_ack(env.stream, next_seq, refused=True))
                 return None
+            if self.marks is not None and env.key not in self.marks.marks:
+                # A sender's first mark is where it starts: with acknowledgements withheld
+                # (wait_confirmed), a restart must go back there, not to the stats checkpoint.
+                self.marks.set(env.key, env.seq)
             # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
             self._begin_intent(key, env.seq, env.seq + env.records)
         frame = super().handle_frame(data, origin)
