@@ -38,7 +38,7 @@ class DeliveryOptions:
     retry_max: float = 5.0  # ...doubling up to this cap
     close_timeout: float = 5.0  # the longest close() keeps delivering what is buffered
     confirm_timeout: float = 5.0  # acknowledged delivery: the longest a frame's acknowledgement waits for this handler
-    window: int = 128  # RELP: messages sent and not yet acknowledged, at most
+    window: int = 256  # RELP: messages sent and not yet acknowledged; as many may arrive twice per broken session
     cafile: str | None = None  # TLS: the CA bundle that signed the daemon's certificate (None: the system's)
     certfile: str | None = None  # TLS: this client's certificate (chain), when the daemon asks for one
     keyfile: str | None = None  # TLS: its private key (None: in certfile)

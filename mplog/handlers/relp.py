@@ -23,19 +23,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from itertools import repeat
 from typing import Any
 
 from mplog.exceptions import ConfigError
 from mplog.handlers.delivery import Outbox, backoff, close_quietly, connect, tls_context
 from mplog.handlers.relp_session import RELPSession
 from mplog.handlers.rfc5424 import parse_address, split_options
-from mplog.handlers.rfc5424_format import RFC5424Encoder
+from mplog.handlers.rfc5424_format import MessageText, RFC5424Encoder
 
 __all__ = ["RELPHandler"]
 
 TRANSPORTS = ("tcp", "tls")
 _POLL = 0.005  # seconds to wait for answers before looking for new records again
 _BATCH_BYTES = 256 * 1024
+_GATHER = 32  # fewer answers than this in one read: pause before the next read...
+_GATHER_PAUSE = 0.0005  # ...this long (seconds)
 
 
 class RELPHandler(logging.Handler):
@@ -44,7 +47,7 @@ class RELPHandler(logging.Handler):
     Args:
         address: ``[host, port]`` of rsyslog's ``imrelp`` input (default port 2514).
         transport: ``"tcp"``, or ``"tls"`` for an ``imrelp`` input with ``tls="on"``.
-        **options: as for :class:`mplog.handlers.RFC5424Handler`; ``window`` (default 128)
+        **options: as for :class:`mplog.handlers.RFC5424Handler`; ``window`` (default 256)
             is how many messages may wait for their answer at once.
     """
 
@@ -59,6 +62,7 @@ class RELPHandler(logging.Handler):
         self.address = parse_address(owner, address, 2514)
         fmt, self.options = split_options(owner, options)
         self.encoder = RFC5424Encoder(fmt)
+        self._message_text = MessageText()
         self._context = tls_context(self.options) if transport == "tls" else None
         self.outbox = Outbox(self.options)
         self._thread: threading.Thread | None = None
@@ -89,9 +93,13 @@ class RELPHandler(logging.Handler):
 
     # ------------------------------------------------------------ the logging call
 
+    def text(self, record: logging.LogRecord) -> str:
+        """The text of the message: what the handler's formatter makes of the record."""
+        return self._message_text(self, record)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            if self.outbox.put(self.encoder.encode(record, self.format(record))) and self._thread is None:
+            if self.outbox.put(self.encoder.encode(record, self.text(record))) and self._thread is None:
                 self._start()
         except Exception:
             self.handleError(record)
@@ -121,12 +129,13 @@ class RELPHandler(logging.Handler):
                 idle = not outbox.queued and not outbox.in_flight
                 if idle and outbox.closing:
                     return
-                if outbox.closing and time.monotonic() >= self._close_deadline:
-                    outbox.drop_all()
-                    return
-                if idle:
+                late = outbox.closing and time.monotonic() >= self._close_deadline
+                if idle and not late:
                     outbox.cond.wait(0.5)
                     continue
+            if late:
+                outbox.drop_all()  # close() gave up: what is left is counted as dropped
+                return
             session = self._open()
             if session is None:
                 attempt += 1
@@ -177,7 +186,8 @@ class RELPHandler(logging.Handler):
                 if batch:
                     _send(session, waiting, batch)
             if waiting:
-                self._answers(session, waiting, window - 1 if outbox.queued else 0)
+                # More to send: refill once half the window is answered (fewer, larger writes).
+                self._answers(session, waiting, window // 2 if outbox.queued else 0)
             elif outbox.closing:
                 if not outbox.queued:
                     session.close(min(1.0, self.options.timeout))
@@ -198,14 +208,16 @@ class RELPHandler(logging.Handler):
                 raise TimeoutError("close_timeout passed with messages unanswered")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"rsyslog answered nothing for {self.options.timeout} s")
-            delivered: list[int] = []
+            oks, others = session.receive_answers(poll)
+            pop = waiting.pop
+            delivered = [number for number in map(pop, oks, repeat(None)) if number is not None]
             refused: list[int] = []
-            for response in session.receive(poll):
-                number = waiting.pop(response.txnr, None)
-                if number is None:
-                    continue
+            for txnr, command, data in others:
+                number = pop(txnr, None)
+                if number is not None:
+                    (delivered if command == b"rsp" and data[:3] == b"200" else refused).append(number)
+            if delivered or refused:
                 deadline = time.monotonic() + self.options.timeout
-                (delivered if response.ok else refused).append(number)
             if delivered:
                 self.delivered += len(delivered)
                 outbox.settle(delivered)
@@ -214,6 +226,10 @@ class RELPHandler(logging.Handler):
                 outbox.settle(refused, delivered=False)
             if session.closed_by_server:
                 raise ConnectionResetError("rsyslog closed the session (serverclose)")
+            if len(waiting) > until and len(oks) < _GATHER:
+                # Answers come a few at a time; letting them gather makes one wake-up (and one
+                # hand-over of the GIL by the listener's thread) serve many of them.
+                time.sleep(_GATHER_PAUSE)
 
     def _pause(self, seconds: float) -> None:
         with self.outbox.cond:

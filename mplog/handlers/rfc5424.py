@@ -36,7 +36,7 @@ from mplog.handlers.delivery import (
     known_options,
     tls_context,
 )
-from mplog.handlers.rfc5424_format import RFC5424Encoder, RFC5424Format
+from mplog.handlers.rfc5424_format import MessageText, RFC5424Encoder, RFC5424Format
 
 __all__ = ["RFC5424Handler", "parse_address", "peer_gone", "split_options"]
 
@@ -116,6 +116,7 @@ class RFC5424Handler(logging.Handler):
         self.address = parse_address(owner, address, 6514 if transport == "tls" else 514)
         fmt, self.options = split_options(owner, options)
         self.encoder = RFC5424Encoder(fmt)
+        self._message_text = MessageText()
         self._context = tls_context(self.options) if transport == "tls" else None
         self.outbox = Outbox(self.options)
         self._thread: threading.Thread | None = None
@@ -147,9 +148,13 @@ class RFC5424Handler(logging.Handler):
 
     # ------------------------------------------------------------ the logging call
 
+    def text(self, record: logging.LogRecord) -> str:
+        """The text of the message: what the handler's formatter makes of the record."""
+        return self._message_text(self, record)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = self.encoder.encode(record, self.format(record))
+            message = self.encoder.encode(record, self.text(record))
             if self.transport == "udp":
                 self.send_datagram(message)
                 return

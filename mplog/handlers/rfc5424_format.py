@@ -121,7 +121,9 @@ class RFC5424Encoder:
         self.facility = facility_code(fmt.facility)
         self._pri: dict[int, str] = {}  # levelno -> "<PRI>1 "
         self._idents: dict[tuple[Any, Any, Any, str], tuple[str, int]] = {}
-        self._separator = b" \xef\xbb\xbf" if fmt.bom else b" "
+        self._separator = " \ufeff" if fmt.bom else " "  # BOM: EF BB BF in UTF-8
+        self._with_sd = fmt.structured_data
+        self._limit = fmt.max_message_bytes
         self._times: dict[int, tuple[str, str]] = {}  # whole second -> ("YYYY-MM-DDTHH:MM:SS", offset)
         self._names: dict[str, str] = {}  # extra name -> valid PARAM-NAME
         self._local_host = socket.gethostname()
@@ -135,21 +137,24 @@ class RFC5424Encoder:
     # ------------------------------------------------------------ pieces
 
     def timestamp(self, created: float) -> str:
+        """``created`` as an RFC 5424 TIMESTAMP: microseconds and the UTC offset of that moment."""
         second = int(created)
-        cached = self._times.get(second)
-        if cached is None:
-            if len(self._times) > 64:
-                self._times.clear()
-            if self.format.utc:
-                tm = time.gmtime(second)
-                offset = "Z"
-            else:
-                tm = time.localtime(second)
-                minutes = tm.tm_gmtoff // 60
-                sign = "+" if minutes >= 0 else "-"
-                offset = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-            cached = self._times[second] = (time.strftime("%Y-%m-%dT%H:%M:%S", tm), offset)
-        return f"{cached[0]}.{int((created - second) * 1_000_000):06d}{cached[1]}"
+        stamp = self._times.get(second) or self._stamp(second)
+        return f"{stamp[0]}.{int((created - second) * 1_000_000):06d}{stamp[1]}"
+
+    def _stamp(self, second: int) -> tuple[str, str]:
+        if len(self._times) > 64:
+            self._times.clear()
+        if self.format.utc:
+            tm = time.gmtime(second)
+            offset = "Z"
+        else:
+            tm = time.localtime(second)
+            minutes = tm.tm_gmtoff // 60
+            sign = "+" if minutes >= 0 else "-"
+            offset = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+        stamp = self._times[second] = (time.strftime("%Y-%m-%dT%H:%M:%S", tm), offset)
+        return stamp
 
     def _header(self, field: str, raw: Any) -> tuple[str, bool]:
         """A header field as RFC 5424 allows it (printable ASCII, within its limit, ``-`` if empty); cut or not."""
@@ -185,10 +190,10 @@ class RFC5424Encoder:
             self.cut["value"] += 1
         return text.translate(_ESCAPE)
 
-    def structured_data(self, record: logging.LogRecord) -> str:
-        attrs = record.__dict__
-        parts = []
+    def structured_data(self, attrs: dict[str, Any]) -> str:
+        """The SD-ELEMENTs of a record's attributes: mplog's (sender, seq, peer), then its extras; ``-`` if none."""
         sender = attrs.get("mplog_sender")
+        mine = ""
         if sender is not None:
             key = (sender, attrs.get("peer_key"))
             element = self._senders.get(key)
@@ -200,13 +205,12 @@ class RFC5424Encoder:
                     self._senders.clear()
                 self._senders[key] = element
             seq = attrs.get("mplog_seq")
-            parts.append(f'{element} seq="{seq}"]' if seq is not None else element + "]")
-        if attrs.keys() - _NOT_EXTRAS:  # a set operation in C; the loop below only when there are extras
-            extras = [key for key in attrs if key not in _NOT_EXTRAS]
-            value = self.param_value
-            name = self.param_name
-            parts.append(f"[{self.fields_id} " + " ".join(f'{name(k)}="{value(attrs[k])}"' for k in extras) + "]")
-        return "".join(parts) or NIL
+            mine = f'{element} seq="{seq}"]' if seq is not None else element + "]"
+        if _NOT_EXTRAS.issuperset(attrs):  # no extras: one C-level pass over the names
+            return mine or NIL
+        value, name = self.param_value, self.param_name
+        extras = " ".join(f'{name(k)}="{value(v)}"' for k, v in attrs.items() if k not in _NOT_EXTRAS)
+        return f"{mine}[{self.fields_id} {extras}]"
 
     # ------------------------------------------------------------ the message
 
@@ -232,23 +236,72 @@ class RFC5424Encoder:
         if ident[1]:
             self.cut["header"] += ident[1]
         pri = self._pri.get(record.levelno) or self._priority(record.levelno)
-        sd = self.structured_data(record) if self.format.structured_data else NIL
-        head = f"{pri}{self.timestamp(record.created)}{ident[0]}{sd}".encode("utf-8", "backslashreplace")
-        limit = self.format.max_message_bytes
-        if len(head) + 4 > limit:  # the structured data alone is too long: it goes
+        created = record.created
+        second = int(created)
+        stamp = self._times.get(second) or self._stamp(second)
+        sd = self.structured_data(attrs) if self._with_sd else NIL
+        prefix = f"{pri}{stamp[0]}.{int((created - second) * 1_000_000):06d}{stamp[1]}{ident[0]}"
+        data = (f"{prefix}{sd}{self._separator}{text}" if text else prefix + sd).encode("utf-8", "backslashreplace")
+        if len(data) <= self._limit:
+            return data
+        return self._cut_to_fit(prefix, sd, text)
+
+    def _cut_to_fit(self, prefix: str, sd: str, text: str) -> bytes:
+        """A message over ``max_message_bytes``: structured data too long goes, then the text is cut."""
+        limit = self._limit
+        raw_head = (prefix + sd).encode("utf-8", "backslashreplace")
+        if len(raw_head) + 4 > limit:
             self.cut["value"] += 1
-            head = f"{pri}{self.timestamp(record.created)}{ident[0]}{NIL}".encode("utf-8", "backslashreplace")
+            raw_head = (prefix + NIL).encode("utf-8", "backslashreplace")
         if not text:
-            return head
+            return raw_head
+        separator = self._separator.encode()
         body = text.encode("utf-8", "backslashreplace")
-        if len(head) + len(body) + 4 > limit:
-            room = limit - len(head) - 1 - (3 if self.format.bom else 0)
+        room = limit - len(raw_head) - len(separator)
+        if len(body) > room:
             body = body[: max(room, 0)].decode("utf-8", "ignore").encode()  # not inside a UTF-8 sequence
             self.cut["message"] += 1
-        return head + self._separator + body
+        return raw_head + separator + body
 
     def _priority(self, levelno: int) -> str:
         text = f"<{self.facility * 8 + severity_code(levelno)}>1 "
         if len(self._pri) < 256:
             self._pri[levelno] = text
         return text
+
+
+_PLAIN_FORMATS = ("%(message)s", None)
+
+
+def is_plain(formatter: logging.Formatter | None) -> bool:
+    """True for a formatter whose output is the record's message alone (so formatting can be skipped)."""
+    if formatter is None:
+        return True
+    return (
+        type(formatter).format is logging.Formatter.format
+        and "format" not in formatter.__dict__
+        and type(formatter._style) is logging.PercentStyle
+        and formatter._fmt in _PLAIN_FORMATS
+    )
+
+
+class MessageText:
+    """``handler.format(record)``, skipping the Formatter when it would only return the message.
+
+    A handler's formatter that is ``%(message)s`` (or none) adds nothing to a record without
+    exception text or stack: its text is ``record.getMessage()``, which saves about a
+    microsecond per record. Any other formatter, and any record with an exception or a
+    stack, goes through ``handler.format`` as usual.
+    """
+
+    def __init__(self) -> None:
+        self._formatter: object = ...
+        self._plain = False
+
+    def __call__(self, handler: logging.Handler, record: logging.LogRecord) -> str:
+        formatter = handler.formatter
+        if formatter is not self._formatter:
+            self._formatter, self._plain = formatter, is_plain(formatter)
+        if self._plain and not record.exc_info and not record.exc_text and not record.stack_info:
+            return record.getMessage()
+        return handler.format(record)
