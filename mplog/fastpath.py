@@ -131,9 +131,15 @@ def _is_plain_handler(handler: logging.Handler) -> bool:
 
 
 def _handlers_want_positions() -> bool:
-    """True when a configured handler asks for each record's sender and sequence number (``wants_positions``)."""
-    handlers = list(getattr(logging, "_handlerList", []))  # every handler of this process, by weak reference
-    return any(getattr(ref(), "wants_positions", False) is True for ref in handlers)
+    """True when a configured handler asks for each record's sender and sequence number (``wants_positions``).
+
+    Configured: on a logger, or named by dictConfig (a QueuedHandler's or MemoryHandler's
+    target); a closed handler is neither.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [h for logger in loggers for h in getattr(logger, "handlers", ())]
+    handlers += list(getattr(logging, "_handlers", {}).values())  # dictConfig names every handler it builds
+    return any(getattr(handler, "wants_positions", False) is True for handler in handlers)
 
 
 class BatchDispatcher:
