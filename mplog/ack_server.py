@@ -387,10 +387,10 @@ class AckServer(Server):
                 next_seq = self.stats.next_seq_of(key) or 0
                 self.router.reply(route, encode_ack(env.stream, next_seq, refused=True))
                 return None
-            if self.marks is not None and env.key not in self.marks.marks:
+            if self.marks is not None and key not in self.marks.marks:
                 # A sender's first mark is where it starts: with acknowledgements withheld
                 # (wait_confirmed), a restart must go back there, not to the stats checkpoint.
-                self.marks.set(env.key, env.seq)
+                self.marks.set(key, env.seq)
             # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
             self._begin_intent(key, env.seq, env.seq + env.records)
         frame = super().handle_frame(data, origin)
