@@ -47,7 +47,7 @@ class RELPHandler(logging.Handler):
     Args:
         address: ``[host, port]`` of rsyslog's ``imrelp`` input (default port 2514).
         transport: ``"tcp"``, or ``"tls"`` for an ``imrelp`` input with ``tls="on"``.
-        **options: as for :class:`mplog.handlers.RFC5424Handler`; ``window`` (default 256)
+        **options: as for :class:`mplog.handlers.RFC5424Handler`; ``window`` (default 512)
             is how many messages may wait for their answer at once.
     """
 
