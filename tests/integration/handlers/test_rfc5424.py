@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,7 +71,10 @@ def test_each_record_reaches_rsyslog_parsed_into_the_workers_host_pid_app_msgid_
     assert stats["handler_errors"] == {}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a worker with a host name of its own needs root (unshare --uts)")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a worker with a host name of its own needs root and unshare (util-linux)",
+)
 def test_the_header_carries_the_workers_host_name_not_the_listeners(tmp_path):
     daemon = start_daemon(tmp_path / "rsyslog", tcp=True)
     try:
