@@ -228,6 +228,8 @@ class AckServer(Server):
         self.rolled_back = 0  # frames a killed listener left half-written, undone in every file at restart
         self.rollback_skipped = 0  # files such a frame reached that could not be cut back (rotated, replaced)
         self._handlers: list[logging.Handler] | None = None
+        self._confirming: list[Any] | None = None  # handlers with wait_confirmed() (RELPHandler, RFC5424Handler)
+        self.unconfirmed = 0  # acknowledgements withheld: a handler had not confirmed delivery in time
         self._files: list[logging.StreamHandler[Any]] | None = None  # candidates for the intent
         self._unknown: dict[str, float] = {}  # ledger key -> when its first out-of-order frame came
         self._started = time.monotonic()
@@ -284,9 +286,11 @@ class AckServer(Server):
     def _undo_accounting(self, recovery: Recovery) -> None:
         """The frame being written at the crash is not written: its sender resends it from ``first``."""
         key, first, end = recovery.key, recovery.first, recovery.end
-        mark = self.marks.marks.get(key, 0) if self.marks is not None else 0
-        # The stats checkpoint may have been taken after the frame was accepted.
-        self.stats.resume_sender(key, max(mark, first))
+        mark = self.marks.marks.get(key) if self.marks is not None else None
+        # The stats checkpoint may have been taken after the frame was accepted. The mark is
+        # where the worker resends from: the frame's first record, or earlier when earlier
+        # frames were left unacknowledged (a handler had not confirmed them).
+        self.stats.resume_sender(key, first if mark is None else min(mark, first))
         sender = self.stats.senders.get(key)
         if sender is not None:
             sender.closed = False  # a goodbye frame that was undone comes again
@@ -305,7 +309,27 @@ class AckServer(Server):
         snap = super().snapshot()
         snap["rolled_back"] = self.rolled_back
         snap["rollback_skipped"] = self.rollback_skipped
+        snap["unconfirmed"] = self.unconfirmed
         return snap
+
+    def _confirmed(self) -> bool:
+        """Wait (bounded) for every handler that confirms delivery downstream; True when all did.
+
+        A handler opts in with ``wait_confirmed(timeout=None) -> bool``: True once every
+        record it was given has been taken by its destination (RELPHandler: acknowledged by
+        rsyslog; RFC5424Handler: written into the socket), False after its own bound.
+        """
+        if self._confirming is None:
+            self._confirming = [h for h in _all_handlers() if callable(getattr(h, "wait_confirmed", None))]
+        confirmed = True
+        for handler in self._confirming:
+            try:
+                if not handler.wait_confirmed():
+                    confirmed = False
+            except Exception:  # noqa: PERF203  # one failing handler must not stop the others
+                handler.handleError(logging.makeLogRecord({"msg": "wait_confirmed failed"}))
+                confirmed = False
+        return confirmed
 
     def _flush_handlers(self) -> None:
         if self._handlers is None:
@@ -363,6 +387,10 @@ class AckServer(Server):
                 next_seq = self.stats.next_seq_of(key) or 0
                 self.router.reply(route, encode_ack(env.stream, next_seq, refused=True))
                 return None
+            if self.marks is not None and key not in self.marks.marks:
+                # A sender's first mark is where it starts: with acknowledgements withheld
+                # (wait_confirmed), a restart must go back there, not to the stats checkpoint.
+                self.marks.set(key, env.seq)
             # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
             self._begin_intent(key, env.seq, env.seq + env.records)
         frame = super().handle_frame(data, origin)
@@ -393,6 +421,14 @@ class AckServer(Server):
             return
         next_seq = sender.next_seq
         self._flush_handlers()
+        if not self._confirmed():
+            # Not acknowledged, no mark: the worker resends, and a restarted listener
+            # dispatches the frame again. This listener still holds the records (the
+            # handler delivers them when its destination is back).
+            self.unconfirmed += 1
+            if marks is not None:
+                marks.clear_intent()
+            return
         if marks is not None:
             marks.set(key, next_seq)  # a closed sender's last mark too: a restart reads it (MarksFile._recover)
             if sender.closed:

@@ -130,12 +130,31 @@ def _is_plain_handler(handler: logging.Handler) -> bool:
     )
 
 
+def _handlers_want_positions() -> bool:
+    """True when a configured handler asks for each record's sender and sequence number (``wants_positions``).
+
+    Configured: on a logger, or named by dictConfig (a QueuedHandler's or MemoryHandler's
+    target); a closed handler is neither.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [h for logger in loggers for h in getattr(logger, "handlers", ())]
+    handlers += list(getattr(logging, "_handlers", {}).values())  # dictConfig names every handler it builds
+    return any(getattr(handler, "wants_positions", False) is True for handler in handlers)
+
+
 class BatchDispatcher:
-    """Dispatches the records of one frame; ``fast=False`` keeps to the generic path."""
+    """Dispatches the records of one frame; ``fast=False`` keeps to the generic path.
+
+    When a handler has ``wants_positions = True`` (RFC5424Handler, RELPHandler), every
+    LogRecord built gets ``mplog_sender`` (the frame's sender key) and ``mplog_seq`` (its
+    sequence number in that sender's ledger). Looked up once, at the first frame; without
+    such a handler nothing is added.
+    """
 
     def __init__(self, *, fast: bool = True) -> None:
         self.fast = fast
         self._loggers = LoggerLookup()
+        self.positions: bool | None = None  # None: not looked up yet
 
     def logger(self, name: str) -> logging.Logger:
         """The logger a record named ``name`` is handled by (see :class:`LoggerLookup`)."""
@@ -147,6 +166,9 @@ class BatchDispatcher:
         host: str,
         peer: str | None = None,
         on_error: Callable[[], None] | None = None,
+        *,
+        sender: str | None = None,
+        first_seq: int | None = None,
     ) -> None:
         """Hand every record (validated field lists) to its logger's handlers.
 
@@ -156,29 +178,25 @@ class BatchDispatcher:
             peer: the authenticated client key, set as ``peer_key`` over any extra of that name.
             on_error: called once for each record whose dispatch raised outside every handler
                 (a logger-level filter, for example); handlers report their own errors.
+            sender: the frame's sender key, for handlers that want positions.
+            first_seq: the sequence number of ``records[0]`` when the records are consecutive.
         """
         self._loggers.refresh()
+        if self.positions is None:
+            self.positions = _handlers_want_positions()
+        make = self._maker(records, host, peer, sender, first_seq)
         if not self.fast:
             for fields in records:
                 logger = self.logger(fields[0])
                 if logger.isEnabledFor(fields[1]):
                     try:
-                        record = make_log_record(fields, host)
-                        if peer is not None:
-                            record.peer_key = peer
-                        logger.handle(record)
+                        logger.handle(make(fields))
                     except Exception:
                         if on_error is not None:
                             on_error()
             return
         routes: dict[str, list[_Sink] | None] = {}
         sinks: dict[int, _Sink] = {}
-
-        def make(fields: list[Any]) -> logging.LogRecord:
-            record = make_log_record(fields, host)
-            if peer is not None:
-                record.peer_key = peer
-            return record
 
         try:
             for name, same_logger in groupby(records, _NAME):
@@ -215,6 +233,32 @@ class BatchDispatcher:
         finally:
             for sink in sinks.values():
                 sink.write()
+
+    def _maker(
+        self, records: list[list[Any]], host: str, peer: str | None, sender: str | None, first_seq: int | None
+    ) -> _Maker:
+        """Wire fields -> LogRecord for this frame (with its position when a handler wants it)."""
+        if self.positions and sender is not None:
+            # Per frame, and only with such a handler: each record's number, by the identity of its fields.
+            seqs = {id(fields): first_seq + i for i, fields in enumerate(records)} if first_seq is not None else {}
+
+            def make_numbered(fields: list[Any]) -> logging.LogRecord:
+                record = make_log_record(fields, host)
+                if peer is not None:
+                    record.peer_key = peer
+                record.mplog_sender = sender
+                record.mplog_seq = seqs.get(id(fields))
+                return record
+
+            return make_numbered
+
+        def make(fields: list[Any]) -> logging.LogRecord:
+            record = make_log_record(fields, host)
+            if peer is not None:
+                record.peer_key = peer
+            return record
+
+        return make
 
     def _add_run(
         self,

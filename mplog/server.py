@@ -156,9 +156,20 @@ class Server:
         # carried with the frame, so a frame held back is stamped with its own sender's key
         # (test_held_frames_keep_the_key_of_the_connection_that_sent_them).
         peer = origin.peer_key or None
+        # Each record's place in its sender's ledger, for handlers that carry it (RFC 5424
+        # structured data): known when the records dispatched are consecutive.
+        end = frame.seq + len(frame.records)
+        start = end - len(records) if first is None else first
         # A whole batch per handler write where the route allows it (mplog.fastpath); an
         # exception outside every handler (a logger-level filter) is counted per record.
-        self.dispatcher.dispatch(records, host, peer, lambda: stats.note_handler_error(DISPATCH_ERROR))
+        self.dispatcher.dispatch(
+            records,
+            host,
+            peer,
+            lambda: stats.note_handler_error(DISPATCH_ERROR),
+            sender=frame.sender.key,
+            first_seq=start if len(records) == end - start else None,
+        )
 
     def _still_owned(self, connection: bytes, host: str, pid: int, start_time: float) -> bool:
         """Whether ``connection`` still speaks for the sender it opened (asked only when another claims it).

@@ -141,3 +141,23 @@ def test_the_collector_scaling_run_measures_every_cell_and_accounts_for_every_li
         (run,) = cell["runs"]
         _assert_exact(run, 3000, min(connections, 4))  # 16 connections share 4 sender processes
     assert re.search(r"^ +32 +\d+ \(\d+\.\d\d, \d+\) +\d+ \(", stdout, re.M), stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    RSYSLOGD is None or not Path("/usr/lib/x86_64-linux-gnu/rsyslog/imrelp.so").exists(),
+    reason="needs rsyslogd with imrelp (.ci/run installs rsyslog and rsyslog-relp)",
+)
+def test_the_syslog_forwarding_benchmark_delivers_every_record_of_every_system(tmp_path: Path) -> None:
+    output = tmp_path / "syslog.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "benchmarks.syslog_forward", "--records", "500", "--repeats", "1"]
+    proc = subprocess.run(
+        [*cmd, "--output", str(output)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=110, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a system that lost a record fails the run
+    results = json.loads(output.read_text())
+    systems = {"null", "rfc5424-tcp", "relp", "stdlib-tcp"}
+    assert set(results["end_to_end"]) == set(results["listener_cost_us"]) == systems
+    for system in systems:
+        assert re.search(rf"^{system} +[\d,]+ +\d+\.\d\d +\d+\.\d\d", proc.stdout, re.M), proc.stdout

@@ -32,6 +32,7 @@ import mplog
 
 HERE = Path(__file__).parent
 DOCS = HERE.parents[2] / "docs" / "handlers.md"
+DEPLOYMENT = HERE.parents[2] / "docs" / "deployment.md"  # its "Forwarding into rsyslog" recipes
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
 
 
@@ -150,14 +151,37 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 # ---------------------------------------------------------------- docs snippets
 
 _SNIPPET = re.compile(r"```(?P<lang>toml|json|yaml)\n# snippet: (?P<name>[\w-]+)\n(?P<body>.*?)```", re.S)
+_RSYSLOG_SNIPPET = re.compile(r"```rsyslog\n# rsyslog: (?P<name>[\w-]+)\n(?P<body>.*?)```", re.S)
 
 
 def snippets() -> dict[str, tuple[str, str]]:
-    """Every config snippet of docs/handlers.md: name -> (language, text)."""
+    """Every config snippet of docs/handlers.md and docs/deployment.md: name -> (language, text)."""
     found = {}
-    for match in _SNIPPET.finditer(DOCS.read_text(encoding="utf-8")):
-        found[match["name"]] = (match["lang"], match["body"])
+    for page in (DOCS, DEPLOYMENT):
+        for match in _SNIPPET.finditer(page.read_text(encoding="utf-8")):
+            found[match["name"]] = (match["lang"], match["body"])
     return found
+
+
+def rsyslog_snippets() -> dict[str, str]:
+    """Every rsyslog config of the docs (```rsyslog blocks starting ``# rsyslog: NAME``): name -> text."""
+    found = {}
+    for page in (DOCS, DEPLOYMENT):
+        for match in _RSYSLOG_SNIPPET.finditer(page.read_text(encoding="utf-8")):
+            found[match["name"]] = match["body"]
+    return found
+
+
+def rsyslog_snippet_file(name: str, directory: Path, **values: Any) -> Path:
+    """Write the documented rsyslog config ``name`` with each ``@KEY@`` replaced; return the file."""
+    text = rsyslog_snippets()[name]
+    for key, value in values.items():
+        text = text.replace(f"@{key.upper()}@", str(value))
+    left = re.findall(r"@[A-Z_]+@", text)
+    assert not left, f"rsyslog snippet {name} still has placeholders {left}"
+    path = directory / f"{name}.conf"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def snippet_file(name: str, directory: Path, **values: Any) -> Path:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from handler_peers import snippets
+from handler_peers import rsyslog_snippets, snippets
 
 from mplog.config import load_config
 
@@ -25,6 +25,10 @@ PLACEHOLDER_VALUES = {
     "MAX_BUFFER": "100",
     "METHOD": "POST",
     "ENDPOINT": "ipc:///tmp/mplog-docs/collector.sock",
+    "TRANSPORT": "tcp",
+    "CA": "/tmp/mplog-docs/ca.pem",
+    "CERT": "/tmp/mplog-docs/client.pem",
+    "KEY": "/tmp/mplog-docs/client.key",
 }
 
 
@@ -51,6 +55,15 @@ def test_each_documented_snippet_is_a_valid_config(tmp_path, name):
 def test_every_documented_snippet_is_run_by_a_handler_test():
     used = set()
     for module in HERE.glob("test_*.py"):
-        used |= set(re.findall(r'snippet_file\(\s*"([\w-]+)"', module.read_text()))
+        used |= set(re.findall(r'(?<!rsyslog_)snippet_file\(\s*"([\w-]+)"', module.read_text()))
     assert set(snippets()) - used == set()
     assert used - set(snippets()) == set()
+
+
+def test_every_documented_rsyslog_config_is_run_by_a_handler_test():
+    used = set()
+    for module in HERE.glob("test_*.py"):
+        used |= set(re.findall(r'rsyslog_snippet_file\(\s*"([\w-]+)"', module.read_text()))
+    assert rsyslog_snippets(), "docs/deployment.md has lost its rsyslog recipes"
+    assert set(rsyslog_snippets()) - used == set()
+    assert used - set(rsyslog_snippets()) == set()

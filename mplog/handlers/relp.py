@@ -1,0 +1,259 @@
+"""RELP into rsyslog: a record counts as delivered only once rsyslog acknowledged it.
+
+Plain TCP syslog cannot tell what the daemon received: records written into a socket
+that the daemon then dropped are lost without a trace. RELP (``imrelp``) answers every
+message; :class:`RELPHandler` keeps each message until its answer came, and after a
+broken connection (rsyslog restarted, killed, or the network failed) opens a new
+session and sends again every message that was not answered. So nothing is lost, and
+a few messages may arrive twice: those rsyslog had taken but not yet answered when the
+connection broke, at most ``window`` per broken connection (RELP documents the same).
+:attr:`RELPHandler.resent` counts them, so duplicates are bounded by it.
+
+``emit`` only encodes (an RFC 5424 message, :mod:`mplog.handlers.rfc5424_format`) and
+queues; a thread of the handler's own talks to rsyslog, with at most ``window``
+messages unanswered. The buffer is bounded (``max_buffer`` records, answered or not,
+with the ``policy`` of mplog's other queued handlers), and everything it drops is
+counted in :attr:`RELPHandler.dropped`. In acknowledged delivery (``ack=True``) the
+listener acknowledges a frame to its worker only once rsyslog answered its records:
+:meth:`RELPHandler.wait_confirmed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from itertools import repeat
+from typing import Any
+
+from mplog.exceptions import ConfigError
+from mplog.handlers.delivery import Outbox, backoff, close_quietly, connect, tls_context
+from mplog.handlers.relp_session import RELPSession
+from mplog.handlers.rfc5424 import parse_address, split_options
+from mplog.handlers.rfc5424_format import MessageText, RFC5424Encoder
+
+__all__ = ["RELPHandler"]
+
+TRANSPORTS = ("tcp", "tls")
+_POLL = 0.005  # seconds to wait for answers before looking for new records again
+_BATCH_BYTES = 256 * 1024
+_GATHER = 32  # fewer answers than this in one read: pause before the next read...
+_GATHER_PAUSE = 0.0005  # ...this long (seconds)
+
+
+class RELPHandler(logging.Handler):
+    """Sends every record to rsyslog's ``imrelp`` and keeps it until rsyslog acknowledged it.
+
+    Args:
+        address: ``[host, port]`` of rsyslog's ``imrelp`` input (default port 2514).
+        transport: ``"tcp"``, or ``"tls"`` for an ``imrelp`` input with ``tls="on"``.
+        **options: as for :class:`mplog.handlers.RFC5424Handler`; ``window`` (default 512)
+            is how many messages may wait for their answer at once.
+    """
+
+    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.fastpath)
+
+    def __init__(self, address: Any = ("localhost", 2514), transport: str = "tcp", **options: Any) -> None:
+        owner = "RELPHandler"
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"{owner} transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        super().__init__()
+        self.transport = transport
+        self.address = parse_address(owner, address, 2514)
+        fmt, self.options = split_options(owner, options)
+        self.encoder = RFC5424Encoder(fmt)
+        self._message_text = MessageText()
+        self._context = tls_context(self.options) if transport == "tls" else None
+        self.outbox = Outbox(self.options)
+        self._thread: threading.Thread | None = None
+        self._close_deadline = 0.0
+        self.delivered = 0  # records rsyslog acknowledged with 200
+        self.rejected = 0  # records rsyslog answered with an error code (counted in dropped too)
+        self.resent = 0  # records sent again on a new session (rsyslog may hold some of them twice)
+        self.sessions = 0  # sessions opened
+        self.connect_errors = 0  # failed attempts to connect or open a session
+        self.broken = 0  # sessions that ended without a close (a restart, a kill, a network failure)
+        self.last_error = ""  # why the last session or attempt failed
+
+    # ------------------------------------------------------------ counters
+
+    @property
+    def dropped(self) -> int:
+        """Records lost and counted: dropped by the buffer's policy, refused by rsyslog, or not delivered by close()."""
+        return self.outbox.dropped
+
+    @property
+    def cut(self) -> dict[str, int]:
+        return self.encoder.cut
+
+    @property
+    def unconfirmed(self) -> int:
+        """Records held that rsyslog has not acknowledged yet (queued or sent)."""
+        return self.outbox.unsettled
+
+    # ------------------------------------------------------------ the logging call
+
+    def text(self, record: logging.LogRecord) -> str:
+        """The text of the message: what the handler's formatter makes of the record."""
+        return self._message_text(self, record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.outbox.put(self.encoder.encode(record, self.text(record))) and self._thread is None:
+                self._start()
+        except Exception:
+            self.handleError(record)
+
+    def wait_confirmed(self, timeout: float | None = None) -> bool:
+        """True once rsyslog acknowledged every record emitted before the call (or it was dropped, counted).
+
+        Acknowledged delivery (:mod:`mplog.ack_server`) waits on this before it acknowledges a
+        frame to its worker; ``timeout`` defaults to the ``confirm_timeout`` option.
+        """
+        return self.outbox.wait_settled(self.options.confirm_timeout if timeout is None else timeout)
+
+    # ------------------------------------------------------------ the session thread
+
+    def _start(self) -> None:
+        with self.outbox.cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="mplog-relp", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        outbox = self.outbox
+        attempt = 0
+        while True:
+            with outbox.cond:
+                idle = not outbox.queued and not outbox.in_flight
+                if idle and outbox.closing:
+                    return
+                late = outbox.closing and time.monotonic() >= self._close_deadline
+                if idle and not late:
+                    outbox.cond.wait(0.5)
+                    continue
+            if late:
+                outbox.drop_all()  # close() gave up: what is left is counted as dropped
+                return
+            session = self._open()
+            if session is None:
+                attempt += 1
+                self._pause(backoff(attempt, self.options))
+                continue
+            attempt = 0
+            try:
+                self._serve(session)
+            except (OSError, ValueError) as exc:
+                self.broken += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                close_quietly(session.sock)
+
+    def _open(self) -> RELPSession | None:
+        try:
+            sock = connect(self.address, self.options, self._context)
+        except (OSError, ValueError) as exc:
+            self.connect_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return None
+        session = RELPSession(sock)
+        try:
+            session.open(self.options.timeout)
+        except (OSError, ValueError) as exc:
+            self.connect_errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            close_quietly(sock)
+            return None
+        self.sessions += 1
+        return session
+
+    def _serve(self, session: RELPSession) -> None:
+        """Send and collect answers on one session until it breaks or the handler closes."""
+        outbox, window = self.outbox, self.options.window
+        waiting: dict[int, int] = {}  # transaction number -> record number
+        with outbox.cond:
+            again = list(outbox.in_flight.items())  # sent on an earlier session, never answered
+        for start in range(0, len(again), window):
+            chunk = again[start : start + window]
+            self._answers(session, waiting, window - len(chunk))
+            _send(session, waiting, chunk)
+            self.resent += len(chunk)
+        while True:
+            room = window - len(waiting)
+            if room > 0:
+                batch = outbox.take(room, _BATCH_BYTES, None if not waiting and not outbox.closing else 0)
+                if batch:
+                    _send(session, waiting, batch)
+            if waiting:
+                # More to send: refill once half the window is answered (fewer, larger writes).
+                self._answers(session, waiting, window // 2 if outbox.queued else 0)
+            elif outbox.closing:
+                if not outbox.queued:
+                    session.close(min(1.0, self.options.timeout))
+                    close_quietly(session.sock, orderly=True)
+                    return
+                if time.monotonic() >= self._close_deadline:
+                    return
+
+    def _answers(self, session: RELPSession, waiting: dict[int, int], until: int) -> None:
+        """Collect answers until at most ``until`` messages wait for one (at least one read when any is there)."""
+        outbox = self.outbox
+        first = True
+        deadline = time.monotonic() + self.options.timeout
+        while waiting and (first or len(waiting) > until):
+            poll = _POLL if len(waiting) > until else 0.0  # the first read only takes what is there
+            first = False
+            if outbox.closing and time.monotonic() >= self._close_deadline:
+                raise TimeoutError("close_timeout passed with messages unanswered")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"rsyslog answered nothing for {self.options.timeout} s")
+            oks, others = session.receive_answers(poll)
+            pop = waiting.pop
+            delivered = [number for number in map(pop, oks, repeat(None)) if number is not None]
+            refused: list[int] = []
+            for txnr, command, data in others:
+                number = pop(txnr, None)
+                if number is not None:
+                    (delivered if command == b"rsp" and data[:3] == b"200" else refused).append(number)
+            if delivered or refused:
+                deadline = time.monotonic() + self.options.timeout
+            if delivered:
+                self.delivered += len(delivered)
+                outbox.settle(delivered)
+            if refused:
+                self.rejected += len(refused)
+                outbox.settle(refused, delivered=False)
+            if session.closed_by_server:
+                raise ConnectionResetError("rsyslog closed the session (serverclose)")
+            if len(waiting) > until and len(oks) < _GATHER:
+                # Answers come a few at a time; letting them gather makes one wake-up (and one
+                # hand-over of the GIL by the listener's thread) serve many of them.
+                time.sleep(_GATHER_PAUSE)
+
+    def _pause(self, seconds: float) -> None:
+        with self.outbox.cond:
+            if self.outbox.closing:
+                seconds = min(seconds, max(self._close_deadline - time.monotonic(), 0.0))
+            if seconds > 0:
+                self.outbox.cond.wait(seconds)
+
+    # ------------------------------------------------------------ close
+
+    def close(self) -> None:
+        """Deliver what is held (bounded by ``close_timeout``), close the session; the rest is counted as dropped."""
+        with self.outbox.cond:
+            already = self.outbox.closing
+            self.outbox.closing = True
+            self._close_deadline = time.monotonic() + self.options.close_timeout
+            self.outbox.cond.notify_all()
+            thread = self._thread
+        if thread is not None and not already:
+            thread.join(self.options.close_timeout + self.options.timeout + 1.0)
+        super().close()
+
+
+def _send(session: RELPSession, waiting: dict[int, int], items: list[tuple[int, bytes]]) -> None:
+    """Send ``items`` (record number, message) as syslog commands; note each under its transaction number."""
+    numbers = session.syslog([message for _, message in items])
+    waiting.update(zip(numbers, (number for number, _ in items), strict=True))
