@@ -200,7 +200,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"mplog: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
+        from mplog.stats_view import json_safe
+
+        # Strict JSON whatever a sender claimed (a NaN start_time would print a bare NaN).
+        print(json.dumps(json_safe(stats), indent=2, sort_keys=True, allow_nan=False))
     else:
         print(format_status(stats))
     return EXIT_OK

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.stats_view import summary
 from mplog.transports.base import check_bind_address
 from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
@@ -241,19 +242,9 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     least one second); ``last seen`` is measured against ``now`` (default: this clock).
     """
     now = time.time() if now is None else now
-    head = (
-        f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}: up {stats.get('uptime', 0.0):.1f} s, "
-        f"received {stats['received']}, malformed {stats['malformed_total']}, "
-        f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
-        f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
-    )
-    folded = stats.get("folded", {}).get("senders", 0) - stats.get("folded", {}).get("returned", 0)
-    if folded > 0:  # senders beyond mplog.limits.max_senders: in the totals, not in the table
-        head += f" (+{folded} folded)"
-    head += handler_errors_text(stats)  # a handler failing on every record shows here, not only in stderr
-    claims = stats.get("claims_refused_total", 0)
-    if claims:  # frames that claimed a sender they may not write to (docs/security.md)
-        head += f", refused claims {claims}"
+    # The same line as str(Listener.stats()) (mplog.stats_view.summary), after who and how long.
+    who = f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}"
+    head = f"{who}: up {stats.get('uptime', 0.0):.1f} s; {summary(stats)}"
     held = stats.get("yield", {}).get("held_frames", 0)
     if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"
