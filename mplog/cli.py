@@ -32,7 +32,7 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog import sd_notify
-    from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, yield_seconds
+    from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, worker_level, yield_seconds
     from mplog.continuation import append_on_first_open, continues_earlier_run
     from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
@@ -68,7 +68,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         settings["metrics"] = args.metrics
     status = metrics = None
     try:
-        status = start_control_server(receiver.endpoint, server.snapshot, settings)
+        status = start_control_server(receiver.endpoint, server.snapshot, settings, level=worker_level(config))
         metrics = start_metrics_server(settings, server.snapshot)
     except BaseException:
         if status is not None:
@@ -165,7 +165,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for name, spec in [("root", config.get("root", {})), *config.get("loggers", {}).items()]:
         details = " ".join(f"{k}={v!r}" for k, v in spec.items())
         print(f"logger     {name}: {details}".rstrip())
-    print(f"workers send records at {logging.getLevelName(worker_level(config))} and above")
+    level = logging.getLevelName(worker_level(config))
+    # What workers learn from the status channel (mplog.collector_level); one that cannot reach it is told by hand.
+    reach = f"asked; where the status channel is out of reach: MPLOG_LEVEL={level}"
+    print(f"workers send records at {level} and above ({reach})")
     return EXIT_OK
 
 

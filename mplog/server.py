@@ -544,7 +544,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import apply_nice, build_receiver, sender_limits_for, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.config import apply_nice, build_receiver, sender_limits_for, worker_level, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
     from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
@@ -582,7 +582,8 @@ def child_main(read_fd: int, write_fd: int) -> int:
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
     status = metrics = None
     try:
-        status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}))
+        level = worker_level(setup["config"])  # what workers that ask are told (mplog.collector_level)
+        status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}), level=level)
         metrics = start_metrics_server(setup.get("runtime", {}), server.snapshot)
     except Exception as exc:
         if status is not None:

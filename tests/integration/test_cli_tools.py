@@ -162,7 +162,7 @@ def test_check_accepts_a_good_file_and_prints_what_the_listener_would_build(tmp_
         f"handler    file: logging.FileHandler filename={str(tmp_path / 'app.log')!r} "
         "formatter='line' encoding='utf-8'",
         "logger     root: level='DEBUG' handlers=['file']",
-        "workers send records at DEBUG and above",
+        "workers send records at DEBUG and above (asked; where the status channel is out of reach: MPLOG_LEVEL=DEBUG)",
     ]
     assert not (tmp_path / "app.log").exists()  # check builds nothing
 
@@ -394,7 +394,9 @@ def test_the_status_channel_refuses_oversized_and_unknown_requests_and_keeps_ans
                 sock.send(request)
                 if answered:
                     assert sock.poll(5000)
-                    assert sock.recv_json() == {"error": 'unknown request; the only command is {"cmd": "stats"}'}
+                    assert sock.recv_json() == {
+                        "error": 'unknown request; the commands are {"cmd": "stats"} and {"cmd": "level"}'
+                    }
                 else:  # libzmq drops a peer whose message exceeds MAXMSGSIZE: no answer, no harm
                     assert not sock.poll(300)
                 sock.close()
