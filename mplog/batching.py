@@ -349,6 +349,7 @@ class BatchingHandler(logging.Handler):
         finally:
             self._owner = outer
             self._mutex.release()
+        self._say_refusal()  # before the count below: why records could not be delivered
         if lost or self._dropped:
             _report(
                 f"mplog: {lost} records could not be delivered and {self._dropped - lost} were dropped by policy "

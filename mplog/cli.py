@@ -11,6 +11,7 @@ and ``status`` asks, ``MPLOG_CONTROL`` an explicit status-channel endpoint.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import logging.config
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Logging for many processes: one listener owns every handler.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 endpoint could not be bound.",
     )
+    parser.add_argument("--version", action="version", version=f"mplog {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listen = commands.add_parser("listen", help="run a standalone listener (a collector) in the foreground")
@@ -344,16 +346,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip installed), else the package's own."""
+    try:
+        return importlib.metadata.version("mplog")
+    except importlib.metadata.PackageNotFoundError:
+        from mplog import __version__
+
+        return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mplog`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigError as exc:
         print(f"mplog: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except TransportError as exc:
-        print(f"mplog: {exc}", file=sys.stderr)
+        from mplog.control import port_in_use_hint
+
+        print(f"mplog: {exc}{port_in_use_hint(str(exc))}", file=sys.stderr)
         return EXIT_BIND
     return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``mplog status | head -1``): not an error of this command.
+
+    Python would print a BrokenPipeError traceback, and another one when it flushes
+    stdout at exit; stdout is pointed at /dev/null so that the exit is quiet.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK
