@@ -10,6 +10,7 @@ from __future__ import annotations
 from mplog.exceptions import ConfigError, FrameError, ListenerError, MplogError, TransportError
 from mplog.listener import Listener, start_listener
 from mplog.stats import ledger
+from mplog.stats_view import ListenerStats
 from mplog.worker import MplogHandler, WorkerOptions, setup_worker
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "FrameError",
     "Listener",
     "ListenerError",
+    "ListenerStats",
     "MplogError",
     "MplogHandler",
     "TransportError",

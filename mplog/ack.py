@@ -137,6 +137,10 @@ class AckingSender:
             self._spooler = Spooler(self._spool_dir, self._max_bytes)
             self._adopt()
 
+    def refusal(self) -> str | None:
+        """Why the listener refused the connection (a CURVE handshake), once seen; None otherwise."""
+        return self._dealer.refusal()
+
     @property
     def unacked(self) -> int:
         """Frames sent but not yet acknowledged (this worker's and adopted ones)."""

@@ -115,6 +115,7 @@ class BatchingHandler(logging.Handler):
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._refusal_said = False
         # Last: every other piece of state exists even when these raise (a bad key file).
         self._identity = _Identity()
         self._transport: Sender = self._open_transport()
@@ -245,7 +246,9 @@ class BatchingHandler(logging.Handler):
         signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         wake, interval = self._wake, self.options.flush_interval
         while not self._closed:
-            wake.wait()
+            if not wake.wait(self._idle_timeout):
+                self._housekeeping()  # idle: nothing to send, time for the slow chores
+                continue
             if self._closed:
                 return
             time.sleep(interval)
@@ -260,6 +263,30 @@ class BatchingHandler(logging.Handler):
                     self._errors += 1
                 finally:
                     self._owner = 0
+            self._housekeeping()
+
+    # The flusher thread wakes at least this often (None: only when there is something to
+    # send) and calls _housekeeping() outside the buffer's lock: work that must stay off
+    # the logging call's path (MplogHandler asks the listener for its level there).
+    _idle_timeout: float | None = None
+
+    def _housekeeping(self) -> None:
+        """Slow chores of the flusher thread; must not raise (MplogHandler adds its own)."""
+        if self._outbox:  # the transport is refusing frames: a refused handshake would say why
+            self._say_refusal()
+
+    def _say_refusal(self) -> None:
+        """Print, once, why the listener refused this sender's connection (a CURVE handshake), if it did."""
+        if self._refusal_said:
+            return
+        try:
+            check = getattr(self._transport, "refusal", None)
+            text = check() if check is not None else None
+        except Exception:
+            return
+        if text:
+            self._refusal_said = True
+            _report(text)
 
     # ------------------------------------------------------------ flush and close
 
@@ -322,6 +349,7 @@ class BatchingHandler(logging.Handler):
         finally:
             self._owner = outer
             self._mutex.release()
+        self._say_refusal()  # before the count below: why records could not be delivered
         if lost or self._dropped:
             _report(
                 f"mplog: {lost} records could not be delivered and {self._dropped - lost} were dropped by policy "

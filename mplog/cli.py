@@ -11,6 +11,7 @@ and ``status`` asks, ``MPLOG_CONTROL`` an explicit status-channel endpoint.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import logging.config
@@ -32,7 +33,7 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog import sd_notify
-    from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, yield_seconds
+    from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, worker_level, yield_seconds
     from mplog.continuation import append_on_first_open, continues_earlier_run
     from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
@@ -68,7 +69,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         settings["metrics"] = args.metrics
     status = metrics = None
     try:
-        status = start_control_server(receiver.endpoint, server.snapshot, settings)
+        status = start_control_server(receiver.endpoint, server.snapshot, settings, level=worker_level(config))
         metrics = start_metrics_server(settings, server.snapshot)
     except BaseException:
         if status is not None:
@@ -165,7 +166,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for name, spec in [("root", config.get("root", {})), *config.get("loggers", {}).items()]:
         details = " ".join(f"{k}={v!r}" for k, v in spec.items())
         print(f"logger     {name}: {details}".rstrip())
-    print(f"workers send records at {logging.getLevelName(worker_level(config))} and above")
+    level = logging.getLevelName(worker_level(config))
+    # What workers learn from the status channel (mplog.collector_level); one that cannot reach it is told by hand.
+    reach = f"asked; where the status channel is out of reach: MPLOG_LEVEL={level}"
+    print(f"workers send records at {level} and above ({reach})")
     return EXIT_OK
 
 
@@ -200,7 +204,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"mplog: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
+        from mplog.stats_view import json_safe
+
+        # Strict JSON whatever a sender claimed (a NaN start_time would print a bare NaN).
+        print(json.dumps(json_safe(stats), indent=2, sort_keys=True, allow_nan=False))
     else:
         print(format_status(stats))
     return EXIT_OK
@@ -305,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Logging for many processes: one listener owns every handler.",
         epilog="Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 endpoint could not be bound.",
     )
+    parser.add_argument("--version", action="version", version=f"mplog {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listen = commands.add_parser("listen", help="run a standalone listener (a collector) in the foreground")
@@ -338,16 +346,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip installed), else the package's own."""
+    try:
+        return importlib.metadata.version("mplog")
+    except importlib.metadata.PackageNotFoundError:
+        from mplog import __version__
+
+        return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mplog`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigError as exc:
         print(f"mplog: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except TransportError as exc:
-        print(f"mplog: {exc}", file=sys.stderr)
+        from mplog.control import port_in_use_hint
+
+        print(f"mplog: {exc}{port_in_use_hint(str(exc))}", file=sys.stderr)
         return EXIT_BIND
     return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``mplog status | head -1``): not an error of this command.
+
+    Python would print a BrokenPipeError traceback, and another one when it flushes
+    stdout at exit; stdout is pointed at /dev/null so that the exit is quiet.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK

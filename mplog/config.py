@@ -358,15 +358,54 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple
 
 
 def worker_level(config: dict[str, Any]) -> int:
-    """The lowest level any configured logger accepts: what workers need to send."""
-    levels = []
-    for logger in [config.get("root", {}), *config.get("loggers", {}).values()]:
-        level = logger.get("level")
-        if level is not None:
-            levels.append(level if isinstance(level, int) else logging.getLevelName(str(level).upper()))
-    if "level" not in config.get("root", {}):
-        levels.append(logging.WARNING)
-    return max(min(levels), logging.DEBUG) if levels else logging.WARNING
+    """The lowest level at which a record can reach a handler in the listener: what workers need to send.
+
+    For the root logger and each configured logger: its effective level (its own, else its
+    nearest configured ancestor's, else the root's, WARNING by default), raised to the
+    lowest level among the handlers it reaches (its own, then its ancestors' while
+    ``propagate`` holds). A logger that reaches no handler counts at its effective level
+    (logging's last resort may take its records). Filters are left out: they only take away.
+    Workers are told this level (``MPLOG_LEVEL``, the status channel's ``level`` answer).
+    """
+    loggers = config.get("loggers") or {}
+    entries: dict[str, dict[str, Any]] = {"": config.get("root") or {}}
+    entries.update({name: spec for name, spec in loggers.items() if isinstance(spec, dict) and name})
+    handlers = config.get("handlers") or {}
+    lowest = []
+    for name in entries:
+        chain = [name, *_configured_ancestors(name, entries)] if name else [""]
+        own = [_level_of(entries[n].get("level"), root=not n) for n in chain]
+        effective = next((level for level in own if level is not None), logging.WARNING)
+        reached = []
+        for link in chain:
+            spec = entries[link]
+            for handler in spec.get("handlers") or []:
+                handler_spec = handlers.get(handler)
+                level = _level_of(handler_spec.get("level")) if isinstance(handler_spec, dict) else None
+                reached.append(logging.NOTSET if level is None else level)
+            if not spec.get("propagate", True):
+                break
+        lowest.append(max(effective, min(reached)) if reached else effective)
+    return max(min(lowest), logging.DEBUG)
+
+
+def _configured_ancestors(name: str, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """The configured loggers above ``name``, nearest first, ending with the root ("")."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in entries] + [""]
+
+
+def _level_of(value: object, *, root: bool = False) -> int | None:
+    """A configured level as a number; None for none, or for NOTSET below the root (it defers to the parent)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        level: object = value
+    else:
+        level = logging.getLevelName(str(value).upper())
+    if isinstance(level, int):
+        return level if level or root else None
+    return logging.DEBUG  # not a level dictConfig knows: it will say so; send everything meanwhile
 
 
 _SENDER_LIMITS = frozenset(f.name for f in fields(SenderLimits))

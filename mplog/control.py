@@ -2,7 +2,9 @@
 
 ``mplog status ENDPOINT`` runs in a process unrelated to the listener, so the
 listener binds a second socket next to its data endpoint and answers ``{"cmd":
-"stats"}`` with its stats snapshot (JSON both ways). Where that socket lives:
+"stats"}`` with its stats snapshot (JSON both ways), and ``{"cmd": "level"}`` with
+``{"level": N, "endpoint": DATA_ENDPOINT}``: the lowest level any of its handlers
+accepts, which workers ask for (mplog.collector_level). Where that socket lives:
 
 - ``ipc://PATH`` and ``mp://PATH``: ``ipc://PATH.ctl`` (same private directory);
 - ``tcp://HOST:PORT``: ``tcp://127.0.0.1:PORT+1`` (always loopback), unless
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.stats_view import summary
 from mplog.transports.base import check_bind_address
 from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
@@ -39,6 +43,7 @@ __all__ = [
     "control_endpoint_for",
     "format_status",
     "handler_errors_text",
+    "port_in_use_hint",
     "request_stats",
     "start_control_server",
 ]
@@ -77,9 +82,19 @@ class ControlServer:
     caller) and used only by the serving thread afterwards.
     """
 
-    def __init__(self, endpoint: str, snapshot: Callable[[], dict[str, Any]], *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        snapshot: Callable[[], dict[str, Any]],
+        *,
+        insecure: bool = False,
+        level: int | None = None,
+        serves: str = "",
+    ) -> None:
         self.endpoint = endpoint
         self._snapshot = snapshot
+        self.level = level  # the level workers are told (None: the level request is refused); may be replaced
+        self.serves = serves  # the data endpoint this channel belongs to, named in the level answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._claim: SocketClaim | None = None
@@ -118,8 +133,11 @@ class ControlServer:
             message = json.loads(request)
         except (ValueError, UnicodeDecodeError):
             return {"error": 'the request must be a JSON object such as {"cmd": "stats"}'}
-        if not isinstance(message, dict) or message.get("cmd") != "stats":
-            return {"error": 'unknown request; the only command is {"cmd": "stats"}'}
+        command = message.get("cmd") if isinstance(message, dict) else None
+        if command == "level" and self.level is not None:
+            return {"level": self.level, "endpoint": self.serves}
+        if command != "stats":
+            return {"error": 'unknown request; the commands are {"cmd": "stats"} and {"cmd": "level"}'}
         return {"stats": self._snapshot()}
 
     def reply_to(self, parts: list[bytes]) -> dict[str, Any]:
@@ -164,12 +182,17 @@ class ControlServer:
 
 
 def start_control_server(
-    endpoint: str, snapshot: Callable[[], dict[str, Any]], runtime: dict[str, Any] | None = None
+    endpoint: str,
+    snapshot: Callable[[], dict[str, Any]],
+    runtime: dict[str, Any] | None = None,
+    *,
+    level: int | None = None,
 ) -> ControlServer | None:
     """Start the status channel for a listener bound at ``endpoint``.
 
     An explicit ``mplog.control`` endpoint that cannot be bound is an error; a derived
     one (which another program may hold, e.g. port+1) only costs a warning on stderr.
+    ``level`` is what the channel tells workers that ask (mplog.config.worker_level).
 
     Raises:
         TransportError: the explicit control endpoint could not be bound.
@@ -178,13 +201,57 @@ def start_control_server(
     explicit = runtime.get("control")
     try:
         control = control_endpoint_for(endpoint, explicit)
-        server = ControlServer(control, snapshot, insecure=bool(runtime.get("insecure", False)))
+        server = ControlServer(
+            control, snapshot, insecure=bool(runtime.get("insecure", False)), level=level, serves=endpoint
+        )
     except (TransportError, ConfigError) as exc:
         if explicit:
             raise
-        sys.stderr.write(f"mplog: no status channel: {exc}\n")
+        sys.stderr.write(f"mplog: no status channel: {exc}{port_in_use_hint(str(exc), own_status=True)}\n")
         return None
     return server.start()
+
+
+_BIND_FAILED = re.compile(r"cannot bind (?:the control endpoint )?'(tcp://[^']+)': Address already in use")
+
+
+def port_in_use_hint(message: str, timeout: float = 0.3, *, own_status: bool = False) -> str:
+    """For a refused ``tcp://`` bind, which other use of that port it probably is (asked, where mplog can ask).
+
+    A listener takes PORT+1 on loopback for its status channel, so a relay or a second
+    listener bound there collides with it. ``own_status``: the port was this listener's
+    derived status channel. Returns "" when ``message`` is not about a ``tcp://`` address in use.
+    """
+    match = _BIND_FAILED.search(message)
+    port = urlsplit(match.group(1)).port if match else None
+    if not port:
+        return ""
+    if own_status:
+        return (
+            f"; port {port} is this listener's status channel (PORT+1) and another program holds it, "
+            f"such as an mplog relay bound there: keep PORT+1 free (mplog's examples use even ports), "
+            "or name another status channel with --control (mplog.control)"
+        )
+    for asked, relation in ((port, "status"), (port + 1, "endpoint")):
+        if asked > 65535:
+            continue
+        try:
+            stats = request_stats("", timeout, control=f"tcp://127.0.0.1:{asked}")
+        except (ListenerError, ConfigError):
+            continue
+        owner = f"the mplog listener at {stats.get('endpoint', '?')} (pid {stats.get('pid', '?')})"
+        if relation == "status":
+            return (
+                f"; port {port} is the status channel of {owner}, which every listener takes at PORT+1 on "
+                f"loopback: bind another port (mplog's examples use even ports: {port + 1} for the next one)"
+            )
+        if urlsplit(str(stats.get("endpoint", ""))).port == port:
+            return f"; {owner} is bound there already (mplog status tcp://127.0.0.1:{port})"
+    return (
+        f"; another program holds port {port}. If an mplog listener is bound at port {port - 1}, this is its "
+        f"status channel (PORT+1, loopback): bind another port (mplog's examples use even ports), or move that "
+        "listener's status channel with --control"
+    )
 
 
 def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = None) -> dict[str, Any]:
@@ -241,19 +308,9 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     least one second); ``last seen`` is measured against ``now`` (default: this clock).
     """
     now = time.time() if now is None else now
-    head = (
-        f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}: up {stats.get('uptime', 0.0):.1f} s, "
-        f"received {stats['received']}, malformed {stats['malformed_total']}, "
-        f"repaired {stats.get('repaired_total', 0)}, dropped {stats['dropped']}, "
-        f"gaps {stats['gaps']}, duplicates {stats['duplicates']}, senders {len(stats['senders'])}"
-    )
-    folded = stats.get("folded", {}).get("senders", 0) - stats.get("folded", {}).get("returned", 0)
-    if folded > 0:  # senders beyond mplog.limits.max_senders: in the totals, not in the table
-        head += f" (+{folded} folded)"
-    head += handler_errors_text(stats)  # a handler failing on every record shows here, not only in stderr
-    claims = stats.get("claims_refused_total", 0)
-    if claims:  # frames that claimed a sender they may not write to (docs/security.md)
-        head += f", refused claims {claims}"
+    # The same line as str(Listener.stats()) (mplog.stats_view.summary), after who and how long.
+    who = f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}"
+    head = f"{who}: up {stats.get('uptime', 0.0):.1f} s; {summary(stats)}"
     held = stats.get("yield", {}).get("held_frames", 0)
     if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"

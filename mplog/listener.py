@@ -24,6 +24,7 @@ from typing import Any
 from mplog.children import route_children
 from mplog.config import load_config, worker_level
 from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.stats_view import ListenerStats
 from mplog.supervisor import Supervisor, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
@@ -71,7 +72,7 @@ class Listener:
         self._private_dir = ""
         self._lock = threading.Lock()
         self._buffer = b""
-        self._final: dict[str, Any] | None = None
+        self._final: ListenerStats | None = None
         self._owner_pid = os.getpid()
         self._saved_env: dict[str, str | None] = {}
         self._routed_children: bool | None = None  # whether children were routed before start() (to restore)
@@ -184,8 +185,13 @@ class Listener:
         self._saved_env.setdefault(key, inherited_setting(key))
         export_setting(key, value)
 
-    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Counters from the listener: received, malformed by reason, dropped, gaps, per sender."""
+    def stats(self, timeout: float = 10.0) -> ListenerStats:
+        """Counters from the listener: received, malformed by reason, dropped, gaps, per sender.
+
+        A dict (``stats["received"]``, ``stats["senders"][key]["records"]``) with typed
+        properties (``stats.received``) whose ``str()`` is a one-line summary
+        (:class:`mplog.stats_view.ListenerStats`).
+        """
         if self._final is not None:
             return self._final
         if self._proc is None:
@@ -197,8 +203,7 @@ class Listener:
             reply = self._ask_stats(timeout)  # the listener died meanwhile and was restarted
         if reply is None or "stats" not in reply:
             raise ListenerError("the listener did not answer a stats request")
-        stats: dict[str, Any] = reply["stats"]
-        return stats
+        return ListenerStats(reply["stats"])
 
     def _ask_stats(self, timeout: float) -> dict[str, Any] | None:
         with self._lock:
@@ -208,15 +213,16 @@ class Listener:
             except OSError:
                 return None
 
-    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+    def stop(self, timeout: float = 10.0) -> ListenerStats:
         """Deliver this process's buffered records, drain the listener, stop it; return final stats.
 
-        Harmless to call twice (returns the same stats).
+        Harmless to call twice (returns the same stats). The stats are a
+        :class:`~mplog.stats_view.ListenerStats`, as :meth:`stats` returns them.
         """
         if self._final is not None or self._proc is None:
-            return self._final or {}
+            return self._final if self._final is not None else ListenerStats()
         if os.getpid() != self._owner_pid:
-            return {}  # a forked copy of this handle: the listener is not ours to stop
+            return ListenerStats()  # a forked copy of this handle: the listener is not ours to stop
         if self._supervisor is not None:
             self._supervisor.stop()  # no restart may race the orderly end
         self._restore_parent()
@@ -232,9 +238,10 @@ class Listener:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        self._final = (reply or {}).get("stats")
-        if self._final is None:  # it died and was not restarted: its last checkpoint is what it knew
-            self._final = load_checkpoint(stats_path(self._state_dir)) or {} if self._state_dir else {}
+        final = (reply or {}).get("stats")
+        if final is None:  # it died and was not restarted: its last checkpoint is what it knew
+            final = load_checkpoint(stats_path(self._state_dir)) or {} if self._state_dir else {}
+        self._final = ListenerStats(final)
         self._cleanup()
         return self._final
 
@@ -262,7 +269,7 @@ class Listener:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        self._final = {}
+        self._final = ListenerStats()
         self._cleanup()
 
     def _close_control(self) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from mplog.exceptions import ConfigError, TransportError
 from mplog.transports.base import check_bind_address
@@ -135,18 +138,40 @@ class _SnapshotCollector:
         )
 
 
+_POLL_INTERVAL = 0.02  # how soon close() is noticed (socketserver's default, 0.5 s, made mplog listen slow to stop)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
+        pass  # a scrape is not worth a line on the listener's stderr
+
+
 class MetricsServer:
-    """An HTTP server answering ``GET /metrics`` from its own threads until :meth:`close`."""
+    """An HTTP server answering ``GET /metrics`` from its own threads until :meth:`close`.
+
+    prometheus_client's WSGI app on a threading ``wsgiref`` server of our own, rather than
+    ``start_http_server``: its serving loop polls for shutdown every 0.5 s, which an idle
+    ``mplog listen`` then spent on every SIGTERM.
+    """
 
     def __init__(self, host: str, port: int, snapshot: Snapshot) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415  # optional
+        from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415  # optional
 
         registry = CollectorRegistry()
         registry.register(_SnapshotCollector(snapshot))
+
+        class Server(ThreadingMixIn, WSGIServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
         try:
-            self._server, self._thread = start_http_server(port, host, registry=registry)
+            self._server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
         except OSError as exc:
             raise TransportError(f"cannot serve metrics on {_bracketed(host)}:{port}: {exc}") from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(_POLL_INTERVAL,), name="mplog-metrics", daemon=True
+        )
+        self._thread.start()
         self.url = f"http://{_bracketed(host)}:{self._server.server_port}/metrics"
         self._closed = threading.Event()
 

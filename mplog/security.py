@@ -47,6 +47,8 @@ __all__ = [
     "server_keys",
 ]
 
+_POLL_MS = 20  # how soon close() is noticed: mplog listen's SIGTERM waited for it (up to 0.1 s)
+
 ENV_SERVER_KEY = "MPLOG_SERVER_KEY"  # the collector's public key: a .key file or the Z85 text
 ENV_CLIENT_SECRET_KEY = "MPLOG_CLIENT_SECRET_KEY"  # this worker's .key_secret file
 ENV_CLIENT_KEY = "MPLOG_CLIENT_KEY"  # optional: this worker's .key file (must match the secret)
@@ -307,7 +309,7 @@ class Gatekeeper:
 
     def _serve(self, poller: zmq.Poller) -> None:
         try:
-            for sock, _ in poller.poll(100):
+            for sock, _ in poller.poll(_POLL_MS):
                 if sock is self._zap:
                     self._answer(self._zap.recv_multipart())
                 else:

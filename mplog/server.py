@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 _DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has said goodbye
+# ... and a drain that began after drain_quiet seconds without a frame: longer than a worker's
+# default flush_interval (0.05 s), so that a record logged just before the stop still arrives.
+_IDLE_QUIET = 0.08
 _NAME = operator.itemgetter(0)  # a record's logger name
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 
@@ -220,15 +223,20 @@ class Server:
         if self.yield_seconds > 0:
             watch = self.watch = self.watch or WorkerWatch()
         catching_up = False  # a hold ran out of time or room: no new hold until nothing is waiting
+        quiet_since = None  # when the receiver last came back empty after a frame (None: a frame since)
         while not stop.is_set():
             received = recv(0.02)  # how soon a stop request is noticed
             if received is None:
                 catching_up = False
-            elif watch is not None and not catching_up and self._may_hold(received[0], watch):
+                if quiet_since is None:
+                    quiet_since = time.monotonic()
+                continue
+            quiet_since = None
+            if watch is not None and not catching_up and self._may_hold(received[0], watch):
                 catching_up = self._hold(received, watch)
             else:
                 handle(*received)
-        self.drain()
+        self.drain(quiet_for=0.0 if quiet_since is None else time.monotonic() - quiet_since)
 
     def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
         head = _envelope(data)
@@ -296,21 +304,26 @@ class Server:
                 return "bytes"
         return None
 
-    def drain(self) -> None:
+    def drain(self, quiet_for: float = 0.0) -> None:
         """Keep receiving until nothing arrives for ``drain_quiet`` seconds (bounded).
 
         Once every sender seen has said goodbye (its final frame comes after all its
         records on the same connection), there is nothing left to wait for but strays:
         a short quiet period ends the drain (``Listener.stop()`` took ~0.5 s otherwise).
+        So does a listener that had already received nothing for ``drain_quiet`` seconds
+        (``quiet_for``) when it was asked to stop: an idle ``mplog listen`` exits at once
+        on SIGTERM (see test_an_idle_collector_exits_promptly_on_sigterm).
         """
         deadline = time.monotonic() + self.drain_timeout
+        idle = quiet_for >= self.drain_quiet
         while time.monotonic() < deadline:
-            quiet = _DONE_QUIET if self.stats.all_closed() else self.drain_quiet
+            quiet = _DONE_QUIET if self.stats.all_closed() else (_IDLE_QUIET if idle else self.drain_quiet)
             received = self.receiver.recv(min(quiet, self.drain_quiet))
             if received is None:
                 if self.drain_for_live_senders and live_local_senders(self.stats):
                     continue
                 break
+            idle = False
             self.handle_frame(*received)
 
 
@@ -544,7 +557,7 @@ def _watch_parent(server: Server, parent: int) -> None:
 
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import apply_nice, build_receiver, sender_limits_for, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
+    from mplog.config import apply_nice, build_receiver, sender_limits_for, worker_level, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
     from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
     from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
     from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
@@ -582,7 +595,8 @@ def child_main(read_fd: int, write_fd: int) -> int:
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
     status = metrics = None
     try:
-        status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}))
+        level = worker_level(setup["config"])  # what workers that ask are told (mplog.collector_level)
+        status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}), level=level)
         metrics = start_metrics_server(setup.get("runtime", {}), server.snapshot)
     except Exception as exc:
         if status is not None:

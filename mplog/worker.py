@@ -30,7 +30,9 @@ from threading import get_ident
 from types import FrameType
 from typing import Any
 
+from mplog import collector_level
 from mplog.batching import BatchingHandler, _handlers
+from mplog.collector_level import LevelFollower
 from mplog.exceptions import ConfigError
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire_encode import encode_record, plain_fields
@@ -53,6 +55,44 @@ _deferred_signal = 0
 
 class MplogHandler(BatchingHandler):
     """Ships every record it handles to the listener at ``endpoint``."""
+
+    _follower: LevelFollower | None = None  # set by setup_worker() when the listener's level is to be followed
+
+    def _housekeeping(self) -> None:
+        # On the flusher thread, never on the logging call's path (mplog.collector_level).
+        super()._housekeeping()
+        follower = self._follower
+        if follower is None or self._closed or not follower.due():
+            return
+        try:
+            if follower.ask(collector_level.REFRESH_TIMEOUT) is not None and follower.level is not None:
+                follower.apply(self, follower.level)
+        except Exception:
+            self._errors += 1
+
+    def follow_listener_level(self, *, ask_timeout: float | None = None) -> None:
+        """Take the level the listener accepts: now (bounded by ``ask_timeout``) and again now and then.
+
+        Without an answer the handler and the root logger let everything through (DEBUG),
+        as before any answer; the flusher thread asks again every REFRESH_INTERVAL seconds.
+        """
+        follower = self._follower
+        if follower is None or follower.endpoint != self.endpoint:
+            follower = self._follower = LevelFollower(self.endpoint)
+        if not follower.fresh():
+            follower.ask(collector_level.ASK_TIMEOUT if ask_timeout is None else ask_timeout)
+        level = follower.level
+        follower.apply(self, logging.DEBUG if level is None else level, set_root=True)
+        if level is None:
+            self.setLevel(logging.NOTSET)
+        self._idle_timeout = collector_level.REFRESH_INTERVAL
+
+    def pin_level(self, level: int, *, handler_too: bool) -> None:
+        """Stop following the listener: the root logger at ``level``; the handler too, or at NOTSET."""
+        self._follower = None
+        self._idle_timeout = None
+        logging.getLogger().setLevel(level)
+        self.setLevel(level if handler_too else logging.NOTSET)
 
     # ------------------------------------------------------------ the logging call
 
@@ -285,10 +325,10 @@ def export_setting(key: str, value: str | None) -> None:
         config[f"mplog:{key}"] = value
 
 
-def _level_from_env() -> int:
+def _level_from_env() -> int | None:
     value = inherited_setting(ENV_LEVEL) or ""
     if not value:
-        return logging.DEBUG
+        return None
     if value.isdigit():
         return int(value)
     level = logging.getLevelName(value.upper())
@@ -341,7 +381,7 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     if opts.ack and "close_timeout" not in options:  # exit outlasts a listener restart (docs/reliability.md)
         opts = replace(opts, close_timeout=max(opts.close_timeout, ACK_CLOSE_TIMEOUT))
     root = logging.getLogger()
-    level = opts.level if opts.level is not None else _level_from_env()
+    env_level = _level_from_env() if opts.level is None else None
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
     if (
         len(root.handlers) == 1
@@ -360,7 +400,14 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
             if isinstance(old, MplogHandler) and not old.discard_if_unused():
                 old.close()
         root.addHandler(handler)
-    root.setLevel(level)
+    # The level: level= wins, then $MPLOG_LEVEL (start_listener exports its own); without
+    # either, the listener is asked what its handlers accept (mplog.collector_level).
+    if opts.level is not None:
+        handler.pin_level(opts.level, handler_too=False)
+    elif env_level is not None:
+        handler.pin_level(env_level, handler_too=True)
+    else:
+        handler.follow_listener_level()
     on_main_thread = threading.current_thread() is threading.main_thread()
     if opts.flush_on_sigterm and on_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)

@@ -33,7 +33,7 @@ class WorkerOptions:
     block_timeout: float = 2.0  # the longest a logging call waits under "block"
     close_timeout: float = 2.0  # the longest exit waits to deliver what is buffered
     flush_on_sigterm: bool = True  # deliver buffered records when SIGTERM ends the process
-    level: int | None = None  # root logger level; None: $MPLOG_LEVEL or DEBUG
+    level: int | None = None  # root logger level; None: $MPLOG_LEVEL, else the listener's answer, else DEBUG
     ack: bool | None = None  # acknowledged delivery (mplog.ack); None: on if the listener exported $MPLOG_ACK=1
     ack_timeout: float = 1.0  # seconds without an acknowledgement before unacknowledged frames are resent
     spool_dir: str | None = None  # acknowledged delivery: unacknowledged frames also kept in a file here (mplog.ack)

@@ -9,12 +9,15 @@ MAXMSGSIZE on the listener equals the frame limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 from collections import Counter
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from mplog import security
 from mplog.exceptions import TransportError
@@ -91,10 +94,18 @@ class ZmqSender:
         self._ctx: zmq.Context[Any] | None = None
         self._sock: zmq.Socket[Any] | None = None
         self._closed = False
+        # A refused handshake is seen only by a socket monitor: read off the logging call's
+        # path (refusal(), from the flusher thread and at close), said once.
+        self._watch = self._curve is not None or any(e.startswith("tcp://") for e in self._endpoints)
+        self._monitor: zmq.Socket[Any] | None = None
+        self._monitor_lock = threading.Lock()
+        self._refusal: str | None = None
+        self._keys = _describe_keys(options, use_env=all(e.startswith("tcp://") for e in self._endpoints))
 
     def _open(self) -> zmq.Socket[Any]:
         if self._sock is not None:  # inherited from the parent by fork
-            _abandoned.append((self._ctx, self._sock))
+            _abandoned.append((self._ctx, self._sock, self._monitor))
+            self._monitor, self._refusal = None, None
         opts = self._options
         try:
             ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
@@ -110,12 +121,39 @@ class ZmqSender:
                 sock.setsockopt(zmq.HEARTBEAT_TTL, int(opts.heartbeat_timeout * 1000))
             if self._curve is not None:
                 security.configure_client(sock, self._curve)
+            if self._watch:
+                self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
             for endpoint in self._endpoints:
                 sock.connect(endpoint)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot connect to {self.endpoint!r}: {exc}") from exc
         self._ctx, self._sock, self._pid = ctx, sock, os.getpid()
         return sock
+
+    def refusal(self) -> str | None:
+        """The first refused handshake, as a sentence naming the endpoint and the keys (None: none seen).
+
+        Reads the socket monitor without waiting; thread-safe; nothing to read after close.
+        """
+        with self._monitor_lock:
+            monitor = self._monitor
+            if self._refusal is None and monitor is not None and self._pid == os.getpid():
+                try:
+                    while self._refusal is None:
+                        event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                        self._refusal = _refusal_text(event, self._keys, self._curve)
+                except (zmq.Again, zmq.ZMQError):
+                    pass
+            return self._refusal
+
+    def _close_monitor(self) -> None:
+        self.refusal()  # what it saw before the socket goes
+        with self._monitor_lock:
+            monitor, self._monitor = self._monitor, None
+            if monitor is not None and self._sock is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.disable_monitor()
+                monitor.close(linger=0)  # before the context terminates, which it would block
 
     def send(self, frame: bytes, timeout: float = 0.0) -> bool:
         if self._closed:
@@ -147,6 +185,7 @@ class ZmqSender:
         # ignores: frames still queued were lost when SIGTERM then ended the process.
         # Hold signals back until the linger is over; they are delivered right after
         # (see test_sigterm_during_close_neither_duplicates_nor_loses).
+        self._close_monitor()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         try:
             self._sock.close(linger=linger_ms)
@@ -156,6 +195,59 @@ class ZmqSender:
             pass
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+def _describe_keys(options: TransportOptions, *, use_env: bool) -> tuple[str, str]:
+    """Where a sender's CURVE keys come from, in words: (its key pair, the collector's public key).
+
+    Paths and variable names only: a secret key given as text is never repeated.
+    """
+    env = os.environ if use_env else {}
+    server = options.curve_server_key or env.get(security.ENV_SERVER_KEY, "")
+    secret = options.curve_secret_key or (env.get(security.ENV_CLIENT_SECRET_KEY, "") if server else "")
+    if not secret:
+        pair = (
+            "a key pair made for this process (no curve_secret_key or MPLOG_CLIENT_SECRET_KEY), "
+            "which only an allow_any collector admits"
+        )
+    elif os.path.isfile(secret):
+        pair = f"key file {secret}"
+    else:
+        pair = "a secret key given as text (curve_secret_key)"
+    if not server:
+        collector = "no server key"
+    elif os.path.isfile(server):
+        collector = f"the collector's public key from {server}"
+    else:
+        collector = "the collector's public key given as text (curve_server_key)"
+    return pair, collector
+
+
+def _refusal_text(event: Any, keys: tuple[str, str], curve: security.ClientKeys | None) -> str:
+    pair, collector = keys
+    where = f"the collector at {event.get('endpoint', b'').decode(errors='replace') or '?'}"
+    kind, value = event["event"], event.get("value", 0)
+    if curve is None:  # libzmq reports a mechanism mismatch, or first a broken handshake without detail
+        return (
+            f"mplog: {where} refused this worker's handshake ({zmq.Event(kind).name}): it probably requires "
+            f"CURVE, and this worker has {collector}; give it curve_server_key (or MPLOG_SERVER_KEY) "
+            "and a key pair the collector admits"
+        )
+    me = f"this worker used {pair}, public key {curve.pair.public}"
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"mplog: {where} refused this worker's CURVE handshake: its key is not allowed in (status {value}); "
+            f"{me}: add that public key's .key file to the collector's authorized_keys"
+        )
+    return (
+        f"mplog: the CURVE handshake with {where} failed ({zmq.Event(kind).name}): the collector is not the one "
+        f"{collector} belongs to, or it does not speak CURVE; {me}"
+    )
 
 
 class BoundReceiver:

@@ -85,7 +85,7 @@ def test_the_status_head_line_names_handler_errors_only_when_there_are_some():
         "senders": {},
         "handler_errors": {"file": 2, "mail": 1},
     }
-    assert format_status(stats, now=0.0).splitlines()[0].endswith("senders 0, handler errors 3 (file 2, mail 1)")
+    assert format_status(stats, now=0.0).splitlines()[0].endswith("repaired 0, handler errors 3 (file 2, mail 1)")
     stats["handler_errors"] = {}
     assert "handler errors" not in format_status(stats, now=0.0)
 

@@ -142,10 +142,28 @@ def test_the_runtime_section_becomes_limits_and_socket_options():
 
 
 def test_worker_level_is_the_lowest_level_any_logger_accepts():
-    assert worker_level(load_config(BASE)[0]) == logging.DEBUG
     assert worker_level(with_changes(loggers={})) == logging.WARNING
     assert worker_level({"version": 1, "root": {"level": 25}}) == 25
     assert worker_level({"version": 1}) == logging.WARNING
+    assert worker_level({"version": 1, "root": {"level": "NOTSET"}}) == logging.DEBUG
+
+
+def test_worker_level_is_raised_to_the_lowest_level_of_the_handlers_a_logger_reaches():
+    # BASE: app.db accepts DEBUG, but its only handler (console, propagate off) takes INFO and up.
+    assert worker_level(load_config(BASE)[0]) == logging.INFO
+    handlers = {"info": {"class": "logging.NullHandler", "level": "INFO"}, "any": {"class": "logging.NullHandler"}}
+    root = {"level": "DEBUG", "handlers": ["info"]}
+    assert worker_level({"handlers": handlers, "root": root}) == logging.INFO
+    # A logger with a handler of no level of its own takes its DEBUG records...
+    assert worker_level({"handlers": handlers, "root": root, "loggers": {"a.b": {"handlers": ["any"]}}}) == 10
+    # ...unless the level it inherits is higher: the nearest configured ancestor's, then the root's.
+    loggers = {"a": {"level": "WARNING"}, "a.b": {"handlers": ["any"]}}
+    assert worker_level({"handlers": handlers, "root": root, "loggers": loggers}) == logging.INFO
+    # Propagation reaches the ancestors' handlers until a logger turns it off.
+    loggers = {"a": {"level": "DEBUG", "handlers": ["info"]}, "a.b": {"handlers": ["any"], "propagate": False}}
+    assert worker_level({"handlers": handlers, "root": {"level": "ERROR"}, "loggers": loggers}) == logging.DEBUG
+    loggers = {"a": {"level": "DEBUG", "propagate": False}}
+    assert worker_level({"handlers": handlers, "root": root, "loggers": loggers}) == logging.DEBUG  # no handler
 
 
 # ---------------------------------------------------------------- file problems

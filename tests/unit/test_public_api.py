@@ -22,6 +22,7 @@ def test_the_package_exports_exactly_these_names_sorted():
         "FrameError",
         "Listener",
         "ListenerError",
+        "ListenerStats",
         "MplogError",
         "MplogHandler",
         "TransportError",
@@ -44,8 +45,8 @@ def test_the_package_exports_exactly_these_names_sorted():
         (mplog.ledger, "(snapshot: 'dict[str, Any]', logged: 'int') -> 'int'"),
         (mplog.Listener.__init__, f"(self, {CONFIG}, {LISTENER_OPTIONS}) -> 'None'"),
         (mplog.Listener.start, "(self) -> 'Listener'"),
-        (mplog.Listener.stats, "(self, timeout: 'float' = 10.0) -> 'dict[str, Any]'"),
-        (mplog.Listener.stop, "(self, timeout: 'float' = 10.0) -> 'dict[str, Any]'"),
+        (mplog.Listener.stats, "(self, timeout: 'float' = 10.0) -> 'ListenerStats'"),  # a dict subclass
+        (mplog.Listener.stop, "(self, timeout: 'float' = 10.0) -> 'ListenerStats'"),
         (mplog.Listener.__enter__, "(self) -> 'Listener'"),
         (
             mplog.Listener.__exit__,

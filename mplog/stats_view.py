@@ -1,0 +1,209 @@
+"""A listener's stats as users see them: a dict with typed properties and a one-line ``str()``.
+
+:meth:`mplog.Listener.stats` and :meth:`~mplog.Listener.stop` return a
+:class:`ListenerStats`: the snapshot the listener sent, so ``stats["received"]`` and
+``stats["senders"][key]["records"]`` keep working and ``json.dumps(stats)`` gives the
+whole of it, while ``stats.received`` is an ``int`` and ``print(stats)`` prints one
+line (:func:`summary`), the same words ``mplog status`` puts in its head line.
+:func:`json_safe` makes any snapshot strict JSON (a NaN that a sender claimed as its
+start time becomes ``null``), for ``mplog status --json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ListenerStats", "SenderCounts", "json_safe", "summary"]
+
+
+def _int(mapping: Mapping[str, Any], key: str) -> int:
+    value = mapping.get(key, 0)
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0
+
+
+def _total(mapping: Mapping[str, Any], key: str) -> int:
+    """A counter that the snapshot holds either as a number or as a map of counts by reason."""
+    value = mapping.get(key, 0)
+    if isinstance(value, Mapping):
+        return sum(int(n) for n in value.values() if isinstance(n, (int, float)) and math.isfinite(n))
+    return _int(mapping, key)
+
+
+class SenderCounts(dict[str, Any]):
+    """One sender's entry of ``stats["senders"]``, with typed properties."""
+
+    @property
+    def host(self) -> str:
+        return str(self.get("host", ""))
+
+    @property
+    def pid(self) -> int:
+        return _int(self, "pid")
+
+    @property
+    def stream(self) -> int:
+        return _int(self, "stream")
+
+    @property
+    def records(self) -> int:
+        """Records handed to the handlers."""
+        return _int(self, "records")
+
+    @property
+    def dropped(self) -> int:
+        return _int(self, "dropped")
+
+    @property
+    def gaps(self) -> int:
+        return _int(self, "gaps")
+
+    @property
+    def duplicates(self) -> int:
+        return _int(self, "duplicates")
+
+    @property
+    def rejected(self) -> int:
+        return _int(self, "rejected")
+
+    @property
+    def closed(self) -> bool:
+        """The sender said goodbye (an orderly end)."""
+        return bool(self.get("closed", False))
+
+    def __str__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return (
+            f"{self.host}/{self.pid}: {self.records} records, dropped {self.dropped}, gaps {self.gaps}, "
+            f"duplicates {self.duplicates}, {state}"
+        )
+
+
+class ListenerStats(dict[str, Any]):
+    """A listener's stats snapshot: index it as the dict it is, or read the typed properties.
+
+    ``str()`` is :func:`summary`: one line for people; ``repr()`` and ``json.dumps()``
+    show every counter.
+    """
+
+    def __init__(self, snapshot: Mapping[str, Any] | None = None) -> None:
+        super().__init__(snapshot or {})
+        senders = self.get("senders")
+        if isinstance(senders, Mapping):
+            self["senders"] = {
+                key: SenderCounts(value) if isinstance(value, Mapping) else value for key, value in senders.items()
+            }
+
+    @property
+    def received(self) -> int:
+        """Records handed to the handlers."""
+        return _int(self, "received")
+
+    @property
+    def frames(self) -> int:
+        return _int(self, "frames")
+
+    @property
+    def dropped(self) -> int:
+        """Records the workers dropped by policy (their own count, reported in every frame)."""
+        return _int(self, "dropped")
+
+    @property
+    def gaps(self) -> int:
+        """Numbered records that never arrived."""
+        return _int(self, "gaps")
+
+    @property
+    def duplicates(self) -> int:
+        return _int(self, "duplicates")
+
+    @property
+    def rejected(self) -> int:
+        return _int(self, "rejected")
+
+    @property
+    def malformed(self) -> int:
+        """Everything refused by the decoder, all reasons together (``stats["malformed"]`` has them apart)."""
+        return _total(self, "malformed")
+
+    @property
+    def repaired(self) -> int:
+        """Records delivered with a bad field replaced, all reasons together."""
+        return _total(self, "repaired")
+
+    @property
+    def handler_errors(self) -> int:
+        """Handler failures, all handlers together (``stats["handler_errors"]`` has them by handler)."""
+        return _total(self, "handler_errors")
+
+    @property
+    def refused(self) -> int:
+        """Connections refused (CURVE allow-list, protocol, not ZMTP)."""
+        return _int(self, "refused")
+
+    @property
+    def claims_refused(self) -> int:
+        """Frames refused because they claimed a sender that was not theirs (docs/security.md)."""
+        return _int(self, "claims_refused_total")
+
+    @property
+    def folded(self) -> int:
+        """Senders kept only in the totals, past ``mplog.limits.max_senders`` (not in :attr:`senders`)."""
+        folded = self.get("folded")
+        if not isinstance(folded, Mapping):
+            return 0
+        return max(_int(folded, "senders") - _int(folded, "returned"), 0)
+
+    @property
+    def senders(self) -> dict[str, SenderCounts]:
+        """Per sender stream, keyed ``host/pid/stream``."""
+        senders = self.get("senders")
+        return dict(senders) if isinstance(senders, Mapping) else {}
+
+    @property
+    def uptime(self) -> float:
+        value = self.get("uptime", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    def __str__(self) -> str:
+        return summary(self)
+
+
+def summary(stats: Mapping[str, Any]) -> str:
+    """One line for people: what arrived, from how many senders, and every kind of loss or trouble.
+
+    Folded senders, refused connections and claims, and handler errors (by handler) are
+    named only when there are some.
+    """
+    view = stats if isinstance(stats, ListenerStats) else ListenerStats(stats)
+    senders = view.senders
+    closed = sum(1 for sender in senders.values() if isinstance(sender, SenderCounts) and sender.closed)
+    folded = f" (+{view.folded} folded)" if view.folded else ""  # past mplog.limits.max_senders: in the totals only
+    line = (
+        f"received {view.received} records from {len(senders)} senders{folded} ({closed} closed): "
+        f"dropped {view.dropped}, gaps {view.gaps}, duplicates {view.duplicates}, "
+        f"malformed {view.malformed}, repaired {view.repaired}"
+    )
+    if view.refused:
+        line += f", refused {view.refused} connections"
+    if view.claims_refused:  # frames that claimed a sender they may not write to (docs/security.md)
+        line += f", refused claims {view.claims_refused}"
+    if view.handler_errors:  # records that arrived but a handler could not write: last, by handler
+        errors = view.get("handler_errors")
+        each = (
+            ", ".join(f"{name} {n}" for name, n in sorted(errors.items()) if n) if isinstance(errors, Mapping) else ""
+        )
+        line += f", handler errors {view.handler_errors}" + (f" ({each})" if each else "")
+    return line
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None, so that strict JSON can carry it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
