@@ -8,6 +8,10 @@ with no gap to count them (measured on 2 of 3 runs of 4 x 500,000 records; here 
 also aborted libzmq in the collector). So nothing but the worker writes on a data
 connection, and a closing worker lets its kernel finish whatever it took (see
 docs/reliability.md, "A worker's last records over tcp").
+
+When a tail is lost all the same (the collector stalled longer than the worker waits at
+exit), the sender is shown as having ended without a goodbye — in ``stats()``,
+``mplog status``, the stop summary of ``mplog listen`` and the ledger — never as a clean zero.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from helpers import check_lines, file_config, read_lines, wait_for
+from ledger import build_ledger
 
 import mplog
 from mplog import security
@@ -207,6 +212,78 @@ def test_workers_that_close_while_their_collector_is_stopped_are_delivered_when_
     assert all(s["closed"] for s in stats["senders"].values())
     assert stats["received"] == WORKERS * count
     assert stats["gaps"] == stats["unclosed"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_tail_lost_at_exit_shows_as_possible_loss_in_stats_status_the_stop_summary_and_the_ledger(tmp_path):
+    # The collector (`mplog listen`) is stopped for longer than the workers wait at exit:
+    # what their kernels could not take, the goodbye with it, is lost when they exit.
+    config, options = collector_config(tmp_path, secure=False)
+    options["close_timeout"] = 0.3
+    path = tmp_path / "collector.json"
+    path.write_text(json.dumps(config))
+    endpoint = free_endpoint()
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "mplog", "listen", "--config", str(path), "--bind", endpoint],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "listening on" in collector.stderr.readline()
+        count = 40_000
+        workers = start_workers(endpoint, count, options)
+        pids = {p: w.proc.pid for p, w in enumerate(workers)}
+        os.kill(collector.pid, signal.SIGSTOP)
+        try:
+            for worker in workers:
+                worker.go()
+            results = [worker.finish() for worker in workers]
+        finally:
+            os.kill(collector.pid, signal.SIGCONT)
+
+        def settled() -> dict | None:
+            stats = json.loads(status("--json").stdout)
+            return stats if stats["unclosed"] == WORKERS else None
+
+        def status(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "mplog", "status", endpoint, *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+
+        stats = wait_for(settled, timeout=30, interval=0.5)
+        table = status().stdout
+    finally:
+        collector.terminate()
+        _, err = collector.communicate(timeout=30)
+    logged = WORKERS * count
+    print(f"received {stats['received']} of {logged}; stop summary: {err.splitlines()[-2:]}")
+    assert all("could not be delivered" in e for _, e in results)  # each worker saw it could not deliver everything
+    # stats(): every sender is flagged, none is closed, and no gap explains the loss.
+    assert stats["received"] < logged and stats["gaps"] == 0
+    assert {s["unclosed"] for s in stats["senders"].values()} == {"process gone"}
+    assert not any(s["closed"] for s in stats["senders"].values())
+    # The ledger: a remainder, marked as possible loss at the ends of 4 senders.
+    balance = mplog.ledger(stats, logged)
+    assert balance == logged - stats["received"] - stats["dropped"]
+    assert balance.possible_loss and balance.unclosed == WORKERS
+    assert "possible loss: 4 senders ended without a goodbye" in repr(balance)
+    ledger = build_ledger(read_lines(tmp_path / "out.log"), dict.fromkeys(range(WORKERS), count), stats, pids)
+    assert all(entry.unclosed == 1 and entry.possible_loss for entry in ledger.entries.values())
+    with pytest.raises(AssertionError, match="possible loss, 1 streams ended without a goodbye"):
+        ledger.assert_balanced(max_unexplained=count)
+    # mplog status: the head line and each sender's state.
+    head, *rows = table.splitlines()
+    assert head.endswith(f", {WORKERS} ended without goodbye (possible loss)")
+    assert sum(row.endswith("no goodbye, process gone") for row in rows) == WORKERS
+    # The stop summary of mplog listen names them, on the line before the totals.
+    lines = err.splitlines()
+    assert lines[-1].startswith("mplog: stopped; received")
+    assert lines[-2].startswith(f"mplog: {WORKERS} senders ended without a goodbye; their last records may be lost")
+    assert all(f"/{pid} (process gone)" in lines[-2] for pid in pids.values())
 
 
 def _max_rt_of_connections(port: int) -> list[int]:
