@@ -121,6 +121,7 @@ class BatchingHandler(logging.Handler):
         self._notes: list[str] = []  # stderr lines, written by the flusher thread outside _mutex
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closing = False  # close() has begun: it writes the stderr lines itself, in order
         self._closed = False
         self._refusal_said = False
         # Last: every other piece of state exists even when these raise (a bad key file).
@@ -328,7 +329,7 @@ class BatchingHandler(logging.Handler):
                     self._errors += 1
                 finally:
                     self._owner = 0
-                notes = self._take_notes() if self._notes else None
+                notes = self._take_notes() if self._notes and not self._closing else None
             if notes:  # outside the lock: a blocked stderr must never hold up a logging call
                 for line in notes:
                     _report(line)
@@ -396,6 +397,9 @@ class BatchingHandler(logging.Handler):
         if self._pid != os.getpid() or self._closed:
             super().close()
             return
+        # An outage that ends while this flush delivers is reported before the summary below,
+        # not by the flusher thread at some later moment.
+        self._closing = True
         delivered = self.flush()
         if not self._mutex.acquire(timeout=self.options.close_timeout):
             return
