@@ -103,6 +103,23 @@ def collector_config(tmp_path: Path, secure: bool, flag: Path | None = None) -> 
     return config, options
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    """A test that fails half-way still ends its worker processes."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait(timeout=10)
+
+
 class Worker:
     def __init__(self, endpoint: str, producer: int, count: int, options: dict) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOG_")}
@@ -114,6 +131,7 @@ class Worker:
             text=True,
             env=env,
         )
+        _started.append(self.proc)
 
     def read(self, event: str) -> dict:
         line = self.proc.stdout.readline()

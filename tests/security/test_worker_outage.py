@@ -45,6 +45,23 @@ print(json.dumps({"event": "closed", "counters": handler.counters}), flush=True)
 """
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    """A test that fails half-way still ends its worker processes."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        proc.wait(timeout=10)
+
+
 class Worker:
     """A worker process (no MPLOG_* settings inherited from the test process)."""
 
@@ -58,6 +75,7 @@ class Worker:
             text=True,
             env=env,
         )
+        _started.append(self.proc)
 
     def read(self, event: str) -> dict:
         line = self.proc.stdout.readline()
