@@ -304,6 +304,52 @@ def test_a_tail_lost_at_exit_shows_as_possible_loss_in_stats_status_the_stop_sum
     assert all(f"/{pid} (process gone)" in lines[-2] for pid in pids.values())
 
 
+def _tcp_settings(port: int) -> dict[str, tuple[int, int, int, int, int]]:
+    """The TCP connections on ``port``, by end: ``(keepalive, idle, interval, probes, maxrt)``."""
+    found = {}
+    for fd, _ in _socket_fds():
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
+                continue
+            local, peer = sock.getsockname()[1], sock.getpeername()[1]
+            if port not in (local, peer):
+                continue
+            found["worker" if peer == port else "listener"] = (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+        except OSError:  # the listening socket has no peer
+            pass
+        finally:
+            sock.detach()
+    return found
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_MAXRT is Linux's TCP_USER_TIMEOUT")
+@pytest.mark.timeout(30)
+def test_the_connections_themselves_carry_the_keepalive_and_maxrt_that_replace_heartbeats():
+    receiver = open_receiver("tcp://127.0.0.1:0")
+    port = int(receiver.endpoint.rsplit(":", 1)[1])
+    sender = open_sender(receiver.endpoint, TransportOptions())
+    try:
+        assert sender.send(b"open", 2.0)
+        assert receiver.recv(2.0) == b"open"
+        assert _tcp_settings(port) == {
+            "worker": (1, 1, 1, 2, 3000),  # probes after 1 s of quiet; unanswered data dropped after 3 s
+            "listener": (1, 300, 30, 4, 0),  # a vanished host reaped after about 7 minutes
+        }
+    finally:
+        sender.close()
+        receiver.close()
+
+
 def _max_rt_of_connections(port: int) -> list[int]:
     """TCP_USER_TIMEOUT of this process's TCP connections to ``port``."""
     found = []
