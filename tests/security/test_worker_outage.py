@@ -19,6 +19,7 @@ import sys
 
 import pytest
 from helpers import check_lines, file_config, read_lines, wait_for
+from ledger import build_ledger
 
 import mplog
 
@@ -95,6 +96,11 @@ class Worker:
         return closed["counters"], err
 
 
+def every_sender_closed(listener: mplog.Listener) -> bool:
+    senders = listener.stats()["senders"].values()
+    return bool(senders) and all(s["closed"] for s in senders)
+
+
 def free_port() -> int:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -133,7 +139,7 @@ def test_a_worker_whose_listener_is_away_waits_once_then_drops_fast_and_reports_
         worker = Worker(live_endpoint, options)
         live = worker.read("logged")
         worker.close()
-        wait_for(lambda: all(s["closed"] for s in listener.stats()["senders"].values()), timeout=60)
+        wait_for(lambda: every_sender_closed(listener), timeout=60)
 
     # Nobody listens: one wait of block_timeout, then the program runs on at full speed.
     worker = Worker(away_endpoint, options)
@@ -149,9 +155,8 @@ def test_a_worker_whose_listener_is_away_waits_once_then_drops_fast_and_reports_
     out = tmp_path / "away.log"
     with listen(file_config(out), away_endpoint, kind) as listener:
         closed, err = worker.close()
-        sender = wait_for(
-            lambda: next((s for s in listener.stats()["senders"].values() if s["closed"]), None), timeout=60
-        )
+        stats = wait_for(lambda: listener.stats() if every_sender_closed(listener) else None, timeout=60)
+    (sender,) = stats["senders"].values()
     assert closed["dropped"] == counters["dropped"]
     assert sender["dropped"] == counters["dropped"]  # the worker's count reached the listener
     assert sender["records"] + sender["dropped"] == COUNT and sender["gaps"] == 0  # the ledger balances exactly
@@ -160,6 +165,7 @@ def test_a_worker_whose_listener_is_away_waits_once_then_drops_fast_and_reports_
     assert check.duplicates == check.truncated == check.garbage == 0
     assert len(check.seen) == len(lines) == sender["records"] == COUNT - counters["dropped"]
     assert all(producer == 0 and seq < COUNT for producer, seq in check.seen)
+    build_ledger(lines, {0: COUNT}, stats, {0: worker.proc.pid}).assert_balanced()  # written + dropped == logged
     said = [line for line in err.splitlines() if line.startswith("mplog:")]
     assert len(said) == 3, err
     began = re.match(rf"mplog: the listener at {re.escape(away_endpoint)} took nothing for (\d+\.\d) s", said[0])
