@@ -340,7 +340,8 @@ def test_the_connections_themselves_carry_the_keepalive_and_maxrt_that_replace_h
     sender = open_sender(receiver.endpoint, TransportOptions())
     try:
         assert sender.send(b"open", 2.0)
-        assert receiver.recv(2.0) == b"open"
+        received = receiver.recv(2.0)
+        assert received is not None and received[0] == b"open"
         assert _tcp_settings(port) == {
             "worker": (1, 1, 1, 2, 3000),  # probes after 1 s of quiet; unanswered data dropped after 3 s
             "listener": (1, 300, 30, 4, 0),  # a vanished host reaped after about 7 minutes
@@ -391,7 +392,8 @@ def test_a_closing_tcp_sender_releases_only_its_own_connections_to_the_kernel_no
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert _max_rt_of_connections(port) == [3000]  # the parent's connection still notices a partition
-        assert {receiver.recv(2.0), receiver.recv(2.0)} == {b"parent", b"child"}
+        frames = [receiver.recv(2.0) for _ in range(2)]
+        assert {frame[0] for frame in frames if frame is not None} == {b"parent", b"child"}
     finally:
         parent.close()
         receiver.close()
