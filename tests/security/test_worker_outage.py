@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import mplog
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 COUNT = 150_000
+ROUNDS = 2  # live and away runs interleaved, each side's best compared: a shared machine's load comes in bursts
 
 # Logs COUNT numbered records as fast as it can, reports the time and its counters, waits
 # for a line on stdin, then closes and reports its counters again.
@@ -78,7 +80,10 @@ class Worker:
         )
         _started.append(self.proc)
 
-    def read(self, event: str) -> dict:
+    def read(self, event: str, timeout: float = 60.0) -> dict:
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            self.proc.kill()
+            raise AssertionError(f"no {event!r} from the worker within {timeout:g} s")
         line = self.proc.stdout.readline()
         if not line:
             self.proc.kill()
@@ -86,6 +91,11 @@ class Worker:
         message = json.loads(line)
         assert message["event"] == event, message
         return message
+
+    def abandon(self) -> None:
+        """End a worker whose run was only timed."""
+        self.proc.kill()
+        self.proc.communicate(timeout=10)
 
     def close(self) -> tuple[dict, str]:
         self.proc.stdin.write("close\n")
@@ -134,19 +144,24 @@ def test_a_worker_whose_listener_is_away_waits_once_then_drops_fast_and_reports_
     live_endpoint, away_endpoint = endpoints(kind, tmp_path)
     options = {"ack": kind == "ack", "close_timeout": 30}  # the default policy: block, block_timeout 2 s
 
-    # The same calls with a live listener: the baseline, in this run.
+    # The same calls with a live listener (the baseline, in this run) and with nobody listening
+    # at the away endpoint: one wait of block_timeout, then the program runs on at full speed.
+    live: list[float] = []
+    away: list[float] = []
     with listen(file_config(tmp_path / "live.log"), live_endpoint, kind) as listener:
-        worker = Worker(live_endpoint, options)
-        live = worker.read("logged")
-        worker.close()
+        for round_ in range(ROUNDS):
+            worker = Worker(live_endpoint, options)
+            live.append(worker.read("logged")["seconds"])
+            worker.close()
+            worker = Worker(away_endpoint, options)
+            logged = worker.read("logged")  # before: about 100 s (a 2 s wait for every batch past the bound)
+            away.append(logged["seconds"])
+            if round_ < ROUNDS - 1:
+                worker.abandon()  # the last one goes on below
         wait_for(lambda: every_sender_closed(listener), timeout=60)
-
-    # Nobody listens: one wait of block_timeout, then the program runs on at full speed.
-    worker = Worker(away_endpoint, options)
-    away = worker.read("logged")
-    print(f"{kind}: {COUNT} calls took {away['seconds']:.2f} s with no listener, {live['seconds']:.2f} s with one")
-    assert away["seconds"] <= 3 * live["seconds"]
-    counters = away["counters"]
+    print(f"{kind}: {COUNT} calls, best of {ROUNDS}: {min(away):.2f} s with no listener, {min(live):.2f} s with one")
+    assert min(away) <= 3 * min(live)
+    counters = logged["counters"]
     assert counters["outages"] == 1
     assert counters["sent"] == 0 and counters["dropped"] > 0
     assert counters["dropped"] + counters["buffered"] == COUNT
