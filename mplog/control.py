@@ -314,9 +314,6 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     held = stats.get("yield", {}).get("held_frames", 0)
     if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"
-    unclosed = stats.get("unclosed", 0)
-    if unclosed:  # mplog.stats.Stats.note_ends: their last records may be lost, with no gap to show it
-        head += f", {unclosed} ended without goodbye (possible loss)"
     columns = ("HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST SEEN", "STATE")
     rows = [columns]
     senders = sorted(stats["senders"].values(), key=lambda s: (s["host"], s["pid"], s["stream"]))
