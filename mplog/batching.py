@@ -112,8 +112,16 @@ class BatchingHandler(logging.Handler):
         self._dropped = 0  # records dropped by policy (reported in every frame)
         self._frames_sent = 0
         self._errors = 0
+        # An outage: under "block", the transport took nothing for a whole block_timeout. Until
+        # it takes a frame again, the policy drops at once instead of waiting again per batch.
+        self._refused_since = 0.0  # time.monotonic() of the first refusal since a frame was taken; 0.0: none
+        self._outage_since = 0.0  # time.monotonic() when the current outage began; 0.0: none
+        self._outage_dropped = 0  # records dropped during the current outage
+        self._outages = 0
+        self._notes: list[str] = []  # stderr lines, written by the flusher thread outside _mutex
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closing = False  # close() has begun: it writes the stderr lines itself, in order
         self._closed = False
         self._refusal_said = False
         # Last: every other piece of state exists even when these raise (a bad key file).
@@ -160,6 +168,8 @@ class BatchingHandler(logging.Handler):
     def counters(self) -> dict[str, int]:
         """Worker-side counters: records numbered and sent, dropped, buffered, errors.
 
+        ``outages`` counts the times the transport took nothing for a whole ``block_timeout``
+        (the ``block`` policy then drops at once until it takes a frame again).
         With acknowledged delivery also ``unacked`` (frames sent, not yet acknowledged),
         ``resent`` (frames sent again) and ``spool_errors`` (failed spool writes).
         """
@@ -170,6 +180,7 @@ class BatchingHandler(logging.Handler):
             "buffered": len(self._pending) + sum(entry[0] for entry in self._outbox),
             "buffered_bytes": self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
+            "outages": self._outages,
         }
         if self._options.ack:
             transport = self._transport
@@ -210,25 +221,80 @@ class BatchingHandler(logging.Handler):
                 self._errors += 1
                 sent = False
             if not sent:
+                if not self._refused_since:
+                    self._refused_since = time.monotonic()
                 return False
             outbox.popleft()
             self._outbox_bytes -= len(packed)
             self._seq += count
             self._frames_sent += 1
+            if self._refused_since:
+                self._refused_since = 0.0
+                if self._outage_since:
+                    self._end_outage()
         return True
 
     def _apply_policy(self) -> None:
         opts = self.options
-        if opts.policy == "block":
-            deadline = time.monotonic() + opts.block_timeout
-            while self._outbox_bytes > opts.max_buffer_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._send_outbox(min(remaining, 0.05)):
-                    break
+        if opts.policy == "block" and not self._outage_since:
+            self._wait_for_room(opts.block_timeout)
+        dropped = self._dropped
         while self._outbox_bytes > opts.max_buffer_bytes and self._outbox:
             count, packed, _ = self._outbox.popleft() if opts.policy == "drop_oldest" else self._outbox.pop()
             self._outbox_bytes -= len(packed)
             self._dropped += count
+        if self._outage_since:
+            self._outage_dropped += self._dropped - dropped
+
+    def _wait_for_room(self, timeout: float) -> None:
+        """Send until the outbox is back within its bound, while the transport has refused for less than ``timeout``.
+
+        The clock starts at the transport's first refusal since it last took a frame. When
+        it has taken nothing for ``timeout`` seconds an outage begins: the listener is away
+        (or stuck), and waiting ``block_timeout`` again for every batch would stall the
+        program (200,000 calls took 351 s; see test_worker_outage.py).
+        """
+        bound = self.options.max_buffer_bytes
+        deadline = (self._refused_since or time.monotonic()) + timeout
+        while self._outbox_bytes > bound:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            step = min(deadline - now, 0.05)
+            if self._send_outbox(step):
+                return
+            idle = now + step - time.monotonic()
+            if idle > 0:  # the transport refused at once (no connection, a full resend buffer): no busy loop
+                time.sleep(idle)
+        refused = self._refused_since
+        if timeout > 0 and self._outbox_bytes > bound and refused and time.monotonic() - refused >= timeout:
+            self._begin_outage(time.monotonic() - refused)
+
+    def _begin_outage(self, waited: float) -> None:
+        self._outage_since = time.monotonic()
+        self._outage_dropped = 0
+        self._outages += 1
+        self._notes.append(
+            f"mplog: the listener at {self.endpoint} took nothing for {waited:.1f} s (block_timeout): "
+            f"records are now dropped without waiting, and counted, until it takes them again (pid {os.getpid()})"
+        )
+
+    def _end_outage(self) -> None:
+        lasted = time.monotonic() - self._outage_since
+        self._notes.append(
+            f"mplog: the listener at {self.endpoint} takes records again after {lasted:.1f} s; "
+            f"{self._outage_dropped} records were dropped meanwhile (pid {os.getpid()})"
+        )
+        self._outage_since, self._outage_dropped = 0.0, 0
+        try:
+            self._kick()  # the flusher writes the line, outside the lock
+        except RuntimeError:  # no new thread at interpreter shutdown: close() writes it
+            pass
+
+    def _take_notes(self) -> list[str]:
+        """The stderr lines waiting to be written (call with ``_mutex`` held; write them after releasing it)."""
+        notes, self._notes = self._notes, []
+        return notes
 
     # ------------------------------------------------------------ the flusher thread
 
@@ -263,6 +329,10 @@ class BatchingHandler(logging.Handler):
                     self._errors += 1
                 finally:
                     self._owner = 0
+                notes = self._take_notes() if self._notes and not self._closing else None
+            if notes:  # outside the lock: a blocked stderr must never hold up a logging call
+                for line in notes:
+                    _report(line)
             self._housekeeping()
 
     # The flusher thread wakes at least this often (None: only when there is something to
@@ -327,6 +397,9 @@ class BatchingHandler(logging.Handler):
         if self._pid != os.getpid() or self._closed:
             super().close()
             return
+        # An outage that ends while this flush delivers is reported before the summary below,
+        # not by the flusher thread at some later moment.
+        self._closing = True
         delivered = self.flush()
         if not self._mutex.acquire(timeout=self.options.close_timeout):
             return
@@ -346,9 +419,12 @@ class BatchingHandler(logging.Handler):
                 pass
             self._transport.close()
             self._wake.set()
+            notes = self._take_notes()
         finally:
             self._owner = outer
             self._mutex.release()
+        for line in notes:
+            _report(line)
         self._say_refusal()  # before the count below: why records could not be delivered
         if lost or self._dropped:
             _report(

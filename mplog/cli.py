@@ -103,7 +103,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         receiver.close()
         if checkpoint is not None:
             checkpoint.close()
+    server.stats.note_ends(now=True)
     snap = server.snapshot()
+    _report_unclosed(snap)
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
         f"malformed {snap['malformed_total']}, repaired {snap['repaired_total']}, gaps {snap['gaps']}, "
@@ -112,6 +114,23 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         flush=True,
     )
     return EXIT_OK
+
+
+def _report_unclosed(snap: dict[str, object]) -> None:
+    """One line before the stop summary naming the senders that ended without a goodbye (possible loss)."""
+    senders = snap.get("senders")
+    if not isinstance(senders, dict):
+        return
+    gone = [s for s in senders.values() if s.get("unclosed") and not s.get("closed")]
+    if gone:
+        names = ", ".join(f"{s['host']}/{s['pid']} ({s['unclosed']})" for s in gone[:10])
+        more = f" and {len(gone) - 10} more" if len(gone) > 10 else ""
+        print(
+            f"mplog: {len(gone)} senders ended without a goodbye; their last records may be lost, uncounted: "
+            f"{names}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _report_stats(server: object, interval: float) -> None:

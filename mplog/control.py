@@ -328,7 +328,7 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
                 str(sender["dropped"]),
                 str(sender["gaps"]),
                 f"{max(now - sender['last_seen'], 0.0):.1f} s ago",
-                "closed" if sender["closed"] else "open",
+                _state(sender),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
@@ -338,3 +338,11 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
         cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in pairs]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _state(sender: dict[str, Any]) -> str:
+    """``closed`` (said goodbye), ``open``, or why its end was never seen: ``no goodbye, process gone`` / ``silent``."""
+    if sender["closed"]:
+        return "closed"
+    why = sender.get("unclosed")
+    return f"no goodbye, {why}" if why else "open"

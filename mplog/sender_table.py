@@ -91,6 +91,9 @@ class SenderStats:
     last_seen: float = 0.0
     closed: bool = False  # the sender said goodbye (orderly end)
     peer_key: str = ""  # under CURVE, the client key whose namespace this sender is in
+    # Not closed, and known to have ended ("process gone") or silent for a long time ("silent"):
+    # its last records may be lost without any gap to count them (mplog.stats.Stats.note_ends).
+    unclosed: str = ""
 
 
 class SenderTable:

@@ -622,6 +622,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
         receiver.close()
         if checkpoint is not None:
             checkpoint.close()
+    server.stats.note_ends(now=True)  # the final stats name every sender that ended without a goodbye
     with contextlib.suppress(OSError):  # the parent may be gone
         control.write({"event": "stopped", "stats": server.snapshot()})
     return 0

@@ -14,6 +14,7 @@ lookups per frame, nothing per record. The table of senders is bounded
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,12 @@ from mplog.sender_table import SenderLimits, SenderStats, SenderTable, ledger_ke
 from mplog.transports.base import NO_ORIGIN, Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
 
-__all__ = ["SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
+__all__ = ["Balance", "SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
+
+PROCESS_GONE = "process gone"  # SenderStats.unclosed: its process (on this host) ended without a goodbye
+SILENT = "silent"  # SenderStats.unclosed: nothing from it for SILENT_AFTER seconds (a sender on another host)
+SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
+SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
 
 _TOTALS = ("rejected", "dropped", "gaps", "duplicates")  # what snapshot() sums over senders, folded ones included
 
@@ -58,6 +64,7 @@ class Stats:
         # Frames whose claim on a sender was refused, by why (taken, seq_jump), and their records.
         self.claims_refused: Counter[str] = Counter()
         self.claims_refused_records = 0
+        self._swept = 0.0  # time.monotonic() of the last look for senders that ended without a goodbye
 
     def note_malformed(self, reason: str) -> None:
         with self._lock:
@@ -239,8 +246,50 @@ class Stats:
         with self._lock:
             return self.table.all_closed()
 
+    def note_ends(self, *, now: bool = False) -> int:
+        """Flag the senders that ended without a goodbye (:attr:`SenderStats.unclosed`); return how many are flagged.
+
+        A sender on this host has ended when its process is gone (pid and start time, so a
+        reused pid is not mistaken for it); one whose process cannot be checked (another
+        host) counts as ended after ``SILENT_AFTER`` seconds without a frame, and is open
+        again when it sends. Looks at most every ``SWEEP_INTERVAL`` seconds unless ``now``;
+        the process checks run outside the lock, so the receive loop never waits for them.
+        Senders folded out of the table (:mod:`mplog.sender_table`) are not looked at.
+        """
+        tick = time.monotonic()
+        if not now and tick - self._swept < SWEEP_INTERVAL:
+            with self._lock:
+                return sum(1 for s in self.senders.values() if s.unclosed and not s.closed)
+        self._swept = tick
+        with self._lock:
+            candidates = [
+                (key, s.host, s.pid, s.start_time, max(s.last_seen, s.first_seen))
+                for key, s in self.senders.items()
+                if not s.closed and s.unclosed != PROCESS_GONE
+            ]
+        here, wall = socket.gethostname(), time.time()
+        verdicts = {}
+        for key, host, pid, start_time, seen in candidates:
+            if host == here and start_time > 0:
+                verdicts[key] = "" if _process_alive(pid, start_time) else PROCESS_GONE
+            else:
+                verdicts[key] = SILENT if wall - seen > SILENT_AFTER else ""
+        with self._lock:
+            for key, verdict in verdicts.items():
+                sender = self.senders.get(key)
+                if sender is not None:
+                    sender.unclosed = verdict
+            flagged = 0
+            for sender in self.senders.values():
+                if sender.closed:
+                    sender.unclosed = ""  # its goodbye came after all (a backlog)
+                elif sender.unclosed:
+                    flagged += 1
+            return flagged
+
     def snapshot(self) -> dict[str, Any]:
         """Return a JSON-ready copy of every counter."""
+        unclosed = self.note_ends()
         with self._lock:
             # A shallow copy of each sender's fields (asdict() would deep-copy, ten times slower).
             senders = {key: dict(vars(s)) for key, s in self.senders.items()}
@@ -271,6 +320,7 @@ class Stats:
             "claims_refused_total": sum(claims.values()),
             "claims_refused_records": claims_records,
             "folded": folded,
+            "unclosed": unclosed,  # senders that ended without a goodbye: their last records may be lost
             "senders": senders,
         }
 
@@ -279,9 +329,55 @@ def _never_owned(connection: bytes, host: str, pid: int, start_time: float) -> b
     return False
 
 
-def ledger(snapshot: dict[str, Any], logged: int) -> int:
-    """Return the unexplained remainder: logged - received - dropped - rejected - gaps."""
-    return int(logged - snapshot["received"] - snapshot["dropped"] - snapshot["rejected"] - snapshot["gaps"])
+def _process_alive(pid: int, start_time: float) -> bool:
+    """True if process ``pid`` runs on this host and started at ``start_time`` (within a second)."""
+    import psutil  # noqa: PLC0415  # only the listener looks at processes
+
+    try:
+        process = psutil.Process(pid)
+        started: float = process.create_time()
+        return abs(started - start_time) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone, or not ours to inspect
+        return False
+
+
+class Balance(int):
+    """What :func:`ledger` returns: the unexplained remainder (an ``int``), and the senders whose end was never seen.
+
+    A sender that ended without a goodbye (``unclosed``) may have lost its last records
+    with no later frame to reveal them as a gap: part or all of the remainder can be
+    that loss, and even a remainder of 0 only holds for the records logged that the
+    caller counted. ``possible_loss`` says so; the repr names it.
+    """
+
+    unclosed: int  # senders that ended without a goodbye
+
+    def __new__(cls, remainder: int, unclosed: int = 0) -> Balance:
+        balance = super().__new__(cls, remainder)
+        balance.unclosed = unclosed
+        return balance
+
+    @property
+    def possible_loss(self) -> bool:
+        """True when a sender's end was never seen: its last records may be lost, uncounted."""
+        return self.unclosed > 0
+
+    def __repr__(self) -> str:
+        if not self.unclosed:
+            return f"Balance({int(self)})"
+        return f"Balance({int(self)}, possible loss: {self.unclosed} senders ended without a goodbye)"
+
+
+def ledger(snapshot: dict[str, Any], logged: int) -> Balance:
+    """Return the unexplained remainder: logged - received - dropped - rejected - gaps.
+
+    The result is an ``int`` (0 when every record logged is accounted for) that also
+    carries how many senders ended without a goodbye (``.unclosed``, ``.possible_loss``):
+    records such a sender logged last may be lost without a gap to count them.
+    """
+    remainder = int(logged - snapshot["received"] - snapshot["dropped"] - snapshot["rejected"] - snapshot["gaps"])
+    senders = snapshot.get("senders", {}).values()
+    return Balance(remainder, unclosed=sum(1 for s in senders if s.get("unclosed") and not s.get("closed")))
 
 
 def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
@@ -328,8 +424,11 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                 merged[name] = max(merged[name], one[name])
             merged["first_seen"] = min(merged["first_seen"], one["first_seen"])
             merged["closed"] = merged["closed"] or one["closed"]
+            merged["unclosed"] = merged.get("unclosed") or one.get("unclosed", "")
     for merged in senders.values():
         merged["gaps"] = max(merged["next_seq"] - merged["records"] - merged["rejected"], 0)
+        if merged["closed"]:
+            merged["unclosed"] = ""  # one collector got its goodbye
     return {
         "collectors": len(snapshots),
         "frames": frames,
@@ -344,6 +443,7 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "claims_refused_total": sum(claims.values()),
         "claims_refused_records": claims_records,
         "folded": dict(folded),
+        "unclosed": sum(1 for s in senders.values() if s.get("unclosed")),
         "connections": dict(connections),
         "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
         "senders": senders,

@@ -72,8 +72,13 @@ class SenderCounts(dict[str, Any]):
         """The sender said goodbye (an orderly end)."""
         return bool(self.get("closed", False))
 
+    @property
+    def unclosed(self) -> str:
+        """Why its end was never seen (``"process gone"``, ``"silent"``): its last records may be lost; "" if not."""
+        return "" if self.closed else str(self.get("unclosed") or "")
+
     def __str__(self) -> str:
-        state = "closed" if self.closed else "open"
+        state = "closed" if self.closed else (f"no goodbye, {self.unclosed}" if self.unclosed else "open")
         return (
             f"{self.host}/{self.pid}: {self.records} records, dropped {self.dropped}, gaps {self.gaps}, "
             f"duplicates {self.duplicates}, {state}"
@@ -148,6 +153,11 @@ class ListenerStats(dict[str, Any]):
         return _int(self, "claims_refused_total")
 
     @property
+    def unclosed(self) -> int:
+        """Senders that ended without a goodbye (``stats["senders"][key]["unclosed"]``): possible loss."""
+        return _int(self, "unclosed")
+
+    @property
     def folded(self) -> int:
         """Senders kept only in the totals, past ``mplog.limits.max_senders`` (not in :attr:`senders`)."""
         folded = self.get("folded")
@@ -189,6 +199,8 @@ def summary(stats: Mapping[str, Any]) -> str:
         line += f", refused {view.refused} connections"
     if view.claims_refused:  # frames that claimed a sender they may not write to (docs/security.md)
         line += f", refused claims {view.claims_refused}"
+    if view.unclosed:  # their last records may be lost, with no gap to count them (docs/reliability.md)
+        line += f", {view.unclosed} ended without goodbye (possible loss)"
     if view.handler_errors:  # records that arrived but a handler could not write: last, by handler
         errors = view.get("handler_errors")
         each = (

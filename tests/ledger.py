@@ -8,6 +8,10 @@ snapshot (what the listener and the senders counted). For each producer::
 ``written`` counts distinct numbered payloads in the output; duplicates and truncated
 lines are reported on their own. A test asserts ``unexplained == 0`` (or states its
 bound where a crash makes some loss unavoidable) with :meth:`Ledger.assert_balanced`.
+
+A sender stream that never said goodbye (``unclosed``) may have lost its last records
+with no later frame to reveal them as a gap: such an entry is possible loss, never a
+clean zero, and :meth:`Ledger.assert_balanced` fails on it unless the test allows it.
 """
 
 from __future__ import annotations
@@ -31,10 +35,16 @@ class Entry:
     duplicates: int = 0  # lines written more than once
     listener_duplicates: int = 0  # resent records the listener recognised and skipped
     senders: int = 0  # sender streams of this producer seen by the listener
+    unclosed: int = 0  # of those, streams whose goodbye never arrived: their tails may be lost uncounted
 
     @property
     def unexplained(self) -> int:
         return self.logged - self.written - self.dropped - self.rejected - self.gaps
+
+    @property
+    def possible_loss(self) -> bool:
+        """True when a stream's end was never seen, whatever the remainder says."""
+        return self.unclosed > 0
 
 
 @dataclass
@@ -43,12 +53,19 @@ class Ledger:
     truncated: int = 0
     garbage: int = 0
 
-    def assert_balanced(self, *, max_unexplained: int = 0, min_unexplained: int = 0, max_duplicates: int = 0) -> None:
-        """Fail unless each remainder lies in [min_unexplained, max_unexplained] and duplicates are bounded."""
+    def assert_balanced(
+        self, *, max_unexplained: int = 0, min_unexplained: int = 0, max_duplicates: int = 0, max_unclosed: int = 0
+    ) -> None:
+        """Fail unless each remainder lies in [min_unexplained, max_unexplained], duplicates are bounded
+        and at most ``max_unclosed`` of a producer's streams ended without a goodbye."""
         problems = []
         for producer, entry in sorted(self.entries.items()):
             if not min_unexplained <= entry.unexplained <= max_unexplained:
                 problems.append(f"producer {producer}: unexplained {entry.unexplained} ({entry})")
+            if entry.unclosed > max_unclosed:
+                problems.append(
+                    f"producer {producer}: possible loss, {entry.unclosed} streams ended without a goodbye ({entry})"
+                )
             if entry.duplicates > max_duplicates:
                 problems.append(f"producer {producer}: {entry.duplicates} duplicate lines ({entry})")
         if self.truncated:
@@ -66,7 +83,9 @@ class Ledger:
 
 def _sender_totals(snapshot: dict[str, Any], pids: dict[int, int]) -> dict[int, dict[str, int]]:
     by_pid = {pid: producer for producer, pid in pids.items()}
-    totals: dict[int, dict[str, int]] = {p: dict.fromkeys(("dropped", "rejected", "gaps", "dup", "n"), 0) for p in pids}
+    totals: dict[int, dict[str, int]] = {
+        p: dict.fromkeys(("dropped", "rejected", "gaps", "dup", "n", "unclosed"), 0) for p in pids
+    }
     for sender in snapshot.get("senders", {}).values():
         producer = by_pid.get(sender["pid"])
         if producer is None:
@@ -77,6 +96,7 @@ def _sender_totals(snapshot: dict[str, Any], pids: dict[int, int]) -> dict[int, 
         t["gaps"] += sender["gaps"]
         t["dup"] += sender["duplicates"]
         t["n"] += 1
+        t["unclosed"] += not sender.get("closed", True)  # a snapshot without the key says nothing
     return totals
 
 
@@ -108,5 +128,6 @@ def build_ledger(
             duplicates=dups[producer],
             listener_duplicates=t.get("dup", 0),
             senders=t.get("n", 0),
+            unclosed=t.get("unclosed", 0),
         )
     return ledger

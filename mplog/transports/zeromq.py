@@ -5,16 +5,30 @@ LINGER is bounded (an unbounded linger hangs exit when the listener is gone), se
 never block (NOBLOCK, with a bounded poll for the ``block`` policy), IMMEDIATE=1 so
 frames are refused (and counted) rather than queued to an absent peer, and
 MAXMSGSIZE on the listener equals the frame limit.
+
+On ``tcp://`` nothing but the worker writes on a data connection once it is open: no
+ZMTP heartbeats either way. A byte that the listener writes after a worker closed is
+answered with a reset, and the reset discards what the listener had not read yet: the
+worker's last records and its goodbye (and libzmq 4.3.5 aborts the listener when a
+reset meets a full receive pipe with a heartbeat timer armed). The worker watches the
+connection with TCP keepalive probes and ``TCP_MAXRT`` instead, whose answers are bare
+ACKs, and clears ``TCP_MAXRT`` on its connections when it closes, so that the kernel
+goes on delivering what it took after the process is gone. The listener reaps dead
+peers with keepalive probes after ``COLLECTOR_KEEPALIVE`` seconds of silence.
+See docs/reliability.md ("A worker's last records over tcp").
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
+import socket
 import threading
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -37,6 +51,12 @@ __all__ = ["BoundReceiver", "ZmqReceiver", "ZmqSender", "bind_private_ipc"]
 # Sockets and contexts inherited across fork are never touched again in the child:
 # closing or terminating them there could hang on state owned by the parent's threads.
 _abandoned: list[Any] = []
+
+# The listener's TCP keepalive on data connections (idle seconds, probe interval, probes):
+# it reaps the connections of hosts that vanished. The idle time is well past the 60 s a
+# closed worker's connection lingers in FIN_WAIT_2 on Linux: a probe that found it gone
+# would be answered with a reset, which discards whatever the listener had not read yet.
+COLLECTOR_KEEPALIVE = (300, 30, 4)
 
 
 def _split(endpoint: str) -> list[str]:
@@ -101,6 +121,29 @@ class ZmqSender:
         self._monitor_lock = threading.Lock()
         self._refusal: str | None = None
         self._keys = _describe_keys(options, use_env=all(e.startswith("tcp://") for e in self._endpoints))
+        self._tcp_ports = {_port_of(e) for e in self._endpoints if e.startswith("tcp://")} - {0}
+        self._max_rt = 0  # TCP_MAXRT (ms) of this sender's connections; 0: not set
+        self._foreign: set[int] = set()  # sockets this process held before this sender opened (inherited ones)
+
+    def _watch_peer(self, sock: zmq.Socket[Any]) -> None:
+        """Notice a dead or unreachable peer without provoking traffic from it (see the module docstring).
+
+        Keepalive probes go out after ``heartbeat_ivl`` seconds of quiet; ``TCP_MAXRT``
+        drops a connection whose data (or window probes) go unanswered for
+        ``heartbeat_timeout`` seconds; either way a partition is noticed in about
+        ``heartbeat_timeout`` seconds, as the ZMTP heartbeats that these replace did.
+        """
+        opts = self._options
+        if opts.heartbeat_ivl <= 0 or opts.heartbeat_timeout <= 0:
+            return
+        interval = max(1, round(opts.heartbeat_ivl))
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, interval)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil((opts.heartbeat_timeout - interval) / interval)))
+        self._max_rt = max(1, int(opts.heartbeat_timeout * 1000))
+        sock.setsockopt(zmq.TCP_MAXRT, self._max_rt)
+        self._foreign = {inode for _, inode in _socket_fds()}
 
     def _open(self) -> zmq.Socket[Any]:
         if self._sock is not None:  # inherited from the parent by fork
@@ -115,10 +158,8 @@ class ZmqSender:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
-            if any(e.startswith("tcp://") for e in self._endpoints):
-                sock.setsockopt(zmq.HEARTBEAT_IVL, int(opts.heartbeat_ivl * 1000))
-                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(opts.heartbeat_timeout * 1000))
-                sock.setsockopt(zmq.HEARTBEAT_TTL, int(opts.heartbeat_timeout * 1000))
+            if self._tcp_ports:
+                self._watch_peer(sock)
             if self._curve is not None:
                 security.configure_client(sock, self._curve)
             if self._watch:
@@ -181,6 +222,11 @@ class ZmqSender:
         if self._sock is None or self._pid != os.getpid():
             return
         linger_ms = int((self._options.linger if linger is None else linger) * 1000)
+        if self._max_rt:
+            # What the kernel took must outlive this process: a listener that reads nothing
+            # for TCP_MAXRT would otherwise have the connection, and the tail it had not yet
+            # taken in, dropped (see test_tcp_tail.py).
+            _clear_max_rt(self._tcp_ports, self._max_rt, self._foreign)
         # A signal caught during zmq_ctx_term() ends it early with EINTR, which pyzmq
         # ignores: frames still queued were lost when SIGTERM then ended the process.
         # Hold signals back until the linger is over; they are delivered right after
@@ -250,6 +296,66 @@ def _refusal_text(event: Any, keys: tuple[str, str], curve: security.ClientKeys 
     )
 
 
+def _port_of(endpoint: str) -> int:
+    """The port of a ``tcp://[SOURCE;]HOST:PORT`` endpoint (0 when it has none, e.g. a wildcard)."""
+    try:
+        return urlsplit("tcp://" + endpoint[len("tcp://") :].rsplit(";", 1)[-1]).port or 0
+    except ValueError:
+        return 0
+
+
+def _socket_fds() -> list[tuple[int, int]]:
+    """``(fd, inode)`` of every socket this process holds (empty where /proc is not there)."""
+    found = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # closed meanwhile (the listing's own descriptor, say)
+            continue
+        if target.startswith("socket:["):
+            found.append((int(name), int(target[8:-1])))
+    return found
+
+
+def _clear_max_rt(ports: set[int], max_rt: int, foreign: set[int]) -> int:
+    """Clear ``TCP_USER_TIMEOUT`` on this sender's connections; return how many.
+
+    libzmq offers no handle on a connection, so they are found among the process's
+    sockets: TCP, connected to one of ``ports``, carrying this sender's ``max_rt``, and not
+    held before the sender opened (``foreign``: a forked child must leave its parent's
+    connection as it is).
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:  # not Linux: libzmq does not set TCP_MAXRT there either
+        return 0
+    cleared = 0
+    for fd, inode in _socket_fds():
+        if inode in foreign:
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if (
+                sock.type == socket.SOCK_STREAM
+                and sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.getsockopt(socket.IPPROTO_TCP, option) == max_rt
+                and sock.getpeername()[1] in ports
+            ):
+                sock.setsockopt(socket.IPPROTO_TCP, option, 0)
+                cleared += 1
+        except OSError:
+            pass
+        finally:
+            sock.detach()  # the descriptor stays libzmq's
+    return cleared
+
+
 class BoundReceiver:
     """What the listener's receiving sockets share: binding, CURVE, the ZAP gatekeeper, connection counts.
 
@@ -317,8 +423,12 @@ class BoundReceiver:
             self._claims.append(bind_private_ipc(self._sock, endpoint))
             return
         if endpoint.startswith("tcp://"):
-            self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(self._options.heartbeat_ivl * 1000))
-            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(self._options.heartbeat_timeout * 1000))
+            # No ZMTP heartbeats: the listener never writes first (see the module docstring).
+            idle, interval, probes = COLLECTOR_KEEPALIVE
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
+            self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, probes)
         self._sock.bind(endpoint)
 
     def _take(self) -> tuple[bytes, Origin] | None:

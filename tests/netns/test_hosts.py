@@ -181,7 +181,7 @@ def test_a_partition_heals_and_every_record_is_delivered_or_counted(network, tmp
     }
     worker = a.worker({"endpoint": endpoint, "producer": 0, "count": count, "rate": rate, "options": options})
     time.sleep(2.0)
-    network.set_link(a, b, up=False)  # silent: no error reaches either side; only heartbeats notice
+    network.set_link(a, b, up=False)  # silent: no error reaches either side; the worker's TCP_MAXRT notices
     time.sleep(partition)
     collector.send("stats")
     during = collector.read("stats")["stats"]
@@ -205,9 +205,9 @@ def test_a_partition_heals_and_every_record_is_delivered_or_counted(network, tmp
     assert during["received"] <= 2.5 * rate
     assert sender["records"] >= during["received"] + 2 * rate
     if heartbeat_timeout < partition:
-        # Heartbeats noticed the dead link and the worker came back on a new connection; what
+        # The worker noticed the dead link and came back on a new connection; what
         # was already handed to the old connection died with it and shows as gaps, bounded by
-        # what the worker sent before the heartbeat timeout fired.
+        # what the worker sent before the timeout fired.
         assert stats["connections"].get("disconnected", 0) >= 1
         assert stats["connections"].get("handshakes", 0) >= 2
         assert sender["gaps"] <= (heartbeat_timeout + 1.0) * rate

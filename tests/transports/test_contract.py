@@ -37,7 +37,7 @@ from mplog.transports import (
     open_receiver,
     open_sender,
 )
-from mplog.transports.zeromq import ZmqReceiver, ZmqSender
+from mplog.transports.zeromq import COLLECTOR_KEEPALIVE, ZmqReceiver, ZmqSender
 from mplog.transports.zeromq_ack import DealerSender, RouterReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -675,12 +675,19 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
         assert pull.getsockopt(zmq.RCVHWM) == (expected if scheme == "tcp" else options.rcvhwm)
         assert pull.getsockopt(zmq.LINGER) == 0
         assert pull.getsockopt(zmq.HANDSHAKE_IVL) == int(options.handshake_ivl * 1000)
-        heartbeat = int(options.heartbeat_ivl * 1000) if scheme == "tcp" else 0
-        assert push.getsockopt(zmq.HEARTBEAT_IVL) == heartbeat
-        assert pull.getsockopt(zmq.HEARTBEAT_IVL) == heartbeat
+        # No ZMTP heartbeats either way: nothing but the worker writes on a data connection
+        # (test_tcp_tail.py); on tcp the worker watches its peer with TCP keepalive and TCP_MAXRT.
+        assert push.getsockopt(zmq.HEARTBEAT_IVL) == pull.getsockopt(zmq.HEARTBEAT_IVL) == 0
         if scheme == "tcp":
-            assert push.getsockopt(zmq.HEARTBEAT_TIMEOUT) == int(options.heartbeat_timeout * 1000)
-            assert pull.getsockopt(zmq.HEARTBEAT_TIMEOUT) == int(options.heartbeat_timeout * 1000)
+            interval = max(1, round(options.heartbeat_ivl))
+            assert push.getsockopt(zmq.TCP_KEEPALIVE) == 1
+            assert push.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == push.getsockopt(zmq.TCP_KEEPALIVE_INTVL) == interval
+            assert push.getsockopt(zmq.TCP_KEEPALIVE_CNT) == 2
+            assert push.getsockopt(zmq.TCP_MAXRT) == int(options.heartbeat_timeout * 1000)
+            assert pull.getsockopt(zmq.TCP_KEEPALIVE) == 1
+            assert pull.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == COLLECTOR_KEEPALIVE[0] == 300
+        else:
+            assert push.getsockopt(zmq.TCP_MAXRT) == 0
     finally:
         sender.close()
         receiver.close()

@@ -42,7 +42,7 @@ def test_the_package_exports_exactly_these_names_sorted():
     [
         (mplog.start_listener, f"({CONFIG}, {LISTENER_OPTIONS}) -> 'Listener'"),
         (mplog.setup_worker, "(endpoint: 'str | None' = None, **options: 'Any') -> 'MplogHandler'"),
-        (mplog.ledger, "(snapshot: 'dict[str, Any]', logged: 'int') -> 'int'"),
+        (mplog.ledger, "(snapshot: 'dict[str, Any]', logged: 'int') -> 'Balance'"),
         (mplog.Listener.__init__, f"(self, {CONFIG}, {LISTENER_OPTIONS}) -> 'None'"),
         (mplog.Listener.start, "(self) -> 'Listener'"),
         (mplog.Listener.stats, "(self, timeout: 'float' = 10.0) -> 'ListenerStats'"),  # a dict subclass
