@@ -31,6 +31,7 @@ __all__ = [
     "local_collector",
     "make_private_dir",
     "receive_hwm",
+    "transport_max_bytes",
 ]
 
 # The signals mplog holds back where one must not land: on its own threads (a worker's
@@ -60,7 +61,7 @@ class TransportOptions:
     rcvhwm: int = 1000  # frames queued per connection in the listener's ZeroMQ socket (ipc://; at most, on tcp://)
     # Bytes of frames the listener's transport may queue: per connection on tcp://, where
     # ZeroMQ's RCVHWM counts messages and is therefore set to max_queued_bytes //
-    # max_frame_bytes frames (8 by default), and for every connection together on mp://.
+    # transport_max_bytes frames (4 by default), and for every connection together on mp://.
     max_queued_bytes: int = 32 * 1024 * 1024
     linger: float = 1.0  # seconds a closing sender waits for queued frames
     write_timeout: float = 1.0  # seconds one write may block (multiprocessing transport)
@@ -134,13 +135,27 @@ class Receiver(Protocol):
         """Release everything; idempotent."""
 
 
+def transport_max_bytes(options: TransportOptions) -> int:
+    """The longest message the listener's transport takes: twice ``max_frame_bytes``.
+
+    A frame longer than ``max_frame_bytes`` but within this is received whole and refused
+    by the decoder before it is unpacked: counted (``oversized``), charged to the sender
+    its envelope names, and the connection goes on. Only a longer message costs its
+    connection (libzmq's ``MAXMSGSIZE`` drops the peer without a word, and the frames
+    queued behind it with it; ``mp://`` closes it), so the margin covers the common
+    careless frame, a batch a little over the limit (docs/wire-format.md, Limits).
+    """
+    return 2 * max(options.max_frame_bytes, 1)
+
+
 def receive_hwm(options: TransportOptions) -> int:
     """The frames one connection may queue in the listener so that they hold at most ``max_queued_bytes``.
 
-    ZeroMQ bounds a connection's queue in messages, not bytes: this many frames of the
-    largest size (``max_frame_bytes``) fit in ``max_queued_bytes``; at least 1, at most ``rcvhwm``.
+    ZeroMQ bounds a connection's queue in messages, not bytes: this many messages of the
+    largest size the transport takes (:func:`transport_max_bytes`) fit in
+    ``max_queued_bytes``; at least 1, at most ``rcvhwm``.
     """
-    return max(1, min(options.rcvhwm, options.max_queued_bytes // max(options.max_frame_bytes, 1)))
+    return max(1, min(options.rcvhwm, options.max_queued_bytes // transport_max_bytes(options)))
 
 
 def make_private_dir() -> str:
