@@ -11,9 +11,11 @@ import gc
 import json
 import logging
 import math
+import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
 import tracemalloc
 from pathlib import Path
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 from mplog import wire_decode, wire_encode
 from mplog.exceptions import FrameError
 from mplog.server import Server
+from mplog.transports.base import default_collector_endpoint
 from mplog.wire import (
     FLAG_FINAL,
     RECORD_FIELDS,
@@ -1019,3 +1022,10 @@ def test_stats_name_the_total_received_and_each_senders_records():
     sender = snap["senders"][FOREIGN_KEY]
     assert sender["records"] == 3 and "received" not in sender
     assert {"rejected", "repaired", "dropped", "gaps", "duplicates", "next_seq", "closed"} <= set(sender)
+
+
+def test_the_default_collector_socket_is_the_path_the_spec_names():
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "wire-format.md").read_text()
+    assert "`ipc://$TMPDIR/mplog-UID/collector.sock`" in spec
+    expected = f"ipc://{tempfile.gettempdir()}/mplog-{os.getuid()}/collector.sock"
+    assert default_collector_endpoint() == expected
