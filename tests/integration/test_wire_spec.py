@@ -120,9 +120,10 @@ def test_a_frame_over_twice_max_frame_bytes_costs_its_connection_and_the_ledger_
             assert all(accepted)
         disconnected = "disconnected" if transport == "zmq" else "oversized"
         wait_for(lambda: listener.stats()["connections" if transport == "zmq" else "malformed"].get(disconnected))
-        raw.close()
-        raw = _Raw(transport, listener.endpoint)  # the sender reconnects, and numbers on
-        for seq in range(21, 31):
+        if transport == "multiprocessing":  # the sender reconnects (a PUSH socket does so by itself)
+            raw.close()
+            raw = _Raw(transport, listener.endpoint)
+        for seq in range(21, 31):  # and numbers on
             raw.send(_frame(seq))
         raw.send(_frame(31, n=0, flags=FLAG_FINAL))
         wait_for(lambda: listener.stats()["senders"][KEY]["closed"], timeout=20)
