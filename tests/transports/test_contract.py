@@ -687,10 +687,10 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
         assert push.getsockopt(zmq.RECONNECT_IVL_MAX) == int(options.reconnect_ivl_max * 1000)
         # Twice the frame limit: the decoder refuses (and counts) a frame between the two.
         assert pull.getsockopt(zmq.MAXMSGSIZE) == 2 * options.max_frame_bytes
-        # tcp: ZeroMQ counts messages, so as many messages of the largest size it takes as fit
-        # in max_queued_bytes, at most rcvhwm; ipc (this user's processes only): rcvhwm.
-        expected = min(options.rcvhwm, max(1, options.max_queued_bytes // (2 * options.max_frame_bytes)))
-        assert expected == (4 if options.rcvhwm == 1000 else 11)
+        # tcp: ZeroMQ counts messages, so as many frames of the largest valid size as fit in
+        # max_queued_bytes, at most rcvhwm; ipc (this user's processes only): rcvhwm.
+        expected = min(options.rcvhwm, max(1, options.max_queued_bytes // options.max_frame_bytes))
+        assert expected == (8 if options.rcvhwm == 1000 else 11)
         assert pull.getsockopt(zmq.RCVHWM) == (expected if scheme == "tcp" else options.rcvhwm)
         assert pull.getsockopt(zmq.LINGER) == 0
         assert pull.getsockopt(zmq.HANDSHAKE_IVL) == int(options.handshake_ivl * 1000)
