@@ -43,6 +43,7 @@ def _kinds() -> dict[str, Callable[[int], bytes]]:
     """Frame makers by name (the same frames whatever the checkout's limits); each takes the sequence number."""
     common = 11_914  # records of 22 values: as many as fit in the default max_items (262,144)
     nils = [[None] * 100_000] * 40  # 4 million nils: a frame of 3.8 MiB
+    wide = {f"k{i}": None for i in range(50_000)}  # 50,000 distinct keys: 340 KiB
     return {
         "4 records of 1 MiB (4 MiB)": lambda seq: _frame([[*_record("a", "y" * (MiB - 256)), {}]] * 4, seq),
         "4 records of 4 MiB (16 MiB)": lambda seq: _frame([[*_record("a", "y" * (4 * MiB - 256)), {}]] * 4, seq),
@@ -52,6 +53,9 @@ def _kinds() -> dict[str, Callable[[int], bytes]]:
         "10,000 records of 20 nils": lambda seq: _frame([[None] * 20] * 10_000, seq),
         "100,000 records of 20 nils": lambda seq: _frame([[None] * 20] * 100_000, seq),
         "4 million nils in one extra": lambda seq: _frame([[*_record("a", "m"), {"x": nils}]], seq),
+        # Maps are not preallocated by msgpack: up to 50,000 entries each decode since the map
+        # limit is max_records // 2 (it was max_extra_fields, 256).
+        "5 maps of 50,000 keys in one extra": lambda seq: _frame([[*_record("a", "m"), {"x": [wide] * 5}]], seq),
         "200 distinct logger names": lambda seq: _frame([[*_record(f"n{seq}.{i}", "m"), {}] for i in range(200)], seq),
     }
 

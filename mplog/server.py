@@ -28,7 +28,7 @@ from mplog.stats import SenderLimits, Stats
 from mplog.supervisor import live_local_senders, process_runs, resume
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
-from mplog.wire_decode import MAX_NAME_CHARS
+from mplog.wire_decode import MAX_NAME_CHARS, read_envelope
 from mplog.wire_repair import decode_escaped, salvage_records
 from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 
@@ -46,6 +46,8 @@ _DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has sa
 _IDLE_QUIET = 0.08
 _NAME = operator.itemgetter(0)  # a record's logger name
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
+# Frames refused whole for being too large, charged to the sender their envelope names.
+_CHARGED = frozenset(("oversized", "over_limit"))
 
 
 class Server:
@@ -92,8 +94,9 @@ class Server:
         (mplog.stats).
 
         Returns:
-            The frame when its envelope was valid (its records may have been rejected), else
-            None: not a frame, or a frame whose claim on its sender was refused (counted).
+            The frame when its envelope was valid (its records may have been rejected; a
+            frame refused whole for its size comes back without them), else None: not a
+            frame, or a frame whose claim on its sender was refused (counted).
         """
         stats, limits = self.stats, self.limits
         try:
@@ -101,8 +104,7 @@ class Server:
         except FrameError as exc:
             if exc.reason == "bad_utf8":  # one bad string: repair its record, deliver the others
                 return self._escaped(data, origin)
-            stats.note_malformed(exc.reason)
-            return None
+            return self._refused(data, exc.reason, origin)
         records = frame.records
         try:
             check_records(records, limits)
@@ -123,9 +125,24 @@ class Server:
         try:
             frame = decode_escaped(data, self.limits)
         except FrameError as exc:
-            self.stats.note_malformed(exc.reason)
-            return None
+            return self._refused(data, exc.reason, origin)
         return self._salvage(frame, origin, escaped=True)
+
+    def _refused(self, data: bytes, reason: str, origin: Origin) -> Frame | None:
+        """A frame refused whole: counted under ``malformed[reason]``, and charged to its sender if it names one.
+
+        A frame over the limits (``oversized``, ``over_limit``) whose envelope is valid
+        costs its sender its records, counted as that sender's ``rejected`` now rather
+        than as a gap when its next frame comes (docs/wire-format.md). Bytes that are not
+        msgpack, or not a frame, name no sender: only the counter moves.
+        """
+        if reason in _CHARGED:
+            head = read_envelope(data)
+            if head is not None:
+                frame, count = head
+                return frame if self.stats.reject(frame, reason, origin, records=count) else None
+        self.stats.note_malformed(reason)
+        return None
 
     def _salvage(self, frame: Frame, origin: Origin, *, escaped: bool = False) -> Frame | None:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""

@@ -180,14 +180,18 @@ class Stats:
                     else:
                         self.table.folded["repaired"] += 1
 
-    def reject(self, frame: Frame, reason: str, origin: Origin = NO_ORIGIN) -> bool:
-        """Count a frame whose envelope was valid but whose records were not; False when its claim was refused."""
+    def reject(self, frame: Frame, reason: str, origin: Origin = NO_ORIGIN, records: int | None = None) -> bool:
+        """Count a frame whose envelope was valid but whose records were not; False when its claim was refused.
+
+        ``records``: how many records the frame holds when ``frame.records`` does not
+        (a frame refused whole, of which only the envelope was read).
+        """
         with self._lock:
             self.malformed[reason] += 1
             sender = self._claim(frame, origin)
             if sender is None:
                 return False
-            n = len(frame.records)
+            n = len(frame.records) if records is None else records
             seq, expected = frame.seq, sender.next_seq
             if seq > expected:
                 sender.gaps += seq - expected

@@ -22,7 +22,6 @@ from mplog.exceptions import FrameError
 from mplog.wire_schema import (
     _FIELD_TYPES,
     _N_FIELDS,
-    _NUM,
     DEFAULT_LIMITS,
     RECORD_FIELDS,
     VERSION,
@@ -32,19 +31,30 @@ from mplog.wire_schema import (
 )
 
 __all__ = [
+    "MAX_HOST_CHARS",
     "MAX_NAME_CHARS",
+    "RENAMED_PREFIX",
     "check_records",
     "decode_frame",
     "decode_header",
     "make_log_record",
+    "read_envelope",
 ]
 
 MAX_NAME_CHARS = 1024  # longest logger name dispatched (a longer one is repaired to "root")
+MAX_HOST_CHARS = 255  # longest sender host name (a DNS name is at most 253): it is part of every ledger key
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
-# Names the LogRecord class defines: an extra named like one (e.g. "getMessage") would
-# shadow the method on the rebuilt record and make every Formatter fail on it.
-_CLASS_ATTRS = frozenset(dir(logging.LogRecord))
+# Names a rebuilt LogRecord already uses: what its class defines (an extra named like a
+# method, e.g. "getMessage", would make every Formatter fail on it), the attributes every
+# record has (the wire's fields, msg, args, exc_info: the standard value would overwrite
+# the extra), and the two a Formatter sets. An extra named so is kept as mplog_extra_<name>.
+_RESERVED = (
+    frozenset(dir(logging.LogRecord))
+    | frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+    | {"message", "asctime", "taskName"}
+)
+RENAMED_PREFIX = "mplog_extra_"
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -98,29 +108,99 @@ def _check_record(rec: Any, limits: Limits) -> None:
         _check_value(extra, limits, 0)
 
 
-def _check_header(obj: Any) -> Frame:
-    if type(obj) is not list or len(obj) != 6:
-        raise FrameError("not_a_frame", "a frame is an array of 6 items")
-    version, sender, seq, dropped, flags, records = obj
+_U32_END = 2**32  # pid and stream: below 2**32
+_TIME_END = 2**40  # start_time, as created: seconds since the epoch, 0 <= t < 2**40
+_SEQ_END = 2**64  # sequence numbers are msgpack uint64: seq + len(records) stays below
+_NUMBER = (int, float)
+
+
+def _check_envelope(obj: list[Any], count: int) -> Sender:
+    """Check the envelope of frame ``obj`` (its records item is not looked at; ``count`` records); return its sender.
+
+    A few comparisons per frame, none per record. Exact types: a msgpack boolean is no int here.
+    """
+    version, sender, seq, dropped, flags, _ = obj
     if type(version) is not int:
         raise FrameError("bad_version", f"version must be the int {VERSION}, got {type(version).__name__}")
     if version != VERSION:
         raise FrameError("bad_version", f"unsupported frame version {version!r}")
-    if (
-        type(sender) is not list
-        or len(sender) != 4
-        or type(sender[0]) is not str
-        or type(sender[1]) is not int
-        or not isinstance(sender[2], _NUM)
-        or type(sender[3]) is not int
-    ):
+    if type(sender) is not list or len(sender) != 4:
         raise FrameError("bad_header", "sender must be [host:str, pid:int, start_time:float, stream:int]")
-    for name, value in (("seq", seq), ("dropped", dropped), ("flags", flags)):
-        if type(value) is not int or value < 0:
-            raise FrameError("bad_header", f"{name} must be a non-negative int")
+    host, pid, start_time, stream = sender
+    if type(host) is not str or len(host) > MAX_HOST_CHARS:
+        raise FrameError("bad_header", f"host must be a str of at most {MAX_HOST_CHARS} characters")
+    if type(pid) is not int or not 0 <= pid < _U32_END:
+        raise FrameError("bad_header", f"pid must be an int, 0 <= pid < 2**32, got {_shown(pid)}")
+    if type(start_time) not in _NUMBER or not 0 <= start_time < _TIME_END:  # NaN fails both comparisons
+        raise FrameError("bad_header", f"start_time must be a number, 0 <= t < 2**40, got {_shown(start_time)}")
+    if type(stream) is not int or not 0 <= stream < _U32_END:
+        raise FrameError("bad_header", f"stream must be an int, 0 <= stream < 2**32, got {_shown(stream)}")
+    if type(seq) is not int or seq < 0:
+        raise FrameError("bad_header", f"seq must be a non-negative int, got {_shown(seq)}")
+    if type(dropped) is not int or dropped < 0:
+        raise FrameError("bad_header", f"dropped must be a non-negative int, got {_shown(dropped)}")
+    if type(flags) is not int or flags < 0:
+        raise FrameError("bad_header", f"flags must be a non-negative int, got {_shown(flags)}")
+    if seq + count >= _SEQ_END:
+        raise FrameError("bad_header", "seq + len(records) must stay below 2**64")
+    return Sender(host, pid, start_time, stream)
+
+
+def _shown(value: Any) -> str:
+    """A bad envelope value for an error message: a number as it is, anything else by its type."""
+    return repr(value) if type(value) in _NUMBER else type(value).__name__
+
+
+def _check_header(obj: Any) -> Frame:
+    if type(obj) is not list or len(obj) != 6:
+        raise FrameError("not_a_frame", "a frame is an array of 6 items")
+    records = obj[5]
     if type(records) is not list:
+        _check_envelope(obj, 0)  # a bad version or sender is named first
         raise FrameError("bad_header", "records must be an array")
-    return Frame(Sender(*sender), seq, dropped, flags, records)
+    return Frame(_check_envelope(obj, len(records)), obj[2], obj[3], obj[4], records)
+
+
+_ENVELOPE_BYTES = 2048  # more than any valid envelope takes (a 255-character host is at most 1,020 bytes)
+
+
+def read_envelope(data: bytes) -> tuple[Frame, int] | None:
+    """The envelope of a frame refused whole (``oversized``, ``over_limit``), read from its first bytes.
+
+    A frame too large for the limits may still name its sender validly: the listener then
+    counts its records as that sender's ``rejected`` instead of leaving them to show as a
+    gap later. Only the envelope is read (at most ``_ENVELOPE_BYTES``), and it must pass
+    the same checks as in :func:`decode_header`. Called on that error path only.
+
+    Returns:
+        ``(frame, count)``: the frame with no records and how many records it declares,
+        or None when the envelope is not valid, or declares more records than the frame
+        has bytes (each takes one at least).
+    """
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=_ENVELOPE_BYTES,
+        max_str_len=4 * MAX_HOST_CHARS,
+        max_bin_len=0,
+        max_array_len=8,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    unpacker.feed(data[:_ENVELOPE_BYTES])
+    try:
+        if unpacker.read_array_header() != 6:
+            return None
+        version = unpacker.unpack()
+        if unpacker.read_array_header() != 4:
+            return None
+        sender = [unpacker.unpack() for _ in range(4)]
+        seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        count = unpacker.read_array_header()
+        identity = _check_envelope([version, sender, seq, dropped, flags, None], count)
+    except Exception:  # not msgpack, cut short, a bad type or value (FrameError): no envelope
+        return None
+    if count > len(data):
+        return None
+    return Frame(identity, seq, dropped, flags, []), count
 
 
 def _reason_for(message: str) -> str:
@@ -180,8 +260,11 @@ def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
             unicode_errors=unicode_errors,
             max_str_len=limits.max_str_len,
             max_bin_len=limits.max_bin_len,
+            # No container may hold more than max_records values (a map's keys count too):
+            # the item budget sees a container once it is built, so this bounds what one
+            # unfinished container holds. How many extras a record keeps is _check_record's.
             max_array_len=max(limits.max_records, _N_FIELDS),
-            max_map_len=limits.max_extra_fields,
+            max_map_len=max(limits.max_records // 2, limits.max_extra_fields),
             max_ext_len=0,
             **options,
         )
@@ -218,7 +301,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
 def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> None:
     """Validate every record of a frame (types, finiteness, extras depth)."""
     if len(records) > limits.max_records:
-        raise FrameError("bad_header", f"more than {limits.max_records} records")
+        raise FrameError("over_limit", f"more than {limits.max_records} records")
     if records and _all_plain(records):
         return
     for rec in records:
@@ -268,18 +351,32 @@ _LogRecord = logging.LogRecord
 _new = object.__new__
 
 
+def _renamed(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with every name a LogRecord already uses written as ``mplog_extra_<name>``.
+
+    An extra already named ``mplog_extra_<name>`` keeps its value. Only for records that
+    carry such a name: the others cost one ``isdisjoint`` per record, as before.
+    """
+    kept = {key: value for key, value in extra.items() if key not in _RESERVED}
+    for key, value in extra.items():
+        if key in _RESERVED:
+            kept.setdefault(RENAMED_PREFIX + key, value)
+    return kept
+
+
 def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
-    """Build a LogRecord from validated fields (message already merged, no args)."""
+    """Build a LogRecord from validated fields (message already merged, no args).
+
+    ``hostname`` becomes the record's ``hostname`` attribute (even when empty) unless an
+    extra of that name is there; an extra named like a LogRecord attribute or method is
+    kept as ``mplog_extra_<name>`` (docs/wire-format.md, "Extra values").
+    """
     record: logging.LogRecord = _new(_LogRecord)
     attrs = record.__dict__
     extra = fields[19]
     if extra:
-        if _CLASS_ATTRS.isdisjoint(extra):
-            attrs.update(extra)
-        else:
-            attrs.update({k: v for k, v in extra.items() if k not in _CLASS_ATTRS})
-    if hostname:
-        attrs.setdefault("hostname", hostname)
+        attrs.update(extra if _RESERVED.isdisjoint(extra) else _renamed(extra))
+    attrs.setdefault("hostname", hostname)  # set even when "": a format naming %(hostname)s works on every record
     (
         attrs["name"],
         attrs["levelno"],

@@ -76,10 +76,10 @@ def salvage_records(
         passed as it was).
 
     Raises:
-        FrameError: ``bad_header`` when the frame holds more than ``limits.max_records``.
+        FrameError: ``over_limit`` when the frame holds more than ``limits.max_records``.
     """
     if len(records) > limits.max_records:
-        raise FrameError("bad_header", f"more than {limits.max_records} records")
+        raise FrameError("over_limit", f"more than {limits.max_records} records")
     out: list[list[Any] | None] = []
     reasons: list[str] = []
     for rec in records:

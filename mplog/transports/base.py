@@ -31,6 +31,7 @@ __all__ = [
     "local_collector",
     "make_private_dir",
     "receive_hwm",
+    "transport_max_bytes",
 ]
 
 # The signals mplog holds back where one must not land: on its own threads (a worker's
@@ -134,11 +135,28 @@ class Receiver(Protocol):
         """Release everything; idempotent."""
 
 
+def transport_max_bytes(options: TransportOptions) -> int:
+    """The longest message the listener's transport takes: twice ``max_frame_bytes``.
+
+    A frame longer than ``max_frame_bytes`` but within this is received whole and refused
+    by the decoder before it is unpacked: counted (``oversized``), charged to the sender
+    its envelope names, and the connection goes on. Only a longer message costs its
+    connection (libzmq's ``MAXMSGSIZE`` drops the peer without a word, and the frames
+    queued behind it with it; ``mp://`` closes it), so the margin covers the common
+    careless frame, a batch a little over the limit (docs/wire-format.md, Limits).
+    """
+    return 2 * max(options.max_frame_bytes, 1)
+
+
 def receive_hwm(options: TransportOptions) -> int:
     """The frames one connection may queue in the listener so that they hold at most ``max_queued_bytes``.
 
     ZeroMQ bounds a connection's queue in messages, not bytes: this many frames of the
-    largest size (``max_frame_bytes``) fit in ``max_queued_bytes``; at least 1, at most ``rcvhwm``.
+    largest valid size (``max_frame_bytes``) fit in ``max_queued_bytes``; at least 1, at most
+    ``rcvhwm``. Frames over ``max_frame_bytes`` (up to :func:`transport_max_bytes`, refused
+    by the decoder without unpacking) can make it hold up to twice that. Not divided by the
+    transport's limit: a queue of 4 frames lost a worker's last frames behind a relay whose
+    collector was late (test_a_relay_holds_frames_while_the_collector_is_absent_and_delivers_them_when_it_binds).
     """
     return max(1, min(options.rcvhwm, options.max_queued_bytes // max(options.max_frame_bytes, 1)))
 

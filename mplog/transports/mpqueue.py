@@ -24,7 +24,7 @@ from collections import Counter, deque
 from multiprocessing import connection as mpc
 
 from mplog.exceptions import TransportError
-from mplog.transports.base import Origin, TransportOptions, ensure_private_dir
+from mplog.transports.base import Origin, TransportOptions, ensure_private_dir, transport_max_bytes
 from mplog.transports.claim import claim_socket_path
 
 __all__ = ["MpReceiver", "MpSender"]
@@ -187,6 +187,9 @@ class MpReceiver:
         self._ready_bytes = 0
         self._partial_bytes = 0  # bytes of the frames being assembled
         self._frame_timeout = options.write_timeout * 2
+        # Up to twice max_frame_bytes is read: the decoder refuses (and counts) a frame
+        # between the two, and the connection goes on; a longer one closes it.
+        self._max_message = transport_max_bytes(options)
         self._closed = False
 
     def _accept(self) -> None:
@@ -263,7 +266,7 @@ class MpReceiver:
         size = _PREFIX.unpack_from(head)[0]
         if size == -1:
             size = _LONG_PREFIX.unpack_from(head, 4)[0]
-        if size > self._options.max_frame_bytes:  # refused before a byte of it is read
+        if size > self._max_message:  # refused before a byte of it is read
             self._drop(conn, "oversized")
             return None
         conn.size = max(size, 0)  # a negative length: an empty message, as recv_bytes() would return

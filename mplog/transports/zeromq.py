@@ -4,7 +4,8 @@ libzmq's defaults do not fit a logging path, so every one that matters is set he
 LINGER is bounded (an unbounded linger hangs exit when the listener is gone), sends
 never block (NOBLOCK, with a bounded poll for the ``block`` policy), IMMEDIATE=1 so
 frames are refused (and counted) rather than queued to an absent peer, and
-MAXMSGSIZE on the listener equals the frame limit.
+MAXMSGSIZE on the listener is twice the frame limit (the decoder refuses, and counts,
+what lies between).
 
 On ``tcp://`` nothing but the worker writes on a data connection once it is open: no
 ZMTP heartbeats either way. A byte that the listener writes after a worker closed is
@@ -43,6 +44,7 @@ from mplog.transports.base import (
     check_bind_address,
     ensure_private_dir,
     receive_hwm,
+    transport_max_bytes,
 )
 from mplog.transports.claim import SocketClaim, claim_socket_path
 
@@ -405,7 +407,9 @@ class BoundReceiver:
         # last when it closes while its queue here is full (measured: 53 of 100 frames lost
         # with RCVHWM 2, none with 1000; docs/reliability.md), and a small queue is full often.
         sock.setsockopt(zmq.RCVHWM, receive_hwm(options) if self._network else options.rcvhwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
+        # Twice the frame limit: a frame a little over it reaches the decoder, which counts it
+        # and charges its sender; libzmq would drop the connection and the frames behind it.
+        sock.setsockopt(zmq.MAXMSGSIZE, transport_max_bytes(options))
         sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_ivl * 1000))
 
     @property

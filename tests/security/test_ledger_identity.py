@@ -7,8 +7,10 @@ and sends, over a socket of its own, one of:
 - ``next_seq``: 50 forged records at the worker's next sequence number (on main, the
   worker's next 50 real records were then dropped as duplicates and the forgeries
   written as the worker's);
-- ``seq_max``: one record at ``seq`` 2^64-1 (on main, every later record of the worker
-  was a duplicate: silenced for good, with 1.8e19 gaps booked);
+- ``seq_max``: one record at ``seq`` 2^64-2, the furthest a one-record frame may start
+  (2^64-1 is refused as ``bad_header`` now: its next number would not fit in uint64; on
+  main, every later record of the worker was a duplicate: silenced for good, with 1.8e19
+  gaps booked);
 - ``empty_ahead``: an empty frame at ``next_seq + 50`` (on main, 50 real records were
   then discarded, and booked as a gap).
 
@@ -77,7 +79,7 @@ def _forged_frame(identity: dict[str, Any], case: str) -> bytes:
     if case == "next_seq":
         return build_frame(sender, next_seq, 0, 0, records(FORGED))
     if case == "seq_max":
-        return build_frame(sender, 2**64 - 1, 0, 0, records(1))
+        return build_frame(sender, 2**64 - 2, 0, 0, records(1))
     return build_frame(sender, next_seq + 50, 0, 0, [])
 
 

@@ -174,8 +174,9 @@ def test_records_with_nothing_valid_are_refused_not_invented(tmp_path):
     assert stats["malformed"]["empty_record"] == 100_000
     assert stats["repaired_total"] == 0
     assert stats["senders"][HOSTILE_KEY]["records"] == 0
-    assert stats["senders"][HOSTILE_KEY]["rejected"] == 100_000
-    assert stats["senders"][HOSTILE_KEY]["gaps"] == 100_000  # the frame refused whole
+    # The frame refused whole names its sender: its records are that sender's, refused, not a gap.
+    assert stats["senders"][HOSTILE_KEY]["rejected"] == 200_000
+    assert stats["senders"][HOSTILE_KEY]["gaps"] == 0
     lines = out.read_text().splitlines()
     assert lines and all(line.startswith("good INFO good ") for line in lines)  # nothing invented
     _assert_bounded(memory, delay, stats_s)

@@ -535,15 +535,33 @@ def test_a_partial_frame_from_a_killed_writer_is_counted_as_truncated(make_ends,
 # ---------------------------------------------------------------- oversized frames
 
 
-def test_an_oversized_frame_is_refused_and_later_frames_still_arrive(make_ends, kind):
+def test_a_frame_over_max_frame_bytes_but_within_twice_reaches_the_decoder_and_costs_nothing_else(make_ends, kind):
+    # The transport takes up to twice max_frame_bytes (transport_max_bytes): the decoder then
+    # refuses such a frame, counts it and charges its sender, and the connection goes on.
+    limit = 64 * 1024
+    ends = make_ends(TransportOptions(max_frame_bytes=limit))
+    sender = open_sender(ends.endpoint)
+    try:
+        big = numbered(4, 1, limit + 1024)
+        assert limit < len(big) <= 2 * limit
+        send_all(sender, [numbered(4, 0, 100), big, *(numbered(4, i, 100) for i in range(2, 40))])
+        ends.collector.wait(lambda got: len(got) == 40)
+        frames = ends.collector.quiet(0.3)
+    finally:
+        sender.close()
+    assert by_sender(frames) == {4: list(range(40))}  # in order, nothing behind it lost
+    assert sum(ends.receiver.events.values()) == 0
+
+
+def test_a_frame_over_twice_max_frame_bytes_is_refused_and_later_frames_still_arrive(make_ends, kind):
     limit = 64 * 1024
     ends = make_ends(TransportOptions(max_frame_bytes=limit))
     sender = open_sender(ends.endpoint)
     try:
         send_all(sender, [numbered(4, 0, 100)])
         ends.collector.wait(lambda got: len(got) == 1)
-        big = numbered(4, 1, limit)  # header + limit bytes: over the limit
-        assert len(big) > limit
+        big = numbered(4, 1, 2 * limit)  # header + twice the limit: over what the transport takes
+        assert len(big) > 2 * limit
         sender.send(big, 1.0)
         # A refused frame may cost the connection (ZeroMQ drops the peer); later frames retry until through.
         deadline = time.monotonic() + 20
@@ -559,7 +577,7 @@ def test_an_oversized_frame_is_refused_and_later_frames_still_arrive(make_ends, 
         sender.close()
     indexes = by_sender(frames)[4]
     assert 1 not in indexes  # the oversized frame never arrived
-    assert all(len(f) <= limit for f in frames)
+    assert all(len(f) <= 2 * limit for f in frames)
     assert indexes[0] == 0 and indexes[1:] == sorted(indexes[1:])
     # ZeroMQ may also lose frames queued behind the oversized one when it drops the connection
     # (1 of 2 here): the sender's sequence numbers make that a counted gap at the listener.
@@ -667,8 +685,9 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
         assert push.getsockopt(zmq.SNDHWM) == options.sndhwm
         assert push.getsockopt(zmq.IMMEDIATE) == 1
         assert push.getsockopt(zmq.RECONNECT_IVL_MAX) == int(options.reconnect_ivl_max * 1000)
-        assert pull.getsockopt(zmq.MAXMSGSIZE) == options.max_frame_bytes
-        # tcp: ZeroMQ counts messages, so as many frames of the largest size as fit in
+        # Twice the frame limit: the decoder refuses (and counts) a frame between the two.
+        assert pull.getsockopt(zmq.MAXMSGSIZE) == 2 * options.max_frame_bytes
+        # tcp: ZeroMQ counts messages, so as many frames of the largest valid size as fit in
         # max_queued_bytes, at most rcvhwm; ipc (this user's processes only): rcvhwm.
         expected = min(options.rcvhwm, max(1, options.max_queued_bytes // options.max_frame_bytes))
         assert expected == (8 if options.rcvhwm == 1000 else 11)

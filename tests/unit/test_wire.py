@@ -11,9 +11,11 @@ import gc
 import json
 import logging
 import math
+import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import textwrap
 import tracemalloc
 from pathlib import Path
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 from mplog import wire_decode, wire_encode
 from mplog.exceptions import FrameError
 from mplog.server import Server
+from mplog.transports.base import default_collector_endpoint
 from mplog.wire import (
     FLAG_FINAL,
     RECORD_FIELDS,
@@ -201,7 +204,7 @@ def test_any_record_content_round_trips_through_a_frame(name, level, template, a
 
 
 @PROPERTY
-@given(records=st.lists(st.tuples(texts, st.integers(0, 60)), min_size=0, max_size=40), seq=st.integers(0, 2**64 - 1))
+@given(records=st.lists(st.tuples(texts, st.integers(0, 60)), min_size=0, max_size=40), seq=st.integers(0, 2**64 - 41))
 def test_a_frame_keeps_its_records_in_order(records, seq):
     encoded = [encode_record(new_record("%s", (text,), n=n)) for text, n in records]
     frame = decode_frame(build_frame(SENDER_BYTES, seq, 0, FLAG_FINAL, encoded))
@@ -514,6 +517,28 @@ def reason_of(data: bytes, limits: Limits | None = None) -> str:
         ([*header(sender=[1, 1, 2.0, 3]), []], "bad_header"),
         ([*header(sender=["h", "1", 2.0, 3]), []], "bad_header"),
         ([*header(sender="h/1"), []], "bad_header"),
+        # The envelope's ranges (docs/wire-format.md, "Sender identity"): refused, never booked.
+        ([*header(sender=["h", 1, 2.0, -1]), []], "bad_header"),  # was keyed .../-0000001
+        ([*header(sender=["h", 1, 2.0, 2**32]), []], "bad_header"),
+        ([*header(sender=["h", 1, 2.0, 2**40 + 5]), []], "bad_header"),  # was 11 hex digits
+        ([*header(sender=["h", -1, 2.0, 3]), []], "bad_header"),
+        ([*header(sender=["h", 2**32, 2.0, 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, float("nan"), 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, float("inf"), 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, -1.0, 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, float(2**40), 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, "now", 3]), []], "bad_header"),
+        ([*header(sender=["h" * 256, 1, 2.0, 3]), []], "bad_header"),
+        ([*header(seq=2**64 - 1), [record_list()]], "bad_header"),  # its next number would not fit in uint64
+        ([*header(seq=2**64 - 2), [record_list(), record_list()]], "bad_header"),
+        # A msgpack boolean is no int in the envelope (only in a record's int fields).
+        ([*header(version=True), []], "bad_version"),
+        ([*header(sender=["h", True, 2.0, 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, True, 3]), []], "bad_header"),
+        ([*header(sender=["h", 1, 2.0, False]), []], "bad_header"),
+        ([*header(seq=True), []], "bad_header"),
+        ([*header(dropped=False), []], "bad_header"),
+        ([*header(flags=True), []], "bad_header"),
         ([*header(seq=-1), []], "bad_header"),
         ([*header(seq="0"), []], "bad_header"),
         ([*header(dropped=-5), []], "bad_header"),
@@ -734,11 +759,16 @@ def test_more_records_than_max_records_are_rejected():
     data = frame_of(*[new_record()] * 30)
     assert reason_of(data, Limits(max_records=25)) == "over_limit"
     assert len(decode_frame(data, Limits(max_records=30)).records) == 30
+    # Fewer than a record's 20 fields: msgpack's array limit lets the frame through, and the
+    # records check names the same reason.
+    assert reason_of(frame_of(*[new_record()] * 15), Limits(max_records=10)) == "over_limit"
 
 
-def test_more_extra_fields_than_max_extra_fields_are_rejected():
+def test_more_extra_fields_than_max_extra_fields_fail_the_record_not_the_decode():
+    # The frame decodes; the record is refused by the strict check, and repaired by the
+    # listener, which keeps the first max_extra_fields (see the spec tests below).
     data = msgpack.packb([*header(), [record_list(extra={str(i): i for i in range(11)})]])
-    assert reason_of(data, Limits(max_extra_fields=10)) == "over_limit"
+    assert reason_of(data, Limits(max_extra_fields=10)) == "bad_field"
 
 
 def test_bytes_after_the_frame_are_rejected():
@@ -766,3 +796,236 @@ def test_a_pickle_payload_is_rejected_and_never_unpickled(tmp_path):
     assert not marker.exists()
     pickle.loads(pickle.dumps(Exploit()))  # the control: unpickling it does create the file
     assert marker.exists()
+
+
+# ---------------------------------------------------------------- the spec answers a foreign sender's questions
+# Each test pins one answer of docs/wire-format.md that a sender written from that page alone
+# had to guess (issue 16, item 7), against the decoder, Stats and Server in this process.
+
+FOREIGN = ["foreign-host", 4242, 1_700_000_000.5, 7]
+FOREIGN_KEY = "foreign-host/4242/00000007"
+
+
+def packed(records: list[Any], seq: int = 0, flags: int = 0, sender: list[Any] | None = None) -> bytes:
+    data: bytes = msgpack.packb([VERSION, sender or FOREIGN, seq, 0, flags, records], use_bin_type=True)
+    return data
+
+
+class Captured(logging.Handler):
+    """The records one logger handled, and each as ``fmt`` formats it (an error fails the test)."""
+
+    def __init__(self, fmt: str = "%(message)s") -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+        self.formatter_ = logging.Formatter(fmt)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.formatter_.format(record))
+
+
+def capture(name: str = "app.db", fmt: str = "%(message)s") -> Captured:
+    handler = Captured(fmt)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return handler
+
+
+def sender_stats(server: Server, key: str = FOREIGN_KEY) -> dict[str, Any]:
+    return dict(server.stats.snapshot()["senders"][key])
+
+
+def test_more_records_than_max_records_is_over_limit_and_charged_to_the_sender_it_names():
+    # One reason whichever check finds it (msgpack's array limit, or the records check when
+    # max_records is under a record's 20 fields), and the records are their sender's rejected.
+    for limits, count, item in ((Limits(), 100_001, None), (Limits(max_records=10), 15, record_list())):
+        server = Server(receiver=None, limits=limits)
+        assert server.handle_frame(packed([item] * count)) is not None
+        after = server.handle_frame(packed([record_list(message="next")], seq=count))
+        assert after is not None
+        snap = server.stats.snapshot()
+        assert snap["malformed"] == {"over_limit": 1}
+        assert (snap["received"], snap["rejected"], snap["gaps"]) == (1, count, 0)
+        assert sender_stats(server)["next_seq"] == count + 1
+
+
+def test_a_frame_over_the_item_budget_is_charged_to_its_sender():
+    # 13,000 records of 21 values pass max_items (262,144): refused whole as they decode.
+    server = Server(receiver=None)
+    server.handle_frame(packed([record_list()] * 13_000))
+    snap = server.stats.snapshot()
+    assert snap["malformed"] == {"over_limit": 1}
+    assert (snap["received"], snap["rejected"]) == (0, 13_000)
+
+
+def test_an_oversized_frame_is_charged_to_the_sender_its_envelope_names():
+    server = Server(receiver=None, limits=Limits(max_frame_bytes=2048))
+    big = packed([record_list(message="x" * 900)] * 3)
+    assert len(big) > 2048
+    capture()
+    assert server.handle_frame(big) is not None
+    server.handle_frame(packed([record_list()], seq=3))
+    server.handle_frame(b"\x00" * 4096)  # no envelope: only the counter
+    snap = server.stats.snapshot()
+    assert snap["malformed"] == {"oversized": 2}
+    assert (snap["received"], snap["rejected"], snap["gaps"]) == (1, 3, 0)
+
+
+def test_a_frame_refused_whole_with_an_invalid_envelope_is_charged_to_no_sender():
+    small = Server(receiver=None, limits=Limits(max_frame_bytes=2048))
+    small.handle_frame(packed([record_list(message="x" * 900)] * 3, sender=["h", -1, 1.0, 7]))  # bad pid
+    server = Server(receiver=None)
+    server.handle_frame(packed([None] * 100_001, sender=["h", 1, 1.0, 2**32]))  # bad stream
+    # A records array declaring more records than the frame has bytes: not believed.
+    server.handle_frame(packed([])[:-1] + b"\xdd\xff\xff\xff\xff")
+    assert small.stats.snapshot()["senders"] == server.stats.snapshot()["senders"] == {}
+    assert small.stats.snapshot()["malformed"] == {"oversized": 1}
+    assert server.stats.snapshot()["malformed"] == {"over_limit": 2}
+
+
+def test_the_hostname_attribute_is_set_on_every_record_even_for_an_empty_host():
+    server = Server(receiver=None)
+    lines = capture(fmt="%(hostname)s|%(message)s")
+    server.handle_frame(packed([record_list(message="a")], sender=["", 1, 1.0, 1]))
+    server.handle_frame(packed([record_list(message="b")], sender=["web-1", 1, 1.0, 2]))
+    server.handle_frame(packed([record_list(message="c", extra={"hostname": "own"})], sender=["web-1", 1, 1.0, 3]))
+    assert lines.lines == ["|a", "web-1|b", "own|c"]
+    assert server.stats.snapshot()["handler_errors"] == {}
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        ["", 0, 0, 0],  # an empty host, pid 0, start_time 0 (unknown), an int start_time
+        ["h" * 255, 2**32 - 1, 2.0**40 - 1, 2**32 - 1],
+        ["ü" * 255, 1, 1_700_000_000.5, 1],  # characters, not bytes
+    ],
+)
+def test_the_envelopes_boundary_values_are_accepted(sender):
+    frame = decode_frame(packed([record_list()], sender=sender))
+    assert list(frame.sender) == sender
+    assert len(frame.sender.key.rsplit("/", 1)[1]) == 8  # the stream as 8 hex digits
+    decode_frame(packed([record_list()], seq=2**64 - 2))  # the last number a record can have
+    decode_frame(packed([], seq=2**64 - 1, flags=FLAG_FINAL))  # a FINAL frame saying 2**64 - 1 were numbered
+
+
+def test_a_boolean_is_accepted_for_a_records_int_field_but_not_in_the_envelope():
+    frame = decode_frame(packed([record_list(levelno=True, lineno=False, thread=True, process=False)]))
+    assert frame.records[0][1] is True
+    assert reason_of(packed([record_list()], sender=["h", True, 1.0, 1])) == "bad_header"
+
+
+def test_extra_containers_within_the_decode_limits_cost_at_most_their_own_record():
+    server = Server(receiver=None)
+    handler = capture()
+    wide = {str(i): i for i in range(300)}
+    records = [
+        record_list(message="nested", extra={"wide": wide, "long": list(range(1000))}),
+        record_list(message="top", extra=wide),
+        record_list(message="plain"),
+    ]
+    server.handle_frame(packed(records))
+    assert handler.lines == ["nested", "top", "plain"]
+    nested, top, _ = handler.records
+    assert nested.wide == wide and nested.long == list(range(1000))  # type: ignore[attr-defined]
+    kept = {key: getattr(top, key) for key in wide if hasattr(top, key)}
+    assert kept == {str(i): i for i in range(Limits().max_extra_fields)}  # the first 256 extras
+    snap = server.stats.snapshot()
+    assert snap["repaired"] == {"bad_field": 1} and snap["malformed"] == {}
+    assert sender_stats(server)["repaired"] == 1 and snap["received"] == 3
+
+
+def test_a_container_past_the_decode_limits_refuses_its_frame_charged_to_its_sender():
+    # No array may hold more than max_records values, no map more than max_records / 2 entries:
+    # msgpack checks them while it decodes, before it knows which record they belong to.
+    limits = Limits()
+    for value in ([0] * (limits.max_records + 1), {str(i): 0 for i in range(limits.max_records // 2 + 1)}):
+        server = Server(receiver=None)
+        server.handle_frame(packed([record_list(message="neighbour"), record_list(extra={"big": value})]))
+        snap = server.stats.snapshot()
+        assert snap["malformed"] == {"over_limit": 1}
+        assert (snap["received"], snap["rejected"], snap["gaps"]) == (0, 2, 0)
+    decode_frame(packed([record_list(extra={"big": [0] * limits.max_records})]))  # at the limit: fine
+    decode_frame(packed([record_list(extra={"big": {str(i): 0 for i in range(limits.max_records // 2)}})]))
+
+
+def test_a_string_declared_longer_than_the_frame_is_truncated_not_over_limit():
+    cut = packed([record_list(message="PLACEHOLDER")]).replace(b"\xabPLACEHOLDER", b"\xdb\x7f\xff\xff\xff")
+    assert reason_of(cut) == "truncated"  # msgpack meets the frame's end before the length check
+    whole = packed([record_list(message="s" * 2000)])
+    assert reason_of(whole, Limits(max_str_len=1000)) == "over_limit"  # present: over the limit
+
+
+def test_frames_after_a_final_frame_are_delivered_and_the_sender_stays_closed():
+    server = Server(receiver=None)
+    handler = capture()
+    server.handle_frame(packed([record_list(message="before")]))
+    server.handle_frame(packed([], seq=1, flags=FLAG_FINAL))
+    server.handle_frame(packed([record_list(message="after")], seq=1))
+    assert handler.lines == ["before", "after"]
+    stats = sender_stats(server)
+    assert (stats["closed"], stats["records"], stats["gaps"], stats["next_seq"]) == (True, 2, 0, 2)
+
+
+def test_a_duplicate_map_key_keeps_the_last_value():
+    data = packed([record_list(extra={"aa": 1, "bb": 2})]).replace(b"\xa2bb", b"\xa2aa")
+    assert decode_frame(data).records[0][-1] == {"aa": 2}
+
+
+def test_a_peer_key_extra_on_a_plaintext_listener_is_passed_through():
+    server = Server(receiver=None)
+    handler = capture()
+    server.handle_frame(packed([record_list(extra={"peer_key": "claimed"})]))
+    assert handler.records[0].peer_key == "claimed"  # type: ignore[attr-defined]  # proves nothing without CURVE
+
+
+def test_extras_named_like_record_attributes_are_kept_under_mplog_extra():
+    server = Server(receiver=None)
+    handler = capture(fmt="%(message)s|%(mplog_extra_message)s|%(mplog_extra_msg)s|%(mplog_extra_getMessage)s")
+    extra = {
+        "message": "m",
+        "asctime": "a",
+        "msg": "M",
+        "args": [1],
+        "exc_info": "e",
+        "levelno": "l",
+        "getMessage": "g",
+        "request_id": "r-1",
+        "mplog_extra_args": "own",  # already there: kept
+    }
+    server.handle_frame(packed([record_list(message="text", extra=extra)]))
+    assert handler.lines == ["text|m|M|g"]
+    record = handler.records[0]
+    renamed = {key: value for key, value in vars(record).items() if key.startswith("mplog_extra_")}
+    assert renamed == {
+        "mplog_extra_message": "m",
+        "mplog_extra_asctime": "a",
+        "mplog_extra_msg": "M",
+        "mplog_extra_args": "own",
+        "mplog_extra_exc_info": "e",
+        "mplog_extra_levelno": "l",
+        "mplog_extra_getMessage": "g",
+    }
+    assert (record.msg, record.args, record.exc_info, record.levelno) == ("text", None, None, logging.INFO)
+    assert record.request_id == "r-1"  # type: ignore[attr-defined]
+    assert "asctime" not in vars(record) and "message" in vars(record)  # set by the Formatter
+
+
+def test_stats_name_the_total_received_and_each_senders_records():
+    server = Server(receiver=None)
+    server.handle_frame(packed([record_list()] * 3))
+    snap = server.stats.snapshot()
+    assert snap["received"] == 3 and "records" not in snap
+    sender = snap["senders"][FOREIGN_KEY]
+    assert sender["records"] == 3 and "received" not in sender
+    assert {"rejected", "repaired", "dropped", "gaps", "duplicates", "next_seq", "closed"} <= set(sender)
+
+
+def test_the_default_collector_socket_is_the_path_the_spec_names():
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "wire-format.md").read_text()
+    assert "`ipc://$TMPDIR/mplog-UID/collector.sock`" in spec
+    expected = f"ipc://{tempfile.gettempdir()}/mplog-{os.getuid()}/collector.sock"
+    assert default_collector_endpoint() == expected
