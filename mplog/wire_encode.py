@@ -439,9 +439,33 @@ def encode_record(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
         if extra and not _fits(extra, limits, 0):
             raise ValueError("extras need sanitizing")
         packed: bytes = msgpack.packb(fields, use_bin_type=True)
-        return packed
     except Exception:  # surrogates, non-native extras, huge ints, deep nesting, over the limits
-        return _encode_slow(fields, limits)
+        packed = _encode_slow(fields, limits)
+    if len(packed) > limits.max_frame_bytes // 2:  # only extras can make a record this large
+        return _encode_within_frame(fields, limits)
+    return packed
+
+
+def _encode_within_frame(fields: list[Any], limits: Limits) -> bytes:
+    """Pack a record whose extras made it larger than half a frame, each extra cut to its repr.
+
+    The listener refuses a frame over ``max_frame_bytes`` whole (and loses the connection
+    past twice that), so the worker keeps every record under half of it: message,
+    traceback and stack are already cut at ``max_message_chars``; here every extra becomes
+    its text, at most ``max_repr_chars`` long (see
+    test_a_record_with_extras_larger_than_a_frame_is_delivered_with_them_cut).
+    """
+    cap = limits.max_repr_chars
+    extra = {
+        _safe_repr(k, 200) if not isinstance(k, str) else _bounded_text(k, cap): v
+        if v is None or isinstance(v, (bool, int, float))
+        else _bounded_text(v, cap)
+        if isinstance(v, str)
+        else _safe_repr(v, cap)
+        for k, v in list(fields[-1].items())[: limits.max_extra_fields]
+    }
+    extra["mplog_cut_extras"] = True
+    return _encode_slow([*fields[:-1], extra], limits)
 
 
 _pack_batch: Callable[[Any], bytes] | None

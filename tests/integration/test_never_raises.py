@@ -234,3 +234,30 @@ def test_hostile_logging_calls_return_and_their_records_arrive(tmp_path):
     assert " obj=<object object at " in extras[0]
     assert extras[0].endswith(f" big={2**100}")
     assert read_lines(tmp_path / "request.log") == ["req-7f3a case=request"]
+
+
+def test_a_record_with_extras_larger_than_a_frame_is_delivered_with_them_cut(tmp_path):
+    # 25 extras of 200,000 characters pack to about 5 MB: over the listener's max_frame_bytes
+    # (4 MiB), which refuses such a frame whole. The worker keeps every record under half a
+    # frame instead, each extra cut to its repr (max_repr_chars), so the record and the
+    # ones batched with it arrive.
+    out = tmp_path / "big.log"
+    config = {
+        "version": 1,
+        "formatters": {"f": {"()": "mplog.formatters.JSONFormatter", "fields": ["message"]}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(out), "formatter": "f"}},
+        "root": {"level": "INFO", "handlers": ["file"]},
+    }
+    with mplog.start_listener(config) as listener:
+        log = logging.getLogger("big")
+        log.info("before")
+        log.info("huge", extra={f"e{i}": "x" * 200_000 for i in range(25)})
+        log.info("after")
+    stats = listener.stats()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["message"] for line in lines] == ["before", "huge", "after"]
+    huge = lines[1]
+    assert huge["mplog_cut_extras"] is True
+    assert all(huge[f"e{i}"].startswith("x" * 8000) and len(huge[f"e{i}"]) < 8300 for i in range(25))
+    assert stats["received"] == 3
+    assert stats["rejected"] == stats["malformed_total"] == stats["gaps"] == 0
