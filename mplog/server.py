@@ -24,6 +24,7 @@ from mplog.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
+from mplog.progress import ProgressFile
 from mplog.stats import SenderLimits, Stats
 from mplog.supervisor import live_local_senders, process_runs, resume
 from mplog.transports import NO_ORIGIN, Origin, Receiver
@@ -82,6 +83,9 @@ class Server:
         self._held_bytes = 0
         self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
         self._hostname = socket.gethostname()
+        # Each sender's ledger, stored after each of its frames is dispatched, so that a
+        # listener killed mid-stream is continued exactly (mplog.progress; set by mplog.supervisor.resume).
+        self.progress: ProgressFile | None = None
 
     # ------------------------------------------------------------ one frame
 
@@ -117,7 +121,14 @@ class Server:
             return None
         if skip:
             records = records[skip:]
+        progress = self.progress
+        if progress is None:
+            self.dispatch(frame, records, origin=origin)
+            return frame
+        # The ledger with this frame, pending until its records are written (mplog.progress).
+        progress.begin(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
         self.dispatch(frame, records, origin=origin)
+        progress.commit()
         return frame
 
     def _escaped(self, data: bytes, origin: Origin) -> Frame | None:
@@ -150,14 +161,29 @@ class Server:
         try:
             fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS, escaped=escaped)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
-            return frame if stats.reject(frame, exc.reason, origin) else None
+            if not stats.reject(frame, exc.reason, origin):
+                return None
+            if self.progress is not None and stats.booked is not None:  # nothing to write: persisted at once
+                self.progress.store(stats.booked_key, stats.booked)
+            return frame
         skip = stats.accept(frame, origin)
         if skip is None:
             return None
         stats.salvaged(frame, fixed[skip:], reasons[skip:], origin)
         kept = [fields for fields in fixed[skip:] if fields is not None]
+        progress = self.progress
+        if progress is not None and stats.booked is not None:
+            progress.begin(stats.booked_key, stats.booked)
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
+        if progress is not None:
+            progress.commit()
         return frame
+
+    def output_handlers(self) -> list[logging.Handler]:
+        """The handlers whose files a frame can reach, measured around each frame (mplog.progress)."""
+        from mplog.ack_intent import file_handlers  # noqa: PLC0415  # only a listener that keeps state needs it
+
+        return list(file_handlers(_all_handlers()))
 
     def dispatch(
         self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from mplog.progress import Progress
 from mplog.sender_table import SenderLimits, SenderStats, SenderTable, ledger_key, split_ledger_key
 from mplog.transports.base import NO_ORIGIN, Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
@@ -64,6 +65,10 @@ class Stats:
         # Frames whose claim on a sender was refused, by why (taken, seq_jump), and their records.
         self.claims_refused: Counter[str] = Counter()
         self.claims_refused_records = 0
+        # The sender the last frame accepted or rejected was booked to, and its ledger key: the
+        # receive loop persists that ledger once the frame is dispatched (mplog.progress).
+        self.booked_key = ""
+        self.booked: SenderStats | None = None
         self._swept = 0.0  # time.monotonic() of the last look for senders that ended without a goodbye
 
     def note_malformed(self, reason: str) -> None:
@@ -93,6 +98,7 @@ class Stats:
             sender = table.add(key, frame.sender, origin.peer_key)
         if origin.connection:
             table.owners[key] = origin.connection
+        self.booked_key, self.booked = key, sender
         return sender
 
     def _refusal(self, next_seq: int, owner: bytes, seq: int, connection: bytes, who: tuple[str, int, float]) -> str:
@@ -206,8 +212,8 @@ class Stats:
 
         Per-sender ``next_seq`` carries over, so records delivered before a restart are
         not counted again as a gap (see mplog.supervisor and docs/reliability.md). The
-        folded totals and refused claims carry over too; folded senders' places in their
-        streams do not (a snapshot lists the table only).
+        folded totals and refused claims carry over too; the folded senders' places come
+        from the progress file (:meth:`apply_progress`).
         """
         known = set(SenderStats.__dataclass_fields__)
         with self._lock:
@@ -223,6 +229,45 @@ class Stats:
             for key, values in dict(state.get("senders", {})).items():
                 if isinstance(values, dict) and {"host", "pid", "start_time", "stream"} <= set(values):
                     self.table.insert(str(key), SenderStats(**{k: v for k, v in values.items() if k in known}))
+
+    def apply_progress(self, ledgers: list[Progress], folds: list[Progress], folds_counted: int) -> None:
+        """Bring the senders to the ledgers the last listener persisted with its last frames (mplog.progress).
+
+        Call after :meth:`restore`. ``folds`` are the fold records, oldest first;
+        ``folds_counted`` is how many folds the restored checkpoint counts (its
+        ``folded["senders"]``). A fold it does not count is done again, with the
+        sender's final ledger; one it counts only says where that sender's stream was,
+        if it has not come back since. Then each sender of the table gets its own
+        ledger, unless it was folded after its slot was opened. The totals follow.
+        """
+        with self._lock:
+            table = self.table
+            in_checkpoint = set(table.senders)
+            last_fold: dict[str, int] = {}
+            for record in folds:
+                last_fold[record.key] = record.fold
+                if record.fold > folds_counted:
+                    table.fold(record.key, self._ledger_of(record), forget=False)
+                elif record.key not in in_checkpoint:  # else it came back before the checkpoint
+                    table.restore_places([[record.key, record.next_seq, record.dropped, record.closed]], forget=False)
+            for record in ledgers:
+                if record.fold >= last_fold.get(record.key, 0):  # (an older slot: the sender was folded since)
+                    self._ledger_of(record)
+            table.trim()
+            folded = table.folded
+            self.records = sum(s.records for s in table.senders.values()) + folded["records"]
+            self.frames = sum(s.frames for s in table.senders.values()) + folded["frames"]
+
+    def _ledger_of(self, record: Progress) -> SenderStats:
+        """The sender ``record`` belongs to, in the table (brought back if folded), given that ledger; lock held."""
+        peer_key, host, pid, stream = split_ledger_key(record.key)
+        identity = Sender(host, pid, record.start_time, stream)
+        table = self.table
+        sender = table.find(record.key, identity, peer_key, room=False)
+        if sender is None:
+            sender = table.add(record.key, identity, peer_key, room=False)
+        record.apply(sender)
+        return sender
 
     def next_seq_of(self, key: str) -> int | None:
         """The next record expected from the sender under ledger ``key`` (folded or not); None if unknown."""
