@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from mplog.exceptions import ConfigError
 from mplog.progress import ProgressFile, file_sizes, progress_path, read_progress
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "Backoff",
     "Checkpoint",
     "Supervisor",
+    "ensure_state_dir",
     "live_local_senders",
     "load_checkpoint",
     "process_runs",
@@ -78,6 +80,27 @@ def process_runs(pid: int, start_time: float) -> bool:
 
 def stats_path(state_dir: str) -> str:
     return os.path.join(state_dir, "stats.json")
+
+
+def ensure_state_dir(state_dir: str) -> None:
+    """Create the listener's state directory if it is missing: mode 0700, as ``mplog listen`` always did.
+
+    An existing directory is used as it is (a service manager may have made it, e.g.
+    systemd's ``StateDirectory=``).
+
+    Raises:
+        ConfigError: it cannot be created, is not a directory, or cannot be written
+            (naming ``mplog.state_dir``): checkpoints there would fail, silently.
+    """
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"mplog.state_dir {state_dir!r} cannot be created ({exc.strerror or exc}); "
+            "give a directory this user can create or write"
+        ) from exc
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"mplog.state_dir {state_dir!r} is not writable by this user; give a directory it can write")
 
 
 def resume(server: Server, setup: dict[str, Any]) -> Checkpoint | None:

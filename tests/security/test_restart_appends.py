@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from lifecycle_helpers import (
     HERE,
     PHASED_WORKER,
     TESTS,
+    cli_env,
     listen_argv,
     log_range,
     release,
@@ -362,3 +364,34 @@ def test_mplog_listen_in_ack_mode_killed_mid_stream_and_started_again_writes_eac
     lines = read_lines(out)
     check_lines(lines, dict.fromkeys(range(WORKERS), PER)).assert_exact()
     assert len(lines) == _received(second_err.read_text().splitlines()[-1]) == WORKERS * PER
+
+
+@pytest.mark.timeout(60)
+def test_start_listener_creates_a_missing_state_dir_private_and_keeps_its_state_there(tmp_path):
+    out, state = tmp_path / "out.log", tmp_path / "missing" / "state"
+    config = file_config(out)
+    config["mplog"] = {"state_dir": str(state)}
+    with mplog.start_listener(config, route_parent=False, export_env=False) as listener:
+        wait_for(lambda: _checkpointed(state, 0))
+        assert listener.running
+    # Before: the directory was never created, and every checkpoint failed without a word.
+    assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert {p.name for p in state.iterdir()} >= {"stats.json", "progress.slots"}
+
+
+@pytest.mark.timeout(60)
+def test_a_state_dir_that_cannot_be_used_is_a_config_error_naming_the_key(tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory\n")
+    config = file_config(tmp_path / "out.log")
+    config["mplog"] = {"state_dir": str(taken / "state")}
+    with pytest.raises(mplog.ConfigError, match=r"mplog\.state_dir .*a-file/state.* cannot be created"):
+        mplog.start_listener(config, route_parent=False, export_env=False)
+    path = write_config(tmp_path / "collector.json", config)
+    with short_dir() as sockets:
+        done = subprocess.run(
+            listen_argv(path, f"ipc://{sockets}/c.sock"),
+            capture_output=True, text=True, env=cli_env(), timeout=30, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr  # before: a traceback, exit 1
+    assert re.search(r"mplog\.state_dir .*a-file/state.* cannot be created", done.stderr), done.stderr
