@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mplog.ack_format import Envelope, frame_envelope
@@ -49,6 +50,7 @@ _NAME = operator.itemgetter(0)  # a record's logger name
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 # Frames refused whole for being too large, charged to the sender their envelope names.
 _CHARGED = frozenset(("oversized", "over_limit"))
+_ENDS_EVERY = 1024  # frames between two looks for ended connections while frames keep coming
 
 
 class Server:
@@ -86,6 +88,7 @@ class Server:
         # Each sender's ledger, stored after each of its frames is dispatched, so that a
         # listener killed mid-stream is continued exactly (mplog.progress; set by mplog.supervisor.resume).
         self.progress: ProgressFile | None = None
+        self._ends_seen = 0  # the receiver's connection_ends() when last looked at
 
     # ------------------------------------------------------------ one frame
 
@@ -265,6 +268,10 @@ class Server:
         watch = None
         if self.yield_seconds > 0:
             watch = self.watch = self.watch or WorkerWatch()
+        # A receiver that names connections says when one ended: then (when idle, and at most
+        # every _ENDS_EVERY frames when busy) the senders it owned are looked at.
+        ends = getattr(self.receiver, "connection_ends", None)
+        countdown = _ENDS_EVERY
         catching_up = False  # a hold ran out of time or room: no new hold until nothing is waiting
         quiet_since = None  # when the receiver last came back empty after a frame (None: a frame since)
         while not stop.is_set():
@@ -273,13 +280,29 @@ class Server:
                 catching_up = False
                 if quiet_since is None:
                     quiet_since = time.monotonic()
+                if ends is not None:
+                    self._note_connection_ends(ends)
                 continue
             quiet_since = None
             if watch is not None and not catching_up and self._may_hold(received[0], watch):
                 catching_up = self._hold(received, watch)
             else:
                 handle(*received)
+            countdown -= 1
+            if not countdown:
+                countdown = _ENDS_EVERY
+                if ends is not None:
+                    self._note_connection_ends(ends)
         self.drain(quiet_for=0.0 if quiet_since is None else time.monotonic() - quiet_since)
+        if ends is not None:  # while the receiver is still open: the final stats name them too
+            self._note_connection_ends(ends)
+
+    def _note_connection_ends(self, ends: Callable[[], int]) -> None:
+        """Flag the open senders whose connection ended, if one ended since the last look (mplog.stats)."""
+        count = ends()
+        if count != self._ends_seen:
+            self._ends_seen = count
+            self.stats.note_connection_ends(self.receiver.connected)
 
     def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
         head = _envelope(data)

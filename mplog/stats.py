@@ -26,10 +26,11 @@ from mplog.sender_table import SenderLimits, SenderStats, SenderTable, ledger_ke
 from mplog.transports.base import NO_ORIGIN, Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
 
-__all__ = ["Balance", "SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
+__all__ = ["CONNECTION_ENDED", "Balance", "SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
 
 PROCESS_GONE = "process gone"  # SenderStats.unclosed: its process (on this host) ended without a goodbye
 SILENT = "silent"  # SenderStats.unclosed: nothing from it for SILENT_AFTER seconds (a sender on another host)
+CONNECTION_ENDED = "connection ended"  # SenderStats.unclosed: its connection (mp://, the ack ROUTER) ended
 SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
 
@@ -98,6 +99,8 @@ class Stats:
             sender = table.add(key, frame.sender, origin.peer_key)
         if origin.connection:
             table.owners[key] = origin.connection
+            if sender.unclosed == CONNECTION_ENDED:  # back on a new connection (the check only when flagged)
+                sender.unclosed = ""
         self.booked_key, self.booked = key, sender
         return sender
 
@@ -301,8 +304,10 @@ class Stats:
         A sender on this host has ended when its process is gone (pid and start time, so a
         reused pid is not mistaken for it); one whose process cannot be checked (another
         host) counts as ended after ``SILENT_AFTER`` seconds without a frame, and is open
-        again when it sends. Looks at most every ``SWEEP_INTERVAL`` seconds unless ``now``;
-        the process checks run outside the lock, so the receive loop never waits for them.
+        again when it sends. One whose connection ended (:meth:`note_connection_ends`)
+        stays so until it sends again, or its process is found gone. Looks at most every
+        ``SWEEP_INTERVAL`` seconds unless ``now``; the process checks run outside the lock,
+        so the receive loop never waits for them.
         Senders folded out of the table (:mod:`mplog.sender_table`) are not looked at.
         """
         tick = time.monotonic()
@@ -326,7 +331,8 @@ class Stats:
         with self._lock:
             for key, verdict in verdicts.items():
                 sender = self.senders.get(key)
-                if sender is not None:
+                # "connection ended" stays until the sender sends again, unless its process is gone.
+                if sender is not None and (sender.unclosed != CONNECTION_ENDED or verdict == PROCESS_GONE):
                     sender.unclosed = verdict
             flagged = 0
             for sender in self.senders.values():
@@ -335,6 +341,28 @@ class Stats:
                 elif sender.unclosed:
                     flagged += 1
             return flagged
+
+    def note_connection_ends(self, connected: Callable[[bytes], bool]) -> int:
+        """Flag the open senders whose connection has ended (``unclosed = "connection ended"``); return how many.
+
+        Called by the receive loop when its receiver says a connection ended (mp://, the
+        acknowledging ROUTER), never per frame: ``connected`` is asked once per
+        connection that owns a sender still open, outside the lock.
+        """
+        with self._lock:
+            owners = {self.table.owners.get(key, b"") for key, s in self.senders.items() if not s.closed}
+        owners.discard(b"")
+        ended = {connection for connection in owners if not connected(connection)}
+        if not ended:
+            return 0
+        flagged = 0
+        with self._lock:
+            owner_of = self.table.owners
+            for key, sender in self.senders.items():
+                if not sender.closed and not sender.unclosed and owner_of.get(key, b"") in ended:
+                    sender.unclosed = CONNECTION_ENDED
+                    flagged += 1
+        return flagged
 
     def snapshot(self) -> dict[str, Any]:
         """Return a JSON-ready copy of every counter."""
