@@ -96,3 +96,13 @@ class RotatesThenKillsItsListener(logging.handlers.RotatingFileHandler):
             with open(self.marker, "w"):
                 pass
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NeverConfirms(logging.Handler):
+    """A handler that takes records and never confirms their delivery (acknowledged delivery withholds the ack)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def wait_confirmed(self, timeout: float | None = None) -> bool:
+        return False
