@@ -92,6 +92,8 @@ _ENTRY_LEDGER = _ENTRY_HEAD.size  # 24
 _ENTRY_KEY = _ENTRY_LEDGER + _LEDGER.size
 _ENTRY = 256
 _PAGE = 4096
+_MAX_ROOM = 1 << 20  # slots at most (288 MiB of address space), whatever max_senders says
+_MAX_RING = 1 << 21  # fold records at most (512 MiB, sparse)
 _NONE = 2  # in a copy's ``closed``: no ledger (the sender was not in the table before this frame)
 _CHUNK = 64 * 1024  # bytes of slots backed by the disk at a time, as they are first used
 
@@ -163,9 +165,14 @@ def read_progress(path: str, sizes_now: FileSizes | None = None) -> tuple[list[P
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the parts never written are not read
+    except (OSError, ValueError):  # missing, or empty
         return [], []
+    with data:
+        return _read_file(data, sizes_now)
+
+
+def _read_file(data: mmap.mmap, sizes_now: FileSizes | None) -> tuple[list[Progress], list[Progress]]:
     if len(data) < _HEADER or data[:8] != _MAGIC or struct.unpack_from("<I", data, 8)[0] != _VERSION:
         return [], []
     used, measured, room, ring = struct.unpack_from("<IIII", data, 12)
@@ -205,7 +212,7 @@ def read_progress(path: str, sizes_now: FileSizes | None = None) -> tuple[list[P
 
 
 def _read(
-    data: bytes, at: int, key_at: int, length: int, *, fold: int, order: int, start_time: float, first_seen: float
+    data: mmap.mmap, at: int, key_at: int, length: int, *, fold: int, order: int, start_time: float, first_seen: float
 ) -> Progress | None:
     try:
         key = data[key_at : key_at + length].decode()
@@ -245,8 +252,10 @@ class ProgressFile:
         senders, places = table.senders, table.places()
         max_senders = table.limits.max_senders
         self.path = path
-        self._room = max(max_senders, len(senders)) + 1
-        self._ring = max(DORMANT_PER_SLOT * max_senders, len(places), 1)
+        # Laid out for the table's bound (sparse: only what is used takes room), within reason:
+        # a table larger than _MAX_ROOM keeps the checkpoint's numbers for the senders past it.
+        self._room = min(max(max_senders, len(senders)) + 1, _MAX_ROOM)
+        self._ring = min(max(DORMANT_PER_SLOT * max_senders, len(places), 1), _MAX_RING)
         self._ring_at = _ring_at(self._room)
         size = self._ring_at + self._ring * _ENTRY
         tmp = f"{path}.tmp"
