@@ -154,9 +154,18 @@ class Server:
             head = read_envelope(data)
             if head is not None:
                 frame, count = head
-                return frame if self.stats.reject(frame, reason, origin, records=count) else None
+                return self._rejected(frame, reason, origin, records=count)
         self.stats.note_malformed(reason)
         return None
+
+    def _rejected(self, frame: Frame, reason: str, origin: Origin, records: int | None = None) -> Frame | None:
+        """Count ``frame``'s records as its sender's ``rejected`` (Stats.reject); None when its claim was refused."""
+        stats = self.stats
+        if not stats.reject(frame, reason, origin, records=records):
+            return None
+        if self.progress is not None and stats.booked is not None:  # nothing to write: persisted at once
+            self.progress.store(stats.booked_key, stats.booked)
+        return frame
 
     def _salvage(self, frame: Frame, origin: Origin, *, escaped: bool = False) -> Frame | None:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""
@@ -164,11 +173,7 @@ class Server:
         try:
             fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS, escaped=escaped)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
-            if not stats.reject(frame, exc.reason, origin):
-                return None
-            if self.progress is not None and stats.booked is not None:  # nothing to write: persisted at once
-                self.progress.store(stats.booked_key, stats.booked)
-            return frame
+            return self._rejected(frame, exc.reason, origin)
         skip = stats.accept(frame, origin)
         if skip is None:
             return None

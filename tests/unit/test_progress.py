@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from mplog.progress import ProgressFile, file_sizes, progress_path, read_progress
+from mplog.server import Server
 from mplog.stats import SenderLimits, Stats
-from mplog.wire import FLAG_FINAL, Frame, Sender
+from mplog.wire import FLAG_FINAL, Frame, Limits, Sender, build_frame, encode_record, encode_sender
 
 TOTALS = ("received", "frames", "gaps", "dropped", "duplicates", "rejected")
 
@@ -170,3 +171,20 @@ def test_a_torn_ledger_copy_is_never_read(tmp_path: Path) -> None:
     data[slot + copy : slot + copy + 40] = b"\xff" * 40
     Path(path).write_bytes(bytes(data))
     assert read_progress(path)[0] == ledgers
+
+
+class _NoReceiver:
+    endpoint = "test://"
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+
+
+def test_a_frame_refused_whole_for_its_size_is_persisted_as_its_senders_rejected_records(tmp_path: Path) -> None:
+    server = Server(_NoReceiver(), limits=Limits(max_frame_bytes=4096))  # type: ignore[arg-type]  # frames handed in
+    server.progress = ProgressFile(progress_path(str(tmp_path)), server.stats.table, [])
+    record = encode_record(logging.LogRecord("big", logging.INFO, __file__, 1, "x" * 100, None, None))
+    sender = Sender("host-0", 1000, 1.7e9, 0)
+    assert server.handle_frame(build_frame(encode_sender(sender), 0, 0, 0, [record] * 100)) is not None  # oversized
+    ledgers, _ = read_progress(progress_path(str(tmp_path)))
+    assert [(p.key, p.next_seq, p.rejected, p.records) for p in ledgers] == [(sender.key, 100, 100, 0)]
