@@ -6,6 +6,9 @@
   discards frames, next to the same call into a do-nothing handler (``null``);
 - ``listener``: decoding, validating and dispatching recorded frames of the scenario's records
   into a FileHandler with the scenario's format (``BatchDispatcher``, the listener's fast path).
+- ``server``: the same frames through the whole receive path (``Server.handle_frame``: decode,
+  account, dispatch), with and without the progress file (mplog.progress) that a listener
+  with a state directory keeps; the difference is what persisting each ledger costs per frame.
 
 Each figure is the minimum over ``--repeats`` rounds (the least disturbed one); compare two
 checkouts on the same machine in one sitting, e.g. ``PYTHONPATH=OLD python -m benchmarks.micro``.
@@ -98,6 +101,50 @@ def listener(frames: int, repeats: int) -> dict[str, float]:
             logging.getLogger().handlers[:] = saved
 
 
+class _NoReceiver:
+    endpoint = "micro://"
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+
+
+def server(frames: int, repeats: int) -> dict[str, float]:
+    """Microseconds per frame of 512 records through Server.handle_frame, without and with the progress file."""
+    from mplog.progress import ProgressFile
+    from mplog.server import Server
+
+    maker = logging.getLogger(LOGGER)
+    packed = [
+        encode_record(maker.makeRecord(LOGGER, logging.INFO, __file__, 1, TEMPLATE, (i, 1.234, "alice"), None))
+        for i in range(512)
+    ]
+    sender = encode_sender(Sender("host", 1, 1.0, 1))
+    stream = [build_frame(sender, 512 * n, 0, 0, packed) for n in range(frames)]
+    saved: Any = logging.getLogger().handlers[:]
+    best = {"plain": float("inf"), "progress": float("inf")}
+    with tempfile.TemporaryDirectory(prefix="mplog-micro-") as tmp:
+        logging.config.dictConfig(file_config(Path(tmp, "out.log")))
+        try:
+            for n in range(repeats):
+                for kind in ("plain", "progress")[:: 1 if n % 2 else -1]:  # alternated: both see the same machine
+                    srv = Server(_NoReceiver())  # type: ignore[arg-type]  # frames are handed in directly
+                    if kind == "progress":
+                        srv.progress = ProgressFile(
+                            os.path.join(tmp, "progress.slots"), srv.stats.table, srv.output_handlers()
+                        )
+                    handle = srv.handle_frame
+                    t0 = time.perf_counter()
+                    for data in stream:
+                        handle(data)
+                    best[kind] = min(best[kind], (time.perf_counter() - t0) / frames * 1e6)
+                    if srv.progress is not None:
+                        srv.progress.close()
+        finally:
+            logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+            logging.getLogger().handlers[:] = saved
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30, help="rounds; the minimum is reported")
@@ -109,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mplog {os.path.dirname(os.path.dirname(__import__('mplog').__file__))}")
     print(f"call      {call['call']:.2f} us   (null handler {call['null']:.2f} us, {call['ratio']:.2f}x)")
     print(f"listener  {lis['listener']:.2f} us per record (decode + validate + dispatch + write)")
+    srv = server(args.frames, args.repeats)
+    print(
+        f"server    {srv['plain']:.1f} us per frame of 512 records; with the progress file {srv['progress']:.1f} us "
+        f"(+{srv['progress'] - srv['plain']:.1f} us, +{(srv['progress'] / srv['plain'] - 1) * 100:.2f} %)"
+    )
     return 0
 
 

@@ -279,6 +279,8 @@ class AckServer(Server):
         earlier = load_checkpoint(stats_path(state_dir)) or {}
         self.rolled_back = int(earlier.get("rolled_back", 0))
         self.rollback_skipped = int(earlier.get("rollback_skipped", 0))
+        self.unconfirmed = int(earlier.get("unconfirmed", 0))  # cumulative across restarts, as the stats
+        self.refused = int(earlier.get("out_of_order", 0))
         recovery = self.marks.recovery
         if recovery is not None and not recovery.complete:
             self._undo_accounting(recovery)
@@ -310,6 +312,7 @@ class AckServer(Server):
         snap["rolled_back"] = self.rolled_back
         snap["rollback_skipped"] = self.rollback_skipped
         snap["unconfirmed"] = self.unconfirmed
+        snap["out_of_order"] = self.refused
         return snap
 
     def _confirmed(self) -> bool:

@@ -39,7 +39,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
     from mplog.metrics import start_metrics_server
     from mplog.server import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
-    from mplog.supervisor import resume
+    from mplog.supervisor import ensure_state_dir, resume
 
     config, runtime = load_config(_config_path(args))
     endpoint = args.bind or os.environ.get(ENV_BIND) or runtime.endpoint or default_collector_endpoint()
@@ -48,6 +48,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
     apply_nice(settings)  # before any thread starts: niceness is per thread, inherited by new ones
     state_dir = settings.get("state_dir")
+    if state_dir:  # created 0700 if missing; one that cannot be used is a ConfigError (exit 2), not a silent loss
+        ensure_state_dir(state_dir)
     append_on_first_open(continues_earlier_run(state_dir))  # restarted on its state_dir: never truncate
     apply_logging_config(config)  # a handler that cannot be built: ConfigError, exit 2, one line
     receiver, limits = build_receiver(endpoint, settings)
@@ -62,8 +64,6 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
     # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,
     # the acknowledged marks that let it drop what workers resend.
-    if state_dir:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
     checkpoint = resume(server, {"state_dir": state_dir})
     if args.metrics:
         settings["metrics"] = args.metrics

@@ -25,7 +25,7 @@ from mplog.children import route_children
 from mplog.config import load_config, worker_level
 from mplog.exceptions import ConfigError, ListenerError, TransportError
 from mplog.stats_view import ListenerStats
-from mplog.supervisor import Supervisor, load_checkpoint, stats_path
+from mplog.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
 from mplog.worker import (
@@ -102,6 +102,8 @@ class Listener:
         if not endpoint:
             endpoint, self._private_dir = default_endpoint(self._transport)
         self._state_dir = self._runtime.state_dir or self._private_dir
+        if self._runtime.state_dir:
+            ensure_state_dir(self._runtime.state_dir)  # as mplog listen does: checkpoints must not fail unseen
         if not self._state_dir:
             self._state_dir = self._own_state_dir = make_private_dir()
         reply = self._launch(endpoint, restarts=0)

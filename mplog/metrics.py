@@ -120,11 +120,17 @@ class _SnapshotCollector:
         events = {key: n for key, n in connections.items() if not key.startswith("refused_")}
         yield by("connection_events", "Connection events: handshakes, disconnected.", "event", events)
         yield counter("restarts", "Times the supervisor restarted the listener process.", snap.get("restarts", 0))
-        senders = GaugeMetricFamily("mplog_senders", "Senders seen, by whether they said goodbye.", labels=["state"])
-        closed = sum(1 for sender in snap.get("senders", {}).values() if sender.get("closed"))
-        senders.add_metric(["live"], len(snap.get("senders", {})) - closed)
-        senders.add_metric(["closed"], closed)
-        yield senders
+        yield from _senders(snap)
+        yield by(
+            "claims_refused",
+            "Frames refused because they claimed a sender not theirs (taken) or jumped past the window (seq_jump).",
+            "reason",
+            snap.get("claims_refused", {}),
+        )
+        refused_records = snap.get("claims_refused_records", 0)
+        yield counter("claims_refused_records", "Records in the frames whose claim was refused.", refused_records)
+        if "unconfirmed" in snap:  # acknowledged delivery (mplog.ack_server)
+            yield from _acknowledged(snap)
         held = snap.get("yield", {})
         yield GaugeMetricFamily(
             "mplog_frames_held",
@@ -136,6 +142,58 @@ class _SnapshotCollector:
         yield GaugeMetricFamily(
             "mplog_start_time_seconds", "When this listener's stats began, seconds since the epoch.", value=start
         )
+
+
+def _senders(snap: dict[str, Any]) -> Iterator[Any]:
+    """The sender gauges (table, folded, ended without a goodbye) and the folding counters."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415  # optional
+
+    table = snap.get("senders", {})
+    folded = snap.get("folded", {})
+    senders = GaugeMetricFamily(
+        "mplog_senders",
+        "Senders seen: in the table, live or closed (said goodbye); folded out of it (mplog.limits.max_senders).",
+        labels=["state"],
+    )
+    closed = sum(1 for sender in table.values() if sender.get("closed"))
+    senders.add_metric(["live"], len(table) - closed)
+    senders.add_metric(["closed"], closed)
+    senders.add_metric(["folded"], max(folded.get("senders", 0) - folded.get("returned", 0), 0))
+    yield senders
+    unclosed = GaugeMetricFamily(
+        "mplog_senders_unclosed",
+        "Senders that ended without a goodbye (their last records may be lost, uncounted), by why it is known.",
+        labels=["reason"],
+    )
+    reasons: dict[str, int] = {}
+    for sender in table.values():
+        why = sender.get("unclosed")
+        if why and not sender.get("closed"):
+            reasons[why] = reasons.get(why, 0) + 1
+    for why, count in sorted(reasons.items()):
+        unclosed.add_metric([why.replace(" ", "_")], count)
+    yield unclosed
+    folds = CounterMetricFamily(
+        "mplog_sender_folds",
+        "Senders folded out of the table, folded senders heard from again, and those whose place was forgotten.",
+        labels=["event"],
+    )
+    for event, key in (("folded", "senders"), ("returned", "returned"), ("forgotten", "forgotten")):
+        folds.add_metric([event], folded.get(key, 0))
+    yield folds
+
+
+def _acknowledged(snap: dict[str, Any]) -> Iterator[Any]:
+    """The counters of acknowledged delivery (only a listener with ``ack`` has them)."""
+    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415  # optional
+
+    for name, key, text in (
+        ("ack_unconfirmed", "unconfirmed", "Frames not acknowledged: a handler had not confirmed delivery in time."),
+        ("ack_out_of_order", "out_of_order", "Frames refused because they came ahead of a gap (the worker resends)."),
+        ("ack_rolled_back", "rolled_back", "Half-written frames of a killed listener cut off its files at restart."),
+        ("ack_rollback_skipped", "rollback_skipped", "Files such a frame reached that could not be cut back."),
+    ):
+        yield CounterMetricFamily(f"mplog_{name}", text, value=snap.get(key, 0))
 
 
 _POLL_INTERVAL = 0.02  # how soon close() is noticed (socketserver's default, 0.5 s, made mplog listen slow to stop)

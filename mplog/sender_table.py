@@ -10,8 +10,9 @@ The table holds at most ``max_senders`` senders. Beyond it the senders closed, t
 silent, the longest are *folded*: their counts move into exact totals (``folded``), and
 where their stream was (next sequence number, running drop count, connection) is
 remembered for the last ``DORMANT_PER_SLOT * max_senders`` of them, so that a sender
-heard from again continues where it was. Not thread-safe: :class:`mplog.stats.Stats`
-holds its lock around every call.
+heard from again continues where it was. Those places are persisted with every fold
+(:mod:`mplog.progress`), so a restarted listener remembers them too. Not
+thread-safe: :class:`mplog.stats.Stats` holds its lock around every call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mplog.wire import Sender
 
@@ -111,9 +113,15 @@ class SenderTable:
         # Called with the key of a folded sender whose place is forgotten: the acknowledging
         # listener drops its persisted mark (mplog.ack_server.MarksFile).
         self.on_forget: Callable[[str], None] | None = None
+        # Called with a folded sender's key, its final ledger and the fold's number
+        # (folded["senders"] after it): its slot in the progress file (mplog.progress) is retired.
+        self.on_fold: Callable[[str, SenderStats, int], None] | None = None
 
-    def find(self, key: str, sender: Sender, peer_key: str) -> SenderStats | None:
-        """The ledger under ``key``, brought back into the table if it was folded; None for a new sender."""
+    def find(self, key: str, sender: Sender, peer_key: str, *, room: bool = True) -> SenderStats | None:
+        """The ledger under ``key``, brought back into the table if it was folded; None for a new sender.
+
+        ``room=False`` brings it back without folding others (a restore, which trims once at its end).
+        """
         found = self.senders.get(key)
         if found is not None:
             return found
@@ -126,20 +134,44 @@ class SenderTable:
         self.folded["returned"] += 1
         if owner:
             self.owners[key] = owner
-        back = self.add(key, sender, peer_key)
+        back = self.add(key, sender, peer_key, room=room)
         back.next_seq, back.dropped, back.closed = next_seq, dropped, closed
         return back
 
-    def add(self, key: str, sender: Sender, peer_key: str) -> SenderStats:
-        """A new ledger under ``key`` (after folding others if the table is full)."""
+    def add(self, key: str, sender: Sender, peer_key: str, *, room: bool = True) -> SenderStats:
+        """A new ledger under ``key`` (after folding others if the table is full, unless ``room=False``)."""
         host, pid, start_time, stream = sender
-        return self.insert(key, SenderStats(host, pid, float(start_time), stream, peer_key=peer_key))
+        return self.insert(key, SenderStats(host, pid, float(start_time), stream, peer_key=peer_key), room=room)
 
-    def insert(self, key: str, sender: SenderStats) -> SenderStats:
-        """Put ``sender`` in the table under ``key`` (after folding others if the table is full)."""
-        self.make_room()
+    def insert(self, key: str, sender: SenderStats, *, room: bool = True) -> SenderStats:
+        """Put ``sender`` in the table under ``key`` (folding others first if the table is full and ``room``)."""
+        if room:
+            self.make_room()
         self.senders[key] = sender
         return sender
+
+    def places(self) -> list[list[Any]]:
+        """The folded senders' places, oldest fold first: ``[key, next_seq, dropped, closed]`` (for the checkpoint)."""
+        return [[key, next_seq, dropped, closed] for key, (next_seq, dropped, closed, _) in self._dormant.items()]
+
+    def restore_places(self, places: list[list[Any]], *, forget: bool = True) -> None:
+        """Remember the places :meth:`places` listed (a restart: connections are new, so no owners).
+
+        ``forget=False``: keep every place for now (a restore, which calls :meth:`trim` at its end).
+        """
+        for item in places:
+            if not (isinstance(item, (list, tuple)) and len(item) == 4 and isinstance(item[0], str)):
+                continue
+            key, next_seq, dropped, closed = item
+            if key in self.senders or not isinstance(next_seq, int) or not isinstance(dropped, int):
+                continue
+            old = self._dormant.pop(key, None)
+            if old is not None:
+                self._dormant_open -= not old[2]
+            self._dormant[key] = (next_seq, dropped, bool(closed), b"")
+            self._dormant_open += not closed
+        if forget:
+            self._forget_beyond()
 
     def place(self, key: str) -> tuple[int, bytes, tuple[str, int, float]]:
         """``(next_seq, owner, (host, pid, start_time))`` of the sender under ``key``, folded or not (0 if unknown)."""
@@ -163,6 +195,14 @@ class SenderTable:
         counts["dormant"] = len(self._dormant)
         return counts
 
+    def trim(self) -> None:
+        """Fold until the table holds at most ``max_senders``, then forget the places past their bound (a restore)."""
+        excess = len(self.senders) - self.limits.max_senders
+        if excess > 0:
+            for key, sender in heapq.nsmallest(excess, self.senders.items(), key=_fold_order):
+                self.fold(key, sender, forget=False)
+        self._forget_beyond()
+
     def make_room(self) -> None:
         """Fold senders until one more fits: closed ones first, then those silent the longest.
 
@@ -174,17 +214,32 @@ class SenderTable:
             return
         count = min(len(self.senders), max(len(self.senders) - limit + 1, limit // 10))
         for key, sender in heapq.nsmallest(count, self.senders.items(), key=_fold_order):
-            self._fold(key, sender)
+            self.fold(key, sender)
 
-    def _fold(self, key: str, sender: SenderStats) -> None:
+    def fold(self, key: str, sender: SenderStats, *, forget: bool = True) -> None:
+        """Move ``sender`` (the ledger under ``key``) out of the table into the totals, remembering its place.
+
+        ``forget=False`` keeps every place for now (a restore replaying folds, which calls :meth:`trim` at its end).
+        """
         del self.senders[key]
         folded = self.folded
         for name in ADDITIVE:
             folded[name] += getattr(sender, name)
         folded["dropped"] += sender.dropped
         folded["senders"] += 1
+        older = self._dormant.pop(key, None)  # (a restore may fold a sender whose older place it remembers)
+        if older is not None:
+            self._dormant_open -= not older[2]
         self._dormant[key] = (sender.next_seq, sender.dropped, sender.closed, self.owners.pop(key, b""))
         self._dormant_open += not sender.closed
+        if self.on_fold is not None:
+            self.on_fold(key, sender, folded["senders"])
+        if forget:
+            self._forget_beyond()
+
+    def _forget_beyond(self) -> None:
+        """Forget the oldest places past ``DORMANT_PER_SLOT * max_senders``."""
+        folded = self.folded
         limit = DORMANT_PER_SLOT * self.limits.max_senders
         while len(self._dormant) > limit:
             oldest = next(iter(self._dormant))

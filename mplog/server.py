@@ -18,12 +18,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mplog.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
+from mplog.progress import ProgressFile
 from mplog.stats import SenderLimits, Stats
 from mplog.supervisor import live_local_senders, process_runs, resume
 from mplog.transports import NO_ORIGIN, Origin, Receiver
@@ -48,6 +50,7 @@ _NAME = operator.itemgetter(0)  # a record's logger name
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 # Frames refused whole for being too large, charged to the sender their envelope names.
 _CHARGED = frozenset(("oversized", "over_limit"))
+_ENDS_EVERY = 1024  # frames between two looks for ended connections while frames keep coming
 
 
 class Server:
@@ -82,6 +85,10 @@ class Server:
         self._held_bytes = 0
         self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
         self._hostname = socket.gethostname()
+        # Each sender's ledger, stored after each of its frames is dispatched, so that a
+        # listener killed mid-stream is continued exactly (mplog.progress; set by mplog.supervisor.resume).
+        self.progress: ProgressFile | None = None
+        self._ends_seen = 0  # the receiver's connection_ends() when last looked at
 
     # ------------------------------------------------------------ one frame
 
@@ -117,7 +124,14 @@ class Server:
             return None
         if skip:
             records = records[skip:]
+        progress = self.progress
+        if progress is None:
+            self.dispatch(frame, records, origin=origin)
+            return frame
+        # The ledger with this frame, pending until its records are written (mplog.progress).
+        progress.begin(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
         self.dispatch(frame, records, origin=origin)
+        progress.commit()
         return frame
 
     def _escaped(self, data: bytes, origin: Origin) -> Frame | None:
@@ -140,9 +154,18 @@ class Server:
             head = read_envelope(data)
             if head is not None:
                 frame, count = head
-                return frame if self.stats.reject(frame, reason, origin, records=count) else None
+                return self._rejected(frame, reason, origin, records=count)
         self.stats.note_malformed(reason)
         return None
+
+    def _rejected(self, frame: Frame, reason: str, origin: Origin, records: int | None = None) -> Frame | None:
+        """Count ``frame``'s records as its sender's ``rejected`` (Stats.reject); None when its claim was refused."""
+        stats = self.stats
+        if not stats.reject(frame, reason, origin, records=records):
+            return None
+        if self.progress is not None and stats.booked is not None:  # nothing to write: persisted at once
+            self.progress.store(stats.booked_key, stats.booked)
+        return frame
 
     def _salvage(self, frame: Frame, origin: Origin, *, escaped: bool = False) -> Frame | None:
         """A frame some of whose records are bad: repair them, deliver every record that can be."""
@@ -150,14 +173,25 @@ class Server:
         try:
             fixed, reasons = salvage_records(frame.records, self.limits, MAX_NAME_CHARS, escaped=escaped)
         except FrameError as exc:  # the frame as a whole is wrong (too many records)
-            return frame if stats.reject(frame, exc.reason, origin) else None
+            return self._rejected(frame, exc.reason, origin)
         skip = stats.accept(frame, origin)
         if skip is None:
             return None
         stats.salvaged(frame, fixed[skip:], reasons[skip:], origin)
         kept = [fields for fields in fixed[skip:] if fields is not None]
+        progress = self.progress
+        if progress is not None and stats.booked is not None:
+            progress.begin(stats.booked_key, stats.booked)
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
+        if progress is not None:
+            progress.commit()
         return frame
+
+    def output_handlers(self) -> list[logging.Handler]:
+        """The handlers whose files a frame can reach, measured around each frame (mplog.progress)."""
+        from mplog.ack_intent import file_handlers  # noqa: PLC0415  # only a listener that keeps state needs it
+
+        return list(file_handlers(_all_handlers()))
 
     def dispatch(
         self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
@@ -239,6 +273,10 @@ class Server:
         watch = None
         if self.yield_seconds > 0:
             watch = self.watch = self.watch or WorkerWatch()
+        # A receiver that names connections says when one ended: then (when idle, and at most
+        # every _ENDS_EVERY frames when busy) the senders it owned are looked at.
+        ends = getattr(self.receiver, "connection_ends", None)
+        countdown = _ENDS_EVERY
         catching_up = False  # a hold ran out of time or room: no new hold until nothing is waiting
         quiet_since = None  # when the receiver last came back empty after a frame (None: a frame since)
         while not stop.is_set():
@@ -247,13 +285,29 @@ class Server:
                 catching_up = False
                 if quiet_since is None:
                     quiet_since = time.monotonic()
+                if ends is not None:
+                    self._note_connection_ends(ends)
                 continue
             quiet_since = None
             if watch is not None and not catching_up and self._may_hold(received[0], watch):
                 catching_up = self._hold(received, watch)
             else:
                 handle(*received)
+            countdown -= 1
+            if not countdown:
+                countdown = _ENDS_EVERY
+                if ends is not None:
+                    self._note_connection_ends(ends)
         self.drain(quiet_for=0.0 if quiet_since is None else time.monotonic() - quiet_since)
+        if ends is not None:  # while the receiver is still open: the final stats name them too
+            self._note_connection_ends(ends)
+
+    def _note_connection_ends(self, ends: Callable[[], int]) -> None:
+        """Flag the open senders whose connection ended, if one ended since the last look (mplog.stats)."""
+        count = ends()
+        if count != self._ends_seen:
+            self._ends_seen = count
+            self.stats.note_connection_ends(self.receiver.connected)
 
     def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
         head = _envelope(data)

@@ -21,14 +21,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from mplog.progress import Progress
 from mplog.sender_table import SenderLimits, SenderStats, SenderTable, ledger_key, split_ledger_key
 from mplog.transports.base import NO_ORIGIN, Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
 
-__all__ = ["Balance", "SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
+__all__ = ["CONNECTION_ENDED", "Balance", "SenderLimits", "SenderStats", "Stats", "ledger", "merge_snapshots"]
 
 PROCESS_GONE = "process gone"  # SenderStats.unclosed: its process (on this host) ended without a goodbye
 SILENT = "silent"  # SenderStats.unclosed: nothing from it for SILENT_AFTER seconds (a sender on another host)
+CONNECTION_ENDED = "connection ended"  # SenderStats.unclosed: its connection (mp://, the ack ROUTER) ended
 SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
 
@@ -64,6 +66,10 @@ class Stats:
         # Frames whose claim on a sender was refused, by why (taken, seq_jump), and their records.
         self.claims_refused: Counter[str] = Counter()
         self.claims_refused_records = 0
+        # The sender the last frame accepted or rejected was booked to, and its ledger key: the
+        # receive loop persists that ledger once the frame is dispatched (mplog.progress).
+        self.booked_key = ""
+        self.booked: SenderStats | None = None
         self._swept = 0.0  # time.monotonic() of the last look for senders that ended without a goodbye
 
     def note_malformed(self, reason: str) -> None:
@@ -93,6 +99,9 @@ class Stats:
             sender = table.add(key, frame.sender, origin.peer_key)
         if origin.connection:
             table.owners[key] = origin.connection
+            if sender.unclosed == CONNECTION_ENDED:  # back on a new connection (the check only when flagged)
+                sender.unclosed = ""
+        self.booked_key, self.booked = key, sender
         return sender
 
     def _refusal(self, next_seq: int, owner: bytes, seq: int, connection: bytes, who: tuple[str, int, float]) -> str:
@@ -206,8 +215,8 @@ class Stats:
 
         Per-sender ``next_seq`` carries over, so records delivered before a restart are
         not counted again as a gap (see mplog.supervisor and docs/reliability.md). The
-        folded totals and refused claims carry over too; folded senders' places in their
-        streams do not (a snapshot lists the table only).
+        folded totals and refused claims carry over too; the folded senders' places come
+        from the progress file (:meth:`apply_progress`).
         """
         known = set(SenderStats.__dataclass_fields__)
         with self._lock:
@@ -223,6 +232,45 @@ class Stats:
             for key, values in dict(state.get("senders", {})).items():
                 if isinstance(values, dict) and {"host", "pid", "start_time", "stream"} <= set(values):
                     self.table.insert(str(key), SenderStats(**{k: v for k, v in values.items() if k in known}))
+
+    def apply_progress(self, ledgers: list[Progress], folds: list[Progress], folds_counted: int) -> None:
+        """Bring the senders to the ledgers the last listener persisted with its last frames (mplog.progress).
+
+        Call after :meth:`restore`. ``folds`` are the fold records, oldest first;
+        ``folds_counted`` is how many folds the restored checkpoint counts (its
+        ``folded["senders"]``). A fold it does not count is done again, with the
+        sender's final ledger; one it counts only says where that sender's stream was,
+        if it has not come back since. Then each sender of the table gets its own
+        ledger, unless it was folded after its slot was opened. The totals follow.
+        """
+        with self._lock:
+            table = self.table
+            in_checkpoint = set(table.senders)
+            last_fold: dict[str, int] = {}
+            for record in folds:
+                last_fold[record.key] = record.fold
+                if record.fold > folds_counted:
+                    table.fold(record.key, self._ledger_of(record), forget=False)
+                elif record.key not in in_checkpoint:  # else it came back before the checkpoint
+                    table.restore_places([[record.key, record.next_seq, record.dropped, record.closed]], forget=False)
+            for record in ledgers:
+                if record.fold >= last_fold.get(record.key, 0):  # (an older slot: the sender was folded since)
+                    self._ledger_of(record)
+            table.trim()
+            folded = table.folded
+            self.records = sum(s.records for s in table.senders.values()) + folded["records"]
+            self.frames = sum(s.frames for s in table.senders.values()) + folded["frames"]
+
+    def _ledger_of(self, record: Progress) -> SenderStats:
+        """The sender ``record`` belongs to, in the table (brought back if folded), given that ledger; lock held."""
+        peer_key, host, pid, stream = split_ledger_key(record.key)
+        identity = Sender(host, pid, record.start_time, stream)
+        table = self.table
+        sender = table.find(record.key, identity, peer_key, room=False)
+        if sender is None:
+            sender = table.add(record.key, identity, peer_key, room=False)
+        record.apply(sender)
+        return sender
 
     def next_seq_of(self, key: str) -> int | None:
         """The next record expected from the sender under ledger ``key`` (folded or not); None if unknown."""
@@ -256,8 +304,10 @@ class Stats:
         A sender on this host has ended when its process is gone (pid and start time, so a
         reused pid is not mistaken for it); one whose process cannot be checked (another
         host) counts as ended after ``SILENT_AFTER`` seconds without a frame, and is open
-        again when it sends. Looks at most every ``SWEEP_INTERVAL`` seconds unless ``now``;
-        the process checks run outside the lock, so the receive loop never waits for them.
+        again when it sends. One whose connection ended (:meth:`note_connection_ends`)
+        stays so until it sends again, or its process is found gone. Looks at most every
+        ``SWEEP_INTERVAL`` seconds unless ``now``; the process checks run outside the lock,
+        so the receive loop never waits for them.
         Senders folded out of the table (:mod:`mplog.sender_table`) are not looked at.
         """
         tick = time.monotonic()
@@ -281,7 +331,8 @@ class Stats:
         with self._lock:
             for key, verdict in verdicts.items():
                 sender = self.senders.get(key)
-                if sender is not None:
+                # "connection ended" stays until the sender sends again, unless its process is gone.
+                if sender is not None and (sender.unclosed != CONNECTION_ENDED or verdict == PROCESS_GONE):
                     sender.unclosed = verdict
             flagged = 0
             for sender in self.senders.values():
@@ -290,6 +341,28 @@ class Stats:
                 elif sender.unclosed:
                     flagged += 1
             return flagged
+
+    def note_connection_ends(self, connected: Callable[[bytes], bool]) -> int:
+        """Flag the open senders whose connection has ended (``unclosed = "connection ended"``); return how many.
+
+        Called by the receive loop when its receiver says a connection ended (mp://, the
+        acknowledging ROUTER), never per frame: ``connected`` is asked once per
+        connection that owns a sender still open, outside the lock.
+        """
+        with self._lock:
+            owners = {self.table.owners.get(key, b"") for key, s in self.senders.items() if not s.closed}
+        owners.discard(b"")
+        ended = {connection for connection in owners if not connected(connection)}
+        if not ended:
+            return 0
+        flagged = 0
+        with self._lock:
+            owner_of = self.table.owners
+            for key, sender in self.senders.items():
+                if not sender.closed and not sender.unclosed and owner_of.get(key, b"") in ended:
+                    sender.unclosed = CONNECTION_ENDED
+                    flagged += 1
+        return flagged
 
     def snapshot(self) -> dict[str, Any]:
         """Return a JSON-ready copy of every counter."""

@@ -158,6 +158,16 @@ class ListenerStats(dict[str, Any]):
         return _int(self, "unclosed")
 
     @property
+    def unconfirmed(self) -> int:
+        """Acknowledged delivery: frames left unacknowledged because a handler had not confirmed delivery in time."""
+        return _int(self, "unconfirmed")
+
+    @property
+    def out_of_order(self) -> int:
+        """Acknowledged delivery: frames refused because they came ahead of a gap (their worker resends)."""
+        return _int(self, "out_of_order")
+
+    @property
     def folded(self) -> int:
         """Senders kept only in the totals, past ``mplog.limits.max_senders`` (not in :attr:`senders`)."""
         folded = self.get("folded")
@@ -183,8 +193,9 @@ class ListenerStats(dict[str, Any]):
 def summary(stats: Mapping[str, Any]) -> str:
     """One line for people: what arrived, from how many senders, and every kind of loss or trouble.
 
-    Folded senders, refused connections and claims, and handler errors (by handler) are
-    named only when there are some.
+    Folded senders, refused connections and claims, senders that ended without a goodbye,
+    acknowledged delivery's unconfirmed and out-of-order frames, and handler errors (by
+    handler) are named only when there are some.
     """
     view = stats if isinstance(stats, ListenerStats) else ListenerStats(stats)
     senders = view.senders
@@ -201,6 +212,10 @@ def summary(stats: Mapping[str, Any]) -> str:
         line += f", refused claims {view.claims_refused}"
     if view.unclosed:  # their last records may be lost, with no gap to count them (docs/reliability.md)
         line += f", {view.unclosed} ended without goodbye (possible loss)"
+    if view.unconfirmed:  # acknowledged delivery: a destination (rsyslog over RELP) did not confirm in time
+        line += f", unconfirmed {view.unconfirmed} frames"
+    if view.out_of_order:  # acknowledged delivery: frames ahead of a gap, refused and resent
+        line += f", out of order {view.out_of_order} frames (resent)"
     if view.handler_errors:  # records that arrived but a handler could not write: last, by handler
         errors = view.get("handler_errors")
         each = (

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +30,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psutil
+
+from mplog.exceptions import ConfigError
+from mplog.progress import ProgressFile, file_sizes, progress_path, read_progress
 
 if TYPE_CHECKING:
     from mplog.server import Server
@@ -39,6 +43,7 @@ __all__ = [
     "Backoff",
     "Checkpoint",
     "Supervisor",
+    "ensure_state_dir",
     "live_local_senders",
     "load_checkpoint",
     "process_runs",
@@ -77,8 +82,35 @@ def stats_path(state_dir: str) -> str:
     return os.path.join(state_dir, "stats.json")
 
 
+def ensure_state_dir(state_dir: str) -> None:
+    """Create the listener's state directory if it is missing: mode 0700, as ``mplog listen`` always did.
+
+    An existing directory is used as it is (a service manager may have made it, e.g.
+    systemd's ``StateDirectory=``).
+
+    Raises:
+        ConfigError: it cannot be created, is not a directory, or cannot be written
+            (naming ``mplog.state_dir``): checkpoints there would fail, silently.
+    """
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"mplog.state_dir {state_dir!r} cannot be created ({exc.strerror or exc}); "
+            "give a directory this user can create or write"
+        ) from exc
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"mplog.state_dir {state_dir!r} is not writable by this user; give a directory it can write")
+
+
 def resume(server: Server, setup: dict[str, Any]) -> Checkpoint | None:
     """Continue from the state an earlier incarnation left in ``setup['state_dir']``; start checkpointing.
+
+    The stats checkpoint is restored first, then each sender's ledger as the progress
+    file (mplog.progress) had it after the dead listener's last frame, then (acknowledged
+    delivery) the marks. A new checkpoint holding all of it is written before the
+    progress file is started afresh, so a listener killed during this start finds the
+    same inputs again.
 
     Returns:
         The running checkpoint thread, or None when the listener keeps no state.
@@ -91,10 +123,38 @@ def resume(server: Server, setup: dict[str, Any]) -> Checkpoint | None:
     state = load_checkpoint(path)
     if state is not None:
         server.stats.restore(state)
+    # Before anything is written: a file that grew since the dead listener measured it got its last frame.
+    ledgers, folds = read_progress(progress_path(str(state_dir)), file_sizes(server.output_handlers()))
+    if ledgers or folds:
+        counted = (state or {}).get("folded", {})
+        server.stats.apply_progress(ledgers, folds, int(counted.get("senders", 0)) if isinstance(counted, dict) else 0)
     after_restore = getattr(server, "after_restore", None)  # acknowledged delivery: persisted marks
     if after_restore is not None:
         after_restore(str(state_dir))
-    return Checkpoint(path, server.snapshot).start()
+    checkpoint = Checkpoint(path, server.snapshot)
+    if checkpoint.start():
+        _start_progress(server, progress_path(str(state_dir)))
+    else:  # an older progress file must not overrule the checkpoints to come: none at all
+        with contextlib.suppress(OSError):
+            os.unlink(progress_path(str(state_dir)))
+    return checkpoint
+
+
+def _start_progress(server: Server, path: str) -> None:
+    """Persist every sender's ledger with each frame from now on (mplog.progress); without it if the file fails."""
+    stats = server.stats
+    with stats._lock:
+        table = stats.table
+        try:
+            progress = ProgressFile(path, table, server.output_handlers())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            with contextlib.suppress(Exception):  # the listener's own stderr, as its other complaints
+                sys.stderr.write(f"mplog: cannot keep {path} ({exc}): a crash may count records written as gaps\n")
+            return
+        table.on_fold = progress.fold
+    server.progress = progress
 
 
 def load_checkpoint(path: str) -> dict[str, Any] | None:
@@ -119,17 +179,24 @@ class Checkpoint:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mplog-checkpoint", daemon=True)
 
-    def start(self) -> Checkpoint:
+    def start(self) -> bool:
         """Write the first checkpoint now, then one every ``interval`` while something changes.
 
         The first one marks the state directory as used: a listener started on it later,
         even after this one was killed at once, continues it and appends to its files
         (mplog.continuation).
+
+        Returns:
+            Whether the first checkpoint was written (a full disk must not stop the
+            listener from starting: it goes on, and so do the attempts).
         """
-        with contextlib.suppress(Exception):  # a full disk must not stop the listener from starting
+        try:
             self.write()
+            written = True
+        except Exception:
+            written = False
         self._thread.start()
-        return self
+        return written
 
     def write(self) -> None:
         """Write one checkpoint now (atomically: readers see the old file or the new one)."""
@@ -140,7 +207,9 @@ class Checkpoint:
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a large table is more than one write()
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
         os.replace(tmp, self.path)

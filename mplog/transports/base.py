@@ -128,7 +128,13 @@ class Receiver(Protocol):
     def connected(self, connection: bytes) -> bool:
         """Whether the connection an :class:`Origin` named is still open (False for ``b""``).
 
-        Called by the listener only when two connections claim one sender (a slow path).
+        Called by the listener when two connections claim one sender, and after a
+        connection ended (see ``connection_ends``), on the receive loop's thread: never per frame.
+
+        A receiver that names its connections may also have ``connection_ends() -> int``:
+        how many of its connections have ended so far, readable at any time without
+        cost. The listener then flags the senders whose connection ended without their
+        goodbye (``unclosed: "connection ended"``).
         """
 
     def close(self) -> None:

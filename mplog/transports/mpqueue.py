@@ -181,6 +181,7 @@ class MpReceiver:
         # this receiver lives, so a connection that ended is never mistaken for a new one.
         self._conns: dict[int, _Inbound] = {}
         self._open: set[bytes] = set()
+        self._ends = 0  # connections that ended (EOF, a cut or stalled frame), for connection_ends()
         self._numbers = itertools.count(1)
         self._partial: dict[int, _Inbound] = {}  # connections inside a frame
         self._ready: deque[tuple[bytes, Origin]] = deque()
@@ -214,6 +215,7 @@ class MpReceiver:
         self._partial.pop(fd, None)
         self._conns.pop(fd, None)
         self._open.discard(conn.origin.connection)
+        self._ends += 1
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
         conn.sock.close()
@@ -305,6 +307,10 @@ class MpReceiver:
     def connected(self, connection: bytes) -> bool:
         """Whether the connection numbered ``connection`` is still open (it ends at EOF or a cut frame)."""
         return connection in self._open
+
+    def connection_ends(self) -> int:
+        """How many connections have ended so far: when it moves, the listener asks :meth:`connected` again."""
+        return self._ends
 
     def recv(self, timeout: float) -> tuple[bytes, Origin] | None:
         if self._ready:

@@ -105,6 +105,14 @@ class RouterReceiver(BoundReceiver):
             return False  # EHOSTUNREACH: no such connection (any more)
         return True
 
+    def connection_ends(self) -> int:
+        """How many connections have ended so far (the socket monitor's count, read from any thread).
+
+        When it moves, the listener asks :meth:`connected` about the connections it knows.
+        """
+        gatekeeper = self._gatekeeper
+        return gatekeeper.counts["disconnected"] if gatekeeper is not None else 0
+
     def reply(self, route: bytes, data: bytes) -> bool:
         """Send ``data`` to the peer ``route``; False if it could not be queued (the peer resends)."""
         try:

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -27,7 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import mplog
 from mplog import security
 from mplog.config import load_config
+from mplog.control import format_status
 from mplog.supervisor import load_checkpoint, stats_path
+from mplog.transports.base import TransportOptions
+from mplog.transports.mpqueue import MpSender
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -68,6 +72,11 @@ def zero_run() -> Samples:
         ("mplog_restarts_total", ()): 0,
         ("mplog_senders", (("state", "live"),)): 0,
         ("mplog_senders", (("state", "closed"),)): 0,
+        ("mplog_senders", (("state", "folded"),)): 0,
+        ("mplog_sender_folds_total", (("event", "folded"),)): 0,
+        ("mplog_sender_folds_total", (("event", "returned"),)): 0,
+        ("mplog_sender_folds_total", (("event", "forgotten"),)): 0,
+        ("mplog_claims_refused_records_total", ()): 0,
         ("mplog_frames_held", ()): 0,
         ("mplog_held_seconds_total", ()): 0,
     }
@@ -160,6 +169,93 @@ def test_the_listener_serves_exact_counters_that_survive_a_restart(tmp_path):
         listener.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(listener.metrics_url, timeout=5)  # stopped with the listener
+
+
+def _unix_stall(path: str) -> socket.socket:
+    """A connection to an mp:// listener that starts a frame of 100 bytes and sends 10 of them."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(struct.pack("!i", 100) + b"x" * 10)
+    return sock
+
+
+def test_refused_claims_folded_and_unclosed_senders_and_every_malformed_reason_are_exported(tmp_path):
+    config = metrics_config(tmp_path / "out.log", tmp_path, limits={"max_senders": 10}, socket={"write_timeout": 0.2})
+    endpoint = f"mp://{tmp_path}/l.sock"
+    listener = mplog.start_listener(config, endpoint=endpoint, route_parent=False, export_env=False)
+    first, second = MpSender(endpoint, TransportOptions()), MpSender(endpoint, TransportOptions())
+    stalled = None
+    try:
+        a, b, c = (Sender(f"metrics-{x}", 1, 0.0, 1) for x in "abc")  # on another host: no process to look at
+        assert first.send(build_frame(encode_sender(a), 0, 0, 0, records(0, 10)), 5.0)
+        wait_for(lambda: listener.stats()["received"] == 10)
+        # Another connection claims a's stream while a's connection is open: refused (taken).
+        assert second.send(build_frame(encode_sender(a), 10, 0, 0, records(10, 3)), 5.0)
+        assert second.send(build_frame(encode_sender(b), 2**40, 0, 0, records(0, 2)), 5.0)  # far past: seq_jump
+        empty = msgpack.packb([None] * 20)  # a record with nothing in it: refused (empty_record), counted
+        assert second.send(build_frame(encode_sender(c), 0, 0, 0, [record("good", 0), empty]), 5.0)
+        for i in range(10):  # ten one-shot senders that say goodbye: the table of ten folds two of them
+            one_shot = encode_sender(Sender("metrics-d", 2, 0.0, i))
+            assert second.send(build_frame(one_shot, 0, 0, FLAG_FINAL, [record("good", i)]), 5.0)
+        stalled = _unix_stall(endpoint[len("mp://") :])  # dropped after 2 x write_timeout: stalled
+        wait_for(lambda: listener.stats()["received"] == 21 and listener.stats()["malformed"].get("stalled") == 1)
+        first.close()  # a's and c's connections end without their goodbye
+        second.close()
+        stats = wait_for(lambda: (s := listener.stats())["unclosed"] == 2 and s)
+        samples = scrape(listener.metrics_url)
+    finally:
+        if stalled is not None:
+            stalled.close()
+        listener.stop()
+    expected = {
+        **zero_run(),
+        ("mplog_frames_received_total", ()): 12,
+        ("mplog_records_received_total", ()): 21,
+        ("mplog_records_rejected_total", ()): 1,
+        ("mplog_malformed_total", (("reason", "empty_record"),)): 1,
+        ("mplog_malformed_total", (("reason", "stalled"),)): 1,
+        ("mplog_claims_refused_total", (("reason", "taken"),)): 1,
+        ("mplog_claims_refused_total", (("reason", "seq_jump"),)): 1,
+        ("mplog_claims_refused_records_total", ()): 5,
+        ("mplog_senders", (("state", "live"),)): 2,
+        ("mplog_senders", (("state", "closed"),)): 8,
+        ("mplog_senders", (("state", "folded"),)): 2,
+        ("mplog_sender_folds_total", (("event", "folded"),)): 2,
+        ("mplog_senders_unclosed", (("reason", "connection_ended"),)): 2,
+    }
+    assert samples == expected
+    # Where an operator looks first: the one-line summary (mplog status's head line).
+    assert "10 senders (+2 folded)" in str(stats) and "refused claims 2" in str(stats)
+    assert "2 ended without goodbye (possible loss)" in str(stats) and "malformed 2" in str(stats)
+    assert "no goodbye, connection ended" in format_status(stats)
+
+
+def test_acknowledged_delivery_exports_unconfirmed_and_out_of_order_frames(tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS_DIR / "reliability"), os.environ.get("PYTHONPATH", "")])
+    )
+    config = metrics_config(tmp_path / "out.log", tmp_path, ack=True, yield_to_workers=0)
+    config["handlers"]["unconfirming"] = {"()": "fault_handlers.NeverConfirms"}
+    config["root"]["handlers"].append("unconfirming")
+    listener = mplog.start_listener(config, endpoint=f"ipc://{tmp_path}/l.sock", route_parent=False, export_env=False)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    try:
+        dealer.connect(listener.endpoint)
+        dealer.send(build_frame(encode_sender(Sender("metrics-e", 1, 0.0, 1)), 0, 0, 0, records(0, 5)))
+        dealer.send(build_frame(encode_sender(Sender("metrics-f", 1, 0.0, 1)), 7, 0, 0, records(7, 2)))  # ahead
+        stats = wait_for(lambda: (s := listener.stats())["unconfirmed"] == 1 and s["out_of_order"] == 1 and s)
+        samples = scrape(listener.metrics_url)
+    finally:
+        dealer.close()
+        ctx.term()
+        listener.stop()
+    assert samples[("mplog_ack_unconfirmed_total", ())] == 1  # the handler never confirms: not acknowledged
+    assert samples[("mplog_ack_out_of_order_total", ())] == 1  # an unknown sender starting at 7: refused, resent
+    assert samples[("mplog_ack_rolled_back_total", ())] == samples[("mplog_ack_rollback_skipped_total", ())] == 0
+    assert samples[("mplog_records_received_total", ())] == 5
+    assert "unconfirmed 1 frames" in str(stats) and "out of order 1 frames (resent)" in str(stats)
 
 
 def test_refused_connections_are_counted_by_reason(tmp_path):

@@ -51,16 +51,23 @@ class KillsItsListenerMidFrame(logging.FileHandler):
     (same config) does not kill itself again.
     """
 
-    def __init__(self, filename: str, marker: str, after: int) -> None:
+    def __init__(self, filename: str, marker: str, after: int, *, before: bool = False) -> None:
         super().__init__(filename, encoding="utf-8")
         self.marker = marker
         self.after = after
+        self.before = before  # kill instead of writing the after-th record
         self.written = 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.before and self.written + 1 == self.after:
+            self._die()
         super().emit(record)
         self.written += 1
-        if self.written == self.after and not os.path.exists(self.marker):
+        if self.written == self.after:
+            self._die()
+
+    def _die(self) -> None:
+        if not os.path.exists(self.marker):
             with open(self.marker, "w"):
                 pass
             os.kill(os.getpid(), signal.SIGKILL)
@@ -89,3 +96,13 @@ class RotatesThenKillsItsListener(logging.handlers.RotatingFileHandler):
             with open(self.marker, "w"):
                 pass
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NeverConfirms(logging.Handler):
+    """A handler that takes records and never confirms their delivery (acknowledged delivery withholds the ack)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def wait_confirmed(self, timeout: float | None = None) -> bool:
+        return False

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import random
+import signal
 import socket
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ import mplog
 from mplog.ack_server import MarksFile
 from mplog.control import format_status, request_stats
 from mplog.stats import SenderLimits, Stats, merge_snapshots
+from mplog.supervisor import load_checkpoint, stats_path
 from mplog.wire import FLAG_FINAL, Frame, Sender, build_frame, encode_record, encode_sender
 
 QUIET = {"version": 1, "handlers": {"null": {"class": "logging.NullHandler"}}, "root": {"handlers": ["null"]}}
@@ -156,6 +158,43 @@ def test_marks_of_senders_that_said_goodbye_are_reused_so_the_file_stays_small(t
     marks.close()
     assert os.path.getsize(path) <= 16 + 256 * 256  # the first 256 slots, never grown
     assert MarksFile(path).marks == {"host/open/00000001": 7}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_folded_sender_that_comes_back_after_a_supervised_restart_continues_where_it_was(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    config: dict[str, Any] = {**QUIET, "mplog": {"limits": {"max_senders": 10}, "state_dir": str(state)}}
+    endpoint = f"ipc://{tmp_path}/l.sock"
+    record = encode_record(logging.LogRecord("folded", logging.INFO, __file__, 1, "hello", None, None))
+    a = Sender("host-a", 1, 1.7e9, 1)
+    with mplog.start_listener(config, endpoint=endpoint, route_parent=False, export_env=False) as listener:
+        ctx: zmq.Context[Any] = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.linger = 5000
+        try:
+            push.connect(endpoint)
+            push.send(build_frame(encode_sender(a), 0, 3, 0, [record] * 50))  # 50 records, 3 dropped by policy
+            for i in range(30):  # thirty others, still open: a is silent the longest, so folded
+                push.send(build_frame(encode_sender(Sender("other", 2, 1.7e9, i)), 0, 0, 0, [record]))
+            wait_for(lambda: listener.stats()["received"] == 80)
+            assert a.key not in listener.stats()["senders"]
+            # Killed once the stats checkpoint counts all of it: only the folded places are in question.
+            wait_for(lambda: (load_checkpoint(stats_path(str(state))) or {}).get("received") == 80)
+            old = listener.pid
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda: listener.restarts == 1 and listener.pid != old, timeout=20)
+            push.send(build_frame(encode_sender(a), 50, 3, FLAG_FINAL, [record] * 10))  # a comes back
+            stats = wait_for(lambda: (s := listener.stats())["received"] == 90 and s)
+        finally:
+            push.close()
+            ctx.term()
+    # Before: a restarted listener knew the folded totals but not a's place in its stream,
+    # so a was a new sender: its 50 earlier records were a gap, its 3 drops counted twice.
+    assert (stats["received"], stats["gaps"], stats["dropped"], stats["duplicates"]) == (90, 0, 3, 0)
+    assert stats["folded"]["returned"] == 1 and stats["restarts"] == 1
+    assert stats["senders"][a.key]["next_seq"] == 60 and stats["senders"][a.key]["closed"]
 
 
 # ---------------------------------------------------------------- a real listener, measured

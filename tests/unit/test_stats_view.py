@@ -51,6 +51,13 @@ def test_str_is_one_line_naming_every_kind_of_loss():
     assert summary(crowded) == line.replace("2 senders", "2 senders (+8 folded)").replace(
         ", handler", ", refused claims 2, handler"
     )
+    acknowledged = {**SNAPSHOT, "unclosed": 1, "unconfirmed": 3, "out_of_order": 2}
+    assert summary(acknowledged) == line.replace(
+        ", handler",
+        ", 1 ended without goodbye (possible loss), unconfirmed 3 frames, out of order 2 frames (resent), handler",
+    )
+    stats = ListenerStats(acknowledged)
+    assert (stats.unclosed, stats.unconfirmed, stats.out_of_order) == (1, 3, 2)
     assert str(ListenerStats()) == (
         "received 0 records from 0 senders (0 closed): dropped 0, gaps 0, duplicates 0, malformed 0, repaired 0"
     )
