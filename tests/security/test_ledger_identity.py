@@ -108,7 +108,7 @@ class _Run:
     def settled(self) -> bool:
         """Whether the listener has dealt with the one forged frame (accepted, as on main, or refused)."""
         stats = request_stats(self.listener.endpoint)
-        return bool(stats["frames"] + stats.get("claims_refused_total", 0) == self.before["frames"] + 1)
+        return bool(stats["frames"] + stats.get("claims_refused_total", 0) >= self.before["frames"] + 1)
 
     def handled(self) -> None:
         wait_for(self.settled, timeout=20)
@@ -122,6 +122,14 @@ class _Run:
         assert counters["sent"] == 2 * PHASE and counters["dropped"] == 0
         wait_for(lambda: self._victim_entry(request_stats(self.listener.endpoint)).get("closed"), timeout=20)
         return self.listener.stop()
+
+
+def _handled_within(run: _Run, seconds: float) -> bool:
+    try:
+        wait_for(run.settled, timeout=seconds)
+    except AssertionError:
+        return False
+    return True
 
 
 def _assert_victim_exact(run: _Run, stats: dict[str, Any], case: str, *, forged_elsewhere: bool = False) -> None:
@@ -254,10 +262,10 @@ def test_under_curve_an_authorised_client_cannot_touch_another_keys_ledger(
             # Sent again until handled: an acknowledging listener refuses a sender it does not
             # know that starts past 0 for 1.5 s (its first frames may be on the way), as the
             # forger's namespace does not know this one.
-            while not run.settled():
+            # Sent again only when it was not handled within 2 s (a loaded listener may take
+            # longer than a short pause to handle it: a second copy would then be counted too).
+            while not (forger.send(_forged_frame(run.identity, case), 0.1) and _handled_within(run, 2.0)):
                 assert time.monotonic() < deadline, "the forged frame was never handled"
-                if forger.send(_forged_frame(run.identity, case), 0.1):
-                    time.sleep(0.3)
         finally:
             forger.close()
         stats = run.finish()
