@@ -306,6 +306,22 @@ def _port_of(endpoint: str) -> int:
         return 0
 
 
+_ANY_PORT_TRIES = 16
+
+
+def _loopback_port_free(port: int) -> bool:
+    """Whether a listening socket could bind ``127.0.0.1:port`` now (with SO_REUSEADDR, as libzmq binds)."""
+    if not 0 < port <= 65535:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _socket_fds() -> list[tuple[int, int]]:
     """``(fd, inode)`` of every socket this process holds (empty where /proc is not there)."""
     found = []
@@ -433,7 +449,37 @@ class BoundReceiver:
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, probes)
+            if _port_of(endpoint) == 0 and endpoint.rsplit(":", 1)[-1] in {"0", "*"}:
+                self._bind_any_port(endpoint)
+                return
         self._sock.bind(endpoint)
+
+    def _bind_any_port(self, endpoint: str) -> None:
+        """Bind a port the system picks, one whose PORT+1 is free on loopback too.
+
+        A listener's status channel takes ``127.0.0.1:PORT+1`` (mplog.control). A port picked
+        blindly finds PORT+1 taken now and then, by another program or by the local end of an
+        outgoing connection (Linux hands bind(0) odd ports and connect() even ones), and that
+        listener then has no status channel: so try a few ports before settling for one.
+        """
+        refused: list[str] = []  # kept bound until the end, or the system hands out the same port again
+        try:
+            for _ in range(_ANY_PORT_TRIES):
+                try:
+                    self._sock.bind(endpoint)
+                except zmq.ZMQError:
+                    if not refused:
+                        raise
+                    break  # no port left to try: settle for one refused
+                bound = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                if _loopback_port_free(_port_of(bound) + 1):
+                    return
+                refused.append(bound)
+            self._sock.unbind(refused.pop())  # the status channel then says on stderr why it has no port
+            self._sock.bind(endpoint)
+        finally:
+            for bound in refused:
+                self._sock.unbind(bound)
 
     def _take(self) -> tuple[bytes, Origin] | None:
         """Read one frame and its origin without waiting (raises zmq.Again when there is none)."""
