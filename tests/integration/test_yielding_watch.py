@@ -1,8 +1,9 @@
 """The listener's watch of its workers (mplog.yielding.WorkerWatch) against real processes.
 
 The ``spinner`` and ``sleeper`` fixtures of conftest: one that keeps a CPU busy, one that
-sleeps, one that is gone. Moved from tests/unit/test_yielding.py (unit tests start no
-processes); the watch's logic on made-up looks stays there.
+sleeps, one that is gone; each fixture yields once its process's start-up is over. Moved
+from tests/unit/test_yielding.py (unit tests start no processes); the watch's logic on
+made-up looks stays there.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _looks(watch: WorkerWatch, count: int) -> list[bool]:
     answers = []
     for _ in range(count):
         answers.append(_busy(watch))
-        time.sleep(CHECK_INTERVAL * 1.2)
+        time.sleep(CHECK_INTERVAL * 1.2)  # not synchronisation: the watch looks again only after CHECK_INTERVAL
     return answers
 
 
@@ -47,7 +48,6 @@ def test_a_sender_on_this_host_keeping_the_only_cpu_busy_makes_the_watch_busy_un
 def test_a_sleeping_sender_never_makes_the_watch_busy(sleeper):
     watch = WorkerWatch(cpus=1)
     watch.saw(HOST, sleeper.pid, 0)
-    time.sleep(0.3)  # its start-up is over
     assert _looks(watch, 10) == [False] * 10
     assert watch.pids == [sleeper.pid]
 
@@ -58,7 +58,6 @@ def test_busy_workers_on_another_host_or_fewer_than_the_cpus_never_make_the_watc
     other.saw(HOST + "-elsewhere", spinner.pid, 0)  # a remote sender's pid means nothing here
     too_few = WorkerWatch(cpus=2)
     too_few.saw(HOST, spinner.pid, 0)  # one busy sender leaves the listener a CPU
-    time.sleep(0.3)
     assert _looks(other, 5) == [False] * 5
     assert _looks(too_few, 5) == [False] * 5
     assert other.pids == []
@@ -78,7 +77,6 @@ def test_without_proc_the_watch_never_holds(monkeypatch, spinner):
     watch = WorkerWatch(cpus=1)
     watch.enabled = False
     watch.saw(HOST, spinner.pid, 0)
-    time.sleep(0.3)
     assert _looks(watch, 3) == [False] * 3
 
 
@@ -88,7 +86,6 @@ def test_a_look_reads_only_the_senders_heard_from_most_recently(monkeypatch, spi
     watch = WorkerWatch(cpus=1)
     watch.saw(HOST, spinner.pid, 0)
     watch.saw(HOST, sleeper.pid, 0)  # the newest, and asleep: the busy one is not read
-    time.sleep(0.3)
     assert _looks(watch, 5) == [False] * 5
     watch.saw(HOST, spinner.pid, 0)  # heard from again: now the newest
     wait_for(lambda: _busy(watch), timeout=20)
