@@ -36,6 +36,8 @@ def _fields(record: logging.LogRecord) -> list[Any]:
 @pytest.mark.parametrize("with_ormsgpack", [True, False], ids=["ormsgpack", "msgpack-only"])
 @pytest.mark.parametrize("count", [1, 15, 16, 600])
 def test_a_batch_of_common_records_packs_to_the_bytes_of_one_pack_per_record(count, with_ormsgpack, monkeypatch):
+    # Private on purpose: _pack_batch is the switch between the two packers, both supported;
+    # what is asserted is the behaviour, the bytes of one pack per record with either.
     if not with_ormsgpack:  # installed without its dependencies: msgpack packs the batch
         monkeypatch.setattr(wire_encode, "_pack_batch", None)
     else:
