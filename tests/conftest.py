@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from mplog.worker import export_setting, inherited_setting
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import wait_for  # tests/ is on sys.path from the line above
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 TRANSPORTS = ["zmq", "multiprocessing"]
@@ -106,25 +108,35 @@ def _no_process_left_behind() -> Iterator[None]:
         pytest.fail(f"test left processes running: {[p.pid for p in alive]}")
 
 
-def _child(code: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", code])
+def _child(code: str, state: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -c code``, yielded once its start-up is over: it printed ``ready`` and is in ``state``."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], 30)
+        assert readable and proc.stdout.readline() == b"ready\n", "the child did not start within 30 s"
+        status = psutil.Process(proc.pid).status
+        wait_for(lambda: status() == state, what=f"the child {proc.pid} {state}")
         yield proc
     finally:
         proc.kill()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.fixture
 def spinner() -> Iterator[subprocess.Popen[bytes]]:
     """A process whose main thread keeps a CPU busy (at most 60 s): a busy worker to the listener's eye."""
-    yield from _child("import time\nend = time.time() + 60\nwhile time.time() < end: pass")
+    code = "import time\nend = time.time() + 60\nprint('ready', flush=True)\nwhile time.time() < end: pass"
+    yield from _child(code, psutil.STATUS_RUNNING)
 
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     """A process that only sleeps (at most 60 s)."""
-    yield from _child("import time; time.sleep(60)")
+    # Parked until the test kills it: its sleep is what it is for, not synchronisation.
+    yield from _child("import time; print('ready', flush=True); time.sleep(60)", psutil.STATUS_SLEEPING)
 
 
 @pytest.fixture(params=START_METHODS)

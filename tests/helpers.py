@@ -5,6 +5,7 @@ Importable from spawn/forkserver children (tests/ is on sys.path via conftest an
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -95,16 +96,26 @@ def read_lines(*paths: str | Path) -> list[str]:
     return lines
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``predicate`` until it is truthy and return its value; fail after ``timeout`` seconds.
+
+    The failure names what was awaited: ``what``, or else the predicate's source line.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+            raise AssertionError(f"condition not met within {timeout} s: {what or _source(predicate)}")
+        time.sleep(interval)  # the poll interval of this bounded wait
+
+
+def _source(predicate: Callable[[], Any]) -> str:
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):  # a builtin, or code typed into python -c
+        return repr(predicate)
 
 
 def console_script(name: str = "mplog") -> str:

@@ -190,7 +190,7 @@ def test_workers_started_before_the_listener_binds_lose_nothing(tmp_path):
         )
         for p in range(2)
     ]
-    time.sleep(1.0)  # they log (and buffer) with nobody listening
+    time.sleep(1.0)  # the scenario, not synchronisation: they log (and buffer) with nobody listening
     with mplog.start_listener(file_config(out), endpoint=endpoint, route_parent=False, export_env=False) as listener:
         results = [w.finish()[0]["counters"] for w in workers]
         wait_for(lambda: all(s["closed"] for s in listener.stats()["senders"].values()), timeout=20)
@@ -223,7 +223,7 @@ def test_a_listener_killed_and_restarted_on_the_same_endpoint_loses_only_what_wa
     wait_for(lambda: first.stats()["received"] > 2000, timeout=20)
     os.kill(first.pid, signal.SIGKILL)
     first.stop()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario, not synchronisation: the workers log with no listener for a while
     with mplog.start_listener(
         file_config(second_out), endpoint=endpoint, route_parent=False, export_env=False
     ) as second:

@@ -118,7 +118,7 @@ def test_bad_frames_are_counted_by_reason_and_the_listener_keeps_writing(tmp_pat
         big_send(b"\x00" * (2 * MAX_FRAME + 1))
         big_close()
         expected["oversized"] += 2 if transport == "multiprocessing" else 1
-        time.sleep(0.2)
+        wait_for(lambda: listener.stats()["malformed_total"] == sum(expected.values()), what="the oversized counted")
         send(raw.frame(0, valid))  # the next valid record after all of it
         valid += 1
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,7 +135,10 @@ def test_every_task_record_and_print_arrives_exactly_once_with_its_task_id(tmp_p
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(10)
-        time.sleep(0.1)
+        wait_for(
+            lambda: all(s["closed"] for s in listener.stats()["senders"].values()),
+            what="a goodbye from every Celery process",
+        )
     stats = listener.stats()
 
     records = task_records()

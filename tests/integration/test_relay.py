@@ -201,7 +201,7 @@ def test_a_relay_holds_frames_while_the_collector_is_absent_and_delivers_them_wh
     relay = relays(collector_endpoint)
     try:
         worker = start_worker(relay.endpoint, 0, 3000)
-        time.sleep(1.0)  # the worker logs through the relay into nowhere: backpressure, not loss
+        time.sleep(1.0)  # the scenario, not synchronisation: the worker logs through the relay into nowhere
         out = tmp_path / "out.log"
         endpoint = collector_endpoint
         with mplog.start_listener(file_config(out), endpoint=endpoint, route_parent=False, export_env=False) as lsn:

@@ -144,7 +144,7 @@ def test_frames_are_held_while_the_sender_is_busy_and_an_urgent_one_releases_the
     rig.send("b0")
     rig.send("c0", "c1", "c2")
     _held(rig, 3)
-    time.sleep(0.3)
+    time.sleep(0.3)  # not synchronisation: the window in which a wrong release would show
     assert rig.lines.messages == [] and rig.server.held_frames == 3  # still held: the sender is still busy
     rig.send("boom", flags=FLAG_URGENT, level=logging.ERROR)
     wait_for(lambda: len(rig.lines.messages) == 7, timeout=10)
@@ -288,7 +288,7 @@ def test_records_of_busy_workers_wait_until_a_cpu_is_free_then_every_one_is_writ
     ctx = multiprocessing.get_context(method)
     listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, transport=transport, spin=2.5)
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # not synchronisation: the window in which a wrong release would show
         assert all(p.is_alive() for p in procs)
         assert len(read_lines(out)) == two_cpus  # only the hellos: the rest is held
         held = listener.stats()

@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -15,7 +17,7 @@ from helpers import file_config, payload, read_lines, wait_for
 from ledger import build_ledger
 
 import mplog
-from mplog.supervisor import CHECKPOINT_INTERVAL, Backoff
+from mplog.supervisor import Backoff, load_checkpoint, stats_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
@@ -29,7 +31,20 @@ def _produce(producer: int, count: int, pace: float) -> None:
     for seq in range(count):
         log.info("%s", payload(producer, seq))
         if pace and seq % 100 == 99:
-            time.sleep(pace)
+            time.sleep(pace)  # not synchronisation: a steady stream, so the kill lands mid-stream
+
+
+def _with_state_dir(config: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """``config`` with a state directory the test can read the stats checkpoint from."""
+    return {**config, "mplog": {"state_dir": str(state_dir)}}
+
+
+def _checkpointed(state_dir: Path, received: int) -> None:
+    """Wait (bounded) until the listener's stats checkpoint counts ``received`` records."""
+    wait_for(
+        lambda: (load_checkpoint(stats_path(str(state_dir))) or {}).get("received") == received,
+        what=f"a stats checkpoint with received == {received}",
+    )
 
 
 def _kill_and_wait_for_restart(listener: mplog.Listener) -> float:
@@ -44,12 +59,12 @@ def _kill_and_wait_for_restart(listener: mplog.Listener) -> float:
 def test_a_killed_listener_is_restarted_on_the_same_endpoint_within_a_second_and_says_so(tmp_path):
     out = tmp_path / "out.log"
     log = logging.getLogger("parent")
-    with mplog.start_listener(file_config(out)) as listener:
+    with mplog.start_listener(_with_state_dir(file_config(out), tmp_path / "state")) as listener:
         endpoint, first_pid = listener.endpoint, listener.pid
         for seq in range(1000):
             log.info("%s", payload(0, seq))
         wait_for(lambda: listener.stats()["received"] == 1000)
-        time.sleep(CHECKPOINT_INTERVAL * 4)  # the listener's stats checkpoint has caught up
+        _checkpointed(tmp_path / "state", 1000)  # the listener's stats checkpoint has caught up
         took = _kill_and_wait_for_restart(listener)
         # 0.15 s measured on an idle 2-core machine; a new interpreter starts slower when the
         # machine is oversubscribed, which says nothing about the supervisor.
@@ -127,12 +142,12 @@ def test_backoff_restarts_at_once_after_a_healthy_run_and_doubles_while_deaths_a
 def test_stop_after_an_unsupervised_death_returns_the_last_checkpoint(tmp_path):
     out = tmp_path / "out.log"
     log = logging.getLogger("parent")
-    listener = mplog.start_listener(file_config(out), supervise=False)
+    listener = mplog.start_listener(_with_state_dir(file_config(out), tmp_path / "state"), supervise=False)
     try:
         for seq in range(500):
             log.info("%s", payload(0, seq))
         wait_for(lambda: listener.stats()["received"] == 500)
-        time.sleep(CHECKPOINT_INTERVAL * 3)
+        _checkpointed(tmp_path / "state", 500)
         os.kill(listener.pid, signal.SIGKILL)
         wait_for(lambda: not listener.running)
     finally:

@@ -75,9 +75,14 @@ class Collector:
         return list(self.frames)
 
     def quiet(self, period: float = 0.5) -> list[bytes]:
-        """Wait until nothing has arrived for ``period`` seconds; return everything received."""
+        """Wait until nothing has arrived for ``period`` seconds (at most 30 s in all); return everything received.
+
+        Not synchronisation: the window in which a duplicate or an unexpected frame would show.
+        """
+        deadline = time.monotonic() + 30
         count = -1
         while count != len(self.frames):
+            assert time.monotonic() < deadline, f"frames still arriving after 30 s: {len(self.frames)}"
             count = len(self.frames)
             time.sleep(period)
         return list(self.frames)
@@ -571,7 +576,7 @@ def test_a_frame_over_twice_max_frame_bytes_is_refused_and_later_frames_still_ar
             index = len(sent) + 2
             if sender.send(numbered(4, index, 100), 0.2):
                 sent.append(index)
-            time.sleep(0.05)
+            time.sleep(0.05)  # the pace of the retries of this bounded loop
         frames = ends.collector.quiet()
     finally:
         sender.close()

@@ -1,30 +1,23 @@
 """Hostile bytes never get past the decoder as anything but a counted FrameError.
 
-Catalogue C1 (truncation), C2 (garbage and mutations), C14 (decoder state after an
-error) and D1 (a pickle payload, also sent over every transport to a real listener).
+Catalogue C1 (truncation), C2 (garbage and mutations) and C14 (decoder state after an
+error); C14 in a fresh process and D1 (a pickle payload sent over every transport to a real
+listener) are in tests/integration/test_wire_processes.py.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
-import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
-from helpers import file_config, read_lines, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mplog
 from mplog.exceptions import FrameError
 from mplog.server import Server
-from mplog.transports import open_sender
 from mplog.wire import Limits, Sender, build_frame, decode_frame, encode_record, encode_sender
 
 SENDER_BYTES = encode_sender(Sender("fuzz-host", 99, 1_700_000_000.5, 7))
@@ -152,82 +145,3 @@ def assert_plain(value: Any) -> None:
             assert_plain(item)
     else:
         assert type(value) in (str, int, float, bool, bytes, type(None)), type(value)
-
-
-# Runs in a fresh interpreter: hostile frames, then valid ones, through the same module
-# state; a crash in the C unpacker would show as a signal exit code, not an exception.
-_AFTER_HOSTILE = textwrap.dedent(
-    """
-    import sys
-    from mplog.exceptions import FrameError
-    from mplog.wire import decode_frame
-
-    hostile = [bytes.fromhex(h) for h in sys.argv[2:]]
-    good = bytes.fromhex(sys.argv[1])
-    rejected = decoded = 0
-    for round in range(50):
-        for data in hostile:
-            try:
-                decode_frame(data)
-            except FrameError:
-                rejected += 1
-        decoded += len(decode_frame(good).records)
-    print(rejected, decoded)
-    """
-)
-
-
-@pytest.mark.timeout(60)
-def test_valid_frames_decode_after_hostile_ones_in_a_fresh_process():
-    hostile = [
-        b"\x91" * 3000,
-        b"\xdd\xff\xff\xff\xff",
-        b"\xc7\x00\x05",
-        b"\xd7\xff" + b"\xff" * 8,
-        b"\xa2\xff\xfe",
-        valid_frame()[:-7],
-        b"\x96\x01" + b"\x81\xa1k" * 2000,
-        msgpack.packb({1: 2}),
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-c", _AFTER_HOSTILE, valid_frame().hex(), *(h.hex() for h in hostile)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(50 * len(hostile)), str(50 * 3)]
-
-
-class _Exploit:
-    """Unpickling this creates the marker file: proof that something unpickled it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> Any:
-        return (Path.touch, (self.marker,))
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-def test_a_pickle_frame_sent_over_each_transport_is_counted_and_never_unpickled(tmp_path, transport):
-    marker = tmp_path / "pwned"
-    out = tmp_path / "out.log"
-    listener = mplog.start_listener(file_config(out), transport=transport, route_parent=False, export_env=False)
-    sender = open_sender(listener.endpoint)
-    try:
-        payloads = [pickle.dumps(_Exploit(marker), protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
-        for payload in payloads:
-            assert wait_for(lambda p=payload: sender.send(p, 1.0), timeout=10)
-        record = logging.LogRecord("after", logging.INFO, "/f.py", 1, "still alive", (), None)
-        assert sender.send(build_frame(SENDER_BYTES, 0, 0, 0, [encode_record(record)]), 1.0)
-        wait_for(lambda: listener.stats()["received"] == 1, timeout=10)
-        stats = listener.stats()
-    finally:
-        sender.close()
-        listener.stop()
-    assert stats["malformed_total"] == len(payloads)
-    assert read_lines(out) == ["still alive"]
-    assert not marker.exists()

@@ -1,8 +1,8 @@
 """The pieces of the listener's yielding (mplog.yielding): the urgent flag, the envelope, the watch, the setting.
 
-The watch is tested against real processes (the ``spinner`` and ``sleeper`` fixtures of
-conftest): one that keeps a CPU busy, one that sleeps, one that is gone. Whole listeners
-holding frames for real workers are in tests/integration/test_yield_to_workers.py.
+The watch's logic is tested here on made-up looks; against real processes (one that keeps
+a CPU busy, one that sleeps, one that is gone) in tests/integration/test_yielding_watch.py.
+Whole listeners holding frames for real workers are in tests/integration/test_yield_to_workers.py.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from typing import Any
 
 import pytest
-from helpers import wait_for
 
 from mplog import yielding
 from mplog.ack_format import frame_envelope
@@ -97,60 +95,6 @@ def test_the_envelope_names_the_sender_host_and_pid_without_unpacking_records():
 # ---------------------------------------------------------------- the watch
 
 
-def _busy(watch: WorkerWatch) -> bool:
-    return watch.busy(time.monotonic())
-
-
-def _looks(watch: WorkerWatch, count: int) -> list[bool]:
-    answers = []
-    for _ in range(count):
-        answers.append(_busy(watch))
-        time.sleep(CHECK_INTERVAL * 1.2)
-    return answers
-
-
-@pytest.mark.timeout(60)
-def test_a_sender_on_this_host_keeping_the_only_cpu_busy_makes_the_watch_busy_until_it_is_gone(spinner):
-    watch = WorkerWatch(cpus=1)
-    assert not _busy(watch)  # no sender known
-    watch.saw(HOST, spinner.pid, 0)
-    wait_for(lambda: _busy(watch), timeout=20)
-    spinner.kill()
-    spinner.wait(10)
-    wait_for(lambda: not _busy(watch), timeout=20)
-
-
-@pytest.mark.timeout(60)
-def test_a_sleeping_sender_never_makes_the_watch_busy(sleeper):
-    watch = WorkerWatch(cpus=1)
-    watch.saw(HOST, sleeper.pid, 0)
-    time.sleep(0.3)  # its start-up is over
-    assert _looks(watch, 10) == [False] * 10
-    assert watch.pids == [sleeper.pid]
-
-
-@pytest.mark.timeout(60)
-def test_busy_workers_on_another_host_or_fewer_than_the_cpus_never_make_the_watch_busy(spinner):
-    other = WorkerWatch(cpus=1)
-    other.saw(HOST + "-elsewhere", spinner.pid, 0)  # a remote sender's pid means nothing here
-    too_few = WorkerWatch(cpus=2)
-    too_few.saw(HOST, spinner.pid, 0)  # one busy sender leaves the listener a CPU
-    time.sleep(0.3)
-    assert _looks(other, 5) == [False] * 5
-    assert _looks(too_few, 5) == [False] * 5
-    assert other.pids == []
-
-
-@pytest.mark.timeout(60)
-def test_a_goodbye_frame_removes_its_sender(spinner):
-    watch = WorkerWatch(cpus=1)
-    watch.saw(HOST, spinner.pid, 0)
-    wait_for(lambda: _busy(watch), timeout=20)
-    watch.saw(HOST, spinner.pid, FLAG_FINAL)
-    assert watch.pids == []
-    wait_for(lambda: not _busy(watch), timeout=5)
-
-
 def test_idle_needs_two_looks_in_a_row_and_busy_one(monkeypatch):
     watch = WorkerWatch(cpus=1)
     answers = iter([True, False, False, True, False, True])
@@ -168,14 +112,6 @@ def test_the_watch_keeps_the_most_recent_senders_within_its_bound(monkeypatch):
     for pid in (10, 11, 12, 10, 13):
         watch.saw(HOST, pid, 0)
     assert watch.pids == [12, 10, 13]
-
-
-def test_without_proc_the_watch_never_holds(monkeypatch, spinner):
-    watch = WorkerWatch(cpus=1)
-    watch.enabled = False
-    watch.saw(HOST, spinner.pid, 0)
-    time.sleep(0.3)
-    assert _looks(watch, 3) == [False] * 3
 
 
 def test_the_cpus_are_those_the_listener_may_run_on():
@@ -206,15 +142,3 @@ def test_yielding_under_acknowledged_delivery_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"mplog\.yield_to_workers does not apply with mplog\.ack.*set it to 0"):
         load_config({"version": 1, "mplog": {"ack": True, "yield_to_workers": 1}})
     assert yield_seconds(_runtime(ack=True, yield_to_workers=0)) == 0.0
-
-
-@pytest.mark.timeout(60)
-def test_a_look_reads_only_the_senders_heard_from_most_recently(monkeypatch, spinner, sleeper):
-    monkeypatch.setattr(yielding, "MAX_LOOKED_AT", 1)
-    watch = WorkerWatch(cpus=1)
-    watch.saw(HOST, spinner.pid, 0)
-    watch.saw(HOST, sleeper.pid, 0)  # the newest, and asleep: the busy one is not read
-    time.sleep(0.3)
-    assert _looks(watch, 5) == [False] * 5
-    watch.saw(HOST, spinner.pid, 0)  # heard from again: now the newest
-    wait_for(lambda: _busy(watch), timeout=20)

@@ -25,7 +25,7 @@ def test_memory_handler_flushes_on_capacity_on_flush_level_and_at_shutdown(tmp_p
         wait_for(lambda: len(read_lines(out)) == 26, 5)  # the ERROR flushed the 5 held records and itself
         run_workers(listener.endpoint, 1, 3, first=2)
         wait_for(lambda: listener.stats()["received"] == 29, 5)
-        time.sleep(0.2)
+        time.sleep(0.2)  # not synchronisation: the window in which a wrong flush would show
         assert len(read_lines(out)) == 26  # 3 held below capacity and flush level
     lines = read_lines(out)
     check_lines(lines, {0: 25, 1: 1, 2: 3}).assert_exact()

@@ -79,7 +79,7 @@ def test_listener_starts_while_rsyslog_is_down_and_delivers_once_it_is_up(tmp_pa
         rsyslog.start()
         run_workers(listener.endpoint, 1, 30, first=1)
         wait_for(lambda: len(rsyslog.records()) >= 30, 15)
-    time.sleep(0.2)
+    time.sleep(0.2)  # not synchronisation: the window in which a duplicate would show
     check_lines(rsyslog.records(), {1: 30}).assert_exact()
     assert len(rsyslog.records()) == 30
     assert listener.stats()["handler_errors"] == {"syslog": 20}
