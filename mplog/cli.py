@@ -32,14 +32,14 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    from mplog import sd_notify
     from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, worker_level, yield_seconds
-    from mplog.continuation import append_on_first_open, continues_earlier_run
-    from mplog.control import handler_errors_text, start_control_server
     from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
-    from mplog.metrics import start_metrics_server
-    from mplog.server import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
-    from mplog.supervisor import ensure_state_dir, resume
+    from mplog.listener import sd_notify
+    from mplog.listener.continuation import append_on_first_open, continues_earlier_run
+    from mplog.listener.loop import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
+    from mplog.listener.metrics import start_metrics_server
+    from mplog.listener.status_channel import handler_errors_text, start_control_server
+    from mplog.listener.supervisor import ensure_state_dir, resume
 
     config, runtime = load_config(_config_path(args))
     endpoint = args.bind or os.environ.get(ENV_BIND) or runtime.endpoint or default_collector_endpoint()
@@ -54,7 +54,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     apply_logging_config(config)  # a handler that cannot be built: ConfigError, exit 2, one line
     receiver, limits = build_receiver(endpoint, settings)
     if settings.get("ack"):
-        from mplog.ack_server import AckServer
+        from mplog.listener.ack_loop import AckServer
 
         server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits_for(settings))  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
     else:
@@ -134,7 +134,7 @@ def _report_unclosed(snap: dict[str, object]) -> None:
 
 
 def _report_stats(server: object, interval: float) -> None:
-    from mplog.server import Server
+    from mplog.listener.loop import Server
 
     assert isinstance(server, Server)
     while not server.stop_event.wait(interval):
@@ -160,8 +160,8 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from mplog.config import load_config, worker_level
-    from mplog.control import control_endpoint_for
-    from mplog.handler_check import check_handlers
+    from mplog.listener.handler_check import check_handlers
+    from mplog.listener.status_channel import control_endpoint_for
 
     path = _config_path(args)
     if path is None:
@@ -186,7 +186,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         details = " ".join(f"{k}={v!r}" for k, v in spec.items())
         print(f"logger     {name}: {details}".rstrip())
     level = logging.getLevelName(worker_level(config))
-    # What workers learn from the status channel (mplog.collector_level); one that cannot reach it is told by hand.
+    # What workers learn from the status channel (mplog.worker.level); one that cannot reach it is told by hand.
     reach = f"asked; where the status channel is out of reach: MPLOG_LEVEL={level}"
     print(f"workers send records at {level} and above ({reach})")
     return EXIT_OK
@@ -213,8 +213,8 @@ def _check_references(config: dict[str, object]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from mplog.control import format_status, request_stats
     from mplog.exceptions import ListenerError
+    from mplog.listener.status_channel import format_status, request_stats
 
     endpoint = args.endpoint or os.environ.get(ENV_BIND) or default_collector_endpoint()
     try:
@@ -223,7 +223,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"mplog: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        from mplog.stats_view import json_safe
+        from mplog.listener.stats_view import json_safe
 
         # Strict JSON whatever a sender claimed (a NaN start_time would print a bare NaN).
         print(json.dumps(json_safe(stats), indent=2, sort_keys=True, allow_nan=False))
@@ -266,7 +266,7 @@ def _apply_key_flags(args: argparse.Namespace, settings: dict[str, object]) -> N
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from mplog.security import generate_key_pair  # zmq is imported only by commands that need it
+    from mplog.transports.curve import generate_key_pair  # zmq is imported only by commands that need it
 
     for name in args.names:
         public, secret = generate_key_pair(args.directory, name, force=args.force)
@@ -276,7 +276,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_relay(args: argparse.Namespace) -> int:
     from mplog.config import transport_options_for
-    from mplog.relay import Relay
+    from mplog.listener.relay import Relay
     from mplog.transports import TransportOptions
 
     inbound: dict[str, object] = {}
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mplog: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except TransportError as exc:
-        from mplog.control import port_in_use_hint
+        from mplog.listener.status_channel import port_in_use_hint
 
         print(f"mplog: {exc}{port_in_use_hint(str(exc))}", file=sys.stderr)
         return EXIT_BIND

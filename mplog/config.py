@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mplog import security
 from mplog.exceptions import ConfigError
-from mplog.metrics import parse_address
-from mplog.stats import SenderLimits
+from mplog.listener.holding import DEFAULT_YIELD_SECONDS
+from mplog.listener.metrics import parse_address
+from mplog.listener.stats import SenderLimits
 from mplog.transports import Receiver, TransportOptions, open_receiver, transport_of
+from mplog.transports import curve as security
 from mplog.wire import Limits
-from mplog.worker import WorkerOptions
-from mplog.yielding import DEFAULT_YIELD_SECONDS
+from mplog.worker.handler import WorkerOptions
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -90,7 +90,7 @@ class RuntimeSettings:
     control: str | None = None  # the status channel `mplog status` asks (mplog.control); default: next to endpoint
     nice: int = 0  # added to the listener process's niceness: 1-19 let busy workers' CPU come first
     # The longest the listener holds frames while this host's workers keep every CPU busy
-    # (mplog.yielding); None: 1.0 s, or 0 under mplog.ack, whose acknowledgements are not held back.
+    # (mplog.listener.holding); None: 1.0 s, or 0 under mplog.ack, whose acknowledgements are not held back.
     yield_to_workers: float | None = None
     metrics: str | None = None  # "HOST:PORT" of a Prometheus endpoint on the listener (mplog.metrics); None: none
 
@@ -467,7 +467,7 @@ def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Li
 
 
 def yield_seconds(runtime: dict[str, Any]) -> float:
-    """How long the listener may hold frames for busy workers (``mplog.yield_to_workers``, see mplog.yielding)."""
+    """How long the listener may hold frames for busy workers (``mplog.yield_to_workers``, mplog.listener.holding)."""
     if runtime.get("ack"):
         return 0.0
     value = runtime.get("yield_to_workers")

@@ -31,11 +31,11 @@ import pytest
 from helpers import check_lines, file_config, payload, read_lines, wait_for
 
 import mplog
-from mplog.control import format_status
-from mplog.server import Server
+from mplog.listener.holding import WorkerWatch
+from mplog.listener.loop import Server
+from mplog.listener.status_channel import format_status
 from mplog.transports import open_receiver, open_sender
 from mplog.wire import FLAG_URGENT, Sender, build_frame, encode_record, encode_sender
-from mplog.yielding import WorkerWatch
 
 HOST = socket.gethostname()
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import mplog
 from mplog.exceptions import FrameError
-from mplog.server import Server
+from mplog.listener.loop import Server
 from mplog.transports import open_sender
 from mplog.wire import Limits, Sender, build_frame, decode_frame, encode_record, encode_sender
 

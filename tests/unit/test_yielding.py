@@ -1,4 +1,4 @@
-"""The pieces of the listener's yielding (mplog.yielding): the urgent flag, the envelope, the watch, the setting.
+"""The pieces of the listener's holding (mplog.listener.holding): the urgent flag, the envelope, the watch, the setting.
 
 The watch is tested against real processes (the ``spinner`` and ``sleeper`` fixtures of
 conftest): one that keeps a CPU busy, one that sleeps, one that is gone. Whole listeners
@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from helpers import wait_for
 
-from mplog import yielding
-from mplog.ack_format import frame_envelope
 from mplog.config import load_config, yield_seconds
+from mplog.delivery.ack_format import frame_envelope
 from mplog.exceptions import ConfigError
+from mplog.listener import holding as yielding
+from mplog.listener.holding import CHECK_INTERVAL, WorkerWatch
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender
-from mplog.worker import MplogHandler, WorkerOptions
-from mplog.yielding import CHECK_INTERVAL, WorkerWatch
+from mplog.worker.handler import MplogHandler, WorkerOptions
 
 HOST = socket.gethostname()
 

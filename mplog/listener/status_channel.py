@@ -4,7 +4,7 @@
 listener binds a second socket next to its data endpoint and answers ``{"cmd":
 "stats"}`` with its stats snapshot (JSON both ways), and ``{"cmd": "level"}`` with
 ``{"level": N, "endpoint": DATA_ENDPOINT}``: the lowest level any of its handlers
-accepts, which workers ask for (mplog.collector_level). Where that socket lives:
+accepts, which workers ask for (mplog.worker.level). Where that socket lives:
 
 - ``ipc://PATH`` and ``mp://PATH``: ``ipc://PATH.ctl`` (same private directory);
 - ``tcp://HOST:PORT``: ``tcp://127.0.0.1:PORT+1`` (always loopback), unless
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
-from mplog.stats_view import summary
+from mplog.listener.stats_view import summary
 from mplog.transports.base import check_bind_address
 from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
@@ -308,11 +308,11 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
     least one second); ``last seen`` is measured against ``now`` (default: this clock).
     """
     now = time.time() if now is None else now
-    # The same line as str(Listener.stats()) (mplog.stats_view.summary), after who and how long.
+    # The same line as str(Listener.stats()) (mplog.listener.stats_view.summary), after who and how long.
     who = f"listener pid {stats.get('pid', '?')} at {stats.get('endpoint', '?')}"
     head = f"{who}: up {stats.get('uptime', 0.0):.1f} s; {summary(stats)}"
     held = stats.get("yield", {}).get("held_frames", 0)
-    if held:  # mplog.yielding: not yet handled, the workers keep every CPU busy
+    if held:  # mplog.listener.holding: not yet handled, the workers keep every CPU busy
         head += f", holding {held} frames while the workers are busy"
     columns = ("HOST", "PID", "RECORDS", "RATE/S", "DROPPED", "GAPS", "LAST SEEN", "STATE")
     rows = [columns]

@@ -10,7 +10,7 @@ Two halves live here:
 - :class:`Supervisor` runs **in the parent**, beside the :class:`mplog.Listener` handle:
   a thread waits on the child; when it dies without being asked to, the thread starts
   a new one on the same endpoint and state file, with a backoff that bounds a restart
-  storm, and logs one line per restart on the ``mplog.supervisor`` logger.
+  storm, and logs one line per restart on the ``mplog.listener.supervisor`` logger.
 
 What a crash can still cost, and why the numbers stay consistent, is in docs/reliability.md.
 """
@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from mplog.exceptions import ConfigError
-from mplog.progress import ProgressFile, file_sizes, progress_path, read_progress
+from mplog.listener.progress import ProgressFile, file_sizes, progress_path, read_progress
 
 if TYPE_CHECKING:
-    from mplog.server import Server
-    from mplog.stats import Stats
+    from mplog.listener.loop import Server
+    from mplog.listener.stats import Stats
 
 __all__ = [
     "CHECKPOINT_INTERVAL",
@@ -53,7 +53,7 @@ __all__ = [
 
 CHECKPOINT_INTERVAL = 0.05  # seconds between stats checkpoints (written only when something changed)
 
-log = logging.getLogger("mplog.supervisor")
+log = logging.getLogger("mplog.listener.supervisor")
 
 
 def live_local_senders(stats: Stats) -> int:
@@ -107,7 +107,7 @@ def resume(server: Server, setup: dict[str, Any]) -> Checkpoint | None:
     """Continue from the state an earlier incarnation left in ``setup['state_dir']``; start checkpointing.
 
     The stats checkpoint is restored first, then each sender's ledger as the progress
-    file (mplog.progress) had it after the dead listener's last frame, then (acknowledged
+    file (mplog.listener.progress) had it after the dead listener's last frame, then (acknowledged
     delivery) the marks. A new checkpoint holding all of it is written before the
     progress file is started afresh, so a listener killed during this start finds the
     same inputs again.
@@ -141,7 +141,7 @@ def resume(server: Server, setup: dict[str, Any]) -> Checkpoint | None:
 
 
 def _start_progress(server: Server, path: str) -> None:
-    """Persist every sender's ledger with each frame from now on (mplog.progress); without it if the file fails."""
+    """Persist every sender's ledger with each frame from now on (listener.progress); without it if the file fails."""
     stats = server.stats
     with stats._lock:
         table = stats.table
@@ -184,7 +184,7 @@ class Checkpoint:
 
         The first one marks the state directory as used: a listener started on it later,
         even after this one was killed at once, continues it and appends to its files
-        (mplog.continuation).
+        (mplog.listener.continuation).
 
         Returns:
             Whether the first checkpoint was written (a full disk must not stop the

@@ -1,7 +1,7 @@
 """The listener's receive loop: receive -> decode -> dispatch into ``logging``.
 
 This module runs inside the listener process: started by :class:`mplog.Listener`
-(``python -m mplog.server``, driven over a private control pipe) or in the
+(``python -m mplog.listener.loop``, driven over a private control pipe) or in the
 foreground by ``mplog listen``. Frames never reach a handler unless they decode and
 validate; anything else only increments a counter.
 """
@@ -21,18 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mplog.ack_format import Envelope, frame_envelope
+from mplog.delivery.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
-from mplog.fastpath import BatchDispatcher
 from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
-from mplog.progress import ProgressFile
-from mplog.stats import SenderLimits, Stats
-from mplog.supervisor import live_local_senders, process_runs, resume
+from mplog.listener.dispatch import BatchDispatcher
+from mplog.listener.holding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
+from mplog.listener.progress import ProgressFile
+from mplog.listener.stats import SenderLimits, Stats
+from mplog.listener.supervisor import live_local_senders, process_runs, resume
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
-from mplog.wire_decode import MAX_NAME_CHARS, read_envelope
-from mplog.wire_repair import decode_escaped, salvage_records
-from mplog.yielding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
+from mplog.wire.decode import MAX_NAME_CHARS, read_envelope
+from mplog.wire.repair import decode_escaped, salvage_records
 
 __all__ = [
     "Server",
@@ -71,11 +71,11 @@ class Server:
         self.drain_quiet = drain_quiet
         self.drain_timeout = 10.0
         # Set when the parent died: orphaned workers still running on this host may
-        # have records on the way, so the drain waits for them (see mplog.supervisor).
+        # have records on the way, so the drain waits for them (see mplog.listener.supervisor).
         self.drain_for_live_senders = False
         self.restarts = 0  # earlier incarnations of this listener (supervised restarts)
         self.dispatcher = BatchDispatcher()  # BatchDispatcher(fast=False): one logger.handle() per record
-        # mplog.yielding: the longest a frame is held while this host's workers keep every
+        # mplog.listener.holding: the longest a frame is held while this host's workers keep every
         # CPU busy (0: never held). Set by whoever starts the server; AckServer keeps 0.
         self.yield_seconds = 0.0
         self.hold_max_bytes = HOLD_MAX_BYTES
@@ -86,7 +86,7 @@ class Server:
         self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
         self._hostname = socket.gethostname()
         # Each sender's ledger, stored after each of its frames is dispatched, so that a
-        # listener killed mid-stream is continued exactly (mplog.progress; set by mplog.supervisor.resume).
+        # listener killed mid-stream is continued exactly (listener.progress; set by listener.supervisor.resume).
         self.progress: ProgressFile | None = None
         self._ends_seen = 0  # the receiver's connection_ends() when last looked at
 
@@ -98,7 +98,7 @@ class Server:
         ``origin`` is where the receiver says the frame came from (its connection and,
         under CURVE, the client key), whenever the frame is handled: the frame is booked
         to the sender it names in that key's namespace, if that connection may claim it
-        (mplog.stats).
+        (mplog.listener.stats).
 
         Returns:
             The frame when its envelope was valid (its records may have been rejected; a
@@ -128,7 +128,7 @@ class Server:
         if progress is None:
             self.dispatch(frame, records, origin=origin)
             return frame
-        # The ledger with this frame, pending until its records are written (mplog.progress).
+        # The ledger with this frame, pending until its records are written (mplog.listener.progress).
         progress.begin(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
         self.dispatch(frame, records, origin=origin)
         progress.commit()
@@ -188,8 +188,8 @@ class Server:
         return frame
 
     def output_handlers(self) -> list[logging.Handler]:
-        """The handlers whose files a frame can reach, measured around each frame (mplog.progress)."""
-        from mplog.ack_intent import file_handlers  # noqa: PLC0415  # only a listener that keeps state needs it
+        """The handlers whose files a frame can reach, measured around each frame (mplog.listener.progress)."""
+        from mplog.delivery.intent import file_handlers  # noqa: PLC0415  # only a listener that keeps state needs it
 
         return list(file_handlers(_all_handlers()))
 
@@ -214,7 +214,7 @@ class Server:
         # structured data): known when the records dispatched are consecutive.
         end = frame.seq + len(frame.records)
         start = end - len(records) if first is None else first
-        # A whole batch per handler write where the route allows it (mplog.fastpath); an
+        # A whole batch per handler write where the route allows it (mplog.listener.dispatch); an
         # exception outside every handler (a logger-level filter) is counted per record.
         self.dispatcher.dispatch(
             records,
@@ -252,7 +252,7 @@ class Server:
             snap["malformed"] = malformed
             snap["malformed_total"] = sum(malformed.values())
         connections = dict(getattr(self.receiver, "connections", {}))
-        snap["connections"] = connections  # handshakes, refused_* (mplog.security), disconnected
+        snap["connections"] = connections  # handshakes, refused_* (mplog.transports.curve), disconnected
         snap["refused"] = sum(n for key, n in connections.items() if key.startswith("refused_"))
         snap["handler_drops"] = handler_drops()
         snap["endpoint"] = self.receiver.endpoint
@@ -303,7 +303,7 @@ class Server:
             self._note_connection_ends(ends)
 
     def _note_connection_ends(self, ends: Callable[[], int]) -> None:
-        """Flag the open senders whose connection ended, if one ended since the last look (mplog.stats)."""
+        """Flag the open senders whose connection ended, if one ended since the last look (mplog.listener.stats)."""
         count = ends()
         if count != self._ends_seen:
             self._ends_seen = count
@@ -317,7 +317,7 @@ class Server:
         return not head.flags & FLAG_URGENT and watch.busy(time.monotonic())
 
     def _hold(self, first: tuple[bytes, Origin], watch: WorkerWatch) -> bool:
-        """Hold frames while the workers keep every CPU busy, then handle them in order (mplog.yielding).
+        """Hold frames while the workers keep every CPU busy, then handle them in order (mplog.listener.holding).
 
         Returns:
             True when the hold ran out of time or room (the caller then catches up without holding).
@@ -629,9 +629,9 @@ def _watch_parent(server: Server, parent: int) -> None:
 def child_main(read_fd: int, write_fd: int) -> int:
     """Entry point of the listener process started by :class:`mplog.Listener`."""
     from mplog.config import apply_nice, build_receiver, sender_limits_for, worker_level, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
-    from mplog.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
-    from mplog.control import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
-    from mplog.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
+    from mplog.listener.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
+    from mplog.listener.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
+    from mplog.listener.status_channel import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
 
     control = _Control(read_fd, write_fd)
     setup = control.read()
@@ -654,7 +654,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
         control.write({"event": "error", "kind": kind, "message": f"{type(exc).__name__}: {exc}"})
         return 3
     if setup.get("runtime", {}).get("ack"):
-        from mplog.ack_server import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
+        from mplog.listener.ack_loop import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
 
         sender_limits = sender_limits_for(setup.get("runtime", {}))
         server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
@@ -666,7 +666,7 @@ def child_main(read_fd: int, write_fd: int) -> int:
     checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
     status = metrics = None
     try:
-        level = worker_level(setup["config"])  # what workers that ask are told (mplog.collector_level)
+        level = worker_level(setup["config"])  # what workers that ask are told (mplog.worker.level)
         status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}), level=level)
         metrics = start_metrics_server(setup.get("runtime", {}), server.snapshot)
     except Exception as exc:

@@ -1,13 +1,13 @@
 """The listener's dispatch: one frame's records into ``logging``, written a batch at a time.
 
 The generic path hands every record to its logger's ``handle()`` (the logger named
-``name``, or a stand-in for one the config does not name: :mod:`mplog.logger_lookup`): a
+``name``, or a stand-in for one the config does not name: :mod:`mplog.listener.logger_lookup`): a
 FileHandler then formats it, writes it and flushes the file, once per record. When a
 record's whole route is plain (the logger and its ancestors call handlers the stock
 way, no filters anywhere, every handler on the route a StreamHandler or FileHandler
 that does not override emit/format/flush, formatted by a Formatter whose ``format``
 is the stock one), the fast path formats the records of a frame itself, exactly as
-``Formatter.format`` would (:class:`mplog.line_format.LineFormat`: the time text cached per
+``Formatter.format`` would (:class:`mplog.listener.line_format.LineFormat`: the time text cached per
 second, and a format naming only wire fields built from the decoded fields without a
 LogRecord), and hands each handler the whole batch in one write and one flush. Anything else takes the generic
 path, record by record, after the batches collected so far are written, so every
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
-from mplog.line_format import LineFormat
-from mplog.logger_lookup import LoggerLookup
+from mplog.listener.line_format import LineFormat
+from mplog.listener.logger_lookup import LoggerLookup
 from mplog.wire import make_log_record
 
 __all__ = ["BatchDispatcher"]

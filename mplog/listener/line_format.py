@@ -4,7 +4,7 @@
 the formatter does not override and caches the time text per second; for a format that
 names only fields the wire carries, ``line(fields)`` and ``lines(run)`` build the text
 straight from the decoded wire fields with one positional ``%`` (:func:`compile_format`),
-with no LogRecord. ``mplog.fastpath`` decides which handlers and records may use it;
+with no LogRecord. ``mplog.listener.dispatch`` decides which handlers and records may use it;
 ``tests/unit/test_fastpath.py`` compares its bytes with the generic path's.
 """
 

@@ -16,13 +16,13 @@ process, the first time each file handler opens its file it opens it for appendi
 TimedRotatingFileHandler), mplog's rotating handlers, subclasses whose default mode is
 'w', handlers made by ``'()'`` factories, and ``delay = true`` (the first open then
 comes with the first record). Later opens keep the configured mode: a rollover opens a
-new file, and a SIGHUP reopen appends on its own (mplog.server). mplog's
+new file, and a SIGHUP reopen appends on its own (mplog.listener.loop). mplog's
 ``FactoryStreamHandler`` follows the same rule for a ``mode`` in its factory's arguments
 (``factory = "ext://builtins.open"``). A handler that opens its file some other way (a
 custom ``_open`` that does not call the base class's, a stream built by a ``'()'``
 factory) is outside this rule; docs/reliability.md says so.
 
-Appending is also what the ack mode's write-ahead intent needs (mplog.ack_intent): the
+Appending is also what the ack mode's write-ahead intent needs (mplog.delivery.intent): the
 restarted listener cuts a half-written frame off the end of each file, and appended
 writes then land at that end.
 """
@@ -34,7 +34,7 @@ import os
 from typing import Any
 
 from mplog.handlers.stream import FactoryStreamHandler
-from mplog.supervisor import stats_path
+from mplog.listener.supervisor import stats_path
 
 __all__ = ["append_on_first_open", "continues_earlier_run", "open_for_appending"]
 
@@ -45,7 +45,7 @@ _enabled = False
 def continues_earlier_run(state_dir: str | None, restarts: int = 0) -> bool:
     """True for a supervised restart, or a listener whose state directory already holds a stats checkpoint.
 
-    A listener writes its first checkpoint as it starts (mplog.supervisor.Checkpoint),
+    A listener writes its first checkpoint as it starts (mplog.listener.supervisor.Checkpoint),
     so a listener killed at any point after start-up leaves one behind.
     """
     return restarts > 0 or bool(state_dir and os.path.exists(stats_path(state_dir)))

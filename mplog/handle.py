@@ -21,14 +21,14 @@ import time
 from types import TracebackType
 from typing import Any
 
-from mplog.children import route_children
 from mplog.config import load_config, worker_level
 from mplog.exceptions import ConfigError, ListenerError, TransportError
-from mplog.stats_view import ListenerStats
-from mplog.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
+from mplog.listener.stats_view import ListenerStats
+from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
-from mplog.worker import (
+from mplog.worker.children import route_children
+from mplog.worker.handler import (
     ENV_ACK,
     ENV_ENDPOINT,
     ENV_LEVEL,
@@ -140,7 +140,7 @@ class Listener:
         from_child_r, from_child_w = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mplog.server", "--control", f"{to_child_r},{from_child_w}"],
+                [sys.executable, "-m", "mplog.listener.loop", "--control", f"{to_child_r},{from_child_w}"],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -192,7 +192,7 @@ class Listener:
 
         A dict (``stats["received"]``, ``stats["senders"][key]["records"]``) with typed
         properties (``stats.received``) whose ``str()`` is a one-line summary
-        (:class:`mplog.stats_view.ListenerStats`).
+        (:class:`mplog.listener.stats_view.ListenerStats`).
         """
         if self._final is not None:
             return self._final
@@ -219,7 +219,7 @@ class Listener:
         """Deliver this process's buffered records, drain the listener, stop it; return final stats.
 
         Harmless to call twice (returns the same stats). The stats are a
-        :class:`~mplog.stats_view.ListenerStats`, as :meth:`stats` returns them.
+        :class:`~mplog.listener.stats_view.ListenerStats`, as :meth:`stats` returns them.
         """
         if self._final is not None or self._proc is None:
             return self._final if self._final is not None else ListenerStats()
@@ -347,8 +347,8 @@ def start_listener(
         transport: ``"zmq"`` (default) or ``"multiprocessing"``.
         route_parent: also send this process's own logging through the listener.
         export_env: set ``MPLOG_ENDPOINT`` (and ``MPLOG_LEVEL``) for child processes, and
-            route every process multiprocessing starts meanwhile (mplog.children).
-        supervise: restart the listener process on the same endpoint if it dies (mplog.supervisor).
+            route every process multiprocessing starts meanwhile (mplog.worker.children).
+        supervise: restart the listener process on the same endpoint if it dies (mplog.listener.supervisor).
         ack: acknowledged delivery (mplog.ack); None: the config's ``mplog.ack``.
 
     Raises:

@@ -30,7 +30,7 @@ import math
 import os
 import socket
 
-from mplog.wire_schema import FLAG_FINAL
+from mplog.wire.schema import FLAG_FINAL
 
 __all__ = ["DEFAULT_YIELD_SECONDS", "HOLD_MAX_BYTES", "WorkerWatch"]
 
@@ -83,7 +83,7 @@ class WorkerWatch:
         return list(self._pids)
 
     def saw(self, host: str, pid: int, flags: int) -> None:
-        """Note a frame's sender (from :func:`mplog.wire_decode.peek_header`)."""
+        """Note a frame's sender (from :func:`mplog.wire.decode.peek_header`)."""
         if host != self.host:
             return
         pids = self._pids

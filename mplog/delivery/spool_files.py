@@ -6,7 +6,7 @@ adopts it half made, and rewritten the same way when it reaches its bound. A fil
 nobody holds belongs to a worker that died: :func:`adopt_spools` locks and reads it
 (:class:`AdoptedSpool`). Files are written through the page cache without ``fsync``:
 they survive the process, not a power loss (docs/reliability.md). The bytes inside are
-:mod:`mplog.spool_format`'s.
+:mod:`mplog.delivery.spool_format`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import msgpack
 
-from mplog.spool_format import (
+from mplog.delivery.spool_format import (
     ENTRY,
     HEADER_SIZE,
     IDENT_AT,

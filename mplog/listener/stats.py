@@ -2,14 +2,14 @@
 
 Whose ledger a frame is booked to (docs/security.md, "Sender identity and the ledger"):
 the sender its frames claim, in the namespace of its CURVE client key
-(:func:`~mplog.sender_table.ledger_key`). Where the transport names connections
+(:func:`~mplog.listener.sender_table.ledger_key`). Where the transport names connections
 (``mp://``, the acknowledging ROUTER), a sender also **belongs to the connection that
 opened it** while that connection still holds it: a frame claiming it from another
 connection is refused and counted (``claims_refused["taken"]``). A frame starting more
 than ``max_seq_jump`` records past the sender's next record is refused and counted
 (``claims_refused["seq_jump"]``), never booked as gaps. Both checks cost a few dictionary
 lookups per frame, nothing per record. The table of senders is bounded
-(:mod:`mplog.sender_table`); the totals stay exact.
+(:mod:`mplog.listener.sender_table`); the totals stay exact.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from mplog.progress import Progress
-from mplog.sender_table import SenderLimits, SenderStats, SenderTable, ledger_key, split_ledger_key
+from mplog.listener.progress import Progress
+from mplog.listener.sender_table import SenderLimits, SenderStats, SenderTable, ledger_key, split_ledger_key
 from mplog.transports.base import NO_ORIGIN, Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
 
@@ -67,7 +67,7 @@ class Stats:
         self.claims_refused: Counter[str] = Counter()
         self.claims_refused_records = 0
         # The sender the last frame accepted or rejected was booked to, and its ledger key: the
-        # receive loop persists that ledger once the frame is dispatched (mplog.progress).
+        # receive loop persists that ledger once the frame is dispatched (mplog.listener.progress).
         self.booked_key = ""
         self.booked: SenderStats | None = None
         self._swept = 0.0  # time.monotonic() of the last look for senders that ended without a goodbye
@@ -214,7 +214,7 @@ class Stats:
         """Continue from a snapshot written by an earlier incarnation of this listener.
 
         Per-sender ``next_seq`` carries over, so records delivered before a restart are
-        not counted again as a gap (see mplog.supervisor and docs/reliability.md). The
+        not counted again as a gap (see mplog.listener.supervisor and docs/reliability.md). The
         folded totals and refused claims carry over too; the folded senders' places come
         from the progress file (:meth:`apply_progress`).
         """
@@ -234,7 +234,7 @@ class Stats:
                     self.table.insert(str(key), SenderStats(**{k: v for k, v in values.items() if k in known}))
 
     def apply_progress(self, ledgers: list[Progress], folds: list[Progress], folds_counted: int) -> None:
-        """Bring the senders to the ledgers the last listener persisted with its last frames (mplog.progress).
+        """Bring the senders to the ledgers the last listener persisted with its last frames (mplog.listener.progress).
 
         Call after :meth:`restore`. ``folds`` are the fold records, oldest first;
         ``folds_counted`` is how many folds the restored checkpoint counts (its
@@ -308,7 +308,7 @@ class Stats:
         stays so until it sends again, or its process is found gone. Looks at most every
         ``SWEEP_INTERVAL`` seconds unless ``now``; the process checks run outside the lock,
         so the receive loop never waits for them.
-        Senders folded out of the table (:mod:`mplog.sender_table`) are not looked at.
+        Senders folded out of the table (:mod:`mplog.listener.sender_table`) are not looked at.
         """
         tick = time.monotonic()
         if not now and tick - self._swept < SWEEP_INTERVAL:

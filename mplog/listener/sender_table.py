@@ -4,15 +4,15 @@ Whose ledger a frame is booked to (docs/security.md, "Sender identity and the le
 a sender is the ``host/pid/stream`` its frames claim, **namespaced by the CURVE client
 key** the handshake proved (:func:`ledger_key`), so that one client key can never touch
 another's ledgers; where the transport names connections, the table also remembers the
-connection each sender belongs to (``owners``; the rules are :class:`mplog.stats.Stats`').
+connection each sender belongs to (``owners``; the rules are :class:`mplog.listener.stats.Stats`').
 
 The table holds at most ``max_senders`` senders. Beyond it the senders closed, then
 silent, the longest are *folded*: their counts move into exact totals (``folded``), and
 where their stream was (next sequence number, running drop count, connection) is
 remembered for the last ``DORMANT_PER_SLOT * max_senders`` of them, so that a sender
 heard from again continues where it was. Those places are persisted with every fold
-(:mod:`mplog.progress`), so a restarted listener remembers them too. Not
-thread-safe: :class:`mplog.stats.Stats` holds its lock around every call.
+(:mod:`mplog.listener.progress`), so a restarted listener remembers them too. Not
+thread-safe: :class:`mplog.listener.stats.Stats` holds its lock around every call.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class SenderStats:
     records: int = 0  # records dispatched to handlers
     frames: int = 0
     rejected: int = 0  # records refused by validation (a frame that failed as a whole, or an item that was no record)
-    repaired: int = 0  # records delivered with a bad field replaced (mplog.wire_decode.salvage_records)
+    repaired: int = 0  # records delivered with a bad field replaced (mplog.wire.decode.salvage_records)
     dropped: int = 0  # records the sender dropped by policy (it reports a running total)
     gaps: int = 0  # numbered records this listener never received
     duplicates: int = 0  # records received twice (dropped here, not dispatched)
@@ -94,7 +94,7 @@ class SenderStats:
     closed: bool = False  # the sender said goodbye (orderly end)
     peer_key: str = ""  # under CURVE, the client key whose namespace this sender is in
     # Not closed, and known to have ended ("process gone") or silent for a long time ("silent"):
-    # its last records may be lost without any gap to count them (mplog.stats.Stats.note_ends).
+    # its last records may be lost without any gap to count them (mplog.listener.stats.Stats.note_ends).
     unclosed: str = ""
 
 
@@ -111,10 +111,10 @@ class SenderTable:
         self._dormant: dict[str, tuple[int, int, bool, bytes]] = {}
         self._dormant_open = 0  # of those, senders that had not said goodbye
         # Called with the key of a folded sender whose place is forgotten: the acknowledging
-        # listener drops its persisted mark (mplog.ack_server.MarksFile).
+        # listener drops its persisted mark (mplog.listener.ack_loop.MarksFile).
         self.on_forget: Callable[[str], None] | None = None
         # Called with a folded sender's key, its final ledger and the fold's number
-        # (folded["senders"] after it): its slot in the progress file (mplog.progress) is retired.
+        # (folded["senders"] after it): its slot in the progress file (mplog.listener.progress) is retired.
         self.on_fold: Callable[[str, SenderStats, int], None] | None = None
 
     def find(self, key: str, sender: Sender, peer_key: str, *, room: bool = True) -> SenderStats | None:

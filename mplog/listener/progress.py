@@ -1,14 +1,14 @@
 """Each sender's ledger, persisted with every frame, so that a listener killed mid-stream loses none of it.
 
-The stats checkpoint (:class:`mplog.supervisor.Checkpoint`) is a JSON file written every
+The stats checkpoint (:class:`mplog.listener.supervisor.Checkpoint`) is a JSON file written every
 50 ms at best. A listener SIGKILLed between two checkpoints had written records that the
 last checkpoint did not count: its successor counted them as received *and* as gaps
 (measured: 7,828 of one sender's 20,000 records). So the listener keeps each sender's
 ledger (next sequence number and every per-sender count) in this file as it handles
 its frames, and a restarted listener brings each sender forward (or back) to it after
-restoring the checkpoint (:meth:`mplog.stats.Stats.apply_progress`).
+restoring the checkpoint (:meth:`mplog.listener.stats.Stats.apply_progress`).
 
-A memory-mapped file (like the acknowledgement marks, :class:`mplog.ack_server.MarksFile`):
+A memory-mapped file (like the acknowledgement marks, :class:`mplog.listener.ack_loop.MarksFile`):
 no system call per frame but one ``fstat`` per output file. A SIGKILL can stop a process
 between any two stores, so every change becomes valid by one byte written last:
 
@@ -23,7 +23,7 @@ between any two stores, so every change becomes valid by one byte written last:
   gap) if none has.
 - a *ring* of fold records, written with ``pwrite()`` (a fold is rare next to a frame,
   and pages that are not mapped do not add to the listener's resident size): when the
-  table folds a sender (:mod:`mplog.sender_table`), its final ledger and the fold's
+  table folds a sender (:mod:`mplog.listener.sender_table`), its final ledger and the fold's
   number go into the ring and its slot is freed. A
   restarted listener folds again, with their own numbers, the senders folded after the
   checkpoint it restored (whose ``folded["senders"]`` says how many folds it counts),
@@ -58,7 +58,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mplog.sender_table import DORMANT_PER_SLOT, SenderStats, SenderTable
+from mplog.listener.sender_table import DORMANT_PER_SLOT, SenderStats, SenderTable
 
 __all__ = ["Progress", "ProgressFile", "file_sizes", "progress_path", "read_progress"]
 
@@ -242,7 +242,7 @@ class ProgressFile:
         table: the sender table: each of its senders is given a slot holding its ledger
             now, each place it remembers a fold record; its fold count and bounds.
         files: the handlers whose files are measured before each frame (those a frame
-            can reach: :func:`mplog.ack_intent.file_handlers`).
+            can reach: :func:`mplog.delivery.intent.file_handlers`).
 
     Raises:
         OSError: the file could not be written or allocated.

@@ -1,7 +1,7 @@
 """The worker side of the wire codec: log records -> packed records -> frame bytes.
 
 :func:`encode_record` packs one ``logging.LogRecord`` (message merged, exception and stack
-rendered to text, extras made packable within the decoder's :class:`~mplog.wire_schema.Limits`)
+rendered to text, extras made packable within the decoder's :class:`~mplog.wire.schema.Limits`)
 and never raises for any content of a record. A worker keeps a common record as its field
 list (:func:`plain_fields`) and packs a whole batch in one call (:func:`pack_records`);
 :func:`build_frame` and :func:`frame_of_packed` put packed records under a frame header
@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from mplog.wire_schema import (
+from mplog.wire.schema import (
     _FIELD_DEFAULTS,
     _FIELD_TYPES,
     _N_FIELDS,
@@ -286,7 +286,7 @@ def _conform(
 
     A filter can set a standard attribute to anything (a float level, a line number past
     msgpack's ints, a NaN time). The worker's encoder calls this for a field it cannot pack
-    as its type; the listener (:func:`mplog.wire_repair.salvage_records`) for a record whose
+    as its type; the listener (:func:`mplog.wire.repair.salvage_records`) for a record whose
     field it refuses, with ``max_name`` also refusing a longer logger name. The wrong value
     travels as the extra ``mplog_bad_<field>``, cut at ``max_repr_chars``; ``describe``
     writes a value that is not a str (default: its repr(), guarded against a hostile one).

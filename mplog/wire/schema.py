@@ -2,7 +2,7 @@
 
 What both ends of :mod:`mplog.wire` agree on (see docs/wire-format.md): :data:`RECORD_FIELDS`
 gives the positions of a record array, :class:`Limits` bounds the encoder (worker side,
-:mod:`mplog.wire_encode`) and the decoder (listener side, :mod:`mplog.wire_decode`), and
+:mod:`mplog.wire.encode`) and the decoder (listener side, :mod:`mplog.wire.decode`), and
 :class:`Sender` and :class:`Frame` name a frame's parts. Definitions only: no I/O, nothing logged.
 """
 

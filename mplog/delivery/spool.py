@@ -1,6 +1,6 @@
 """Spool files for acknowledged delivery: unacknowledged frames that outlive their worker.
 
-With ``spool_dir`` set, :class:`mplog.ack.AckingSender` appends every frame it keeps to
+With ``spool_dir`` set, :class:`mplog.delivery.ack_sender.AckingSender` appends every frame it keeps to
 its own spool file (:class:`OwnSpool`) before sending it, and forgets it once the
 listener acknowledges it. A live worker holds an exclusive ``flock`` on its file; a
 file nobody holds belongs to a worker that died, and the next worker to start adopts
@@ -8,8 +8,8 @@ it (:func:`adopt_spools`): it resends the frames under the dead worker's identit
 listener drops what it already wrote), then says goodbye for it and deletes the file.
 
 This module is the sender's side of it (:class:`Spooler`: failures, reports, which
-adopted files to keep); the bytes of a file are :mod:`mplog.spool_format`, the
-directory, the locks and the adoption :mod:`mplog.spool_files`. Every name of those two
+adopted files to keep); the bytes of a file are :mod:`mplog.delivery.spool_format`, the
+directory, the locks and the adoption :mod:`mplog.delivery.spool_files`. Every name of those two
 that this module offered before the split is still importable from here.
 """
 
@@ -23,13 +23,13 @@ from typing import Any
 
 # SUFFIX, ENTRY, HEADER_SIZE, MAGIC and VERSION stay out of __all__, as before the split;
 # ``X as X`` re-exports them for mypy --strict importers.
-from mplog.spool_files import SUFFIX as SUFFIX  # noqa: PLC0414
-from mplog.spool_files import AdoptedSpool, AdoptedStream, OwnSpool, adopt_spools, prepare_dir
-from mplog.spool_format import ENTRY as ENTRY  # noqa: PLC0414
-from mplog.spool_format import HEADER_SIZE as HEADER_SIZE  # noqa: PLC0414
-from mplog.spool_format import MAGIC as MAGIC  # noqa: PLC0414
-from mplog.spool_format import VERSION as VERSION  # noqa: PLC0414
-from mplog.spool_format import FrameHead, SpoolContents, frame_head, goodbye_frame, parse_spool
+from mplog.delivery.spool_files import SUFFIX as SUFFIX  # noqa: PLC0414
+from mplog.delivery.spool_files import AdoptedSpool, AdoptedStream, OwnSpool, adopt_spools, prepare_dir
+from mplog.delivery.spool_format import ENTRY as ENTRY  # noqa: PLC0414
+from mplog.delivery.spool_format import HEADER_SIZE as HEADER_SIZE  # noqa: PLC0414
+from mplog.delivery.spool_format import MAGIC as MAGIC  # noqa: PLC0414
+from mplog.delivery.spool_format import VERSION as VERSION  # noqa: PLC0414
+from mplog.delivery.spool_format import FrameHead, SpoolContents, frame_head, goodbye_frame, parse_spool
 
 __all__ = [
     "AdoptedSpool",

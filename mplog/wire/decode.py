@@ -1,11 +1,11 @@
 """The listener side of the wire codec: frame bytes -> validated records -> ``logging.LogRecord``.
 
-The decoder is stateless (one ``unpackb`` per frame), bounded by :class:`~mplog.wire_schema.Limits`,
+The decoder is stateless (one ``unpackb`` per frame), bounded by :class:`~mplog.wire.schema.Limits`,
 rejects every ext type and unknown versions, and raises only
 :class:`~mplog.exceptions.FrameError`, whose ``reason`` names the counter. :func:`decode_header`
 unpacks and checks the envelope, :func:`check_records` validates the records,
 :func:`decode_frame` does both, and :func:`make_log_record` rebuilds a record from
-validated fields (:mod:`mplog.wire_repair` repairs, record by record, a frame
+validated fields (:mod:`mplog.wire.repair` repairs, record by record, a frame
 :func:`check_records` or msgpack's UTF-8 check refused). Pure functions only: no I/O,
 nothing logged.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
-from mplog.wire_schema import (
+from mplog.wire.schema import (
     _FIELD_TYPES,
     _N_FIELDS,
     DEFAULT_LIMITS,

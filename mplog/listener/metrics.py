@@ -1,6 +1,6 @@
 """The listener's Prometheus endpoint: opt-in (``mplog.metrics = "HOST:PORT"``, ``mplog listen --metrics``).
 
-Every value is read from the listener's stats snapshot (:meth:`mplog.server.Server.snapshot`)
+Every value is read from the listener's stats snapshot (:meth:`mplog.listener.loop.Server.snapshot`)
 when Prometheus scrapes, by a custom collector on a registry of its own: nothing is
 counted twice and nothing is added to the receive loop. Series are per listener, never per
 sender: every worker process is a new sender, and a label per sender would grow without
@@ -129,7 +129,7 @@ class _SnapshotCollector:
         )
         refused_records = snap.get("claims_refused_records", 0)
         yield counter("claims_refused_records", "Records in the frames whose claim was refused.", refused_records)
-        if "unconfirmed" in snap:  # acknowledged delivery (mplog.ack_server)
+        if "unconfirmed" in snap:  # acknowledged delivery (mplog.listener.ack_loop)
             yield from _acknowledged(snap)
         held = snap.get("yield", {})
         yield GaugeMetricFamily(

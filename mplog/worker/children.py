@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import sys
 
-from mplog.worker import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, MplogHandler, inherited_setting, setup_worker
+from mplog.worker.handler import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, MplogHandler, inherited_setting, setup_worker
 
 __all__ = ["route_children"]
 
@@ -72,7 +72,7 @@ def _route(settings: dict[str, str]) -> None:
 def route_children(enabled: bool) -> bool:
     """Route (or, with False, stop routing) the processes multiprocessing starts from now on.
 
-    Call after the listener's settings are exported (:func:`mplog.worker.export_setting`):
+    Call after the listener's settings are exported (:func:`mplog.worker.handler.export_setting`):
     the marker holds what they are at this moment.
 
     Returns:

@@ -9,7 +9,7 @@ A file is a 512-byte header, then entries::
 
 all little-endian. A reader stops at the first entry that is short or fails its
 checksum: a write torn by SIGKILL or a full disk loses that frame only. Who writes,
-locks and adopts these files is :mod:`mplog.spool_files`.
+locks and adopts these files is :mod:`mplog.delivery.spool_files`.
 """
 
 from __future__ import annotations

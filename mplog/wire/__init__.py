@@ -11,10 +11,10 @@ ext type and unknown versions, and raises only :class:`~mplog.exceptions.FrameEr
 
 This module is the codec's one import point; the code lives in three modules by side:
 
-- :mod:`mplog.wire_schema`: what both ends share (``VERSION``, flags, ``RECORD_FIELDS``,
+- :mod:`mplog.wire.schema`: what both ends share (``VERSION``, flags, ``RECORD_FIELDS``,
   ``Limits``, ``Sender``, ``Frame``);
-- :mod:`mplog.wire_encode`: the worker side (``encode_record``, ``build_frame``, ...);
-- :mod:`mplog.wire_decode`: the listener side (``decode_header``, ``check_records``,
+- :mod:`mplog.wire.encode`: the worker side (``encode_record``, ``build_frame``, ...);
+- :mod:`mplog.wire.decode`: the listener side (``decode_header``, ``check_records``,
   ``decode_frame``, ``make_log_record``).
 """
 
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 # check_records, decode_header (the listener's two-step decode) and DEFAULT_LIMITS stay out
 # of __all__, as before the split; ``X as X`` re-exports them for mypy --strict importers.
-from mplog.wire_decode import check_records as check_records  # noqa: PLC0414
-from mplog.wire_decode import decode_frame, make_log_record
-from mplog.wire_decode import decode_header as decode_header  # noqa: PLC0414
-from mplog.wire_encode import build_frame, encode_record, encode_sender, record_fields
-from mplog.wire_schema import DEFAULT_LIMITS as DEFAULT_LIMITS  # noqa: PLC0414
-from mplog.wire_schema import FLAG_FINAL, FLAG_URGENT, RECORD_FIELDS, VERSION, Frame, Limits, Sender
+from mplog.wire.decode import check_records as check_records
+from mplog.wire.decode import decode_frame, make_log_record
+from mplog.wire.decode import decode_header as decode_header
+from mplog.wire.encode import build_frame, encode_record, encode_sender, record_fields
+from mplog.wire.schema import DEFAULT_LIMITS as DEFAULT_LIMITS
+from mplog.wire.schema import FLAG_FINAL, FLAG_URGENT, RECORD_FIELDS, VERSION, Frame, Limits, Sender
 
 __all__ = [
     "FLAG_FINAL",

@@ -1,6 +1,6 @@
 """Acknowledged delivery, listener side: handle, flush, persist the mark, then acknowledge.
 
-The worker side is :mod:`mplog.ack`, the acknowledgement format :mod:`mplog.ack_format`;
+The worker side is :mod:`mplog.delivery.ack_sender`, the acknowledgement format :mod:`mplog.delivery.ack_format`;
 the duplicate window and what this does and does not promise are in docs/reliability.md.
 """
 
@@ -16,11 +16,11 @@ import sys
 import time
 from typing import Any
 
-from mplog.ack_format import Envelope, encode_ack, frame_envelope
-from mplog.ack_intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
-from mplog.sender_table import SenderLimits, ledger_key
-from mplog.server import Server, _all_handlers
-from mplog.supervisor import load_checkpoint, stats_path
+from mplog.delivery.ack_format import Envelope, encode_ack, frame_envelope
+from mplog.delivery.intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
+from mplog.listener.loop import Server, _all_handlers
+from mplog.listener.sender_table import SenderLimits, ledger_key
+from mplog.listener.supervisor import load_checkpoint, stats_path
 from mplog.transports import NO_ORIGIN, Origin
 from mplog.transports.zeromq_ack import RouterReceiver
 from mplog.wire import Frame, Limits
@@ -46,7 +46,7 @@ class MarksFile:
     is next opened.
 
     Beside it, ``<path>.intent`` holds the write-ahead intent of the frame being handled
-    (:mod:`mplog.ack_intent`). Opening the file resolves an intent a killed listener left:
+    (:mod:`mplog.delivery.intent`). Opening the file resolves an intent a killed listener left:
     unless the sender's mark shows the frame finished, every recorded file is cut back to
     its size before the frame; :attr:`recovery` says what was found and done.
     """
@@ -205,7 +205,7 @@ class AckServer(Server):
     """The receive loop for acknowledged delivery: handle, flush, persist the mark, acknowledge.
 
     With a state directory, each frame is bracketed by a write-ahead intent
-    (:mod:`mplog.ack_intent`): before its records reach the handlers, the size and
+    (:mod:`mplog.delivery.intent`): before its records reach the handlers, the size and
     identity of every file a handler appends to; after its mark is stored, nothing. A
     listener killed in between is followed by one that cuts those files back before it
     writes anything, so file output holds each record exactly once. Records that left
@@ -381,7 +381,7 @@ class AckServer(Server):
             env = None
         if env is not None:
             key = ledger_key(env.key, origin.peer_key)
-            # Another connection's sender, or a jump past the window (mplog.stats): refused and
+            # Another connection's sender, or a jump past the window (mplog.listener.stats): refused and
             # counted before anything else, so that it is never answered as a real sender's frame.
             if self.stats.refuse_claim(key, env.seq, env.records, origin):
                 return None

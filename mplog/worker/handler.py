@@ -10,8 +10,8 @@ every record dropped is counted and reported to the listener in later frames.
 
 This module holds that logging call (:class:`MplogHandler`), the process-wide hooks
 that close every handler at fork, exit and SIGTERM, and :func:`setup_worker`; the
-batching, policy and flusher thread are :mod:`mplog.batching`, the options
-:mod:`mplog.worker_options`. The hooks stay next to the logging call because it reads
+batching, policy and flusher thread are :mod:`mplog.worker.outbox`, the options
+:mod:`mplog.worker.options`. The hooks stay next to the logging call because it reads
 their state (``_exit_hooks_pid``, ``_deferred_signal``, ``_closing``) as plain
 module globals, one lookup each, on every call.
 """
@@ -30,14 +30,14 @@ from threading import get_ident
 from types import FrameType
 from typing import Any
 
-from mplog import collector_level
-from mplog.batching import BatchingHandler, _handlers
-from mplog.collector_level import LevelFollower
 from mplog.exceptions import ConfigError
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
-from mplog.wire_encode import encode_record, plain_fields
-from mplog.worker_options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
-from mplog.worker_options import WorkerOptions
+from mplog.wire.encode import encode_record, plain_fields
+from mplog.worker import level as collector_level
+from mplog.worker.level import LevelFollower
+from mplog.worker.options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
+from mplog.worker.options import WorkerOptions
+from mplog.worker.outbox import BatchingHandler, _handlers
 
 __all__ = ["MplogHandler", "WorkerOptions", "setup_worker"]
 
@@ -59,7 +59,7 @@ class MplogHandler(BatchingHandler):
     _follower: LevelFollower | None = None  # set by setup_worker() when the listener's level is to be followed
 
     def _housekeeping(self) -> None:
-        # On the flusher thread, never on the logging call's path (mplog.collector_level).
+        # On the flusher thread, never on the logging call's path (mplog.worker.level).
         super()._housekeeping()
         follower = self._follower
         if follower is None or self._closed or not follower.due():
@@ -401,7 +401,7 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
                 old.close()
         root.addHandler(handler)
     # The level: level= wins, then $MPLOG_LEVEL (start_listener exports its own); without
-    # either, the listener is asked what its handlers accept (mplog.collector_level).
+    # either, the listener is asked what its handlers accept (mplog.worker.level).
     if opts.level is not None:
         handler.pin_level(opts.level, handler_too=False)
     elif env_level is not None:

@@ -4,8 +4,8 @@ An acknowledgement is the msgpack array ``[stream, next_seq]``: "every record of
 ``stream`` below ``next_seq`` is written"; a refusal, ``[stream, next_seq, 1]``, asks
 for a resend from ``next_seq``. :func:`frame_envelope` reads where a frame sits in its
 sender's stream without unpacking its records (the listener's yielding reads its sender
-and flags with it too, see mplog.yielding). The worker side is :mod:`mplog.ack`,
-the listener side :mod:`mplog.ack_server`.
+and flags with it too, see mplog.listener.holding). The worker side is :mod:`mplog.delivery.ack_sender`,
+the listener side :mod:`mplog.listener.ack_loop`.
 """
 
 from __future__ import annotations

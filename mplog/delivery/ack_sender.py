@@ -7,13 +7,13 @@ buffer until the listener acknowledges it; when no acknowledgement arrives for
 frame is sent again, oldest first. A full resend buffer refuses new frames, so the
 worker's own policy (block, drop_newest, drop_oldest) applies and counts them.
 
-Listener side, :class:`mplog.ack_server.AckServer` handles each frame as the plain
+Listener side, :class:`mplog.listener.ack_loop.AckServer` handles each frame as the plain
 server does, then flushes every handler, records the sender's new high-water mark (``next_seq``) in a
 small state file, and only then acknowledges. A restarted listener reads the marks
 back, so a resent frame's records that already reached the handlers are skipped
 (counted as ``duplicates``). An acknowledgement is the msgpack array
 ``[stream, next_seq]``: "every record of stream ``stream`` below ``next_seq`` is written"
-(encoded and decoded by :mod:`mplog.ack_format`, re-exported here).
+(encoded and decoded by :mod:`mplog.delivery.ack_format`, re-exported here).
 
 The duplicate window and everything else this does and does not promise are in
 docs/reliability.md.
@@ -29,14 +29,14 @@ import weakref
 from collections import deque
 from typing import Any
 
-from mplog.ack_format import Envelope, decode_ack, encode_ack, frame_envelope
-from mplog.spool import Spooler
-from mplog.spool import report as _report
-from mplog.spool_format import frame_head, goodbye_frame
+from mplog.delivery.ack_format import Envelope, decode_ack, encode_ack, frame_envelope
+from mplog.delivery.spool import Spooler
+from mplog.delivery.spool import report as _report
+from mplog.delivery.spool_format import frame_head, goodbye_frame
 from mplog.transports.base import ASYNC_SIGNALS, TransportOptions
 from mplog.transports.zeromq_ack import DealerSender
 from mplog.wire import FLAG_FINAL
-from mplog.worker import ACK_CLOSE_TIMEOUT
+from mplog.worker.handler import ACK_CLOSE_TIMEOUT
 
 __all__ = [
     "AckingSender",
@@ -89,7 +89,7 @@ class _Stream:
 class AckingSender:
     """A Sender that keeps every frame until the listener acknowledges it, resending on silence.
 
-    With ``spool_dir``, kept frames are also written to a spool file (:mod:`mplog.spool`)
+    With ``spool_dir``, kept frames are also written to a spool file (:mod:`mplog.delivery.spool`)
     and the spool files of dead workers found there are adopted: their frames are resent
     under the dead worker's identity, acknowledged per stream, and closed with a goodbye.
 

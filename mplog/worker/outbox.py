@@ -1,13 +1,13 @@
 """How a worker's handler batches: pending records, the outbox and its policy, the flusher thread, flush and close.
 
-:class:`BatchingHandler` is :class:`mplog.worker.MplogHandler` without its logging
+:class:`BatchingHandler` is :class:`mplog.worker.handler.MplogHandler` without its logging
 call: it holds the per-process state (reset in a forked child), numbers and frames
 what it hands to the transport, bounds what the transport cannot take by
 ``max_buffer_bytes`` and applies the ``policy`` past that bound, sends a batch
 ``flush_interval`` seconds after its first record from a background thread, and
 delivers what is buffered on ``flush()`` and ``close()``. The logging call that
 fills the batch, and the process-wide hooks that close every handler at exit and on
-SIGTERM, are in :mod:`mplog.worker`.
+SIGTERM, are in :mod:`mplog.worker.handler`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, encode_sender
 from mplog.wire import Sender as SenderId
-from mplog.wire_encode import frame_of_packed, pack_records
-from mplog.worker_options import WorkerOptions
+from mplog.wire.encode import frame_of_packed, pack_records
+from mplog.worker.options import WorkerOptions
 
 __all__ = ["BatchingHandler"]
 
@@ -100,7 +100,7 @@ class BatchingHandler(logging.Handler):
         self._mutex = threading.RLock()
         self._owner = 0  # ident of the thread inside the buffer (holding _mutex), 0 for none
         # Records not yet in a frame: field lists of common records (packed a batch at a
-        # time, see mplog.wire_encode.pack_records) and other records already packed. Their
+        # time, see mplog.wire.encode.pack_records) and other records already packed. Their
         # size is estimated (message length + _overhead) until the batch is packed.
         self._pending: list[Any] = []
         self._pending_bytes = 0
@@ -132,7 +132,7 @@ class BatchingHandler(logging.Handler):
         """Close without the goodbye frame if no record was ever handed to the transport.
 
         For :func:`mplog.setup_worker` replacing a handler that never sent anything (the
-        one a spawn child got from :mod:`mplog.children` before its initializer asked for
+        one a spawn child got from :mod:`mplog.worker.children` before its initializer asked for
         other options): the listener never heard of this stream, and a goodbye would only
         add an empty sender to its stats (and, to a CURVE listener, a refused plaintext
         connection). Returns False, having done nothing, when there is anything to account for.
@@ -155,7 +155,7 @@ class BatchingHandler(logging.Handler):
 
     def _open_transport(self) -> Sender:
         if self.options.ack:  # frames kept until acknowledged, resent after a listener restart
-            from mplog.ack import open_ack_sender  # noqa: PLC0415  # opt-in
+            from mplog.delivery.ack_sender import open_ack_sender  # noqa: PLC0415  # opt-in
 
             return open_ack_sender(self.endpoint, self.options)
         return open_sender(self.endpoint, self.options.transport)

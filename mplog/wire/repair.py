@@ -1,7 +1,7 @@
 """The listener's repair of frames the decoder refused: one bad record costs neither its neighbours nor itself.
 
 :func:`salvage_records` repairs, record by record, a frame whose envelope is valid but
-some of whose records are not (:func:`mplog.wire_decode.check_records` refused it);
+some of whose records are not (:func:`mplog.wire.decode.check_records` refused it);
 :func:`decode_escaped` decodes again a frame msgpack refused for invalid UTF-8, so that
 the records holding it can be repaired too. Both run only on those error paths: a frame
 that decodes and validates never reaches this module. Every repair costs a bounded
@@ -15,7 +15,7 @@ import operator
 from typing import Any
 
 from mplog.exceptions import FrameError
-from mplog.wire_decode import (
+from mplog.wire.decode import (
     _SCALARS,
     MAX_NAME_CHARS,
     _check_header,
@@ -23,8 +23,8 @@ from mplog.wire_decode import (
     _check_value,
     _unpack,
 )
-from mplog.wire_encode import _bounded_text, _conform
-from mplog.wire_schema import _FIELD_TYPES, _N_FIELDS, DEFAULT_LIMITS, Frame, Limits
+from mplog.wire.encode import _bounded_text, _conform
+from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS, DEFAULT_LIMITS, Frame, Limits
 
 __all__ = ["decode_escaped", "salvage_records"]
 
@@ -57,7 +57,7 @@ def salvage_records(
     One bad record must not cost its neighbours their delivery, nor itself its message. A
     record whose standard field has the wrong type or an unusable value (a float
     ``levelno``, a NaN ``created``, a logger name over ``max_name`` characters) gets the
-    field's default (:func:`~mplog.wire_encode.field_default`: ``created`` the time of the
+    field's default (:func:`~mplog.wire.encode.field_default`: ``created`` the time of the
     repair, ``levelno`` the level its ``levelname`` names) and keeps the value as the extra
     ``mplog_bad_<field>``, as the worker's encoder does; an extra value the decoder refuses
     (too deep, a bytes key) travels as a short ``repr()``. With ``escaped`` (the frame came

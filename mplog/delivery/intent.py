@@ -84,7 +84,7 @@ def file_handlers(configured: list[logging.Handler]) -> list[logging.StreamHandl
     handler writing to the same file as one.
 
     Args:
-        configured: every handler of the configuration (``mplog.server._all_handlers()``).
+        configured: every handler of the configuration (``mplog.listener.loop._all_handlers()``).
     """
     reached: dict[int, logging.Handler] = {}
     pending = [h for logger in _loggers() for h in logger.handlers]

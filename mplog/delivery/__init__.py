@@ -1,0 +1,5 @@
+"""Acknowledged delivery: acknowledgements, marks, the write-ahead intent, the spool.
+
+Used by the worker (the acknowledging sender, the spool) and by the listener (the
+acknowledgement format, the intent); it knows frames only through :mod:`mplog.wire`.
+"""
