@@ -7,12 +7,9 @@ as a lifeline: when this process dies, the listener drains what it has and exits
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -21,8 +18,10 @@ import time
 from types import TracebackType
 from typing import Any
 
-from mplog.config import load_config, worker_level
+from mplog.config import load_config
 from mplog.exceptions import ConfigError, ListenerError, TransportError
+from mplog.listener.control_pipe import ControlPipe
+from mplog.listener.settings import worker_level
 from mplog.listener.stats_view import ListenerStats
 from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
@@ -71,7 +70,7 @@ class Listener:
         self._proc: subprocess.Popen[bytes] | None = None
         self._private_dir = ""
         self._lock = threading.Lock()
-        self._buffer = b""
+        self._control: ControlPipe | None = None
         self._final: ListenerStats | None = None
         self._owner_pid = os.getpid()
         self._saved_env: dict[str, str | None] = {}
@@ -140,7 +139,7 @@ class Listener:
         from_child_r, from_child_w = os.pipe()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "mplog.listener.loop", "--control", f"{to_child_r},{from_child_w}"],
+                [sys.executable, "-m", "mplog.listener.process", "--control", f"{to_child_r},{from_child_w}"],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -148,8 +147,7 @@ class Listener:
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
-        self._to_child, self._from_child = to_child_w, from_child_r
-        self._buffer = b""
+        self._control = ControlPipe(from_child_r, to_child_w)
         setup = {
             "config": self._config,
             "endpoint": endpoint,
@@ -275,9 +273,8 @@ class Listener:
         self._cleanup()
 
     def _close_control(self) -> None:
-        for fd in (self._to_child, self._from_child):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self._control is not None:
+            self._control.close()
 
     def _cleanup(self) -> None:
         self._close_control()
@@ -306,27 +303,12 @@ class Listener:
     # ------------------------------------------------------------ control pipe
 
     def _write(self, message: dict[str, Any]) -> None:
-        data = memoryview(json.dumps(message).encode() + b"\n")
-        while data:
-            written = os.write(self._to_child, data)
-            data = data[written:]
+        assert self._control is not None  # started
+        self._control.write(message)
 
     def _read(self, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            ready, _, _ = select.select([self._from_child], [], [], remaining)
-            if not ready:
-                return None
-            chunk = os.read(self._from_child, 65536)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        assert self._control is not None  # started
+        return self._control.read(timeout)
 
 
 def start_listener(

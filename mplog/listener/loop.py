@@ -9,7 +9,6 @@ validate; anything else only increments a counter.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import logging.config
 import operator
@@ -23,12 +22,11 @@ from typing import Any
 
 from mplog.delivery.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
-from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
 from mplog.listener.dispatch import BatchDispatcher
 from mplog.listener.holding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 from mplog.listener.progress import ProgressFile
 from mplog.listener.stats import SenderLimits, Stats
-from mplog.listener.supervisor import live_local_senders, process_runs, resume
+from mplog.listener.supervisor import live_local_senders, process_runs
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
 from mplog.wire.decode import MAX_NAME_CHARS, read_envelope
@@ -86,7 +84,7 @@ class Server:
         self.hold_ends: dict[str, int] = {}  # holds that ended, by why: idle, time, bytes, urgent, not_a_frame, stop
         self._hostname = socket.gethostname()
         # Each sender's ledger, stored after each of its frames is dispatched, so that a
-        # listener killed mid-stream is continued exactly (listener.progress; set by listener.supervisor.resume).
+        # listener killed mid-stream is continued exactly (listener.progress; set by listener.process.resume).
         self.progress: ProgressFile | None = None
         self._ends_seen = 0  # the receiver's connection_ends() when last looked at
 
@@ -186,6 +184,9 @@ class Server:
         if progress is not None:
             progress.commit()
         return frame
+
+    def after_restore(self, state_dir: str) -> None:
+        """Called by :func:`mplog.listener.process.resume` once the stats are restored; AckServer loads its marks."""
 
     def output_handlers(self) -> list[logging.Handler]:
         """The handlers whose files a frame can reach, measured around each frame (mplog.listener.progress)."""
@@ -560,145 +561,3 @@ def apply_logging_config(config: dict[str, Any]) -> None:
         cause = exc.__cause__ or exc.__context__
         detail = f"{exc}" + (f": {type(cause).__name__}: {cause}" if cause else "")
         raise ConfigError(detail) from exc
-
-
-# ---------------------------------------------------------------- child process entry
-
-
-class _Control:
-    """The private pipe pair between the parent's Listener and this process."""
-
-    def __init__(self, read_fd: int, write_fd: int) -> None:
-        self._reader = os.fdopen(read_fd, "rb", buffering=0)
-        self._write_fd = write_fd
-        self._lock = threading.Lock()
-        self._buffer = b""
-
-    def read(self) -> dict[str, Any] | None:
-        while b"\n" not in self._buffer:
-            chunk = self._reader.read(65536)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        message: dict[str, Any] = json.loads(line)
-        return message
-
-    def write(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message).encode() + b"\n"
-        with self._lock:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._write_fd, view)
-                view = view[written:]
-
-
-def _watch_control(server: Server, control: _Control) -> None:
-    parent = os.getppid()
-    while True:
-        try:
-            message = control.read()
-        except (OSError, ValueError):
-            message = None
-        if message is None:  # the parent is gone: drain what arrived and exit
-            server.drain_for_live_senders = True
-            server.stop_event.set()
-            return
-        command = message.get("cmd")
-        if command == "stats":
-            control.write({"stats": server.snapshot()})
-        elif command == "stop":
-            server.drain_timeout = float(message.get("timeout", server.drain_timeout))
-            server.stop_event.set()
-            return
-        if os.getppid() != parent:
-            server.drain_for_live_senders = True
-            server.stop_event.set()
-            return
-
-
-def _watch_parent(server: Server, parent: int) -> None:
-    # A pipe can stay open after the parent died (its forked children hold the
-    # write end), so the parent pid is watched as well.
-    while not server.stop_event.wait(0.25):
-        if os.getppid() != parent:
-            server.drain_for_live_senders = True
-            server.stop_event.set()
-
-
-def child_main(read_fd: int, write_fd: int) -> int:
-    """Entry point of the listener process started by :class:`mplog.Listener`."""
-    from mplog.config import apply_nice, build_receiver, sender_limits_for, worker_level, yield_seconds  # noqa: PLC0415  # config imports the worker side, not needed before
-    from mplog.listener.continuation import append_on_first_open, continues_earlier_run  # noqa: PLC0415  # listener process only
-    from mplog.listener.metrics import start_metrics_server  # noqa: PLC0415  # prometheus_client only where configured
-    from mplog.listener.status_channel import start_control_server  # noqa: PLC0415  # zmq is imported only in the listener process
-
-    control = _Control(read_fd, write_fd)
-    setup = control.read()
-    if setup is None:
-        return 1
-    # Before any thread starts (ZeroMQ's I/O thread, handlers' own threads): niceness
-    # is per thread on Linux and a new thread inherits its creator's.
-    apply_nice(setup.get("runtime", {}))
-    if continues_earlier_run(setup.get("state_dir"), int(setup.get("restarts", 0))):
-        append_on_first_open()  # a restart never truncates what the killed listener wrote
-    try:
-        apply_logging_config(setup["config"])
-    except ConfigError as exc:
-        control.write({"event": "error", "kind": "config", "message": str(exc)})
-        return 2
-    try:
-        receiver, limits = build_receiver(setup["endpoint"], setup.get("runtime", {}))
-    except Exception as exc:
-        kind = "config" if isinstance(exc, ConfigError) else "transport"  # a refused bind or bad key names its fix
-        control.write({"event": "error", "kind": kind, "message": f"{type(exc).__name__}: {exc}"})
-        return 3
-    if setup.get("runtime", {}).get("ack"):
-        from mplog.listener.ack_loop import AckServer  # noqa: PLC0415  # acknowledged delivery is opt-in
-
-        sender_limits = sender_limits_for(setup.get("runtime", {}))
-        server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits)  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
-    else:
-        server = Server(receiver, limits=limits, sender_limits=sender_limits_for(setup.get("runtime", {})))
-        server.yield_seconds = yield_seconds(setup.get("runtime", {}))
-    install_handler_error_counter(server.stats)
-    start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
-    checkpoint = resume(server, setup)  # a supervised restart continues the earlier stats
-    status = metrics = None
-    try:
-        level = worker_level(setup["config"])  # what workers that ask are told (mplog.worker.level)
-        status = start_control_server(receiver.endpoint, server.snapshot, setup.get("runtime", {}), level=level)
-        metrics = start_metrics_server(setup.get("runtime", {}), server.snapshot)
-    except Exception as exc:
-        if status is not None:
-            status.close()
-        receiver.close()
-        control.write({"event": "error", "kind": "transport", "message": f"{type(exc).__name__}: {exc}"})
-        return 3
-    install_sighup_reopen(server.stop_event)
-    ready = {"event": "ready", "endpoint": receiver.endpoint, "pid": os.getpid()}
-    control.write({**ready, "metrics": metrics.url} if metrics is not None else ready)
-    parent = os.getppid()
-    threading.Thread(target=_watch_control, args=(server, control), daemon=True, name="mplog-control").start()
-    threading.Thread(target=_watch_parent, args=(server, parent), daemon=True, name="mplog-lifeline").start()
-    try:
-        server.run()
-    finally:
-        if status is not None:
-            status.close()
-        if metrics is not None:
-            metrics.close()
-        stop_queue_listeners()  # deliver what they hold while their handlers are still open
-        logging.shutdown()
-        receiver.close()
-        if checkpoint is not None:
-            checkpoint.close()
-    server.stats.note_ends(now=True)  # the final stats name every sender that ended without a goodbye
-    with contextlib.suppress(OSError):  # the parent may be gone
-        control.write({"event": "stopped", "stats": server.snapshot()})
-    return 0
-
-
-if __name__ == "__main__":
-    read_fd, write_fd = (int(x) for x in sys.argv[sys.argv.index("--control") + 1].split(","))
-    sys.exit(child_main(read_fd, write_fd))

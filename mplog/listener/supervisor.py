@@ -10,7 +10,7 @@ Two halves live here:
 - :class:`Supervisor` runs **in the parent**, beside the :class:`mplog.Listener` handle:
   a thread waits on the child; when it dies without being asked to, the thread starts
   a new one on the same endpoint and state file, with a backoff that bounds a restart
-  storm, and logs one line per restart on the ``mplog.listener.supervisor`` logger.
+  storm, and logs one line per restart on the ``mplog.supervisor`` logger.
 
 What a crash can still cost, and why the numbers stay consistent, is in docs/reliability.md.
 """
@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -32,10 +31,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from mplog.exceptions import ConfigError
-from mplog.listener.progress import ProgressFile, file_sizes, progress_path, read_progress
 
 if TYPE_CHECKING:
-    from mplog.listener.loop import Server
     from mplog.listener.stats import Stats
 
 __all__ = [
@@ -47,13 +44,12 @@ __all__ = [
     "live_local_senders",
     "load_checkpoint",
     "process_runs",
-    "resume",
     "stats_path",
 ]
 
 CHECKPOINT_INTERVAL = 0.05  # seconds between stats checkpoints (written only when something changed)
 
-log = logging.getLogger("mplog.listener.supervisor")
+log = logging.getLogger("mplog.supervisor")  # the name docs/reliability.md gives users
 
 
 def live_local_senders(stats: Stats) -> int:
@@ -101,60 +97,6 @@ def ensure_state_dir(state_dir: str) -> None:
         ) from exc
     if not os.access(state_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"mplog.state_dir {state_dir!r} is not writable by this user; give a directory it can write")
-
-
-def resume(server: Server, setup: dict[str, Any]) -> Checkpoint | None:
-    """Continue from the state an earlier incarnation left in ``setup['state_dir']``; start checkpointing.
-
-    The stats checkpoint is restored first, then each sender's ledger as the progress
-    file (mplog.listener.progress) had it after the dead listener's last frame, then (acknowledged
-    delivery) the marks. A new checkpoint holding all of it is written before the
-    progress file is started afresh, so a listener killed during this start finds the
-    same inputs again.
-
-    Returns:
-        The running checkpoint thread, or None when the listener keeps no state.
-    """
-    server.restarts = int(setup.get("restarts", 0))
-    state_dir = setup.get("state_dir")
-    if not state_dir:
-        return None
-    path = stats_path(str(state_dir))
-    state = load_checkpoint(path)
-    if state is not None:
-        server.stats.restore(state)
-    # Before anything is written: a file that grew since the dead listener measured it got its last frame.
-    ledgers, folds = read_progress(progress_path(str(state_dir)), file_sizes(server.output_handlers()))
-    if ledgers or folds:
-        counted = (state or {}).get("folded", {})
-        server.stats.apply_progress(ledgers, folds, int(counted.get("senders", 0)) if isinstance(counted, dict) else 0)
-    after_restore = getattr(server, "after_restore", None)  # acknowledged delivery: persisted marks
-    if after_restore is not None:
-        after_restore(str(state_dir))
-    checkpoint = Checkpoint(path, server.snapshot)
-    if checkpoint.start():
-        _start_progress(server, progress_path(str(state_dir)))
-    else:  # an older progress file must not overrule the checkpoints to come: none at all
-        with contextlib.suppress(OSError):
-            os.unlink(progress_path(str(state_dir)))
-    return checkpoint
-
-
-def _start_progress(server: Server, path: str) -> None:
-    """Persist every sender's ledger with each frame from now on (listener.progress); without it if the file fails."""
-    stats = server.stats
-    with stats._lock:
-        table = stats.table
-        try:
-            progress = ProgressFile(path, table, server.output_handlers())
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            with contextlib.suppress(Exception):  # the listener's own stderr, as its other complaints
-                sys.stderr.write(f"mplog: cannot keep {path} ({exc}): a crash may count records written as gaps\n")
-            return
-        table.on_fold = progress.fold
-    server.progress = progress
 
 
 def load_checkpoint(path: str) -> dict[str, Any] | None:

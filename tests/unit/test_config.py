@@ -14,8 +14,9 @@ import psutil
 import pytest
 
 import mplog
-from mplog.config import DEFAULT_CONFIG, RuntimeSettings, limits_for, load_config, transport_options_for, worker_level
+from mplog.config import DEFAULT_CONFIG, RuntimeSettings, load_config
 from mplog.exceptions import ConfigError
+from mplog.listener.settings import limits_for, transport_options_for, worker_level
 from mplog.wire import Limits
 
 BASE: dict[str, Any] = {
@@ -341,7 +342,7 @@ def test_each_bad_runtime_setting_names_the_key_and_the_fix(section, words):
 
 
 def _children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "mplog.listener.loop" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if "mplog.listener.process" in " ".join(p.cmdline())]
 
 
 @pytest.mark.integration

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from helpers import wait_for
 
-from mplog.config import load_config, yield_seconds
+from mplog.config import load_config
 from mplog.delivery.ack_format import frame_envelope
 from mplog.exceptions import ConfigError
 from mplog.listener import holding as yielding
 from mplog.listener.holding import CHECK_INTERVAL, WorkerWatch
+from mplog.listener.settings import yield_seconds
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender
 from mplog.worker.handler import MplogHandler, WorkerOptions
 
