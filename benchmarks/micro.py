@@ -30,7 +30,7 @@ from benchmarks.scenario import LOGGER, TEMPLATE, file_config
 from benchmarks.systems.ceilings import NullHandler
 from mplog.listener.dispatch import BatchDispatcher
 from mplog.wire import Sender, build_frame, check_records, decode_header, encode_record, encode_sender
-from mplog.worker.handler import MplogHandler
+from mplog.worker import MplogHandler
 
 
 class _Discard:

@@ -11,7 +11,7 @@ from mplog.exceptions import ConfigError, FrameError, ListenerError, MplogError,
 from mplog.handle import Listener, start_listener
 from mplog.listener.stats import ledger
 from mplog.listener.stats_view import ListenerStats
-from mplog.worker.handler import MplogHandler, WorkerOptions, setup_worker
+from mplog.worker import MplogHandler, WorkerOptions, setup_worker
 
 __all__ = [
     "ConfigError",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mplog.handle import start_listener
-from mplog.worker.handler import setup_worker
+from mplog.worker import setup_worker
 
 __all__ = ["run_demo"]
 

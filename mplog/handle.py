@@ -26,16 +26,9 @@ from mplog.listener.stats_view import ListenerStats
 from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
+from mplog.worker import MplogHandler, setup_worker
 from mplog.worker.children import route_children
-from mplog.worker.handler import (
-    ENV_ACK,
-    ENV_ENDPOINT,
-    ENV_LEVEL,
-    MplogHandler,
-    export_setting,
-    inherited_setting,
-    setup_worker,
-)
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, export_setting, inherited_setting
 
 __all__ = ["Listener", "start_listener"]
 

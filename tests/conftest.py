@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mplog.worker.handler import export_setting, inherited_setting
+from mplog.worker.env import export_setting, inherited_setting
 
 sys.path.insert(0, str(Path(__file__).parent))
 

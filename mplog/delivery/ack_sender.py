@@ -13,7 +13,7 @@ small state file, and only then acknowledges. A restarted listener reads the mar
 back, so a resent frame's records that already reached the handlers are skipped
 (counted as ``duplicates``). An acknowledgement is the msgpack array
 ``[stream, next_seq]``: "every record of stream ``stream`` below ``next_seq`` is written"
-(encoded and decoded by :mod:`mplog.delivery.ack_format`, re-exported here).
+(encoded and decoded by :mod:`mplog.delivery.ack_format`).
 
 The duplicate window and everything else this does and does not promise are in
 docs/reliability.md.
@@ -29,25 +29,20 @@ import weakref
 from collections import deque
 from typing import Any
 
-from mplog.delivery.ack_format import Envelope, decode_ack, encode_ack, frame_envelope
+from mplog.delivery import ACK_CLOSE_TIMEOUT
+from mplog.delivery.ack_format import decode_ack
 from mplog.delivery.spool import Spooler
-from mplog.delivery.spool import report as _report
 from mplog.delivery.spool_format import frame_head, goodbye_frame
+from mplog.exceptions import report as _report
 from mplog.transports.base import ASYNC_SIGNALS, TransportOptions
 from mplog.transports.zeromq_ack import DealerSender
 from mplog.wire import FLAG_FINAL
-from mplog.worker.handler import ACK_CLOSE_TIMEOUT
 
 __all__ = [
     "AckingSender",
-    "Envelope",
-    "decode_ack",
-    "encode_ack",
-    "frame_envelope",
     "open_ack_sender",
 ]
 
-ENV_ACK = "MPLOG_ACK"  # "1": workers started by an acknowledging listener use acknowledged delivery
 _REFUSAL_QUIET = 0.2  # seconds: refusals of the same position within this time trigger one resend round
 
 

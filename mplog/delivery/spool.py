@@ -9,27 +9,18 @@ listener drops what it already wrote), then says goodbye for it and deletes the 
 
 This module is the sender's side of it (:class:`Spooler`: failures, reports, which
 adopted files to keep); the bytes of a file are :mod:`mplog.delivery.spool_format`, the
-directory, the locks and the adoption :mod:`mplog.delivery.spool_files`. Every name of those two
-that this module offered before the split is still importable from here.
+directory, the locks and the adoption :mod:`mplog.delivery.spool_files`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from collections.abc import Container
 from typing import Any
 
-# SUFFIX, ENTRY, HEADER_SIZE, MAGIC and VERSION stay out of __all__, as before the split;
-# ``X as X`` re-exports them for mypy --strict importers.
-from mplog.delivery.spool_files import SUFFIX as SUFFIX  # noqa: PLC0414
 from mplog.delivery.spool_files import AdoptedSpool, AdoptedStream, OwnSpool, adopt_spools, prepare_dir
-from mplog.delivery.spool_format import ENTRY as ENTRY  # noqa: PLC0414
-from mplog.delivery.spool_format import HEADER_SIZE as HEADER_SIZE  # noqa: PLC0414
-from mplog.delivery.spool_format import MAGIC as MAGIC  # noqa: PLC0414
-from mplog.delivery.spool_format import VERSION as VERSION  # noqa: PLC0414
 from mplog.delivery.spool_format import FrameHead, SpoolContents, frame_head, goodbye_frame, parse_spool
+from mplog.exceptions import report
 
 __all__ = [
     "AdoptedSpool",
@@ -44,13 +35,6 @@ __all__ = [
     "parse_spool",
     "prepare_dir",
 ]
-
-
-def report(line: str) -> None:
-    """One line on stderr: mplog's channel for what it cannot log (it is the logging)."""
-    with contextlib.suppress(Exception):
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 class Spooler:

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from mplog.exceptions import ConfigError
-from mplog.worker.handler import MplogHandler, WorkerOptions
+from mplog.worker import MplogHandler, WorkerOptions
 
 __all__ = ["ForwardHandler"]
 

@@ -29,7 +29,7 @@ from typing import Any
 from celery import Celery, signals
 from celery._state import get_current_task
 
-from mplog.worker.handler import MplogHandler, setup_worker
+from mplog.worker import MplogHandler, setup_worker
 
 __all__ = ["TaskFilter", "install"]
 

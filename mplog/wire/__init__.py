@@ -9,7 +9,7 @@ record arrays whose positions are given by :data:`RECORD_FIELDS`. The decoder is
 stateless (one ``unpackb`` per frame), bounded by :class:`Limits`, rejects every
 ext type and unknown versions, and raises only :class:`~mplog.exceptions.FrameError`.
 
-This module is the codec's one import point; the code lives in three modules by side:
+This package's face is the codec's import point for the other packages; the code lives by side:
 
 - :mod:`mplog.wire.schema`: what both ends share (``VERSION``, flags, ``RECORD_FIELDS``,
   ``Limits``, ``Sender``, ``Frame``);
@@ -20,16 +20,12 @@ This module is the codec's one import point; the code lives in three modules by 
 
 from __future__ import annotations
 
-# check_records, decode_header (the listener's two-step decode) and DEFAULT_LIMITS stay out
-# of __all__, as before the split; ``X as X`` re-exports them for mypy --strict importers.
-from mplog.wire.decode import check_records as check_records
-from mplog.wire.decode import decode_frame, make_log_record
-from mplog.wire.decode import decode_header as decode_header
+from mplog.wire.decode import check_records, decode_frame, decode_header, make_log_record
 from mplog.wire.encode import build_frame, encode_record, encode_sender, record_fields
-from mplog.wire.schema import DEFAULT_LIMITS as DEFAULT_LIMITS
-from mplog.wire.schema import FLAG_FINAL, FLAG_URGENT, RECORD_FIELDS, VERSION, Frame, Limits, Sender
+from mplog.wire.schema import DEFAULT_LIMITS, FLAG_FINAL, FLAG_URGENT, RECORD_FIELDS, VERSION, Frame, Limits, Sender
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "FLAG_FINAL",
     "FLAG_URGENT",
     "RECORD_FIELDS",
@@ -38,7 +34,9 @@ __all__ = [
     "Limits",
     "Sender",
     "build_frame",
+    "check_records",
     "decode_frame",
+    "decode_header",
     "encode_record",
     "encode_sender",
     "make_log_record",

@@ -22,7 +22,8 @@ import multiprocessing
 import os
 import sys
 
-from mplog.worker.handler import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, MplogHandler, inherited_setting, setup_worker
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, inherited_setting
+from mplog.worker.handler import MplogHandler, setup_worker
 
 __all__ = ["route_children"]
 

@@ -30,21 +30,18 @@ from threading import get_ident
 from types import FrameType
 from typing import Any
 
+from mplog.delivery import ACK_CLOSE_TIMEOUT
 from mplog.exceptions import ConfigError
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire.encode import encode_record, plain_fields
 from mplog.worker import level as collector_level
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, inherited_setting
 from mplog.worker.level import LevelFollower
-from mplog.worker.options import POLICIES as POLICIES  # noqa: PLC0414  # re-exported: it was defined here
 from mplog.worker.options import WorkerOptions
 from mplog.worker.outbox import BatchingHandler, _handlers
 
 __all__ = ["MplogHandler", "WorkerOptions", "setup_worker"]
 
-ENV_ENDPOINT = "MPLOG_ENDPOINT"
-ENV_LEVEL = "MPLOG_LEVEL"
-ENV_ACK = "MPLOG_ACK"
-ACK_CLOSE_TIMEOUT = 10.0  # acknowledged delivery: the least an exit waits to deliver and be acknowledged
 
 # Process-wide state read on every logging call: kept here, where MplogHandler's hot
 # path reads each with one global lookup; only the hooks below rebind them.
@@ -296,33 +293,6 @@ def _resend_sigterm(read_fd: int) -> None:
 
 atexit.register(_close_all)
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def inherited_setting(key: str) -> str | None:
-    """A setting exported by :func:`mplog.start_listener` to the processes it can reach.
-
-    The environment alone is not enough: a forkserver started earlier holds the
-    environment of that moment, so its children would find a stale endpoint. The
-    value also travels in multiprocessing's per-process config, which is sent with
-    every child that multiprocessing starts, whatever the start method
-    (see test_forkserver_started_by_an_earlier_listener_finds_the_current_one).
-    """
-    config = getattr(multiprocessing.current_process(), "_config", None)
-    value = config.get(f"mplog:{key}") if isinstance(config, dict) else None
-    return value if isinstance(value, str) else os.environ.get(key)
-
-
-def export_setting(key: str, value: str | None) -> None:
-    """Export (or, with None, withdraw) a setting for child processes started from now on."""
-    config = getattr(multiprocessing.current_process(), "_config", None)
-    if value is None:
-        os.environ.pop(key, None)
-        if isinstance(config, dict):
-            config.pop(f"mplog:{key}", None)
-        return
-    os.environ[key] = value
-    if isinstance(config, dict):
-        config[f"mplog:{key}"] = value
 
 
 def _level_from_env() -> int | None:

@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -27,6 +26,7 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import TransportError
+from mplog.exceptions import report as _report
 from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, encode_sender
@@ -442,11 +442,3 @@ class BatchingHandler(logging.Handler):
 
     def _busy_here(self) -> bool:
         return self._owner == get_ident()
-
-
-def _report(line: str) -> None:
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except Exception:
-        pass

@@ -20,7 +20,7 @@ import pytest
 from helpers import check_lines, file_config, payload, read_lines
 
 import mplog
-from mplog.worker.handler import MplogHandler, WorkerOptions
+from mplog.worker import MplogHandler, WorkerOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

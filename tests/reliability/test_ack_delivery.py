@@ -23,7 +23,7 @@ from ledger import build_ledger
 
 import mplog
 from mplog import WorkerOptions
-from mplog.delivery.ack_sender import decode_ack, encode_ack, frame_envelope
+from mplog.delivery.ack_format import decode_ack, encode_ack, frame_envelope
 from mplog.listener.ack_loop import MarksFile
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 

@@ -23,7 +23,7 @@ import mplog
 from mplog.wire import Sender, decode_frame, encode_record, encode_sender
 from mplog.wire import encode as wire_encode
 from mplog.wire.encode import frame_of_packed, pack_records, plain_fields
-from mplog.worker.handler import MplogHandler
+from mplog.worker import MplogHandler
 
 SENDER = encode_sender(Sender("h", 1, 1.0, 1))
 

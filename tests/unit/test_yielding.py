@@ -23,7 +23,7 @@ from mplog.listener import holding as yielding
 from mplog.listener.holding import CHECK_INTERVAL, WorkerWatch
 from mplog.listener.settings import yield_seconds
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender
-from mplog.worker.handler import MplogHandler, WorkerOptions
+from mplog.worker import MplogHandler, WorkerOptions
 
 HOST = socket.gethostname()
 
