@@ -84,7 +84,7 @@ class RuntimeSettings:
     control: str | None = None  # the status channel `mplog status` asks (mplog.control); default: next to endpoint
     nice: int = 0  # added to the listener process's niceness: 1-19 let busy workers' CPU come first
     # The longest the listener holds frames while this host's workers keep every CPU busy
-    # (mplog.listener.holding); None: 1.0 s, or 0 under mplog.ack, whose acknowledgements are not held back.
+    # (mplog.listener.holding); None: 0, never (opt-in since issue 15; never under mplog.ack).
     yield_to_workers: float | None = None
     metrics: str | None = None  # "HOST:PORT" of a Prometheus endpoint on the listener (mplog.metrics); None: none
 

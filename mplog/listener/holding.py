@@ -34,7 +34,9 @@ from mplog.wire.schema import FLAG_FINAL
 
 __all__ = ["DEFAULT_YIELD_SECONDS", "HOLD_MAX_BYTES", "WorkerWatch"]
 
-DEFAULT_YIELD_SECONDS = 1.0  # the longest a frame waits for the CPUs while the workers keep them busy
+# Off by default (issue 15): holding trades latency (up to the hold time) and memory (up to
+# HOLD_MAX_BYTES, lost on a crash) for the workers' CPU; a user who wants the trade sets it.
+DEFAULT_YIELD_SECONDS = 0.0  # the longest a frame waits for the CPUs while the workers keep them busy
 HOLD_MAX_BYTES = 64 * 1024 * 1024  # frames held at once: the listener's memory bound while it yields
 CHECK_INTERVAL = 0.02  # seconds between two looks at the workers, and how late an urgent frame can be
 MAX_WATCHED = 256  # senders remembered (the most recently heard from)

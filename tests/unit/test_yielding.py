@@ -190,8 +190,8 @@ def _runtime(**mplog: Any) -> dict[str, Any]:
     return load_config({"version": 1, "mplog": mplog})[1].as_dict()
 
 
-def test_the_setting_defaults_to_one_second_and_to_never_under_acknowledged_delivery():
-    assert yield_seconds(_runtime()) == 1.0
+def test_the_setting_defaults_to_never_and_is_never_under_acknowledged_delivery():
+    assert yield_seconds(_runtime()) == 0.0
     assert yield_seconds(_runtime(yield_to_workers=0)) == 0.0
     assert yield_seconds(_runtime(yield_to_workers=2.5)) == 2.5
     assert yield_seconds(_runtime(ack=True)) == 0.0
