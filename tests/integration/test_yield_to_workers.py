@@ -286,7 +286,8 @@ def test_records_of_busy_workers_wait_until_a_cpu_is_free_then_every_one_is_writ
     tmp_path, two_cpus, method, transport
 ):
     ctx = multiprocessing.get_context(method)
-    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, transport=transport, spin=2.5)
+    # 1.0: holding is opt-in (the default was 1.0 until issue 15)
+    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, transport=transport, spin=2.5, yield_seconds=1.0)
     try:
         time.sleep(0.5)
         assert all(p.is_alive() for p in procs)
