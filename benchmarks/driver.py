@@ -27,7 +27,7 @@ from benchmarks.systems import get_system
 
 _IGNORED = ("resource_tracker", "forkserver")  # helpers that outlive the run; never reaped here
 JOIN_TIMEOUT = 300.0
-# mplog's own accounting, and how it held frames for the busy producers (mplog.yielding), for the record
+# mplog's own accounting, and how it held frames for the busy producers (mplog.listener.holding), for the record
 LEDGER = ("received", "gaps", "dropped", "duplicates", "malformed_total", "yield")
 
 

@@ -1,7 +1,7 @@
 """What the costliest frames a sender may send cost the listener: the longest any other sender waits.
 
 ``python -m benchmarks.frame_costs`` hands each kind of frame to a listener's receive path
-(``mplog.server.Server.handle_frame``, in this process, a FileHandler writing to a
+(``mplog.listener.loop.Server.handle_frame``, in this process, a FileHandler writing to a
 temporary file) and prints, per frame, the seconds it took (the median of ``--repeats``)
 and the peak of Python's allocations while it was handled (tracemalloc, in one more round). The receive
 loop takes a frame per connection in turn, so these are the longest turns another
@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from mplog.server import Server
+from mplog.listener.loop import Server
 from mplog.wire import Limits
 
 SENDER = ["bench-host", 1, 1.0, 1]

@@ -7,7 +7,7 @@
 - ``listener``: decoding, validating and dispatching recorded frames of the scenario's records
   into a FileHandler with the scenario's format (``BatchDispatcher``, the listener's fast path).
 - ``server``: the same frames through the whole receive path (``Server.handle_frame``: decode,
-  account, dispatch), with and without the progress file (mplog.progress) that a listener
+  account, dispatch), with and without the progress file (mplog.listener.progress) that a listener
   with a state directory keeps; the difference is what persisting each ledger costs per frame.
 
 Each figure is the minimum over ``--repeats`` rounds (the least disturbed one); compare two
@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.scenario import LOGGER, TEMPLATE, file_config
 from benchmarks.systems.ceilings import NullHandler
-from mplog.fastpath import BatchDispatcher
+from mplog.listener.dispatch import BatchDispatcher
 from mplog.wire import Sender, build_frame, check_records, decode_header, encode_record, encode_sender
 from mplog.worker import MplogHandler
 
@@ -110,8 +110,8 @@ class _NoReceiver:
 
 def server(frames: int, repeats: int) -> dict[str, float]:
     """Microseconds per frame of 512 records through Server.handle_frame, without and with the progress file."""
-    from mplog.progress import ProgressFile
-    from mplog.server import Server
+    from mplog.listener.loop import Server
+    from mplog.listener.progress import ProgressFile
 
     maker = logging.getLogger(LOGGER)
     packed = [

@@ -42,7 +42,7 @@ from typing import Any
 
 import mplog
 import mplog.handlers
-from mplog.fastpath import BatchDispatcher
+from mplog.listener.dispatch import BatchDispatcher
 from mplog.wire import Sender, build_frame, check_records, decode_header, encode_record, encode_sender
 
 SYSTEMS = ("null", "rfc5424-tcp", "relp", "stdlib-tcp")

@@ -8,9 +8,9 @@ handler, configured with the ``dictConfig`` schema.
 from __future__ import annotations
 
 from mplog.exceptions import ConfigError, FrameError, ListenerError, MplogError, TransportError
-from mplog.listener import Listener, start_listener
-from mplog.stats import ledger
-from mplog.stats_view import ListenerStats
+from mplog.handle import Listener, start_listener
+from mplog.listener.stats import ledger
+from mplog.listener.stats_view import ListenerStats
 from mplog.worker import MplogHandler, WorkerOptions, setup_worker
 
 __all__ = [

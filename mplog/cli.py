@@ -32,51 +32,29 @@ ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    from mplog import sd_notify
-    from mplog.config import apply_nice, build_receiver, load_config, sender_limits_for, worker_level, yield_seconds
-    from mplog.continuation import append_on_first_open, continues_earlier_run
-    from mplog.control import handler_errors_text, start_control_server
-    from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
-    from mplog.metrics import start_metrics_server
-    from mplog.server import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
-    from mplog.supervisor import ensure_state_dir, resume
+    from mplog.config import load_config
+    from mplog.listener import sd_notify
+    from mplog.listener.process import build_listener, build_receiver, prepare_process
+    from mplog.listener.status_channel import handler_errors_text
+    from mplog.listener.supervisor import ensure_state_dir
 
     config, runtime = load_config(_config_path(args))
     endpoint = args.bind or os.environ.get(ENV_BIND) or runtime.endpoint or default_collector_endpoint()
     settings = runtime.as_dict()
     _apply_key_flags(args, settings)
     settings["control"] = args.control or os.environ.get(ENV_CONTROL) or settings.get("control")
-    apply_nice(settings)  # before any thread starts: niceness is per thread, inherited by new ones
+    if args.metrics:
+        settings["metrics"] = args.metrics
     state_dir = settings.get("state_dir")
     if state_dir:  # created 0700 if missing; one that cannot be used is a ConfigError (exit 2), not a silent loss
         ensure_state_dir(state_dir)
-    append_on_first_open(continues_earlier_run(state_dir))  # restarted on its state_dir: never truncate
-    apply_logging_config(config)  # a handler that cannot be built: ConfigError, exit 2, one line
-    receiver, limits = build_receiver(endpoint, settings)
-    if settings.get("ack"):
-        from mplog.ack_server import AckServer
-
-        server: Server = AckServer(receiver, limits=limits, sender_limits=sender_limits_for(settings))  # type: ignore[arg-type]  # build_receiver gave a RouterReceiver
-    else:
-        server = Server(receiver, limits=limits, sender_limits=sender_limits_for(settings))
-        server.yield_seconds = yield_seconds(settings)
-    install_handler_error_counter(server.stats)
-    start_queue_listeners()  # dictConfig (3.12+) builds a QueueHandler's listener but does not start it
-    # With mplog.state_dir, a restarted collector continues its stats and, in ack mode,
-    # the acknowledged marks that let it drop what workers resend.
-    checkpoint = resume(server, {"state_dir": state_dir})
-    if args.metrics:
-        settings["metrics"] = args.metrics
-    status = metrics = None
-    try:
-        status = start_control_server(receiver.endpoint, server.snapshot, settings, level=worker_level(config))
-        metrics = start_metrics_server(settings, server.snapshot)
-    except BaseException:
-        if status is not None:
-            status.close()
-        receiver.close()
-        raise
-    install_sighup_reopen(server.stop_event)
+    # Niceness first (before any thread starts); a restarted collector never truncates; a
+    # handler that cannot be built: ConfigError, exit 2, one line. Then, the same listener
+    # that mplog.Listener starts (mplog.listener.process): with mplog.state_dir a restarted
+    # collector continues its stats and, in ack mode, the acknowledged marks.
+    prepare_process(config, settings, state_dir)
+    listener = build_listener(build_receiver(endpoint, settings), config, settings, state_dir)
+    server = listener.server
 
     def stop(signum: int, frame: FrameType | None) -> None:
         if not server.stop_event.is_set():
@@ -87,24 +65,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     if args.stats_interval:
         threading.Thread(target=_report_stats, args=(server, args.stats_interval), daemon=True).start()
-    print(f"mplog: listening on {receiver.endpoint}", file=sys.stderr, flush=True)
-    if metrics is not None:
-        print(f"mplog: metrics on {metrics.url}", file=sys.stderr, flush=True)
-    sd_notify.notify("READY=1", f"STATUS=listening on {receiver.endpoint}", f"MAINPID={os.getpid()}")
-    try:
-        server.run()
-    finally:
-        if status is not None:
-            status.close()
-        if metrics is not None:
-            metrics.close()
-        stop_queue_listeners()  # deliver what they hold while their handlers are still open
-        logging.shutdown()
-        receiver.close()
-        if checkpoint is not None:
-            checkpoint.close()
-    server.stats.note_ends(now=True)
-    snap = server.snapshot()
+    print(f"mplog: listening on {listener.endpoint}", file=sys.stderr, flush=True)
+    if listener.metrics is not None:
+        print(f"mplog: metrics on {listener.metrics.url}", file=sys.stderr, flush=True)
+    sd_notify.notify("READY=1", f"STATUS=listening on {listener.endpoint}", f"MAINPID={os.getpid()}")
+    snap = listener.run()
     _report_unclosed(snap)
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
@@ -134,7 +99,7 @@ def _report_unclosed(snap: dict[str, object]) -> None:
 
 
 def _report_stats(server: object, interval: float) -> None:
-    from mplog.server import Server
+    from mplog.listener.loop import Server
 
     assert isinstance(server, Server)
     while not server.stop_event.wait(interval):
@@ -159,9 +124,10 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from mplog.config import load_config, worker_level
-    from mplog.control import control_endpoint_for
-    from mplog.handler_check import check_handlers
+    from mplog.config import load_config
+    from mplog.listener.handler_check import check_handlers
+    from mplog.listener.settings import worker_level
+    from mplog.listener.status_channel import control_endpoint_for
 
     path = _config_path(args)
     if path is None:
@@ -186,7 +152,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         details = " ".join(f"{k}={v!r}" for k, v in spec.items())
         print(f"logger     {name}: {details}".rstrip())
     level = logging.getLevelName(worker_level(config))
-    # What workers learn from the status channel (mplog.collector_level); one that cannot reach it is told by hand.
+    # What workers learn from the status channel (mplog.worker.level); one that cannot reach it is told by hand.
     reach = f"asked; where the status channel is out of reach: MPLOG_LEVEL={level}"
     print(f"workers send records at {level} and above ({reach})")
     return EXIT_OK
@@ -213,8 +179,8 @@ def _check_references(config: dict[str, object]) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from mplog.control import format_status, request_stats
     from mplog.exceptions import ListenerError
+    from mplog.listener.status_channel import format_status, request_stats
 
     endpoint = args.endpoint or os.environ.get(ENV_BIND) or default_collector_endpoint()
     try:
@@ -223,7 +189,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"mplog: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        from mplog.stats_view import json_safe
+        from mplog.listener.stats_view import json_safe
 
         # Strict JSON whatever a sender claimed (a NaN start_time would print a bare NaN).
         print(json.dumps(json_safe(stats), indent=2, sort_keys=True, allow_nan=False))
@@ -266,7 +232,7 @@ def _apply_key_flags(args: argparse.Namespace, settings: dict[str, object]) -> N
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from mplog.security import generate_key_pair  # zmq is imported only by commands that need it
+    from mplog.transports.curve import generate_key_pair  # zmq is imported only by commands that need it
 
     for name in args.names:
         public, secret = generate_key_pair(args.directory, name, force=args.force)
@@ -275,8 +241,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    from mplog.config import transport_options_for
-    from mplog.relay import Relay
+    from mplog.listener.relay import Relay
+    from mplog.listener.settings import transport_options_for
     from mplog.transports import TransportOptions
 
     inbound: dict[str, object] = {}
@@ -388,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mplog: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except TransportError as exc:
-        from mplog.control import port_in_use_hint
+        from mplog.listener.status_channel import port_in_use_hint
 
         print(f"mplog: {exc}{port_in_use_hint(str(exc))}", file=sys.stderr)
         return EXIT_BIND

@@ -12,26 +12,20 @@ import logging
 import logging.handlers
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mplog import security
 from mplog.exceptions import ConfigError
-from mplog.metrics import parse_address
-from mplog.stats import SenderLimits
-from mplog.transports import Receiver, TransportOptions, open_receiver, transport_of
-from mplog.wire import Limits
-from mplog.worker import WorkerOptions
-from mplog.yielding import DEFAULT_YIELD_SECONDS
+from mplog.listener.metrics import parse_address
+from mplog.listener.settings import sender_limits_for, transport_options_for
+from mplog.transports import transport_of
+from mplog.worker.options import WorkerOptions
 
 __all__ = [
     "DEFAULT_CONFIG",
     "RuntimeSettings",
-    "build_receiver",
     "load_config",
-    "sender_limits_for",
-    "worker_level",
 ]
 
 DEFAULT_FORMAT = "%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -90,7 +84,7 @@ class RuntimeSettings:
     control: str | None = None  # the status channel `mplog status` asks (mplog.control); default: next to endpoint
     nice: int = 0  # added to the listener process's niceness: 1-19 let busy workers' CPU come first
     # The longest the listener holds frames while this host's workers keep every CPU busy
-    # (mplog.yielding); None: 1.0 s, or 0 under mplog.ack, whose acknowledgements are not held back.
+    # (mplog.listener.holding); None: 0, never (opt-in since issue 15; never under mplog.ack).
     yield_to_workers: float | None = None
     metrics: str | None = None  # "HOST:PORT" of a Prometheus endpoint on the listener (mplog.metrics); None: none
 
@@ -303,22 +297,6 @@ def _check_yield(settings: RuntimeSettings) -> None:
         )
 
 
-def _check_numbers(section: str, values: dict[str, Any], defaults: Any) -> None:
-    """Each value must have the type of its default: a wrong type would only fail later, in the listener."""
-    for key, value in values.items():
-        default = getattr(defaults, key)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
-        elif isinstance(default, int):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{section}.{key} must be a positive int, got {value!r}")
-        elif isinstance(default, float) and (
-            not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0
-        ):
-            raise ConfigError(f"{section}.{key} must be a number of seconds >= 0, got {value!r}")
-
-
 def _check_worker(section: dict[str, Any]) -> None:
     """``mplog.worker`` holds setup_worker() options; an unknown key or bad value is named here."""
     if section.get("level") is not None:
@@ -355,132 +333,3 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple
     data.setdefault("disable_existing_loggers", False)
     _validate(data, allow_pickle_forwarding=runtime.allow_pickle_forwarding)
     return data, runtime
-
-
-def worker_level(config: dict[str, Any]) -> int:
-    """The lowest level at which a record can reach a handler in the listener: what workers need to send.
-
-    For the root logger and each configured logger: its effective level (its own, else its
-    nearest configured ancestor's, else the root's, WARNING by default), raised to the
-    lowest level among the handlers it reaches (its own, then its ancestors' while
-    ``propagate`` holds). A logger that reaches no handler counts at its effective level
-    (logging's last resort may take its records). Filters are left out: they only take away.
-    Workers are told this level (``MPLOG_LEVEL``, the status channel's ``level`` answer).
-    """
-    loggers = config.get("loggers") or {}
-    entries: dict[str, dict[str, Any]] = {"": config.get("root") or {}}
-    entries.update({name: spec for name, spec in loggers.items() if isinstance(spec, dict) and name})
-    handlers = config.get("handlers") or {}
-    lowest = []
-    for name in entries:
-        chain = [name, *_configured_ancestors(name, entries)] if name else [""]
-        own = [_level_of(entries[n].get("level"), root=not n) for n in chain]
-        effective = next((level for level in own if level is not None), logging.WARNING)
-        reached = []
-        for link in chain:
-            spec = entries[link]
-            for handler in spec.get("handlers") or []:
-                handler_spec = handlers.get(handler)
-                level = _level_of(handler_spec.get("level")) if isinstance(handler_spec, dict) else None
-                reached.append(logging.NOTSET if level is None else level)
-            if not spec.get("propagate", True):
-                break
-        lowest.append(max(effective, min(reached)) if reached else effective)
-    return max(min(lowest), logging.DEBUG)
-
-
-def _configured_ancestors(name: str, entries: dict[str, dict[str, Any]]) -> list[str]:
-    """The configured loggers above ``name``, nearest first, ending with the root ("")."""
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in entries] + [""]
-
-
-def _level_of(value: object, *, root: bool = False) -> int | None:
-    """A configured level as a number; None for none, or for NOTSET below the root (it defers to the parent)."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        level: object = value
-    else:
-        level = logging.getLevelName(str(value).upper())
-    if isinstance(level, int):
-        return level if level or root else None
-    return logging.DEBUG  # not a level dictConfig knows: it will say so; send everything meanwhile
-
-
-_SENDER_LIMITS = frozenset(f.name for f in fields(SenderLimits))
-
-
-def limits_for(runtime: dict[str, Any]) -> Limits:
-    """Decoder limits from the ``mplog.limits`` table (its sender bounds are :func:`sender_limits_for`'s)."""
-    table = {k: v for k, v in runtime.get("limits", {}).items() if k not in _SENDER_LIMITS}
-    try:
-        limits = replace(Limits(), **table)
-    except TypeError:
-        known = ", ".join(sorted([f.name for f in fields(Limits)] + list(_SENDER_LIMITS)))
-        raise ConfigError(f"mplog.limits has an unknown key; known keys: {known}") from None
-    _check_numbers("mplog.limits", table, Limits())
-    return limits
-
-
-def sender_limits_for(runtime: dict[str, Any]) -> SenderLimits:
-    """The per-sender accounting bounds from ``mplog.limits`` (``max_senders``, ``max_seq_jump``)."""
-    table = {k: v for k, v in runtime.get("limits", {}).items() if k in _SENDER_LIMITS}
-    _check_numbers("mplog.limits", table, SenderLimits())
-    return replace(SenderLimits(), **table)
-
-
-def transport_options_for(runtime: dict[str, Any]) -> TransportOptions:
-    """Socket options from the ``mplog.socket`` table and ``mplog.insecure``."""
-    limits = limits_for(runtime)
-    try:
-        options = replace(
-            TransportOptions(max_frame_bytes=limits.max_frame_bytes, insecure=bool(runtime.get("insecure", False))),
-            **runtime.get("socket", {}),
-        )
-    except TypeError:
-        known = ", ".join(f.name for f in fields(TransportOptions))
-        raise ConfigError(f"mplog.socket has an unknown key; known keys: {known}") from None
-    _check_numbers("mplog.socket", runtime.get("socket", {}), TransportOptions())
-    curve = runtime.get("curve") or {}
-    if curve:
-        # Loaded and checked here (modes, an empty allow-list): CURVE fails closed, with the key named.
-        security.server_keys(curve)
-        options = replace(
-            options,
-            curve_secret_key=curve["server_secret_key"],
-            curve_authorized_keys=str(curve.get("authorized_keys") or ""),
-            curve_allow_any=bool(curve.get("allow_any", False)),
-        )
-    return options
-
-
-def build_receiver(endpoint: str, runtime: dict[str, Any]) -> tuple[Receiver, Limits]:
-    """Bind the listener's receiver for ``endpoint`` with the runtime settings applied."""
-    if runtime.get("ack"):  # acknowledged delivery: a ROUTER that can answer each sender
-        if transport_of(endpoint) != "zmq":
-            raise ConfigError(f"mplog.ack needs an ipc:// or tcp:// endpoint, got {endpoint!r}")
-        from mplog.transports.zeromq_ack import RouterReceiver  # noqa: PLC0415  # only acknowledging listeners
-
-        return RouterReceiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
-    return open_receiver(endpoint, transport_options_for(runtime)), limits_for(runtime)
-
-
-def yield_seconds(runtime: dict[str, Any]) -> float:
-    """How long the listener may hold frames for busy workers (``mplog.yield_to_workers``, see mplog.yielding)."""
-    if runtime.get("ack"):
-        return 0.0
-    value = runtime.get("yield_to_workers")
-    return DEFAULT_YIELD_SECONDS if value is None else float(value)
-
-
-def apply_nice(runtime: dict[str, Any]) -> None:
-    """Lower the calling (listener) process's CPU priority by ``mplog.nice``, if set.
-
-    On Linux niceness belongs to a thread and a new thread inherits its creator's: call
-    this before the process starts any thread (ZeroMQ's I/O thread above all), so that
-    every thread of the listener yields.
-    """
-    nice = runtime.get("nice") or 0
-    if nice:
-        os.nice(nice)

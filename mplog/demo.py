@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from mplog.listener import start_listener
+from mplog.handle import start_listener
 from mplog.worker import setup_worker
 
 __all__ = ["run_demo"]

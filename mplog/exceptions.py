@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FrameError", "ListenerError", "MplogError", "TransportError"]
+import contextlib
+import sys
+
+__all__ = ["ConfigError", "FrameError", "ListenerError", "MplogError", "TransportError", "report"]
 
 
 class MplogError(Exception):
@@ -28,3 +31,10 @@ class TransportError(MplogError, OSError):
 
 class ListenerError(MplogError, RuntimeError):
     """The listener process could not be started or controlled."""
+
+
+def report(line: str) -> None:
+    """One line on stderr: mplog's channel for what it can neither raise nor log (it is the logging)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()

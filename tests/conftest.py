@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mplog.worker import export_setting, inherited_setting
+from mplog.worker.env import export_setting, inherited_setting
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import wait_for  # tests/ is on sys.path from the line above
@@ -67,7 +67,7 @@ def _restore_logging_state() -> Iterator[None]:
     loggers = _logger_states()
     env = {key: inherited_setting(key) for key in _ENV_KEYS}
     config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
-    route = config.get(_ROUTE_KEY)  # mplog.children: how children started from here are routed
+    route = config.get(_ROUTE_KEY)  # mplog.worker.children: how children started from here are routed
     yield
     _restore(root, saved)
     for name, logger in list(logging.Logger.manager.loggerDict.items()):

@@ -6,7 +6,7 @@
 - ``mplog-tcp``: ``python -m mplog listen`` bound to ``tcp://127.0.0.1`` (plaintext), its
   dictConfig a ``logging.FileHandler`` with the format ``%(message)s``; defaults otherwise.
 - ``mplog-curve``: the same with CURVE: the server's key pair and one authorised key per
-  sender process, written by :func:`mplog.security.generate_key_pair`.
+  sender process, written by :func:`mplog.transports.curve.generate_key_pair`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from mplog import security
+from mplog.transports import curve as security
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.access("/usr/sbin/rsyslogd", os.X_OK) else None)
 SYSTEMS = ("rsyslog", "mplog-tcp", "mplog-curve")
@@ -106,7 +106,7 @@ class Collector:
         """mplog's own accounting, asked over its status channel (None for rsyslog)."""
         if not self.control:
             return None
-        from mplog.control import request_stats
+        from mplog.listener.status_channel import request_stats
 
         snap = request_stats(self.address, timeout=10.0, control=self.control)
         return {key: snap.get(key) for key in LEDGER}

@@ -56,7 +56,7 @@ def mplog_frames(connection: int, count: int, length: int, per_frame: int, pid: 
     The bytes are those a worker sends for ``logging.getLogger("bench").info(text)``. Each
     connection is a sender of its own (host ``sender<connection>``, stream ``connection``)
     with its own sequence numbers, as a worker on another host would be: the listener never
-    holds these frames back for busy workers of its own host (mplog.yielding).
+    holds these frames back for busy workers of its own host (mplog.listener.holding).
     """
     record = logging.LogRecord("bench", logging.INFO, __file__, 1, "", None, None)
     sender = encode_sender(Sender(f"sender{connection}", pid, time.time(), connection))

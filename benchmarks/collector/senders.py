@@ -22,7 +22,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from benchmarks.collector.payload import mplog_frames, syslog_chunks
-from mplog import security
+from mplog.transports import curve as security
 
 CONNECT_TIMEOUT = 60.0
 _HANDSHAKE_EVENTS = (

@@ -51,7 +51,7 @@ class RELPHandler(logging.Handler):
             is how many messages may wait for their answer at once.
     """
 
-    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.fastpath)
+    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.listener.dispatch)
 
     def __init__(self, address: Any = ("localhost", 2514), transport: str = "tcp", **options: Any) -> None:
         owner = "RELPHandler"
@@ -107,7 +107,7 @@ class RELPHandler(logging.Handler):
     def wait_confirmed(self, timeout: float | None = None) -> bool:
         """True once rsyslog acknowledged every record emitted before the call (or it was dropped, counted).
 
-        Acknowledged delivery (:mod:`mplog.ack_server`) waits on this before it acknowledges a
+        Acknowledged delivery (:mod:`mplog.listener.ack_loop`) waits on this before it acknowledges a
         frame to its worker; ``timeout`` defaults to the ``confirm_timeout`` option.
         """
         return self.outbox.wait_settled(self.options.confirm_timeout if timeout is None else timeout)

@@ -105,7 +105,7 @@ class RFC5424Handler(logging.Handler):
             its policy, timeouts, retries and the TLS files).
     """
 
-    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.fastpath)
+    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.listener.dispatch)
 
     def __init__(self, address: Any = ("localhost", 514), transport: str = "udp", **options: Any) -> None:
         owner = "RFC5424Handler"
@@ -179,7 +179,7 @@ class RFC5424Handler(logging.Handler):
     def wait_confirmed(self, timeout: float | None = None) -> bool:
         """True once every record emitted before the call is written into the socket (or dropped, counted).
 
-        Acknowledged delivery (:mod:`mplog.ack_server`) waits on this before it acknowledges a
+        Acknowledged delivery (:mod:`mplog.listener.ack_loop`) waits on this before it acknowledges a
         frame; ``timeout`` defaults to the ``confirm_timeout`` option.
         """
         if self.transport == "udp":

@@ -27,7 +27,7 @@ class FactoryStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # 
         close_stream: close the stream when the handler closes (default True).
     """
 
-    # Set by a listener that continues an earlier one (mplog.continuation): the first stream
+    # Set by a listener that continues an earlier one (mplog.listener.continuation): the first stream
     # opened with a 'mode' argument opens for appending ('w' -> 'a'), never truncating.
     append_on_first_open: ClassVar[bool] = False
 

@@ -70,7 +70,7 @@ class TransportOptions:
     reconnect_ivl_max: float = 2.0
     handshake_ivl: float = 2.0
     insecure: bool = False  # allow a plaintext bind to a non-loopback address
-    # CURVE (ZeroMQ only; see mplog.security and docs/deployment.md). Keys are file paths
+    # CURVE (ZeroMQ only; see mplog.transports.curve and docs/deployment.md). Keys are file paths
     # (or Z85 text); a sender with no server key falls back to $MPLOG_SERVER_KEY on tcp://.
     curve_server_key: str = ""  # sender: the collector's public key
     curve_secret_key: str = field(default="", repr=False)  # sender: its .key_secret; receiver: the server's

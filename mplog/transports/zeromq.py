@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mplog import security
 from mplog.exceptions import TransportError
+from mplog.transports import curve as security
 from mplog.transports.base import (
     ASYNC_SIGNALS,
     NO_ORIGIN,

@@ -4,7 +4,7 @@ Frames still travel one way as opaque bytes; the only difference from
 :mod:`mplog.transports.zeromq` (PUSH/PULL) is a return path: the listener can answer
 the peer that sent a frame (:meth:`RouterReceiver.reply`) and the worker can read
 those answers (:meth:`DealerSender.recv`). What the answers mean is
-:mod:`mplog.ack`'s business; this module never looks inside a frame.
+:mod:`mplog.delivery.ack_sender`'s business; this module never looks inside a frame.
 
 Socket options follow the PUSH/PULL transport: bounded LINGER, non-blocking sends,
 IMMEDIATE=1, MAXMSGSIZE on the listener, ipc sockets private to the user, CURVE with

@@ -25,7 +25,7 @@ from helpers import check_lines, file_config, payload, read_lines, wait_for
 import mplog
 from mplog.exceptions import FrameError
 from mplog.wire import Limits, Sender, build_frame, decode_frame, encode_record, encode_sender
-from mplog.wire_repair import decode_escaped
+from mplog.wire.repair import decode_escaped
 
 pytestmark = pytest.mark.integration
 

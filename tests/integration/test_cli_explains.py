@@ -27,8 +27,8 @@ import zmq
 from helpers import console_script, file_config, read_lines, wait_for
 
 import mplog
-from mplog import security
-from mplog.control import ControlServer, request_stats
+from mplog.listener.status_channel import ControlServer, request_stats
+from mplog.transports import curve as security
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

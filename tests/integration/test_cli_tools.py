@@ -381,7 +381,7 @@ def test_the_config_can_name_the_status_channel_and_check_refuses_a_bad_one(tmp_
 def test_the_status_channel_refuses_oversized_and_unknown_requests_and_keeps_answering(tmp_path):
     import zmq
 
-    from mplog.control import MAX_REQUEST_BYTES, control_endpoint_for, request_stats
+    from mplog.listener.status_channel import MAX_REQUEST_BYTES, control_endpoint_for, request_stats
 
     with mplog.start_listener(file_config(tmp_path / "out.log"), route_parent=False) as listener:
         control = control_endpoint_for(listener.endpoint)

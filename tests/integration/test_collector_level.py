@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from helpers import check_lines, read_lines, wait_for
 
-from mplog.control import request_stats
+from mplog.listener.status_channel import request_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -184,8 +184,8 @@ def test_an_explicit_level_wins_over_the_collectors(tmp_path, short_dir, options
 
 FOLLOWER_CODE = """
 import json, logging, sys, time, mplog, helpers
-import mplog.collector_level
-mplog.collector_level.REFRESH_INTERVAL = 0.2  # ask again often: the test has not got 30 s
+import mplog.worker.level
+mplog.worker.level.REFRESH_INTERVAL = 0.2  # ask again often: the test has not got 30 s
 handler = mplog.setup_worker()
 root = logging.getLogger()
 logging.getLogger("app").warning("%s", helpers.payload(2, 0))  # the flusher thread runs from here on
@@ -244,7 +244,7 @@ def test_a_worker_follows_a_collector_restarted_with_another_level(tmp_path, sho
 
 
 def test_where_a_worker_asks_and_where_it_does_not(tmp_path, monkeypatch):
-    from mplog.collector_level import status_endpoint
+    from mplog.worker.level import status_endpoint
 
     monkeypatch.delenv("MPLOG_CONTROL", raising=False)
     (tmp_path / "live.sock.ctl").touch()

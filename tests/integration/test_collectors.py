@@ -11,7 +11,7 @@ import pytest
 from helpers import check_lines, file_config, read_lines, wait_for
 
 import mplog
-from mplog.stats import merge_snapshots
+from mplog.listener.stats import merge_snapshots
 
 pytestmark = pytest.mark.integration
 

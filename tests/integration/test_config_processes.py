@@ -72,7 +72,7 @@ def test_yaml_without_pyyaml_says_how_to_install_it(tmp_path):
 
 
 def _children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "mplog.server" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if "mplog.listener.process" in " ".join(p.cmdline())]
 
 
 @pytest.mark.integration
@@ -109,13 +109,13 @@ def test_start_listener_raises_config_error_in_the_parent_for_what_only_dictconf
         handler = {"class": "logging.StreamHandler", "colour": "red"}
         words = ["the listener could not apply the config", "handler 'h'", "colour"]
     config = {"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"]}}
-    env_before = {key: mplog.worker.inherited_setting(key) for key in ("MPLOG_ENDPOINT", "MPLOG_LEVEL")}
+    env_before = {key: mplog.worker.env.inherited_setting(key) for key in ("MPLOG_ENDPOINT", "MPLOG_LEVEL")}
     root_before = list(logging.getLogger().handlers)
     with pytest.raises(ConfigError) as info:
         mplog.start_listener(config)
     for word in words:
         assert word in str(info.value)
     assert _children() == []  # the listener process was reaped
-    assert {key: mplog.worker.inherited_setting(key) for key in env_before} == env_before  # nothing exported
+    assert {key: mplog.worker.env.inherited_setting(key) for key in env_before} == env_before  # nothing exported
     assert logging.getLogger().handlers == root_before  # the parent's logging untouched
     assert not any(Path(tmp_path).rglob("*.log"))

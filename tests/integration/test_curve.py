@@ -24,8 +24,8 @@ import zmq
 from helpers import check_lines, file_config, read_lines, wait_for
 
 import mplog
-from mplog import security
 from mplog.transports import TransportOptions
+from mplog.transports import curve as security
 from mplog.transports.zeromq import ZmqSender
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
 

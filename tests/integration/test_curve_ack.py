@@ -21,9 +21,9 @@ import pytest
 from helpers import check_lines, file_config, log_numbered, read_lines, wait_for
 
 import mplog
-from mplog import security
-from mplog.config import build_receiver
+from mplog.listener.process import build_receiver
 from mplog.transports import TransportOptions
+from mplog.transports import curve as security
 from mplog.transports.zeromq_ack import DealerSender, RouterReceiver
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,10 @@ from helpers import file_config, payload, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 import mplog
-from mplog import security
 from mplog.config import load_config
-from mplog.control import format_status
-from mplog.supervisor import load_checkpoint, stats_path
+from mplog.listener.status_channel import format_status
+from mplog.listener.supervisor import load_checkpoint, stats_path
+from mplog.transports import curve as security
 from mplog.transports.base import TransportOptions
 from mplog.transports.mpqueue import MpSender
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender

@@ -17,7 +17,7 @@ import zmq
 from helpers import check_lines, file_config, read_lines, wait_for
 
 import mplog
-from mplog import security
+from mplog.transports import curve as security
 from mplog.wire import Sender, build_frame, decode_frame, encode_record, encode_sender
 
 pytestmark = pytest.mark.integration

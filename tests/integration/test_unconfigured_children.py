@@ -1,7 +1,7 @@
 """Children that never call setup_worker(): routed to the listener under every start method.
 
 A ``fork`` child inherits its parent's handler; a ``spawn`` or ``forkserver`` child used
-to start with none, and its INFO records were lost without a trace (mplog.children).
+to start with none, and its INFO records were lost without a trace (mplog.worker.children).
 Every record is numbered and the output is checked exactly.
 """
 

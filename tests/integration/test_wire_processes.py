@@ -22,7 +22,7 @@ import pytest
 from helpers import file_config, read_lines, wait_for
 
 import mplog
-from mplog.server import Server
+from mplog.listener.loop import Server
 from mplog.transports import open_sender
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
 

@@ -24,7 +24,7 @@ import zmq
 from helpers import check_lines, file_config, payload, read_lines, wait_for
 
 import mplog
-from mplog.control import control_endpoint_for
+from mplog.listener.status_channel import control_endpoint_for
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

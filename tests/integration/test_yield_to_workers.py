@@ -31,11 +31,11 @@ import pytest
 from helpers import check_lines, file_config, payload, read_lines, wait_for
 
 import mplog
-from mplog.control import format_status
-from mplog.server import Server
+from mplog.listener.holding import WorkerWatch
+from mplog.listener.loop import Server
+from mplog.listener.status_channel import format_status
 from mplog.transports import open_receiver, open_sender
 from mplog.wire import FLAG_URGENT, Sender, build_frame, encode_record, encode_sender
-from mplog.yielding import WorkerWatch
 
 HOST = socket.gethostname()
 
@@ -286,7 +286,8 @@ def test_records_of_busy_workers_wait_until_a_cpu_is_free_then_every_one_is_writ
     tmp_path, two_cpus, method, transport
 ):
     ctx = multiprocessing.get_context(method)
-    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, transport=transport, spin=2.5)
+    # 1.0: holding is opt-in (the default was 1.0 until issue 15)
+    listener, procs, out = _run_busy_workers(tmp_path, ctx, two_cpus, transport=transport, spin=2.5, yield_seconds=1.0)
     try:
         time.sleep(0.5)  # not synchronisation: the window in which a wrong release would show
         assert all(p.is_alive() for p in procs)

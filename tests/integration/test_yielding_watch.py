@@ -1,4 +1,4 @@
-"""The listener's watch of its workers (mplog.yielding.WorkerWatch) against real processes.
+"""The listener's watch of its workers (mplog.listener.holding.WorkerWatch) against real processes.
 
 The ``spinner`` and ``sleeper`` fixtures of conftest: one that keeps a CPU busy, one that
 sleeps, one that is gone; each fixture yields once its process's start-up is over. Moved
@@ -14,9 +14,9 @@ import time
 import pytest
 from helpers import wait_for
 
-from mplog import yielding
+from mplog.listener import holding as yielding
+from mplog.listener.holding import CHECK_INTERVAL, WorkerWatch
 from mplog.wire import FLAG_FINAL
-from mplog.yielding import CHECK_INTERVAL, WorkerWatch
 
 HOST = socket.gethostname()
 

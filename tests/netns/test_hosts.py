@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import check_lines, console_script, file_config, read_lines, wait_for
 
-from mplog import security
+from mplog.transports import curve as security
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
 

@@ -23,8 +23,8 @@ from ledger import build_ledger
 
 import mplog
 from mplog import WorkerOptions
-from mplog.ack import decode_ack, encode_ack, frame_envelope
-from mplog.ack_server import MarksFile
+from mplog.delivery.ack_format import decode_ack, encode_ack, frame_envelope
+from mplog.listener.ack_loop import MarksFile
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 
 SPAWN = multiprocessing.get_context("spawn")

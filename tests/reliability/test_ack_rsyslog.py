@@ -1,7 +1,7 @@
 """Acknowledged delivery into rsyslog over RELP: worker -> listener -> rsyslog loses nothing.
 
 The listener acknowledges a frame to its worker only after rsyslog acknowledged the
-frame's records (RELPHandler.wait_confirmed, mplog.ack_server). A listener SIGKILLed while
+frame's records (RELPHandler.wait_confirmed, mplog.listener.ack_loop). A listener SIGKILLed while
 rsyslog is away, an rsyslogd SIGKILLed mid-stream: every number the workers logged is a
 line rsyslog wrote, and each line's structured data names the same sender and number.
 """

@@ -26,9 +26,10 @@ from ledger import build_ledger
 
 import mplog
 from mplog import WorkerOptions
-from mplog.ack import AckingSender
+from mplog.delivery.ack_sender import AckingSender
+from mplog.delivery.spool_files import OwnSpool, prepare_dir
+from mplog.delivery.spool_format import HEADER_SIZE, frame_head, goodbye_frame, parse_spool
 from mplog.exceptions import ConfigError
-from mplog.spool import HEADER_SIZE, OwnSpool, frame_head, goodbye_frame, parse_spool, prepare_dir
 from mplog.transports import TransportOptions
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
 

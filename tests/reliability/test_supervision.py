@@ -17,7 +17,7 @@ from helpers import file_config, payload, read_lines, wait_for
 from ledger import build_ledger
 
 import mplog
-from mplog.supervisor import Backoff, load_checkpoint, stats_path
+from mplog.listener.supervisor import Backoff, load_checkpoint, stats_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
@@ -106,7 +106,7 @@ def test_records_in_flight_when_the_listener_dies_arrive_or_are_counted_as_gaps(
     pids = {i: p.pid for i, p in enumerate(procs)}
     ledger = build_ledger(read_lines(out), dict.fromkeys(range(producers), per), listener.stats(), pids)
     # Without acknowledgements a crash loses what sat in the dead listener's queues; every such
-    # record is a counted gap, and every record it wrote is counted as received (mplog.progress:
+    # record is a counted gap, and every record it wrote is counted as received (mplog.listener.progress:
     # before, those written after its last stats checkpoint were counted as gaps too).
     ledger.assert_balanced()
     assert sum(e.senders for e in ledger.entries.values()) == producers

@@ -19,8 +19,8 @@ from helpers import wait_for
 from hostile import NoReceiver, listener_config, raw_sender, record
 
 import mplog
-from mplog import wire_repair
-from mplog.server import Server
+from mplog.listener.loop import Server
+from mplog.wire import repair as wire_repair
 
 BAD = b"\xed\xb3\xbf".decode("utf-8", "surrogateescape")  # packed back as those three bytes
 SENDER = ["utf8-host", 7, 1.0, 3]
@@ -84,7 +84,9 @@ def test_a_frame_that_decodes_never_takes_the_repair_path(monkeypatch):
     """No extra cost on frames that decode fine: the second decode runs only after msgpack refused one."""
     calls: list[bytes] = []
     real = wire_repair.decode_escaped
-    monkeypatch.setattr("mplog.server.decode_escaped", lambda data, limits: calls.append(data) or real(data, limits))
+    monkeypatch.setattr(
+        "mplog.listener.loop.decode_escaped", lambda data, limits: calls.append(data) or real(data, limits)
+    )
     server = Server(NoReceiver())  # type: ignore[arg-type]  # frames handed in directly
     server.handle_frame(packed([record("app", "fine")]))
     assert calls == []

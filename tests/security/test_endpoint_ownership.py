@@ -20,8 +20,8 @@ from helpers import wait_for
 from lifecycle_helpers import cli_env, listen_argv, running, short_dir, wait_listening
 
 import mplog
-from mplog.control import request_stats
 from mplog.exceptions import TransportError
+from mplog.listener.status_channel import request_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -15,9 +15,9 @@ import pytest
 from lifecycle_helpers import cli_env, write_config
 
 import mplog
-from mplog import security
 from mplog.config import load_config
 from mplog.exceptions import ConfigError
+from mplog.transports import curve as security
 
 EXIT_CONFIG = 2
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import wait_for
 from lifecycle_helpers import cli_env, listen_argv, running, short_dir, wait_listening, write_config
 
-from mplog.control import format_status, request_stats
+from mplog.listener.status_channel import format_status, request_stats
 
 EXIT_CONFIG = 2
 

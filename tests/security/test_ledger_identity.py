@@ -37,10 +37,10 @@ import zmq
 from helpers import check_lines, file_config, payload, read_lines, wait_for
 
 import mplog
-from mplog import security
-from mplog.control import request_stats
-from mplog.stats import ledger
+from mplog.listener.stats import ledger
+from mplog.listener.status_channel import request_stats
 from mplog.transports import TransportOptions
+from mplog.transports import curve as security
 from mplog.transports.zeromq import ZmqSender
 from mplog.transports.zeromq_ack import DealerSender
 from mplog.wire import Sender, build_frame, encode_record, encode_sender

@@ -20,7 +20,7 @@ from helpers import wait_for
 from hostile import GoodSender, listener_config
 
 import mplog
-from mplog.control import control_endpoint_for, request_stats
+from mplog.listener.status_channel import control_endpoint_for, request_stats
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 Issue 14, item 4: the key was read from the receiver's *last* peer when a frame was
 dispatched, so frames held while this host's workers kept every CPU busy
-(``yield_to_workers``, mplog.yielding) were stamped with whichever client sent last.
+(``yield_to_workers``, mplog.listener.holding) were stamped with whichever client sent last.
 The origin now travels with each frame from the receiver (mplog.transports.base.Origin).
 """
 
@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from mplog import security
-from mplog.server import Server
+from mplog.listener.holding import WorkerWatch
+from mplog.listener.loop import Server
 from mplog.transports import TransportOptions
+from mplog.transports import curve as security
 from mplog.transports.zeromq import ZmqReceiver, ZmqSender
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
-from mplog.yielding import WorkerWatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -15,10 +15,10 @@ import pytest
 from hostile import NoReceiver
 
 from mplog.exceptions import FrameError
-from mplog.server import Server
+from mplog.listener.loop import Server
 from mplog.wire import Limits, decode_frame
-from mplog.wire_repair import salvage_records
-from mplog.wire_schema import RECORD_FIELDS
+from mplog.wire.repair import salvage_records
+from mplog.wire.schema import RECORD_FIELDS
 
 SENDER = ["host-r", 5, 1.0, 9]
 

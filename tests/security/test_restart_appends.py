@@ -2,7 +2,7 @@
 
 The first start may truncate (that is what mode 'w' asks for); a supervised restart and
 ``mplog listen`` started again on its ``mplog.state_dir`` continue the earlier listener's
-stats, so they must also continue its files (mplog.continuation).
+stats, so they must also continue its files (mplog.listener.continuation).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from lifecycle_helpers import (
 )
 
 import mplog
-from mplog.supervisor import load_checkpoint, stats_path
+from mplog.listener.supervisor import load_checkpoint, stats_path
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
@@ -125,7 +125,7 @@ def test_a_listener_killed_mid_stream_holds_exactly_the_records_it_counts_as_rec
     lines = _payload_lines(out)
     ledger = build_ledger(lines, dict.fromkeys(range(WORKERS), PER), stats, {i: p.pid for i, p in enumerate(procs)})
     # Every line the killed listener wrote is still there, and its progress file says how
-    # far each sender had got when it died (mplog.supervisor.ProgressFile): what it wrote
+    # far each sender had got when it died (mplog.listener.supervisor.ProgressFile): what it wrote
     # is received, what it lost is a gap, and nothing is both. Before the progress file,
     # the records written after the last stats checkpoint were also counted as gaps.
     ledger.assert_balanced()

@@ -25,10 +25,10 @@ import zmq
 from helpers import wait_for
 
 import mplog
-from mplog.ack_server import MarksFile
-from mplog.control import format_status, request_stats
-from mplog.stats import SenderLimits, Stats, merge_snapshots
-from mplog.supervisor import load_checkpoint, stats_path
+from mplog.listener.ack_loop import MarksFile
+from mplog.listener.stats import SenderLimits, Stats, merge_snapshots
+from mplog.listener.status_channel import format_status, request_stats
+from mplog.listener.supervisor import load_checkpoint, stats_path
 from mplog.wire import FLAG_FINAL, Frame, Sender, build_frame, encode_record, encode_sender
 
 QUIET = {"version": 1, "handlers": {"null": {"class": "logging.NullHandler"}}, "root": {"handlers": ["null"]}}

@@ -30,8 +30,8 @@ from helpers import check_lines, file_config, read_lines, wait_for
 from ledger import build_ledger
 
 import mplog
-from mplog import security
 from mplog.transports import TransportOptions, open_receiver, open_sender
+from mplog.transports import curve as security
 from mplog.transports.zeromq import _clear_max_rt, _socket_fds
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

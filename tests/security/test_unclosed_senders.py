@@ -22,7 +22,7 @@ import zmq
 from helpers import wait_for
 
 import mplog
-from mplog.stats import CONNECTION_ENDED, PROCESS_GONE, SILENT, SILENT_AFTER, Stats, ledger, merge_snapshots
+from mplog.listener.stats import CONNECTION_ENDED, PROCESS_GONE, SILENT, SILENT_AFTER, Stats, ledger, merge_snapshots
 from mplog.transports.base import TransportOptions
 from mplog.transports.mpqueue import MpSender
 from mplog.wire import FLAG_FINAL, Frame, Sender, build_frame, encode_record, encode_sender

@@ -26,7 +26,6 @@ import pytest
 import zmq
 from helpers import wait_for
 
-from mplog import security
 from mplog.exceptions import ConfigError
 from mplog.transports import (
     Origin,
@@ -37,6 +36,7 @@ from mplog.transports import (
     open_receiver,
     open_sender,
 )
+from mplog.transports import curve as security
 from mplog.transports.zeromq import COLLECTOR_KEEPALIVE, ZmqReceiver, ZmqSender
 from mplog.transports.zeromq_ack import DealerSender, RouterReceiver
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mplog.ack_intent import FileState, file_handlers, measure
-from mplog.ack_server import AckServer, MarksFile, marks_path
+from mplog.delivery.intent import FileState, file_handlers, measure
 from mplog.handlers.queued import QueuedHandler
+from mplog.listener.ack_loop import AckServer, MarksFile, marks_path
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from mplog.config import DEFAULT_CONFIG, RuntimeSettings, limits_for, load_config, transport_options_for, worker_level
+from mplog.config import DEFAULT_CONFIG, RuntimeSettings, load_config
 from mplog.exceptions import ConfigError
+from mplog.listener.settings import limits_for, transport_options_for, worker_level
 from mplog.wire import Limits
 
 BASE: dict[str, Any] = {

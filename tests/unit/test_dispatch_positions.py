@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mplog.fastpath import BatchDispatcher
+from mplog.listener.dispatch import BatchDispatcher
 from mplog.wire import Sender, build_frame, decode_header, encode_record, encode_sender
 
 

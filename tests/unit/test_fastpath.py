@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers import check_lines, payload
 
-from mplog.fastpath import BatchDispatcher, _Sink
+from mplog.listener.dispatch import BatchDispatcher, _Sink
 from mplog.wire import Sender, build_frame, decode_frame, encode_record, encode_sender
 
 BASE = 1_700_000_000.25  # a whole-second boundary falls every few records below
@@ -22,7 +22,7 @@ FORMATS = {
     "fields": "%(name)s|%(levelno)d|%(filename)s:%(lineno)d|%(funcName)s|%(threadName)s|%(msecs)03d|%(message)s",
     "extra": "%(asctime)s %(user)s %(message)s",
     "plain": "%(message)s",
-    # Built from the wire fields without a LogRecord (mplog.line_format.compile_format): flags,
+    # Built from the wire fields without a LogRecord (mplog.listener.line_format.compile_format): flags,
     # precision, a literal %, the names LogRecord spells differently from the wire.
     "conversions": "%%(name)s %(levelname)-8s|%(message).12s|%(msecs)03d|%(lineno)5d|%(created)f"
     "|%(relativeCreated).1f|%(process)x|%(msg)s|%(taskName)s|%(stack_info).9s",
@@ -213,7 +213,7 @@ def test_fast_path_writes_the_same_bytes_as_the_generic_path_for_every_handler_a
 
 
 def test_formats_made_only_of_wire_fields_are_compiled_and_the_others_are_not() -> None:
-    from mplog.line_format import compile_format as _compile
+    from mplog.listener.line_format import compile_format as _compile
 
     assert _compile(FORMATS["full"]) == ("%s %d %s %s %s", (-1, 14, 2, 0, 3))
     assert _compile("100%% %(message)s") == ("100%% %s", (3,))
@@ -226,7 +226,7 @@ def test_formats_made_only_of_wire_fields_are_compiled_and_the_others_are_not() 
 
 
 def test_time_text_matches_format_time_across_second_boundaries() -> None:
-    from mplog.line_format import LineFormat as _Format
+    from mplog.listener.line_format import LineFormat as _Format
 
     record = logging.makeLogRecord({"msg": "m"})
     for formatter in (

@@ -1,6 +1,6 @@
 """Records of loggers the listener's config does not name create no logger, and are written byte for byte as before.
 
-``mplog.logger_lookup`` hands a record of an unknown logger name to a stand-in under
+``mplog.listener.logger_lookup`` hands a record of an unknown logger name to a stand-in under
 its nearest registered ancestor instead of ``logging.getLogger(name)``, which
 registered a Logger for every name a sender sent (200,000 names: +216 MB, never freed).
 Each test here writes the same records twice, once with the loggers created as
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from mplog.fastpath import BatchDispatcher
-from mplog.logger_lookup import MAX_CACHED, LoggerLookup
+from mplog.listener.dispatch import BatchDispatcher
+from mplog.listener.logger_lookup import MAX_CACHED, LoggerLookup
 from mplog.wire import record_fields
 
 FMT = "%(name)s|%(levelname)s|%(message)s"

@@ -1,4 +1,4 @@
-"""The progress file (mplog.progress): each sender's ledger persisted with every frame, read back exactly.
+"""The progress file (mplog.listener.progress): each sender's ledger persisted with every frame, read back exactly.
 
 A listener killed at any point is simulated by reading the file while the objects that
 wrote it are still open: what a SIGKILL leaves is exactly what was stored, since every
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from mplog.progress import ProgressFile, file_sizes, progress_path, read_progress
-from mplog.server import Server
-from mplog.stats import SenderLimits, Stats
+from mplog.listener.loop import Server
+from mplog.listener.progress import ProgressFile, file_sizes, progress_path, read_progress
+from mplog.listener.stats import SenderLimits, Stats
 from mplog.wire import FLAG_FINAL, Frame, Limits, Sender, build_frame, encode_record, encode_sender
 
 TOTALS = ("received", "frames", "gaps", "dropped", "duplicates", "rejected")
@@ -30,7 +30,7 @@ def _listener(tmp_path: Path, max_senders: int, files: list[Any] | None = None) 
 
 
 def _handle(stats: Stats, progress: ProgressFile, frame: Frame, *, reject: bool = False) -> None:
-    """What the receive loop does with one frame (mplog.server.Server.handle_frame), minus the dispatch."""
+    """What the receive loop does with one frame (mplog.listener.loop.Server.handle_frame), minus the dispatch."""
     if reject:
         stats.reject(frame, "bad_field")
         assert stats.booked is not None
@@ -43,7 +43,7 @@ def _handle(stats: Stats, progress: ProgressFile, frame: Frame, *, reject: bool 
 
 
 def _restarted(tmp_path: Path, checkpoint: dict[str, Any] | None, max_senders: int, **sizes: Any) -> Stats:
-    """A new listener's stats: the checkpoint restored, then the progress file applied (mplog.supervisor.resume)."""
+    """A new listener's stats: the checkpoint restored, then the progress file applied (supervisor.resume)."""
     stats = Stats(SenderLimits(max_senders=max_senders))
     if checkpoint is not None:
         stats.restore(checkpoint)

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mplog.exceptions import FrameError
-from mplog.server import Server
-from mplog.stats import ledger, merge_snapshots
+from mplog.listener.loop import Server
+from mplog.listener.stats import ledger, merge_snapshots
 from mplog.wire import RECORD_FIELDS, VERSION, Sender, record_fields
-from mplog.wire_decode import MAX_NAME_CHARS, check_records
-from mplog.wire_repair import salvage_records
+from mplog.wire.decode import MAX_NAME_CHARS, check_records
+from mplog.wire.repair import salvage_records
 
 SENDER = Sender("host-s", 777, 1_700_000_000.5, 3)
 LOGGER = "salvage.test"

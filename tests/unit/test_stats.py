@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from mplog.sender_table import ledger_key, split_ledger_key
-from mplog.stats import SenderLimits, Stats, ledger
+from mplog.listener.sender_table import ledger_key, split_ledger_key
+from mplog.listener.stats import SenderLimits, Stats, ledger
 from mplog.transports import Origin
 from mplog.wire import FLAG_FINAL, Frame, Sender
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from mplog.stats_view import ListenerStats, SenderCounts, json_safe, summary
+from mplog.listener.stats_view import ListenerStats, SenderCounts, json_safe, summary
 
 SNAPSHOT = {
     "received": 7,

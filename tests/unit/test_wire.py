@@ -23,9 +23,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from mplog import wire_decode, wire_encode
 from mplog.exceptions import FrameError
-from mplog.server import Server
+from mplog.listener.loop import Server
 from mplog.transports.base import default_collector_endpoint
 from mplog.wire import (
     FLAG_FINAL,
@@ -40,6 +39,8 @@ from mplog.wire import (
     make_log_record,
     record_fields,
 )
+from mplog.wire import decode as wire_decode
+from mplog.wire import encode as wire_encode
 
 SENDER = Sender("host-a", 4242, 1_700_000_000.25, 0xDEADBEEF)
 SENDER_BYTES = encode_sender(SENDER)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mplog.exceptions import FrameError
-from mplog.server import Server
+from mplog.listener.loop import Server
 from mplog.wire import Limits, Sender, build_frame, decode_frame, encode_record, encode_sender
 
 SENDER_BYTES = encode_sender(Sender("fuzz-host", 99, 1_700_000_000.5, 7))

@@ -16,9 +16,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from mplog import wire_encode
 from mplog.wire import Sender, decode_frame, encode_record, encode_sender
-from mplog.wire_encode import frame_of_packed, pack_records, plain_fields
+from mplog.wire import encode as wire_encode
+from mplog.wire.encode import frame_of_packed, pack_records, plain_fields
 
 SENDER = encode_sender(Sender("h", 1, 1.0, 1))
 

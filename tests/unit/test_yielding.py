@@ -1,4 +1,4 @@
-"""The pieces of the listener's yielding (mplog.yielding): the urgent flag, the envelope, the watch, the setting.
+"""The pieces of the listener's holding (mplog.listener.holding): the urgent flag, the envelope, the watch, the setting.
 
 The watch's logic is tested here on made-up looks; against real processes (one that keeps
 a CPU busy, one that sleeps, one that is gone) in tests/integration/test_yielding_watch.py.
@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from mplog import yielding
-from mplog.ack_format import frame_envelope
-from mplog.config import load_config, yield_seconds
+from mplog.config import load_config
+from mplog.delivery.ack_format import frame_envelope
 from mplog.exceptions import ConfigError
+from mplog.listener import holding as yielding
+from mplog.listener.holding import CHECK_INTERVAL, WorkerWatch
+from mplog.listener.settings import yield_seconds
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender
 from mplog.worker import MplogHandler, WorkerOptions
-from mplog.yielding import CHECK_INTERVAL, WorkerWatch
 
 HOST = socket.gethostname()
 
@@ -125,8 +126,8 @@ def _runtime(**mplog: Any) -> dict[str, Any]:
     return load_config({"version": 1, "mplog": mplog})[1].as_dict()
 
 
-def test_the_setting_defaults_to_one_second_and_to_never_under_acknowledged_delivery():
-    assert yield_seconds(_runtime()) == 1.0
+def test_the_setting_defaults_to_never_and_is_never_under_acknowledged_delivery():
+    assert yield_seconds(_runtime()) == 0.0
     assert yield_seconds(_runtime(yield_to_workers=0)) == 0.0
     assert yield_seconds(_runtime(yield_to_workers=2.5)) == 2.5
     assert yield_seconds(_runtime(ack=True)) == 0.0

@@ -1,0 +1,1 @@
+"""The listener process: receive loop, dispatch into ``logging``, stats, status channel, supervision."""

@@ -1,0 +1,440 @@
+"""Acknowledged delivery, listener side: handle, flush, persist the mark, then acknowledge.
+
+The worker side is :mod:`mplog.delivery.ack_sender`, the acknowledgement format :mod:`mplog.delivery.ack_format`;
+the duplicate window and what this does and does not promise are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import mmap
+import os
+import struct
+import sys
+import time
+from typing import Any
+
+from mplog.delivery.ack_format import Envelope, encode_ack, frame_envelope
+from mplog.delivery.intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
+from mplog.listener.loop import Server, _all_handlers
+from mplog.listener.sender_table import SenderLimits, ledger_key
+from mplog.listener.supervisor import load_checkpoint, stats_path
+from mplog.transports import NO_ORIGIN, Origin
+from mplog.transports.zeromq_ack import RouterReceiver
+from mplog.wire import Frame, Limits
+
+__all__ = ["AckServer", "MarksFile", "marks_path"]
+
+UNKNOWN_SENDER_GRACE = 1.5  # seconds a restarted listener waits for an unknown sender's earlier frames
+
+
+def marks_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "acked.json")
+
+
+class MarksFile:
+    """Per-sender high-water marks that survive a listener crash: ``sender_key -> next_seq``.
+
+    A memory-mapped file of fixed 256-byte slots, so recording a mark is one 8-byte
+    store into the page cache: no system call, nothing a SIGKILL can tear, and the
+    window between "a handler wrote the frame" and "the mark says so" stays a few
+    microseconds (the duplicate window in docs/reliability.md). The kernel keeps the
+    pages when the process dies; surviving a power loss would take an msync, which
+    mplog does not do. Slots of senders that said goodbye are dropped when the file
+    is next opened.
+
+    Beside it, ``<path>.intent`` holds the write-ahead intent of the frame being handled
+    (:mod:`mplog.delivery.intent`). Opening the file resolves an intent a killed listener left:
+    unless the sender's mark shows the frame finished, every recorded file is cut back to
+    its size before the frame; :attr:`recovery` says what was found and done.
+    """
+
+    _MAGIC = b"MPLOGACK"
+    _HEADER = 16  # magic, u32 version, u32 slots in use
+    _SLOT = 256  # u64 next_seq, u8 state, u16 key length, key
+    _MAX_KEY = _SLOT - 11
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.marks, closed = self._read(path)
+        # Resolved before the marks are compacted (which forgets closed senders) and the
+        # intent reset: a listener killed during this start finds the same inputs again.
+        self.recovery = self._recover(f"{path}.intent", {**closed, **self.marks})
+        self._intent = IntentFile(f"{path}.intent")
+        self._slots: dict[str, int] = {}  # key -> offset of its slot
+        self._used = 0  # slots handed out (the header's count)
+        self._free: list[int] = []  # slots of senders that said goodbye (or were forgotten), to reuse
+        capacity = 256
+        while capacity < 2 * len(self.marks):
+            capacity *= 2
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:  # rewritten compact: closed senders and torn slots left behind
+            f.write(self._MAGIC + struct.pack("<II", 1, 0))
+            f.truncate(self._HEADER + capacity * self._SLOT)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        self._fd = os.open(path, os.O_RDWR)
+        self._capacity = capacity
+        self._map = mmap.mmap(self._fd, self._HEADER + capacity * self._SLOT)
+        for key, next_seq in self.marks.items():
+            self.set(key, next_seq)
+
+    @classmethod
+    def _read(cls, path: str) -> tuple[dict[str, int], dict[str, int]]:
+        """The marks of open senders, and the last marks of senders that said goodbye."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return {}, {}
+        if data[:8] != cls._MAGIC or len(data) < cls._HEADER:
+            return {}, {}
+        (used,) = struct.unpack_from("<I", data, 12)
+        marks: dict[str, int] = {}
+        closed: dict[str, int] = {}
+        for i in range(min(used, (len(data) - cls._HEADER) // cls._SLOT)):
+            offset = cls._HEADER + i * cls._SLOT
+            next_seq, state, length = struct.unpack_from("<QBH", data, offset)
+            if state in {1, 2} and length <= cls._MAX_KEY:
+                try:
+                    key = data[offset + 11 : offset + 11 + length].decode()
+                except UnicodeDecodeError:
+                    continue
+                (marks if state == 1 else closed)[key] = next_seq
+        return marks, closed
+
+    @staticmethod
+    def _recover(intent_path: str, persisted: dict[str, int]) -> Recovery | None:
+        intent = read_intent(intent_path)
+        if intent is None:
+            return None
+        key, first, end, files = intent
+        mark = persisted.get(key)
+        if mark is not None and mark >= end:  # killed after the mark was stored: the frame was written whole
+            return Recovery(key, first, end, complete=True)
+        truncated, skipped = roll_back(files)
+        return Recovery(key, first, end, complete=False, truncated=truncated, skipped=skipped)
+
+    def _allocate(self, key: str) -> int | None:
+        raw = key.encode()
+        if len(raw) > self._MAX_KEY:
+            return None  # a host name longer than DNS allows: this sender gets no persisted mark
+        if self._free:  # reused only after the frame that freed it was done (its intent cleared)
+            offset = self._free.pop()
+        else:
+            index = self._used
+            if index >= self._capacity:
+                self._capacity *= 2
+                size = self._HEADER + self._capacity * self._SLOT
+                os.ftruncate(self._fd, size)
+                self._map.close()
+                self._map = mmap.mmap(self._fd, size)
+            offset = self._HEADER + index * self._SLOT
+            self._used = index + 1
+        struct.pack_into("<QBH", self._map, offset, 0, 0, len(raw))
+        self._map[offset + 11 : offset + 11 + len(raw)] = raw
+        self._map[offset + 8] = 1  # the slot becomes valid only once its key is complete
+        struct.pack_into("<I", self._map, 12, self._used)
+        self._slots[key] = offset
+        return offset
+
+    def set(self, key: str, next_seq: int) -> None:
+        """Record that every record of ``key`` below ``next_seq`` reached the handlers."""
+        offset = self._slots.get(key)
+        if offset is None:
+            offset = self._allocate(key)
+            if offset is None:
+                return
+        struct.pack_into("<Q", self._map, offset, next_seq)
+        self.marks[key] = next_seq
+
+    def forget(self, key: str) -> None:
+        """The sender said goodbye (or was forgotten): its slot keeps its last mark until reused.
+
+        A restart drops the slot; so does the next sender given a slot, which keeps the
+        file and this object as large as the senders still open, not all ever seen.
+        """
+        offset = self._slots.pop(key, None)
+        if offset is not None:
+            self._map[offset + 8] = 2
+            self._free.append(offset)
+        self.marks.pop(key, None)
+
+    def begin_intent(self, key: str, first: int, end: int, files: list[FileState]) -> None:
+        """Before ``key``'s records ``first`` .. ``end - 1`` reach the handlers: ``files`` as they are now."""
+        self._intent.begin(key, first, end, files)
+
+    @property
+    def intent_open(self) -> bool:
+        return self._intent.open
+
+    def clear_intent(self) -> None:
+        """After the frame's mark is stored (never before: see :meth:`_recover`)."""
+        if self._intent.open:
+            self._intent.clear()
+
+    def close(self) -> None:
+        self._intent.close()
+        with contextlib.suppress(Exception):
+            self._map.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+_SELF_FLUSHING = (
+    logging.StreamHandler.emit,
+    logging.FileHandler.emit,
+    logging.handlers.BaseRotatingHandler.emit,
+    logging.handlers.WatchedFileHandler.emit,
+)
+
+
+def _flushes_every_record(handler: logging.Handler) -> bool:
+    """True for the stdlib stream and file handlers, whose emit() ends with a flush."""
+    cls = type(handler)
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and cls.emit in _SELF_FLUSHING
+        and (cls.flush is logging.StreamHandler.flush)
+    )
+
+
+class AckServer(Server):
+    """The receive loop for acknowledged delivery: handle, flush, persist the mark, acknowledge.
+
+    With a state directory, each frame is bracketed by a write-ahead intent
+    (:mod:`mplog.delivery.intent`): before its records reach the handlers, the size and
+    identity of every file a handler appends to; after its mark is stored, nothing. A
+    listener killed in between is followed by one that cuts those files back before it
+    writes anything, so file output holds each record exactly once. Records that left
+    the process through other handlers (syslog, SMTP, HTTP, sockets) cannot be taken
+    back: for them a crash can still repeat up to one frame (docs/reliability.md).
+    """
+
+    def __init__(
+        self,
+        receiver: RouterReceiver,
+        *,
+        limits: Limits | None = None,
+        drain_quiet: float = 0.2,
+        sender_limits: SenderLimits | None = None,
+    ) -> None:
+        super().__init__(receiver, limits=limits, drain_quiet=drain_quiet, sender_limits=sender_limits)
+        self.router = receiver
+        self.marks: MarksFile | None = None
+        self.refused = 0  # frames refused because they arrived ahead of a gap (resent later)
+        self.rolled_back = 0  # frames a killed listener left half-written, undone in every file at restart
+        self.rollback_skipped = 0  # files such a frame reached that could not be cut back (rotated, replaced)
+        self._handlers: list[logging.Handler] | None = None
+        self._confirming: list[Any] | None = None  # handlers with wait_confirmed() (RELPHandler, RFC5424Handler)
+        self.unconfirmed = 0  # acknowledgements withheld: a handler had not confirmed delivery in time
+        self._files: list[logging.StreamHandler[Any]] | None = None  # candidates for the intent
+        self._unknown: dict[str, float] = {}  # ledger key -> when its first out-of-order frame came
+        self._started = time.monotonic()
+        self.stats.table.on_forget = self._forget_mark
+
+    def _forget_mark(self, key: str) -> None:
+        """A folded sender silent so long that the stats forgot its place: its mark goes too (bounded state)."""
+        if self.marks is not None:
+            self.marks.forget(key)
+
+    def _out_of_order(self, key: str, env: Envelope) -> bool:
+        next_seq = self.stats.next_seq_of(key)
+        if next_seq is not None:
+            return env.seq > next_seq
+        if env.seq == 0:
+            return False
+        # An unknown sender starting past 0: its first frames may have died with the last
+        # incarnation (they will be resent), or this listener lost its state (they will not).
+        now = time.monotonic()
+        unknown = self._unknown
+        if len(unknown) >= self.stats.limits.max_senders and key not in unknown:
+            self._forget_unknown(now)
+        first = unknown.setdefault(key, now)
+        if now - first < UNKNOWN_SENDER_GRACE:
+            return True
+        del unknown[key]
+        return False  # accepted: the records before it are counted as a gap
+
+    def _forget_unknown(self, now: float) -> None:
+        """Keep the unknown senders waited for bounded: drop those past their grace, else the oldest."""
+        unknown = self._unknown
+        for key in [key for key, first in unknown.items() if now - first >= UNKNOWN_SENDER_GRACE]:
+            del unknown[key]
+        while len(unknown) >= self.stats.limits.max_senders:
+            del unknown[next(iter(unknown))]
+
+    def after_restore(self, state_dir: str) -> None:
+        """Load the persisted marks and undo a frame the last listener left half-written.
+
+        Runs before the first frame is received and before any handler wrote (the
+        handlers' files are open, in append mode, so their next write lands at the
+        end the rollback left). Records below a mark already reached the handlers.
+        """
+        self.marks = MarksFile(marks_path(state_dir))
+        for key, next_seq in self.marks.marks.items():
+            self.stats.resume_sender(key, next_seq)
+        earlier = load_checkpoint(stats_path(state_dir)) or {}
+        self.rolled_back = int(earlier.get("rolled_back", 0))
+        self.rollback_skipped = int(earlier.get("rollback_skipped", 0))
+        self.unconfirmed = int(earlier.get("unconfirmed", 0))  # cumulative across restarts, as the stats
+        self.refused = int(earlier.get("out_of_order", 0))
+        recovery = self.marks.recovery
+        if recovery is not None and not recovery.complete:
+            self._undo_accounting(recovery)
+
+    def _undo_accounting(self, recovery: Recovery) -> None:
+        """The frame being written at the crash is not written: its sender resends it from ``first``."""
+        key, first, end = recovery.key, recovery.first, recovery.end
+        mark = self.marks.marks.get(key) if self.marks is not None else None
+        # The stats checkpoint may have been taken after the frame was accepted. The mark is
+        # where the worker resends from: the frame's first record, or earlier when earlier
+        # frames were left unacknowledged (a handler had not confirmed them).
+        self.stats.resume_sender(key, first if mark is None else min(mark, first))
+        sender = self.stats.senders.get(key)
+        if sender is not None:
+            sender.closed = False  # a goodbye frame that was undone comes again
+        self.rollback_skipped += len(recovery.skipped)
+        if not recovery.skipped:
+            self.rolled_back += 1
+        what = f"records {first}..{end - 1} of {key}"
+        lines = [f"mplog: undoing the unacknowledged frame the last listener was writing when it died ({what})"]
+        lines += [f"mplog:   cut back {line}" for line in recovery.truncated]
+        lines += [f"mplog:   could not undo {line}; {what} may be written twice" for line in recovery.skipped]
+        with contextlib.suppress(Exception):
+            sys.stderr.write("\n".join(lines) + "\n")
+            sys.stderr.flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        snap["rolled_back"] = self.rolled_back
+        snap["rollback_skipped"] = self.rollback_skipped
+        snap["unconfirmed"] = self.unconfirmed
+        snap["out_of_order"] = self.refused
+        return snap
+
+    def _confirmed(self) -> bool:
+        """Wait (bounded) for every handler that confirms delivery downstream; True when all did.
+
+        A handler opts in with ``wait_confirmed(timeout=None) -> bool``: True once every
+        record it was given has been taken by its destination (RELPHandler: acknowledged by
+        rsyslog; RFC5424Handler: written into the socket), False after its own bound.
+        """
+        if self._confirming is None:
+            self._confirming = [h for h in _all_handlers() if callable(getattr(h, "wait_confirmed", None))]
+        confirmed = True
+        for handler in self._confirming:
+            try:
+                if not handler.wait_confirmed():
+                    confirmed = False
+            except Exception:  # noqa: PERF203  # one failing handler must not stop the others
+                handler.handleError(logging.makeLogRecord({"msg": "wait_confirmed failed"}))
+                confirmed = False
+        return confirmed
+
+    def _flush_handlers(self) -> None:
+        if self._handlers is None:
+            # A StreamHandler (files included) flushes inside every emit; only the others
+            # (MemoryHandler and other buffers) can hold records that an ack would promise.
+            self._handlers = [h for h in _all_handlers() if not _flushes_every_record(h)]
+        for handler in self._handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: PERF203  # one failing handler must not stop the others' flush
+                handler.handleError(logging.makeLogRecord({"msg": "flush failed"}))
+
+    def _begin_intent(self, key: str, seq: int, end: int) -> None:
+        """Record the intent for records ``seq`` .. ``end - 1`` of ``key`` (those not already written)."""
+        marks = self.marks
+        if marks is None:
+            return
+        first = max(seq, self.stats.next_seq_of(key) or 0)
+        if first >= end:
+            return  # every record is a duplicate: nothing will be written
+        marks.begin_intent(key, first, end, self._measure_files())
+
+    def _measure_files(self) -> list[FileState]:
+        """Every file a handler appends to, with its identity and size now (a few fstat calls)."""
+        if self._files is None:
+            self._files = file_handlers(_all_handlers())
+        files = []
+        for handler in self._files:
+            state = measure(handler)
+            if state is not None:
+                files.append(state)
+        return files
+
+    def handle_frame(self, data: bytes, origin: Origin = NO_ORIGIN) -> Frame | None:
+        """Handle one frame as the plain server does, then acknowledge it to its sender.
+
+        Frames must arrive in order: one that starts past the sender's next record
+        (earlier frames were lost with a killed listener and will be resent) is refused,
+        and the refusal tells the worker where to resend from. The answer goes to the
+        connection the frame came on (``origin.connection``, the ROUTER's routing id).
+        """
+        route = origin.connection
+        try:
+            env = frame_envelope(data)
+        except ValueError:
+            env = None
+        if env is not None:
+            key = ledger_key(env.key, origin.peer_key)
+            # Another connection's sender, or a jump past the window (mplog.listener.stats): refused and
+            # counted before anything else, so that it is never answered as a real sender's frame.
+            if self.stats.refuse_claim(key, env.seq, env.records, origin):
+                return None
+            if self._out_of_order(key, env):
+                self.refused += 1
+                next_seq = self.stats.next_seq_of(key) or 0
+                self.router.reply(route, encode_ack(env.stream, next_seq, refused=True))
+                return None
+            if self.marks is not None and key not in self.marks.marks:
+                # A sender's first mark is where it starts: with acknowledgements withheld
+                # (wait_confirmed), a restart must go back there, not to the stats checkpoint.
+                self.marks.set(key, env.seq)
+            # Before the frame is accepted: the stats checkpoint may see it accepted from then on.
+            self._begin_intent(key, env.seq, env.seq + env.records)
+        frame = super().handle_frame(data, origin)
+        if frame is not None:  # an undecodable frame names no sender to answer
+            self._acknowledge(route, frame, origin)
+        elif self.marks is not None:
+            self.marks.clear_intent()
+        return frame
+
+    def dispatch(
+        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+    ) -> None:
+        """Dispatch as the plain server does, under an intent (also when the envelope could not be read first)."""
+        marks = self.marks
+        if marks is not None and records and not marks.intent_open:
+            end = frame.seq + len(frame.records)
+            start = end - len(records) if first is None else first
+            marks.begin_intent(ledger_key(frame.sender.key, origin.peer_key), start, end, self._measure_files())
+        super().dispatch(frame, records, first, origin)
+
+    def _acknowledge(self, route: bytes, frame: Frame, origin: Origin) -> None:
+        key = ledger_key(frame.sender.key, origin.peer_key)
+        sender = self.stats.senders.get(key)
+        marks = self.marks
+        if sender is None:
+            if marks is not None:
+                marks.clear_intent()
+            return
+        next_seq = sender.next_seq
+        self._flush_handlers()
+        if not self._confirmed():
+            # Not acknowledged, no mark: the worker resends, and a restarted listener
+            # dispatches the frame again. This listener still holds the records (the
+            # handler delivers them when its destination is back).
+            self.unconfirmed += 1
+            if marks is not None:
+                marks.clear_intent()
+            return
+        if marks is not None:
+            marks.set(key, next_seq)  # a closed sender's last mark too: a restart reads it (MarksFile._recover)
+            if sender.closed:
+                marks.forget(key)
+            marks.clear_intent()  # after the mark: a crash in between finds the frame complete
+        self.router.reply(route, encode_ack(frame.sender.stream, next_seq))

@@ -1,0 +1,319 @@
+"""The listener's dispatch: one frame's records into ``logging``, written a batch at a time.
+
+The generic path hands every record to its logger's ``handle()`` (the logger named
+``name``, or a stand-in for one the config does not name: :mod:`mplog.listener.logger_lookup`): a
+FileHandler then formats it, writes it and flushes the file, once per record. When a
+record's whole route is plain (the logger and its ancestors call handlers the stock
+way, no filters anywhere, every handler on the route a StreamHandler or FileHandler
+that does not override emit/format/flush, formatted by a Formatter whose ``format``
+is the stock one), the fast path formats the records of a frame itself, exactly as
+``Formatter.format`` would (:class:`mplog.listener.line_format.LineFormat`: the time text cached per
+second, and a format naming only wire fields built from the decoded fields without a
+LogRecord), and hands each handler the whole batch in one write and one flush. Anything else takes the generic
+path, record by record, after the batches collected so far are written, so every
+handler sees its records in the order they arrived.
+
+The output bytes are the same as the generic path's (``tests/unit/test_fastpath.py``
+compares them, exception text, stack info and extras included). A failed write
+counts one handler error per record of the batch, as the generic path would if every
+record's write had failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable
+from itertools import groupby
+from typing import Any
+
+from mplog.listener.line_format import LineFormat
+from mplog.listener.logger_lookup import LoggerLookup
+from mplog.wire import make_log_record
+
+__all__ = ["BatchDispatcher"]
+
+_Formatter = logging.Formatter
+_STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
+_FALLBACK_FORMATTER = logging.Formatter()
+_INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
+_NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = (operator.itemgetter(i) for i in (0, 1, 17, 18))
+
+
+_Maker = Callable[[list[Any]], logging.LogRecord]
+
+
+class _Sink:
+    """One handler's share of the current frame: formatted lines waiting for one write."""
+
+    __slots__ = ("compiled", "format", "handler", "level", "lines", "make", "records")
+
+    def __init__(self, handler: logging.StreamHandler[Any], fmt: LineFormat, make: _Maker) -> None:
+        self.handler = handler
+        self.level = handler.level
+        self.format = fmt
+        self.compiled = fmt.compiled  # lines built from the wire fields, without a LogRecord
+        self.make = make  # wire fields -> LogRecord, for whatever needs a record after all
+        self.lines: list[str] = []
+        self.records: list[Any] = []  # per line: its LogRecord, or its wire fields (a list)
+
+    def add(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format.format(record)
+        except Exception:  # what the listener's guarded Handler.handle does with any error of emit()
+            self.handler.handleError(record)
+            return
+        self.lines.append(line)
+        self.records.append(record)
+
+    def add_fields(self, fields: list[Any]) -> None:
+        try:
+            line = self.format.line(fields)
+        except Exception:  # the LogRecord path formats it again, and reports the error as emit() would
+            self.add(self.make(fields))
+            return
+        self.lines.append(line)
+        self.records.append(fields)
+
+    def add_run(self, run: list[list[Any]]) -> None:
+        """:meth:`add_fields` for each record of ``run``, in one call when none of them fails."""
+        try:
+            lines = self.format.lines(run)
+        except Exception:  # one at a time: the record that fails is reported as emit() would
+            for fields in run:
+                self.add_fields(fields)
+            return
+        self.lines.extend(lines)
+        self.records.extend(run)
+
+    def _record(self, item: Any) -> logging.LogRecord:
+        return self.make(item) if type(item) is list else item
+
+    def write(self) -> None:
+        handler, records = self.handler, self.records
+        if not records:
+            return
+        lines, self.lines, self.records = self.lines, [], []
+        if handler.stream is None:  # a delayed or closed FileHandler: let emit() decide
+            for item in records:
+                handler.handle(self._record(item))
+            return
+        terminator = handler.terminator
+        handler.acquire()
+        try:
+            handler.stream.write(terminator.join(lines) + terminator)
+            handler.flush()
+        except Exception:
+            for item in records:
+                handler.handleError(self._record(item))
+        finally:
+            handler.release()
+
+
+def _default_formatter() -> logging.Formatter:
+    formatter: logging.Formatter = getattr(logging, "_defaultFormatter", None) or _FALLBACK_FORMATTER
+    return formatter  # what Handler.format uses when a handler has no formatter
+
+
+def _is_plain_handler(handler: logging.Handler) -> bool:
+    cls = type(handler)
+    return (
+        isinstance(handler, logging.StreamHandler)
+        and not handler.filters
+        and cls.emit in _STREAM_EMITS
+        and cls.handle is logging.Handler.handle
+        and cls.format is logging.Handler.format
+        and cls.flush is logging.StreamHandler.flush
+        and _INSTANCE_OVERRIDES.isdisjoint(handler.__dict__)  # e.g. handler.emit = something_else
+        and type(handler.formatter or _default_formatter()).format is _Formatter.format
+        and "format" not in (handler.formatter or _default_formatter()).__dict__
+    )
+
+
+def _handlers_want_positions() -> bool:
+    """True when a configured handler asks for each record's sender and sequence number (``wants_positions``).
+
+    Configured: on a logger, or named by dictConfig (a QueuedHandler's or MemoryHandler's
+    target); a closed handler is neither.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [h for logger in loggers for h in getattr(logger, "handlers", ())]
+    handlers += list(getattr(logging, "_handlers", {}).values())  # dictConfig names every handler it builds
+    return any(getattr(handler, "wants_positions", False) is True for handler in handlers)
+
+
+class BatchDispatcher:
+    """Dispatches the records of one frame; ``fast=False`` keeps to the generic path.
+
+    When a handler has ``wants_positions = True`` (RFC5424Handler, RELPHandler), every
+    LogRecord built gets ``mplog_sender`` (the frame's sender key) and ``mplog_seq`` (its
+    sequence number in that sender's ledger). Looked up once, at the first frame; without
+    such a handler nothing is added.
+    """
+
+    def __init__(self, *, fast: bool = True) -> None:
+        self.fast = fast
+        self._loggers = LoggerLookup()
+        self.positions: bool | None = None  # None: not looked up yet
+
+    def logger(self, name: str) -> logging.Logger:
+        """The logger a record named ``name`` is handled by (see :class:`LoggerLookup`)."""
+        return self._loggers.get(name)
+
+    def dispatch(
+        self,
+        records: list[list[Any]],
+        host: str,
+        peer: str | None = None,
+        on_error: Callable[[], None] | None = None,
+        *,
+        sender: str | None = None,
+        first_seq: int | None = None,
+    ) -> None:
+        """Hand every record (validated field lists) to its logger's handlers.
+
+        Args:
+            records: the frame's records, already validated.
+            host: the sender's host name (the ``hostname`` attribute unless an extra sets it).
+            peer: the authenticated client key, set as ``peer_key`` over any extra of that name.
+            on_error: called once for each record whose dispatch raised outside every handler
+                (a logger-level filter, for example); handlers report their own errors.
+            sender: the frame's sender key, for handlers that want positions.
+            first_seq: the sequence number of ``records[0]`` when the records are consecutive.
+        """
+        self._loggers.refresh()
+        if self.positions is None:
+            self.positions = _handlers_want_positions()
+        make = self._maker(records, host, peer, sender, first_seq)
+        if not self.fast:
+            for fields in records:
+                logger = self.logger(fields[0])
+                if logger.isEnabledFor(fields[1]):
+                    try:
+                        logger.handle(make(fields))
+                    except Exception:
+                        if on_error is not None:
+                            on_error()
+            return
+        routes: dict[str, list[_Sink] | None] = {}
+        sinks: dict[int, _Sink] = {}
+
+        try:
+            for name, same_logger in groupby(records, _NAME):
+                run = list(same_logger)
+                logger = self.logger(name)
+                if len(run) > 1 and self._add_run(run, name, logger, routes=routes, sinks=sinks, make=make):
+                    continue
+                for fields in run:
+                    levelno = fields[1]
+                    if not logger.isEnabledFor(levelno):
+                        continue
+                    try:
+                        if name in routes:
+                            route = routes[name]
+                        else:
+                            route = routes[name] = self._route(logger, sinks, make)
+                        if route is None:
+                            for sink in sinks.values():  # keep each handler's records in arrival order
+                                sink.write()
+                            logger.handle(make(fields))
+                            continue
+                        built: logging.LogRecord | None = None  # only for a sink whose format needs a record
+                        for sink in route:
+                            if levelno >= sink.level:
+                                if sink.compiled:
+                                    sink.add_fields(fields)
+                                else:
+                                    if built is None:
+                                        built = make(fields)
+                                    sink.add(built)
+                    except Exception:
+                        if on_error is not None:
+                            on_error()
+        finally:
+            for sink in sinks.values():
+                sink.write()
+
+    def _maker(
+        self, records: list[list[Any]], host: str, peer: str | None, sender: str | None, first_seq: int | None
+    ) -> _Maker:
+        """Wire fields -> LogRecord for this frame (with its position when a handler wants it)."""
+        if self.positions and sender is not None:
+            # Per frame, and only with such a handler: each record's number, by the identity of its fields.
+            seqs = {id(fields): first_seq + i for i, fields in enumerate(records)} if first_seq is not None else {}
+
+            def make_numbered(fields: list[Any]) -> logging.LogRecord:
+                record = make_log_record(fields, host)
+                if peer is not None:
+                    record.peer_key = peer
+                record.mplog_sender = sender
+                record.mplog_seq = seqs.get(id(fields))
+                return record
+
+            return make_numbered
+
+        def make(fields: list[Any]) -> logging.LogRecord:
+            record = make_log_record(fields, host)
+            if peer is not None:
+                record.peer_key = peer
+            return record
+
+        return make
+
+    def _add_run(
+        self,
+        run: list[list[Any]],
+        name: str,
+        logger: logging.Logger,
+        *,
+        routes: dict[str, list[_Sink] | None],
+        sinks: dict[int, _Sink],
+        make: _Maker,
+    ) -> bool:
+        """Hand a run of consecutive records of one logger to its sinks at once; False: one at a time.
+
+        Only when nothing about them needs a closer look: every level enabled and at or above
+        every sink's level, every sink's format compiled, no exception text or stack.
+        """
+        levels = set(map(_LEVELNO, run))
+        if not all(map(logger.isEnabledFor, levels)) or any(map(_EXC_TEXT, run)) or any(map(_STACK_INFO, run)):
+            return False
+        try:
+            if name not in routes:
+                routes[name] = self._route(logger, sinks, make)
+        except Exception:  # the record-at-a-time path meets it again and counts it per record
+            return False
+        route = routes[name]
+        low = min(levels)
+        if route is None or not all(sink.compiled and sink.level <= low for sink in route):
+            return False
+        for sink in route:
+            sink.add_run(run)
+        return True
+
+    def _route(self, logger: logging.Logger, sinks: dict[int, _Sink], make: _Maker) -> list[_Sink] | None:
+        """The sinks a record of ``logger`` goes to, in callHandlers order; None: use the generic path."""
+        cls = type(logger)
+        if (
+            logger.disabled
+            or logger.filters
+            or cls.handle is not logging.Logger.handle
+            or cls.callHandlers is not logging.Logger.callHandlers
+        ):
+            return None
+        route: list[_Sink] = []
+        current: logging.Logger | None = logger
+        while current is not None:
+            for handler in current.handlers:
+                if not _is_plain_handler(handler):
+                    return None
+                sink = sinks.get(id(handler))
+                if sink is None:
+                    assert isinstance(handler, logging.StreamHandler)
+                    # Built afresh for every frame, so a formatter changed since the last one is seen.
+                    sink = sinks[id(handler)] = _Sink(
+                        handler, LineFormat(handler.formatter or _default_formatter()), make
+                    )
+                route.append(sink)
+            current = current.parent if current.propagate else None
+        return route or None  # no handler at all: lastResort's business

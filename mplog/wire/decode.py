@@ -1,0 +1,404 @@
+"""The listener side of the wire codec: frame bytes -> validated records -> ``logging.LogRecord``.
+
+The decoder is stateless (one ``unpackb`` per frame), bounded by :class:`~mplog.wire.schema.Limits`,
+rejects every ext type and unknown versions, and raises only
+:class:`~mplog.exceptions.FrameError`, whose ``reason`` names the counter. :func:`decode_header`
+unpacks and checks the envelope, :func:`check_records` validates the records,
+:func:`decode_frame` does both, and :func:`make_log_record` rebuilds a record from
+validated fields (:mod:`mplog.wire.repair` repairs, record by record, a frame
+:func:`check_records` or msgpack's UTF-8 check refused). Pure functions only: no I/O,
+nothing logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import msgpack
+
+from mplog.exceptions import FrameError
+from mplog.wire.schema import (
+    _FIELD_TYPES,
+    _N_FIELDS,
+    DEFAULT_LIMITS,
+    RECORD_FIELDS,
+    VERSION,
+    Frame,
+    Limits,
+    Sender,
+)
+
+__all__ = [
+    "MAX_HOST_CHARS",
+    "MAX_NAME_CHARS",
+    "RENAMED_PREFIX",
+    "check_records",
+    "decode_frame",
+    "decode_header",
+    "make_log_record",
+    "read_envelope",
+]
+
+MAX_NAME_CHARS = 1024  # longest logger name dispatched (a longer one is repaired to "root")
+MAX_HOST_CHARS = 255  # longest sender host name (a DNS name is at most 253): it is part of every ledger key
+
+_SCALARS = (str, int, float, bool, bytes, type(None))
+# Names a rebuilt LogRecord already uses: what its class defines (an extra named like a
+# method, e.g. "getMessage", would make every Formatter fail on it), the attributes every
+# record has (the wire's fields, msg, args, exc_info: the standard value would overwrite
+# the extra), and the two a Formatter sets. An extra named so is kept as mplog_extra_<name>.
+_RESERVED = (
+    frozenset(dir(logging.LogRecord))
+    | frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+    | {"message", "asctime", "taskName"}
+)
+RENAMED_PREFIX = "mplog_extra_"
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise FrameError("ext_type", f"ext type {code} is not allowed")
+
+
+def _check_value(value: Any, limits: Limits, depth: int) -> None:
+    if isinstance(value, _SCALARS):
+        return
+    if depth >= limits.max_depth:
+        raise FrameError("too_deep", f"extra value nested deeper than {limits.max_depth}")
+    if type(value) is list:
+        for item in value:
+            if not isinstance(item, _SCALARS):
+                _check_value(item, limits, depth + 1)
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise FrameError("bad_key", "extra map keys must be strings")
+            if not isinstance(item, _SCALARS):
+                _check_value(item, limits, depth + 1)
+        return
+    raise FrameError("bad_field", f"extra value of type {type(value).__name__}")
+
+
+_GOOD_SIGNATURES: set[tuple[type, ...]] = set()
+_MAX_SIGNATURES = 1024  # optional fields give a few dozen in practice
+
+
+def _check_record(rec: Any, limits: Limits) -> None:
+    if type(rec) is not list or len(rec) != _N_FIELDS:
+        raise FrameError("bad_record", f"a record must be an array of {_N_FIELDS} fields")
+    # Whether a field passes depends on its type alone, so a tuple of types that passed
+    # once passes again: one lookup instead of twenty isinstance calls per record.
+    signature = tuple(map(type, rec))
+    if signature not in _GOOD_SIGNATURES:
+        for i, (value, expected) in enumerate(zip(rec, _FIELD_TYPES, strict=True)):
+            if not isinstance(value, expected):
+                raise FrameError("bad_field", f"{RECORD_FIELDS[i]} has type {type(value).__name__}")
+        if len(_GOOD_SIGNATURES) < _MAX_SIGNATURES:
+            _GOOD_SIGNATURES.add(signature)
+    if not math.isfinite(rec[4]) or not 0 <= rec[4] < 2**40:
+        raise FrameError("bad_field", "created must be a finite timestamp")
+    if not (math.isfinite(rec[5]) and math.isfinite(rec[6])):  # %(msecs)d would raise in every Formatter
+        raise FrameError("bad_field", "msecs and relativeCreated must be finite")
+    extra = rec[-1]
+    if extra:
+        if len(extra) > limits.max_extra_fields:
+            raise FrameError("bad_field", f"more than {limits.max_extra_fields} extra fields")
+        _check_value(extra, limits, 0)
+
+
+_U32_END = 2**32  # pid and stream: below 2**32
+_TIME_END = 2**40  # start_time, as created: seconds since the epoch, 0 <= t < 2**40
+_SEQ_END = 2**64  # sequence numbers are msgpack uint64: seq + len(records) stays below
+_NUMBER = (int, float)
+
+
+def _check_envelope(obj: list[Any], count: int) -> Sender:
+    """Check the envelope of frame ``obj`` (its records item is not looked at; ``count`` records); return its sender.
+
+    A few comparisons per frame, none per record. Exact types: a msgpack boolean is no int here.
+    """
+    version, sender, seq, dropped, flags, _ = obj
+    if type(version) is not int:
+        raise FrameError("bad_version", f"version must be the int {VERSION}, got {type(version).__name__}")
+    if version != VERSION:
+        raise FrameError("bad_version", f"unsupported frame version {version!r}")
+    if type(sender) is not list or len(sender) != 4:
+        raise FrameError("bad_header", "sender must be [host:str, pid:int, start_time:float, stream:int]")
+    host, pid, start_time, stream = sender
+    if type(host) is not str or len(host) > MAX_HOST_CHARS:
+        raise FrameError("bad_header", f"host must be a str of at most {MAX_HOST_CHARS} characters")
+    if type(pid) is not int or not 0 <= pid < _U32_END:
+        raise FrameError("bad_header", f"pid must be an int, 0 <= pid < 2**32, got {_shown(pid)}")
+    if type(start_time) not in _NUMBER or not 0 <= start_time < _TIME_END:  # NaN fails both comparisons
+        raise FrameError("bad_header", f"start_time must be a number, 0 <= t < 2**40, got {_shown(start_time)}")
+    if type(stream) is not int or not 0 <= stream < _U32_END:
+        raise FrameError("bad_header", f"stream must be an int, 0 <= stream < 2**32, got {_shown(stream)}")
+    if type(seq) is not int or seq < 0:
+        raise FrameError("bad_header", f"seq must be a non-negative int, got {_shown(seq)}")
+    if type(dropped) is not int or dropped < 0:
+        raise FrameError("bad_header", f"dropped must be a non-negative int, got {_shown(dropped)}")
+    if type(flags) is not int or flags < 0:
+        raise FrameError("bad_header", f"flags must be a non-negative int, got {_shown(flags)}")
+    if seq + count >= _SEQ_END:
+        raise FrameError("bad_header", "seq + len(records) must stay below 2**64")
+    return Sender(host, pid, start_time, stream)
+
+
+def _shown(value: Any) -> str:
+    """A bad envelope value for an error message: a number as it is, anything else by its type."""
+    return repr(value) if type(value) in _NUMBER else type(value).__name__
+
+
+def _check_header(obj: Any) -> Frame:
+    if type(obj) is not list or len(obj) != 6:
+        raise FrameError("not_a_frame", "a frame is an array of 6 items")
+    records = obj[5]
+    if type(records) is not list:
+        _check_envelope(obj, 0)  # a bad version or sender is named first
+        raise FrameError("bad_header", "records must be an array")
+    return Frame(_check_envelope(obj, len(records)), obj[2], obj[3], obj[4], records)
+
+
+_ENVELOPE_BYTES = 2048  # more than any valid envelope takes (a 255-character host is at most 1,020 bytes)
+
+
+def read_envelope(data: bytes) -> tuple[Frame, int] | None:
+    """The envelope of a frame refused whole (``oversized``, ``over_limit``), read from its first bytes.
+
+    A frame too large for the limits may still name its sender validly: the listener then
+    counts its records as that sender's ``rejected`` instead of leaving them to show as a
+    gap later. Only the envelope is read (at most ``_ENVELOPE_BYTES``), and it must pass
+    the same checks as in :func:`decode_header`. Called on that error path only.
+
+    Returns:
+        ``(frame, count)``: the frame with no records and how many records it declares,
+        or None when the envelope is not valid, or declares more records than the frame
+        has bytes (each takes one at least).
+    """
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=_ENVELOPE_BYTES,
+        max_str_len=4 * MAX_HOST_CHARS,
+        max_bin_len=0,
+        max_array_len=8,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    unpacker.feed(data[:_ENVELOPE_BYTES])
+    try:
+        if unpacker.read_array_header() != 6:
+            return None
+        version = unpacker.unpack()
+        if unpacker.read_array_header() != 4:
+            return None
+        sender = [unpacker.unpack() for _ in range(4)]
+        seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+        count = unpacker.read_array_header()
+        identity = _check_envelope([version, sender, seq, dropped, flags, None], count)
+    except Exception:  # not msgpack, cut short, a bad type or value (FrameError): no envelope
+        return None
+    if count > len(data):
+        return None
+    return Frame(identity, seq, dropped, flags, []), count
+
+
+def _reason_for(message: str) -> str:
+    """Name the counter for an error raised by msgpack's unpacker (its messages, 1.0 to 1.2)."""
+    text = message.lower()
+    if "incomplete" in text:
+        return "truncated"
+    if "max_ext_len" in text or "timestamp" in text:  # every ext type is refused (-1 is msgpack's Timestamp)
+        return "ext_type"
+    if "exceeds max_" in text:  # a declared str/bin/array/map length over the limits
+        return "over_limit"
+    if "map key" in text:  # strict_map_key: only str keys
+        return "bad_key"
+    return "undecodable"
+
+
+class _ItemBudget:
+    """msgpack hooks that count the values a frame decodes to and stop it past ``limits.max_items``.
+
+    Each hook runs once a list or map is built, so the count lags by at most one container
+    (``max_records`` values).
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def _spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise FrameError("over_limit", "the frame decodes to more values than max_items")
+
+    def array(self, value: list[Any]) -> list[Any]:
+        self._spend(len(value) + 1)
+        return value
+
+    def map(self, value: dict[str, Any]) -> dict[str, Any]:
+        self._spend(2 * len(value) + 1)
+        return value
+
+
+def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
+    options: dict[str, Any] = {}
+    # Every value takes one byte at least, so a frame no longer than max_items cannot decode
+    # to more: only longer frames (rare, and then mostly long strings) pay for the count.
+    if len(data) > limits.max_items:
+        budget = _ItemBudget(limits.max_items)
+        options = {"list_hook": budget.array, "object_hook": budget.map}
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_reject_ext,
+            unicode_errors=unicode_errors,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            # No container may hold more than max_records values (a map's keys count too):
+            # the item budget sees a container once it is built, so this bounds what one
+            # unfinished container holds. How many extras a record keeps is _check_record's.
+            max_array_len=max(limits.max_records, _N_FIELDS),
+            max_map_len=max(limits.max_records // 2, limits.max_extra_fields),
+            max_ext_len=0,
+            **options,
+        )
+    except FrameError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise FrameError("bad_utf8", str(exc)) from None
+    except msgpack.StackError:
+        raise FrameError("too_deep", "nesting exceeds msgpack's stack") from None
+    except msgpack.ExtraData:
+        raise FrameError("trailing_data", "bytes after the frame") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise FrameError(_reason_for(str(exc)), str(exc)[:200]) from None
+
+
+def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Unpack and check the frame envelope; records are returned unchecked."""
+    if len(data) > limits.max_frame_bytes:
+        raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
+    return _check_header(_unpack(data, limits, "strict"))
+
+
+def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Decode and fully validate one frame.
+
+    Raises:
+        FrameError: with ``reason`` naming the counter (e.g. ``truncated``, ``bad_version``).
+    """
+    frame = decode_header(data, limits)
+    check_records(frame.records, limits)
+    return frame
+
+
+def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> None:
+    """Validate every record of a frame (types, finiteness, extras depth)."""
+    if len(records) > limits.max_records:
+        raise FrameError("over_limit", f"more than {limits.max_records} records")
+    if records and _all_plain(records):
+        return
+    for rec in records:
+        _check_record(rec, limits)
+
+
+# Per field, the exact types msgpack can give that pass isinstance(value, _FIELD_TYPES[i])
+# (bool is an int).
+_COLUMN_TYPES: tuple[frozenset[type], ...] = tuple(
+    frozenset(t for t in (str, int, bool, float, bytes, type(None), list, dict) if issubclass(t, kind))
+    for kind in _FIELD_TYPES
+)
+
+
+def _all_plain(records: list[Any]) -> bool:
+    """True when every record passes _check_record and has no extras, checked a frame at a time.
+
+    The frame is turned into its columns (one tuple per field, by ``zip``) and each column's
+    set of types compared with the field's, and the three time fields are checked through
+    sum/min/max: a few calls in C per field instead of work per record in Python.
+    False means "look at each record", not "bad".
+    """
+    try:
+        if set(map(type, records)) != {list} or set(map(len, records)) != {_N_FIELDS}:
+            return False
+        columns = list(zip(*records, strict=True))
+        if any(columns[-1]):  # extras: their values are checked record by record
+            return False
+        for allowed, column in zip(_COLUMN_TYPES, columns, strict=True):
+            if not allowed.issuperset(map(type, column)):
+                return False
+        created = columns[4]
+        # A NaN or an infinity anywhere makes a sum non-finite; a finite sum too large for a
+        # float raises OverflowError (then each record is looked at).
+        return (
+            math.isfinite(sum(created))
+            and min(created) >= 0
+            and max(created) < 2**40
+            and math.isfinite(sum(columns[5]))
+            and math.isfinite(sum(columns[6]))
+        )
+    except Exception:  # an overflow, a value whose type cannot be tested
+        return False
+
+
+_LogRecord = logging.LogRecord
+_new = object.__new__
+
+
+def _renamed(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with every name a LogRecord already uses written as ``mplog_extra_<name>``.
+
+    An extra already named ``mplog_extra_<name>`` keeps its value. Only for records that
+    carry such a name: the others cost one ``isdisjoint`` per record, as before.
+    """
+    kept = {key: value for key, value in extra.items() if key not in _RESERVED}
+    for key, value in extra.items():
+        if key in _RESERVED:
+            kept.setdefault(RENAMED_PREFIX + key, value)
+    return kept
+
+
+def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
+    """Build a LogRecord from validated fields (message already merged, no args).
+
+    ``hostname`` becomes the record's ``hostname`` attribute (even when empty) unless an
+    extra of that name is there; an extra named like a LogRecord attribute or method is
+    kept as ``mplog_extra_<name>`` (docs/wire-format.md, "Extra values").
+    """
+    record: logging.LogRecord = _new(_LogRecord)
+    attrs = record.__dict__
+    extra = fields[19]
+    if extra:
+        attrs.update(extra if _RESERVED.isdisjoint(extra) else _renamed(extra))
+    attrs.setdefault("hostname", hostname)  # set even when "": a format naming %(hostname)s works on every record
+    (
+        attrs["name"],
+        attrs["levelno"],
+        attrs["levelname"],
+        attrs["msg"],
+        attrs["created"],
+        attrs["msecs"],
+        attrs["relativeCreated"],
+        attrs["pathname"],
+        attrs["filename"],
+        attrs["module"],
+        attrs["lineno"],
+        attrs["funcName"],
+        attrs["thread"],
+        attrs["threadName"],
+        attrs["process"],
+        attrs["processName"],
+        attrs["taskName"],
+        attrs["exc_text"],
+        attrs["stack_info"],
+        _,
+    ) = fields
+    attrs["args"] = None
+    attrs["exc_info"] = None
+    return record

@@ -1,0 +1,130 @@
+"""The wire format's shared definitions: the frame's version and flags, the record field list, the limits.
+
+What both ends of :mod:`mplog.wire` agree on (see docs/wire-format.md): :data:`RECORD_FIELDS`
+gives the positions of a record array, :class:`Limits` bounds the encoder (worker side,
+:mod:`mplog.wire.encode`) and the decoder (listener side, :mod:`mplog.wire.decode`), and
+:class:`Sender` and :class:`Frame` name a frame's parts. Definitions only: no I/O, nothing logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FLAG_FINAL",
+    "FLAG_URGENT",
+    "RECORD_FIELDS",
+    "VERSION",
+    "Frame",
+    "Limits",
+    "Sender",
+]
+
+VERSION = 1
+FLAG_FINAL = 1  # the sender is closing; ``seq`` is its final next-sequence number
+FLAG_URGENT = 2  # the frame ends with a record at the sender's flush level: the listener must not hold it back
+
+RECORD_FIELDS: tuple[str, ...] = (
+    "name",
+    "levelno",
+    "levelname",
+    "message",
+    "created",
+    "msecs",
+    "relativeCreated",
+    "pathname",
+    "filename",
+    "module",
+    "lineno",
+    "funcName",
+    "thread",
+    "threadName",
+    "process",
+    "processName",
+    "taskName",
+    "exc_text",
+    "stack_info",
+    "extra",
+)
+_N_FIELDS = len(RECORD_FIELDS)
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+# Expected Python types per position after unpacking (bool is an int subclass; allowed).
+_FIELD_TYPES: tuple[Any, ...] = (
+    str,  # name
+    int,  # levelno
+    str,  # levelname
+    str,  # message
+    _NUM,  # created
+    _NUM,  # msecs
+    _NUM,  # relativeCreated
+    str,  # pathname
+    str,  # filename
+    str,  # module
+    int,  # lineno
+    _OPT_STR,  # funcName
+    _OPT_INT,  # thread
+    _OPT_STR,  # threadName
+    _OPT_INT,  # process
+    _OPT_STR,  # processName
+    _OPT_STR,  # taskName
+    _OPT_STR,  # exc_text
+    _OPT_STR,  # stack_info
+    dict,  # extra
+)
+# What a standard field that cannot be used takes instead (the worker's _conform, the
+# listener's salvage_records); the value it had travels as the extra ``mplog_bad_<field>``.
+_FIELD_DEFAULTS: tuple[Any, ...] = tuple(
+    "" if kind is str else 0 if kind is int else 0.0 if kind is _NUM else None for kind in _FIELD_TYPES[:-1]
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied by the encoder (worker side) and the decoder (listener side)."""
+
+    # Every cost of a frame in the listener grows with its size (it is received, decoded,
+    # formatted and written, about 9 copies at once for a frame of long strings), and a
+    # worker's frames are batches of at most batch_bytes (64 KiB) or one large record.
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_records: int = 100_000
+    # Values one frame may decode to (records, fields, extra values, map keys). A frame
+    # costs its bytes plus ~100 bytes per value at worst (an empty list is one byte on the
+    # wire and ~90 in memory), so this bounds what any frame costs the listener to decode.
+    max_items: int = 256 * 1024
+    max_str_len: int = 4 * 1024 * 1024
+    max_bin_len: int = 1024 * 1024
+    max_extra_fields: int = 256
+    max_depth: int = 8
+    max_message_chars: int = 256 * 1024
+    max_repr_chars: int = 8192
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Sender(NamedTuple):
+    """Who sent a frame: one sequence stream of one process incarnation."""
+
+    host: str
+    pid: int
+    start_time: float
+    stream: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}/{self.pid}/{self.stream:08x}"
+
+
+class Frame(NamedTuple):
+    """A decoded frame; ``records`` are validated field lists (see RECORD_FIELDS)."""
+
+    sender: Sender
+    seq: int
+    dropped: int
+    flags: int
+    records: list[list[Any]]

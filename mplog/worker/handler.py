@@ -1,0 +1,386 @@
+"""The worker side: the one handler put on the root logger, its logging call, fork and exit safety.
+
+A logging call merges the record's message and appends its fields to a pending batch
+(a record with extras, an exception or a stack is packed there and then); the batch is
+packed in one call when it is flushed. A batch is handed to the transport when it is full,
+when a record at ``flush_level`` or above arrives, after ``flush_interval`` seconds
+(a background thread), and at exit. Batches the transport cannot take wait in an
+outbox bounded by ``max_buffer_bytes``; past that bound the ``policy`` applies and
+every record dropped is counted and reported to the listener in later frames.
+
+This module holds that logging call (:class:`MplogHandler`), the process-wide hooks
+that close every handler at fork, exit and SIGTERM, and :func:`setup_worker`; the
+batching, policy and flusher thread are :mod:`mplog.worker.outbox`, the options
+:mod:`mplog.worker.options`. The hooks stay next to the logging call because it reads
+their state (``_exit_hooks_pid``, ``_deferred_signal``, ``_closing``) as plain
+module globals, one lookup each, on every call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing.util
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from threading import get_ident
+from types import FrameType
+from typing import Any
+
+from mplog.delivery import ACK_CLOSE_TIMEOUT
+from mplog.exceptions import ConfigError
+from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
+from mplog.wire.encode import encode_record, plain_fields
+from mplog.worker import level as collector_level
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, inherited_setting
+from mplog.worker.level import LevelFollower
+from mplog.worker.options import WorkerOptions
+from mplog.worker.outbox import BatchingHandler, _handlers
+
+__all__ = ["MplogHandler", "WorkerOptions", "setup_worker"]
+
+
+# Process-wide state read on every logging call: kept here, where MplogHandler's hot
+# path reads each with one global lookup; only the hooks below rebind them.
+_exit_hooks_pid = -1
+_closing = False
+_deferred_signal = 0
+
+
+class MplogHandler(BatchingHandler):
+    """Ships every record it handles to the listener at ``endpoint``."""
+
+    _follower: LevelFollower | None = None  # set by setup_worker() when the listener's level is to be followed
+
+    def _housekeeping(self) -> None:
+        # On the flusher thread, never on the logging call's path (mplog.worker.level).
+        super()._housekeeping()
+        follower = self._follower
+        if follower is None or self._closed or not follower.due():
+            return
+        try:
+            if follower.ask(collector_level.REFRESH_TIMEOUT) is not None and follower.level is not None:
+                follower.apply(self, follower.level)
+        except Exception:
+            self._errors += 1
+
+    def follow_listener_level(self, *, ask_timeout: float | None = None) -> None:
+        """Take the level the listener accepts: now (bounded by ``ask_timeout``) and again now and then.
+
+        Without an answer the handler and the root logger let everything through (DEBUG),
+        as before any answer; the flusher thread asks again every REFRESH_INTERVAL seconds.
+        """
+        follower = self._follower
+        if follower is None or follower.endpoint != self.endpoint:
+            follower = self._follower = LevelFollower(self.endpoint)
+        if not follower.fresh():
+            follower.ask(collector_level.ASK_TIMEOUT if ask_timeout is None else ask_timeout)
+        level = follower.level
+        follower.apply(self, logging.DEBUG if level is None else level, set_root=True)
+        if level is None:
+            self.setLevel(logging.NOTSET)
+        self._idle_timeout = collector_level.REFRESH_INTERVAL
+
+    def pin_level(self, level: int, *, handler_too: bool) -> None:
+        """Stop following the listener: the root logger at ``level``; the handler too, or at NOTSET."""
+        self._follower = None
+        self._idle_timeout = None
+        logging.getLogger().setLevel(level)
+        self.setLevel(level if handler_too else logging.NOTSET)
+
+    # ------------------------------------------------------------ the logging call
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override, unused-ignore]  # 3.12: LogRecord|bool
+        # Handler.handle would hold Handler.lock without a bound; _ship() has its own bounded lock.
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return False
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        try:  # emit()'s body: a call less on every logging call
+            if _exit_hooks_pid != self._pid:
+                _install_exit_hooks()
+            self._ship(record)
+        except Exception:
+            self._errors += 1
+            self.handleError(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if _exit_hooks_pid != self._pid:
+                _install_exit_hooks()
+            self._ship(record)
+        except Exception:
+            self._errors += 1
+            self.handleError(record)
+
+    def _ship(self, record: logging.LogRecord) -> None:
+        # A common record's fields are kept as a list and packed with the rest of its batch
+        # at flush (one call per batch, see wire_encode.pack_records); any other record is
+        # packed now.
+        item: Any = plain_fields(record, self._limits)
+        if item is not None:
+            size = len(item[3]) + self._overhead  # an estimate until the batch is packed
+        else:
+            item = encode_record(record, self._limits)
+            size = len(item)
+        me = get_ident()
+        if self._owner == me:
+            # Re-entered from a signal handler (or from inside a flush) on this thread:
+            # only append; the outer call sends it.
+            self._pending.append(item)
+            self._pending_bytes += size
+            return
+        mutex = self._mutex
+        # An uncontended try first: acquire(timeout=...) costs twice as much on every call.
+        if not (mutex.acquire(False) or mutex.acquire(timeout=self._options.block_timeout)):
+            self._dropped += 1  # another thread held the buffer past the bound
+            return
+        self._owner = me
+        try:
+            if self._closed:
+                self._dropped += 1
+                return
+            pending = self._pending
+            pending.append(item)
+            self._pending_bytes = nbytes = self._pending_bytes + size
+            count = len(pending)
+            urgent = record.levelno >= self._flush_level
+            if urgent or count >= self._batch_records or nbytes >= self._batch_bytes:
+                self._flush_locked(apply_policy=True, urgent=urgent)
+            elif count == 1:
+                self._kick()
+        finally:
+            self._owner = 0
+            mutex.release()
+        if _deferred_signal and not _closing:
+            _close_all()
+
+
+# ---------------------------------------------------------------- process-wide hooks
+
+
+def _close_all() -> None:
+    global _closing
+    if _closing:
+        return
+    _closing = True
+    try:
+        for handler in list(_handlers):
+            try:
+                handler.close()
+            except Exception:  # noqa: PERF203  # one failing handler must not keep the others open
+                pass
+    finally:
+        _closing = False
+    if _deferred_signal:
+        _die(_deferred_signal)
+
+
+def _die(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_exit_hooks() -> None:
+    """Close every handler at exit, on every path a worker process ends by."""
+    global _exit_hooks_pid
+    _exit_hooks_pid = os.getpid()
+    # multiprocessing children end with os._exit() after running these finalizers
+    # (atexit does not run there); the registry is cleared at each child's start,
+    # which is why this runs again on the first record of every new process.
+    multiprocessing.util.Finalize(None, _close_all, exitpriority=-100)
+
+
+def _after_fork_in_child() -> None:
+    handlers = list(_handlers)
+    for handler in handlers:
+        handler._after_fork_in_child()
+    # A child forked from a configured process (a Pool worker with no initializer)
+    # must still deliver its last batch when Pool.terminate() sends SIGTERM.
+    if handlers and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread of the child
+            pass
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        _watch_sigterm()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Pool.terminate() and service managers end workers with SIGTERM: deliver what
+    # is buffered first, then die of the same signal as before. If the signal
+    # interrupted mplog itself on this thread (an emit, or the exit-time close),
+    # flushing here would resend or lose the batch in hand: the interrupted code
+    # finishes first and then dies (see test_sigterm_during_close_neither_duplicates_nor_loses).
+    global _deferred_signal
+    if _closing or any(h._busy_here() for h in list(_handlers)):
+        _deferred_signal = signum
+        return
+    _close_all()
+    _die(signum)
+
+
+_wakeup: tuple[int, int, int] | None = None  # (pid, read fd, write fd) of the SIGTERM watch
+
+
+def _watch_sigterm() -> None:
+    """Send SIGTERM to the main thread again until mplog's handler has acted on it.
+
+    CPython can lose the wake-up of a main thread that blocks in a lock just as SIGTERM
+    arrives (a Pool worker waiting for its next task): the signal is marked as caught
+    but the handler never runs, and Pool.terminate() waits for that worker forever
+    (about 1 pool in 30 measured, with any Python-level SIGTERM handler). The C-level
+    handler writes every caught signal to the wakeup fd; a thread reading it sends
+    SIGTERM again, whose EINTR lets the handler run
+    (see test_pool_terminate_under_forkserver_never_hangs).
+    """
+    global _wakeup
+    inherited = _wakeup
+    if inherited is not None and inherited[0] == os.getpid():
+        return  # already watching in this process
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread
+        previous = write_fd
+    if inherited is not None and previous == inherited[2]:
+        os.close(inherited[1])  # the parent's pipe, inherited by fork: this process needs its own
+        os.close(inherited[2])
+    elif previous != -1:
+        if previous != write_fd:
+            signal.set_wakeup_fd(previous)  # someone else's (asyncio's): leave it to them
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _wakeup = (os.getpid(), read_fd, write_fd)
+    thread = threading.Thread(target=_resend_sigterm, args=(read_fd,), name="mplog-sigterm", daemon=True)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)  # the thread starts with them blocked
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _resend_sigterm(read_fd: int) -> None:
+    main = threading.main_thread().ident
+    while True:
+        try:
+            caught = os.read(read_fd, 256)
+        except OSError:
+            return
+        if not caught or main is None:
+            return
+        if signal.SIGTERM not in caught:
+            continue
+        # Until the handler ends the process (or deliberately defers to a close in
+        # progress, which a repeated signal does not disturb).
+        while signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            time.sleep(0.2)
+            if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+                break
+            try:
+                signal.pthread_kill(main, signal.SIGTERM)
+            except (OSError, ValueError):
+                return
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _level_from_env() -> int | None:
+    value = inherited_setting(ENV_LEVEL) or ""
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
+    level = logging.getLevelName(value.upper())
+    if not isinstance(level, int):
+        raise ConfigError(f"{ENV_LEVEL} must be a level name or number, got {value!r}")
+    return level
+
+
+def _opens_alike(old: WorkerOptions, new: WorkerOptions) -> bool:
+    """True when ``new`` needs no other transport than the one opened with ``old`` (those options apply at open)."""
+    return (old.transport, old.ack, old.ack_timeout, old.spool_dir) == (
+        new.transport,
+        new.ack,
+        new.ack_timeout,
+        new.spool_dir,
+    )
+
+
+def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
+    """Route this process's logging to the listener: one mplog handler on the root logger.
+
+    Args:
+        endpoint: the listener's URL; defaults to ``$MPLOG_ENDPOINT`` (set by
+            :func:`mplog.start_listener` for child processes), else to the default
+            endpoint of this user's ``mplog listen`` on this host when one is bound there.
+        **options: fields of :class:`WorkerOptions`, :class:`~mplog.wire.Limits` or
+            :class:`~mplog.transports.TransportOptions`.
+
+    Returns:
+        The handler (calling again with the same endpoint returns the same one).
+
+    Raises:
+        ConfigError: no endpoint is known, or an option is wrong.
+    """
+    endpoint = endpoint or inherited_setting(ENV_ENDPOINT) or local_collector()
+    if not endpoint:
+        raise ConfigError(
+            f"setup_worker() has no endpoint: pass one, or set {ENV_ENDPOINT} "
+            "(mplog.start_listener() sets it for the processes it starts); no local collector "
+            f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
+        )
+    opts = WorkerOptions.from_kwargs(**options)
+    if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
+        opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")
+    if opts.spool_dir and not opts.ack:
+        raise ConfigError(
+            "setup_worker(spool_dir=...) needs acknowledged delivery: pass ack=True, or start the listener "
+            "with ack=True (it exports MPLOG_ACK=1 to its workers)"
+        )
+    if opts.ack and "close_timeout" not in options:  # exit outlasts a listener restart (docs/reliability.md)
+        opts = replace(opts, close_timeout=max(opts.close_timeout, ACK_CLOSE_TIMEOUT))
+    root = logging.getLogger()
+    env_level = _level_from_env() if opts.level is None else None
+    current = [h for h in root.handlers if isinstance(h, MplogHandler)]
+    if (
+        len(root.handlers) == 1
+        and current
+        and current[0].endpoint == endpoint
+        and not current[0]._closed
+        and _opens_alike(current[0].options, opts)
+    ):
+        handler = current[0]
+        if options:
+            handler.options = opts
+    else:
+        handler = MplogHandler(endpoint, opts)
+        for old in list(root.handlers):
+            root.removeHandler(old)
+            if isinstance(old, MplogHandler) and not old.discard_if_unused():
+                old.close()
+        root.addHandler(handler)
+    # The level: level= wins, then $MPLOG_LEVEL (start_listener exports its own); without
+    # either, the listener is asked what its handlers accept (mplog.worker.level).
+    if opts.level is not None:
+        handler.pin_level(opts.level, handler_too=False)
+    elif env_level is not None:
+        handler.pin_level(env_level, handler_too=True)
+    else:
+        handler.follow_listener_level()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if opts.flush_on_sigterm and on_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if on_main_thread and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        _watch_sigterm()
+    return handler
