@@ -17,6 +17,9 @@ HELD = 40002
 
 
 def main() -> None:
+    # This namespace's own ephemeral range (written here: no sysctl binary on a minimal PATH).
+    with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as knob:
+        knob.write("40000 40003")
     holder = socket.socket()
     holder.bind(("127.0.0.1", HELD))
     holder.listen()
