@@ -353,6 +353,24 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     Raises:
         ConfigError: no endpoint is known, or an option is wrong.
     """
+    endpoint = _endpoint_to_use(endpoint)
+    opts = _worker_options(options)
+    env_level = _level_from_env() if opts.level is None else None
+    handler = _root_handler(endpoint, opts, replace_options=bool(options))
+    # The level: level= wins, then $MPLOG_LEVEL (start_listener exports its own); without
+    # either, the listener is asked what its handlers accept (mplog.worker.level).
+    if opts.level is not None:
+        handler.pin_level(opts.level, handler_too=False)
+    elif env_level is not None:
+        handler.pin_level(env_level, handler_too=True)
+    else:
+        handler.follow_listener_level()
+    _install_sigterm_handler(opts)
+    return handler
+
+
+def _endpoint_to_use(endpoint: str | None) -> str:
+    """``endpoint``, else ``$MPLOG_ENDPOINT``, else this user's local collector; ConfigError without any."""
     endpoint = endpoint or inherited_setting(ENV_ENDPOINT) or local_collector()
     if not endpoint:
         raise ConfigError(
@@ -360,6 +378,11 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
             "(mplog.start_listener() sets it for the processes it starts); no local collector "
             f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
         )
+    return endpoint
+
+
+def _worker_options(options: dict[str, Any]) -> WorkerOptions:
+    """setup_worker()'s keywords as WorkerOptions, with what the listener exported ($MPLOG_ACK) filled in."""
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
         opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")
@@ -370,8 +393,12 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
         )
     if opts.ack and "close_timeout" not in options:  # exit outlasts a listener restart (docs/reliability.md)
         opts = replace(opts, close_timeout=max(opts.close_timeout, ACK_CLOSE_TIMEOUT))
+    return opts
+
+
+def _root_handler(endpoint: str, opts: WorkerOptions, *, replace_options: bool) -> MplogHandler:
+    """The root logger's one handler for ``endpoint``: the one it has when it can serve, else a new one."""
     root = logging.getLogger()
-    env_level = _level_from_env() if opts.level is None else None
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
     if (
         len(root.handlers) == 1
@@ -381,26 +408,22 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
         and _opens_alike(current[0].options, opts)
     ):
         handler = current[0]
-        if options:
+        if replace_options:
             handler.options = opts
-    else:
-        handler = MplogHandler(endpoint, opts)
-        for old in list(root.handlers):
-            root.removeHandler(old)
-            if isinstance(old, MplogHandler) and not old.discard_if_unused():
-                old.close()
-        root.addHandler(handler)
-    # The level: level= wins, then $MPLOG_LEVEL (start_listener exports its own); without
-    # either, the listener is asked what its handlers accept (mplog.worker.level).
-    if opts.level is not None:
-        handler.pin_level(opts.level, handler_too=False)
-    elif env_level is not None:
-        handler.pin_level(env_level, handler_too=True)
-    else:
-        handler.follow_listener_level()
+        return handler
+    handler = MplogHandler(endpoint, opts)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        if isinstance(old, MplogHandler) and not old.discard_if_unused():
+            old.close()
+    root.addHandler(handler)
+    return handler
+
+
+def _install_sigterm_handler(opts: WorkerOptions) -> None:
+    """On the main thread: deliver buffered records at SIGTERM (flush_on_sigterm, if no handler is set), watched."""
     on_main_thread = threading.current_thread() is threading.main_thread()
     if opts.flush_on_sigterm and on_main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
     if on_main_thread and signal.getsignal(signal.SIGTERM) is _on_sigterm:
         _watch_sigterm()
-    return handler
