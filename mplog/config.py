@@ -171,24 +171,7 @@ def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) 
     filters = _check_section(config, "filters")
     handlers = _check_section(config, "handlers")
     for name, handler in handlers.items():
-        if "class" not in handler and "()" not in handler:
-            raise ConfigError(f"handlers.{name} needs a 'class' (e.g. 'logging.FileHandler') or a '()' factory")
-        if "level" in handler:
-            _check_level(f"handlers.{name}.level", handler["level"])
-        formatter = handler.get("formatter")
-        if formatter is not None and formatter not in formatters:
-            raise ConfigError(f"handlers.{name}.formatter names {formatter!r}, which is not defined under 'formatters'")
-        handler_filters = handler.get("filters", [])
-        if not isinstance(handler_filters, list):
-            raise ConfigError(f"handlers.{name}.filters must be a list of names, got {handler_filters!r}")
-        for item in handler_filters:
-            if isinstance(item, str) and item not in filters:
-                raise ConfigError(f"handlers.{name}.filters names {item!r}, which is not defined under 'filters'")
-        _check_handler_class(name, handler, allow_pickle_forwarding=allow_pickle_forwarding)
-        if isinstance(handler.get("flushLevel"), str):
-            # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.13 on.
-            _check_level(f"handlers.{name}.flushLevel", handler["flushLevel"])
-            handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
+        _check_handler(name, handler, formatters, filters, allow_pickle_forwarding=allow_pickle_forwarding)
     for name, logger in _check_section(config, "loggers").items():
         _check_logger(f"loggers.{name}", logger, handlers, filters)
     root = config.get("root", {})
@@ -202,6 +185,35 @@ def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) 
             f"the config must hold only plain values (strings, numbers, lists, tables) because it is applied "
             f"in the listener process; use 'ext://module.name' or a '()' factory path for objects ({exc})"
         ) from None
+
+
+def _check_handler(
+    name: str,
+    handler: dict[str, Any],
+    formatters: dict[str, Any],
+    filters: dict[str, Any],
+    *,
+    allow_pickle_forwarding: bool,
+) -> None:
+    """Check ``handlers.<name>``: its class, level, formatter and filters; a ``flushLevel`` name becomes its number."""
+    if "class" not in handler and "()" not in handler:
+        raise ConfigError(f"handlers.{name} needs a 'class' (e.g. 'logging.FileHandler') or a '()' factory")
+    if "level" in handler:
+        _check_level(f"handlers.{name}.level", handler["level"])
+    formatter = handler.get("formatter")
+    if formatter is not None and formatter not in formatters:
+        raise ConfigError(f"handlers.{name}.formatter names {formatter!r}, which is not defined under 'formatters'")
+    handler_filters = handler.get("filters", [])
+    if not isinstance(handler_filters, list):
+        raise ConfigError(f"handlers.{name}.filters must be a list of names, got {handler_filters!r}")
+    for item in handler_filters:
+        if isinstance(item, str) and item not in filters:
+            raise ConfigError(f"handlers.{name}.filters names {item!r}, which is not defined under 'filters'")
+    _check_handler_class(name, handler, allow_pickle_forwarding=allow_pickle_forwarding)
+    if isinstance(handler.get("flushLevel"), str):
+        # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.13 on.
+        _check_level(f"handlers.{name}.flushLevel", handler["flushLevel"])
+        handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
 
 
 def _sends_pickles(path: Any) -> bool:
@@ -230,8 +242,20 @@ def _check_handler_class(name: str, handler: dict[str, Any], *, allow_pickle_for
 
 
 def _runtime(section: Any) -> RuntimeSettings:
+    """The ``mplog`` table as RuntimeSettings, every key checked (in this order: the first bad one is named)."""
     if section is None:
         return RuntimeSettings()
+    _check_runtime_keys(section)
+    settings = RuntimeSettings(**section)
+    _check_switches(settings)
+    _check_process_settings(settings)
+    _check_places(settings)
+    _check_tables(settings)
+    return settings
+
+
+def _check_runtime_keys(section: Any) -> None:
+    """The ``mplog`` table is a table of known keys, and not an empty ``curve`` table."""
     if not isinstance(section, dict):
         raise ConfigError(f"mplog must be a table of runtime settings, got {type(section).__name__}")
     unknown = set(section) - _RUNTIME_KEYS
@@ -244,7 +268,10 @@ def _runtime(section: Any) -> RuntimeSettings:
             "(a NAME.key_secret file from `mplog keygen DIR`) and authorized_keys (a directory of client NAME.key "
             "files) or allow_any = true; or remove the mplog.curve table to run without CURVE"
         )
-    settings = RuntimeSettings(**section)
+
+
+def _check_switches(settings: RuntimeSettings) -> None:
+    """``transport`` and the true-or-false keys (``insecure``, ``allow_pickle_forwarding``, ``ack``)."""
     if settings.transport not in ("zmq", "multiprocessing"):
         raise ConfigError(f"mplog.transport must be 'zmq' or 'multiprocessing', got {settings.transport!r}")
     if not isinstance(settings.insecure, bool):
@@ -256,6 +283,10 @@ def _runtime(section: Any) -> RuntimeSettings:
         raise ConfigError(f"mplog.ack must be true or false, got {settings.ack!r}")
     if settings.ack and settings.transport != "zmq":
         raise ConfigError("mplog.ack needs the ZeroMQ transport; remove mplog.transport = 'multiprocessing'")
+
+
+def _check_process_settings(settings: RuntimeSettings) -> None:
+    """How the listener process runs: ``control``, ``nice``, ``yield_to_workers``."""
     if settings.control is not None and (
         not isinstance(settings.control, str) or not settings.control.startswith(("ipc://", "tcp://"))
     ):
@@ -263,6 +294,10 @@ def _runtime(section: Any) -> RuntimeSettings:
     if type(settings.nice) is not int or not 0 <= settings.nice <= 19:
         raise ConfigError(f"mplog.nice must be an int from 0 (the default) to 19, got {settings.nice!r}")
     _check_yield(settings)
+
+
+def _check_places(settings: RuntimeSettings) -> None:
+    """Where the listener listens and keeps its state: ``metrics``, ``state_dir``, ``endpoint``."""
     if settings.metrics is not None:
         parse_address(settings.metrics, insecure=settings.insecure)
     if settings.state_dir is not None and not isinstance(settings.state_dir, str):
@@ -273,13 +308,16 @@ def _runtime(section: Any) -> RuntimeSettings:
                 f"mplog.endpoint must be a string such as 'tcp://127.0.0.1:5140', got {settings.endpoint!r}"
             )
         transport_of(settings.endpoint)  # names the known schemes
+
+
+def _check_tables(settings: RuntimeSettings) -> None:
+    """The sub-tables ``limits``, ``socket``, ``curve``, ``worker``, and every option in them."""
     for name in ("limits", "socket", "curve", "worker"):
         if not isinstance(getattr(settings, name), dict):
             raise ConfigError(f"mplog.{name} must be a table, got {getattr(settings, name)!r}")
     transport_options_for(settings.as_dict())  # also checks mplog.limits
     sender_limits_for(settings.as_dict())
     _check_worker(settings.worker)
-    return settings
 
 
 def _check_yield(settings: RuntimeSettings) -> None:

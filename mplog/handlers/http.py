@@ -18,7 +18,7 @@ __all__ = ["HTTPHandler"]
 class HTTPHandler(logging.handlers.HTTPHandler):
     """``logging.handlers.HTTPHandler`` taking ``credentials`` as ``[user, password]`` too."""
 
-    def __init__(  # noqa: PLR0917  # mirrors the stdlib handler's positional arguments
+    def __init__(  # mirrors the stdlib handler's positional arguments
         self,
         host: str,
         url: str,

@@ -198,38 +198,45 @@ class RELPHandler(logging.Handler):
 
     def _answers(self, session: RELPSession, waiting: dict[int, int], until: int) -> None:
         """Collect answers until at most ``until`` messages wait for one (at least one read when any is there)."""
-        outbox = self.outbox
         first = True
         deadline = time.monotonic() + self.options.timeout
         while waiting and (first or len(waiting) > until):
             poll = _POLL if len(waiting) > until else 0.0  # the first read only takes what is there
             first = False
-            if outbox.closing and time.monotonic() >= self._close_deadline:
-                raise TimeoutError("close_timeout passed with messages unanswered")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"rsyslog answered nothing for {self.options.timeout} s")
+            self._check_time_left(deadline)
             oks, others = session.receive_answers(poll)
-            pop = waiting.pop
-            delivered = [number for number in map(pop, oks, repeat(None)) if number is not None]
-            refused: list[int] = []
-            for txnr, command, data in others:
-                number = pop(txnr, None)
-                if number is not None:
-                    (delivered if command == b"rsp" and data[:3] == b"200" else refused).append(number)
-            if delivered or refused:
+            if self._settle_answers(waiting, oks, others):
                 deadline = time.monotonic() + self.options.timeout
-            if delivered:
-                self.delivered += len(delivered)
-                outbox.settle(delivered)
-            if refused:
-                self.rejected += len(refused)
-                outbox.settle(refused, delivered=False)
             if session.closed_by_server:
                 raise ConnectionResetError("rsyslog closed the session (serverclose)")
             if len(waiting) > until and len(oks) < _GATHER:
                 # Answers come a few at a time; letting them gather makes one wake-up (and one
                 # hand-over of the GIL by the listener's thread) serve many of them.
                 time.sleep(_GATHER_PAUSE)
+
+    def _check_time_left(self, deadline: float) -> None:
+        """Raise TimeoutError past close_timeout while closing, or when nothing was answered by ``deadline``."""
+        if self.outbox.closing and time.monotonic() >= self._close_deadline:
+            raise TimeoutError("close_timeout passed with messages unanswered")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"rsyslog answered nothing for {self.options.timeout} s")
+
+    def _settle_answers(self, waiting: dict[int, int], oks: list[int], others: list[tuple[int, bytes, bytes]]) -> bool:
+        """Settle the messages these answers are for (``200``: delivered, else refused); True when any was."""
+        pop = waiting.pop
+        delivered = [number for number in map(pop, oks, repeat(None)) if number is not None]
+        refused: list[int] = []
+        for txnr, command, data in others:
+            number = pop(txnr, None)
+            if number is not None:
+                (delivered if command == b"rsp" and data[:3] == b"200" else refused).append(number)
+        if delivered:
+            self.delivered += len(delivered)
+            self.outbox.settle(delivered)
+        if refused:
+            self.rejected += len(refused)
+            self.outbox.settle(refused, delivered=False)
+        return bool(delivered or refused)
 
     def _pause(self, seconds: float) -> None:
         with self.outbox.cond:

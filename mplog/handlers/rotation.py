@@ -188,7 +188,7 @@ class RotatingFileHandler(_Rotation, logging.handlers.RotatingFileHandler):
         compress_wait: the longest a rollover or close() waits for a compression in progress.
     """
 
-    def __init__(  # noqa: PLR0917  # mirrors the stdlib handler's positional arguments
+    def __init__(  # noqa: PLR0913  # the stdlib handler's positional arguments, plus keywords dictConfig can set
         self,
         filename: str,
         mode: str = "a",
@@ -234,7 +234,7 @@ class TimedRotatingFileHandler(_Rotation, logging.handlers.TimedRotatingFileHand
     ``atTime`` may also be given as a string (``"HH:MM[:SS]"``), which a config file can hold.
     """
 
-    def __init__(  # noqa: PLR0917  # mirrors the stdlib handler's positional arguments
+    def __init__(  # noqa: PLR0913, PLR0917  # the stdlib handler's positional arguments, plus keywords dictConfig can set
         self,
         filename: str,
         when: str = "h",

@@ -85,7 +85,7 @@ class BatchingSMTPHandler(logging.Handler):
         **options: fields of :class:`SMTPBatchOptions` (levels by name or number).
     """
 
-    def __init__(  # noqa: PLR0917  # mirrors logging.handlers.SMTPHandler's positional arguments
+    def __init__(  # mirrors logging.handlers.SMTPHandler's positional arguments
         self,
         mailhost: str | tuple[str, int] | list[Any],
         fromaddr: str,

@@ -160,7 +160,7 @@ class BatchDispatcher:
         """The logger a record named ``name`` is handled by (see :class:`LoggerLookup`)."""
         return self._loggers.get(name)
 
-    def dispatch(
+    def dispatch(  # noqa: C901, PLR0912  # split after the perf merge (issue 15 item 7)
         self,
         records: list[list[Any]],
         host: str,

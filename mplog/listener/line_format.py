@@ -99,7 +99,11 @@ class LineFormat:
         )
         if self.second_only:
             fmt = fmt.replace("%(asctime)s", "%(asctime)s,%(msecs)03d")
-        compiled = compile_format(fmt) if self.inline_message and (self.cache_time or not self.uses_time) else None
+        # A record factory installed in this process (logging.setLogRecordFactory) must see
+        # every record: no lines straight from the wire fields then.
+        stock_records = logging.getLogRecordFactory() is logging.LogRecord
+        wire_only = stock_records and self.inline_message and (self.cache_time or not self.uses_time)
+        compiled = compile_format(fmt) if wire_only else None
         self.compiled = compiled is not None
         if compiled is not None:
             self.positional, keys = compiled

@@ -71,77 +71,97 @@ class _SnapshotCollector:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415  # optional
-
         snap = self._snapshot()
-
-        def counter(name: str, text: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(f"mplog_{name}", text, value=value)
-
-        def by(name: str, text: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
-            family = CounterMetricFamily(f"mplog_{name}", text, labels=[label])
-            for key, value in sorted(values.items()):
-                family.add_metric([key], value)
-            return family
-
-        yield counter("frames_received", "Frames received with a valid envelope.", snap.get("frames", 0))
-        yield counter("records_received", "Records dispatched to the handlers.", snap.get("received", 0))
-        yield counter(
-            "records_rejected", "Records refused by validation (counted under malformed).", snap.get("rejected", 0)
-        )
-        yield counter(
-            "records_dropped", "Records the workers dropped by policy, as they report it.", snap.get("dropped", 0)
-        )
-        yield counter(
-            "gaps", "Numbered records never received (lost between worker and listener).", snap.get("gaps", 0)
-        )
-        yield counter("duplicates", "Records received twice (not dispatched again).", snap.get("duplicates", 0))
-        yield by(
-            "malformed",
-            "Frames (or items) that did not decode or validate, by reason.",
-            "reason",
-            snap.get("malformed", {}),
-        )
-        yield by(
-            "repaired", "Records delivered with a bad field replaced, by reason.", "reason", snap.get("repaired", {})
-        )
-        yield by("handler_errors", "Handler failures, by handler.", "handler", snap.get("handler_errors", {}))
-        yield by(
-            "handler_dropped",
-            "Records a buffering handler had to drop, by handler.",
-            "handler",
-            snap.get("handler_drops", {}),
-        )
-        connections = snap.get("connections", {})
-        refused = {key.removeprefix("refused_"): n for key, n in connections.items() if key.startswith("refused_")}
-        yield by(
-            "connections_refused", "Connections refused (auth: key not allowed; protocol; other).", "reason", refused
-        )
-        events = {key: n for key, n in connections.items() if not key.startswith("refused_")}
-        yield by("connection_events", "Connection events: handshakes, disconnected.", "event", events)
-        yield counter("restarts", "Times the supervisor restarted the listener process.", snap.get("restarts", 0))
+        yield from _record_counters(snap)
+        yield from _connection_counters(snap)
         yield from _senders(snap)
-        yield by(
-            "claims_refused",
-            "Frames refused because they claimed a sender not theirs (taken) or jumped past the window (seq_jump).",
-            "reason",
-            snap.get("claims_refused", {}),
-        )
-        refused_records = snap.get("claims_refused_records", 0)
-        yield counter("claims_refused_records", "Records in the frames whose claim was refused.", refused_records)
+        yield from _claim_counters(snap)
         if "unconfirmed" in snap:  # acknowledged delivery (mplog.listener.ack_loop)
             yield from _acknowledged(snap)
-        held = snap.get("yield", {})
-        yield GaugeMetricFamily(
-            "mplog_frames_held",
-            "Frames held back while the workers keep every CPU busy.",
-            value=held.get("held_frames", 0),
-        )
-        yield counter("held_seconds", "Time spent holding frames for busy workers.", held.get("held_seconds", 0.0))
-        start = time.time() - float(snap.get("uptime", 0.0))
-        yield GaugeMetricFamily(
-            "mplog_start_time_seconds", "When this listener's stats began, seconds since the epoch.", value=start
-        )
+        yield from _holding_and_start(snap)
+
+
+def _counter(name: str, text: str, value: float) -> Any:
+    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415  # optional
+
+    return CounterMetricFamily(f"mplog_{name}", text, value=value)
+
+
+def _by(name: str, text: str, label: str, values: dict[str, int]) -> Any:
+    """A counter with one sample per key of ``values``, labelled ``label``."""
+    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415  # optional
+
+    family = CounterMetricFamily(f"mplog_{name}", text, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def _record_counters(snap: dict[str, Any]) -> Iterator[Any]:
+    """What became of the frames and records: received, rejected, dropped, lost, malformed, repaired, failed."""
+    yield _counter("frames_received", "Frames received with a valid envelope.", snap.get("frames", 0))
+    yield _counter("records_received", "Records dispatched to the handlers.", snap.get("received", 0))
+    yield _counter(
+        "records_rejected", "Records refused by validation (counted under malformed).", snap.get("rejected", 0)
+    )
+    yield _counter(
+        "records_dropped", "Records the workers dropped by policy, as they report it.", snap.get("dropped", 0)
+    )
+    yield _counter("gaps", "Numbered records never received (lost between worker and listener).", snap.get("gaps", 0))
+    yield _counter("duplicates", "Records received twice (not dispatched again).", snap.get("duplicates", 0))
+    yield _by(
+        "malformed",
+        "Frames (or items) that did not decode or validate, by reason.",
+        "reason",
+        snap.get("malformed", {}),
+    )
+    yield _by("repaired", "Records delivered with a bad field replaced, by reason.", "reason", snap.get("repaired", {}))
+    yield _by("handler_errors", "Handler failures, by handler.", "handler", snap.get("handler_errors", {}))
+    yield _by(
+        "handler_dropped",
+        "Records a buffering handler had to drop, by handler.",
+        "handler",
+        snap.get("handler_drops", {}),
+    )
+
+
+def _connection_counters(snap: dict[str, Any]) -> Iterator[Any]:
+    """Connections refused (by reason) and other connection events; the supervisor's restarts."""
+    connections = snap.get("connections", {})
+    refused = {key.removeprefix("refused_"): n for key, n in connections.items() if key.startswith("refused_")}
+    yield _by("connections_refused", "Connections refused (auth: key not allowed; protocol; other).", "reason", refused)
+    events = {key: n for key, n in connections.items() if not key.startswith("refused_")}
+    yield _by("connection_events", "Connection events: handshakes, disconnected.", "event", events)
+    yield _counter("restarts", "Times the supervisor restarted the listener process.", snap.get("restarts", 0))
+
+
+def _claim_counters(snap: dict[str, Any]) -> Iterator[Any]:
+    """Frames refused because of the sender they claimed, and their records."""
+    yield _by(
+        "claims_refused",
+        "Frames refused because they claimed a sender not theirs (taken) or jumped past the window (seq_jump).",
+        "reason",
+        snap.get("claims_refused", {}),
+    )
+    refused_records = snap.get("claims_refused_records", 0)
+    yield _counter("claims_refused_records", "Records in the frames whose claim was refused.", refused_records)
+
+
+def _holding_and_start(snap: dict[str, Any]) -> Iterator[Any]:
+    """Frames held for busy workers (a gauge), the time spent holding, and when the stats began."""
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415  # optional
+
+    held = snap.get("yield", {})
+    yield GaugeMetricFamily(
+        "mplog_frames_held",
+        "Frames held back while the workers keep every CPU busy.",
+        value=held.get("held_frames", 0),
+    )
+    yield _counter("held_seconds", "Time spent holding frames for busy workers.", held.get("held_seconds", 0.0))
+    start = time.time() - float(snap.get("uptime", 0.0))
+    yield GaugeMetricFamily(
+        "mplog_start_time_seconds", "When this listener's stats began, seconds since the epoch.", value=start
+    )
 
 
 def _senders(snap: dict[str, Any]) -> Iterator[Any]:

@@ -39,6 +39,22 @@ _TOTALS = ("rejected", "dropped", "gaps", "duplicates")  # what snapshot() sums 
 OwnerCheck = Callable[[bytes, str, int, float], bool]  # (connection, host, pid, start_time) -> still owned
 
 
+def _end_verdicts(candidates: list[tuple[str, str, int, float, float]]) -> dict[str, str]:
+    """Sender key -> PROCESS_GONE, SILENT or "" (not ended) for each (key, host, pid, start time, last seen).
+
+    A sender on this host is checked by its process (pid and start time); any other is
+    SILENT after ``SILENT_AFTER`` seconds without a frame.
+    """
+    here, wall = socket.gethostname(), time.time()
+    verdicts = {}
+    for key, host, pid, start_time, seen in candidates:
+        if host == here and start_time > 0:
+            verdicts[key] = "" if _process_alive(pid, start_time) else PROCESS_GONE
+        else:
+            verdicts[key] = SILENT if wall - seen > SILENT_AFTER else ""
+    return verdicts
+
+
 class Stats:
     """Thread-safe counters updated by the receive loop and read by the control channel.
 
@@ -321,26 +337,24 @@ class Stats:
                 for key, s in self.senders.items()
                 if not s.closed and s.unclosed != PROCESS_GONE
             ]
-        here, wall = socket.gethostname(), time.time()
-        verdicts = {}
-        for key, host, pid, start_time, seen in candidates:
-            if host == here and start_time > 0:
-                verdicts[key] = "" if _process_alive(pid, start_time) else PROCESS_GONE
-            else:
-                verdicts[key] = SILENT if wall - seen > SILENT_AFTER else ""
+        verdicts = _end_verdicts(candidates)  # outside the lock: process checks
         with self._lock:
-            for key, verdict in verdicts.items():
-                sender = self.senders.get(key)
-                # "connection ended" stays until the sender sends again, unless its process is gone.
-                if sender is not None and (sender.unclosed != CONNECTION_ENDED or verdict == PROCESS_GONE):
-                    sender.unclosed = verdict
-            flagged = 0
-            for sender in self.senders.values():
-                if sender.closed:
-                    sender.unclosed = ""  # its goodbye came after all (a backlog)
-                elif sender.unclosed:
-                    flagged += 1
-            return flagged
+            return self._apply_end_verdicts(verdicts)
+
+    def _apply_end_verdicts(self, verdicts: dict[str, str]) -> int:
+        """Set each sender's ``unclosed`` from ``verdicts``; return how many open senders are flagged (lock held)."""
+        for key, verdict in verdicts.items():
+            sender = self.senders.get(key)
+            # "connection ended" stays until the sender sends again, unless its process is gone.
+            if sender is not None and (sender.unclosed != CONNECTION_ENDED or verdict == PROCESS_GONE):
+                sender.unclosed = verdict
+        flagged = 0
+        for sender in self.senders.values():
+            if sender.closed:
+                sender.unclosed = ""  # its goodbye came after all (a backlog)
+            elif sender.unclosed:
+                flagged += 1
+        return flagged
 
     def note_connection_ends(self, connected: Callable[[bytes], bool]) -> int:
         """Flag the open senders whose connection has ended (``unclosed = "connection ended"``); return how many.
@@ -457,6 +471,25 @@ def ledger(snapshot: dict[str, Any], logged: int) -> Balance:
     return Balance(remainder, unclosed=sum(1 for s in senders if s.get("unclosed") and not s.get("closed")))
 
 
+# The counters by name that merge_snapshots() sums over the collectors.
+_MERGED_COUNTERS = ("malformed", "repaired", "handler_errors", "connections", "folded", "claims_refused")
+
+
+def _merge_sender(senders: dict[str, dict[str, Any]], key: str, one: dict[str, Any]) -> None:
+    """Add one collector's view of sender ``key`` to ``senders`` (see :func:`merge_snapshots`)."""
+    merged = senders.get(key)
+    if merged is None:
+        senders[key] = dict(one)
+        return
+    for name in ("records", "frames", "rejected", "duplicates", "repaired"):
+        merged[name] = merged.get(name, 0) + one.get(name, 0)
+    for name in ("dropped", "next_seq", "last_seen"):
+        merged[name] = max(merged[name], one[name])
+    merged["first_seen"] = min(merged["first_seen"], one["first_seen"])
+    merged["closed"] = merged["closed"] or one["closed"]
+    merged["unclosed"] = merged.get("unclosed") or one.get("unclosed", "")
+
+
 def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """Combine the stats of several collectors that share the same workers (one ledger).
 
@@ -473,35 +506,16 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     keeps the other collectors' frames among its gaps there.
     """
     senders: dict[str, dict[str, Any]] = {}
-    folded: Counter[str] = Counter()
-    claims: Counter[str] = Counter()
-    claims_records = 0
-    malformed: Counter[str] = Counter()
-    repaired: Counter[str] = Counter()
-    handler_errors: Counter[str] = Counter()
-    connections: Counter[str] = Counter()
-    frames = 0
+    counted: dict[str, Counter[str]] = {name: Counter() for name in _MERGED_COUNTERS}
     for snap in snapshots:
-        frames += snap.get("frames", 0)
-        malformed.update(snap.get("malformed", {}))
-        repaired.update(snap.get("repaired", {}))
-        handler_errors.update(snap.get("handler_errors", {}))
-        connections.update(snap.get("connections", {}))
-        folded.update(snap.get("folded", {}))
-        claims.update(snap.get("claims_refused", {}))
-        claims_records += snap.get("claims_refused_records", 0)
+        for name, counter in counted.items():
+            counter.update(snap.get(name, {}))
         for key, one in snap.get("senders", {}).items():
-            merged = senders.get(key)
-            if merged is None:
-                senders[key] = dict(one)
-                continue
-            for name in ("records", "frames", "rejected", "duplicates", "repaired"):
-                merged[name] = merged.get(name, 0) + one.get(name, 0)
-            for name in ("dropped", "next_seq", "last_seen"):
-                merged[name] = max(merged[name], one[name])
-            merged["first_seen"] = min(merged["first_seen"], one["first_seen"])
-            merged["closed"] = merged["closed"] or one["closed"]
-            merged["unclosed"] = merged.get("unclosed") or one.get("unclosed", "")
+            _merge_sender(senders, key, one)
+    malformed, repaired, handler_errors = counted["malformed"], counted["repaired"], counted["handler_errors"]
+    connections, folded, claims = counted["connections"], counted["folded"], counted["claims_refused"]
+    frames = sum(snap.get("frames", 0) for snap in snapshots)
+    claims_records = sum(snap.get("claims_refused_records", 0) for snap in snapshots)
     for merged in senders.values():
         merged["gaps"] = max(merged["next_seq"] - merged["records"] - merged["rejected"], 0)
         if merged["closed"]:

@@ -239,26 +239,34 @@ class MpReceiver:
                 return
             room -= len(data)
             if conn.size < 0:
-                if not conn.head:
-                    conn.until = now + self._frame_timeout
-                    self._partial[conn.sock.fileno()] = conn
-                conn.head += data
-                sized = self._sized(conn)
+                sized = self._take_head(conn, data, now)
                 if sized is None:  # refused, and the connection closed
                     return
                 if not sized:
                     continue
-            else:
-                conn.parts.append(data)
-                conn.got += len(data)
-                self._partial_bytes += len(data)
-                if self._partial_bytes > self._options.max_queued_bytes:
-                    self._evict()
-                    if conn.sock.fileno() < 0:  # it was the oldest
-                        return
+            elif not self._take_body(conn, data):  # it was the oldest, and evicted
+                return
             if conn.got >= conn.size:
                 self._complete(conn)
                 return
+
+    def _take_head(self, conn: _Inbound, data: bytes, now: float) -> bool | None:
+        """Add ``data`` to ``conn``'s length prefix; then as :meth:`_sized` (None: refused, and closed)."""
+        if not conn.head:
+            conn.until = now + self._frame_timeout
+            self._partial[conn.sock.fileno()] = conn
+        conn.head += data
+        return self._sized(conn)
+
+    def _take_body(self, conn: _Inbound, data: bytes) -> bool:
+        """Add ``data`` to ``conn``'s frame, evicting past max_queued_bytes; False when ``conn`` itself was evicted."""
+        conn.parts.append(data)
+        conn.got += len(data)
+        self._partial_bytes += len(data)
+        if self._partial_bytes > self._options.max_queued_bytes:
+            self._evict()
+            return conn.sock.fileno() >= 0
+        return True
 
     def _sized(self, conn: _Inbound) -> bool | None:
         """Read the frame's length once its prefix is whole; False while it is not, None when it is refused."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -349,6 +350,11 @@ def _all_plain(records: list[Any]) -> bool:
 
 _LogRecord = logging.LogRecord
 _new = object.__new__
+_record_factory = logging.getLogRecordFactory
+# A LogRecord's attributes that a record factory is given (Logger.makeRecord's arguments).
+_FACTORY_ARGUMENTS = frozenset(
+    ("name", "levelno", "pathname", "lineno", "msg", "args", "exc_info", "funcName", "stack_info")
+)
 
 
 def _renamed(extra: dict[str, Any]) -> dict[str, Any]:
@@ -369,7 +375,10 @@ def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
 
     ``hostname`` becomes the record's ``hostname`` attribute (even when empty) unless an
     extra of that name is there; an extra named like a LogRecord attribute or method is
-    kept as ``mplog_extra_<name>`` (docs/wire-format.md, "Extra values").
+    kept as ``mplog_extra_<name>`` (docs/wire-format.md, "Extra values"). With a record
+    factory other than ``LogRecord`` installed (``logging.setLogRecordFactory``), the record
+    is the factory's (:func:`_from_factory`); otherwise it is built without running
+    ``LogRecord.__init__``, whose clock, thread and process lookups would all be overwritten.
     """
     record: logging.LogRecord = _new(_LogRecord)
     attrs = record.__dict__
@@ -401,4 +410,35 @@ def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
     ) = fields
     attrs["args"] = None
     attrs["exc_info"] = None
+    factory = _record_factory()
+    if factory is not _LogRecord:
+        return _from_factory(factory, attrs)
+    return record
+
+
+def _from_factory(factory: Callable[..., logging.LogRecord], attrs: dict[str, Any]) -> logging.LogRecord:
+    """The record ``factory`` makes from the fields in ``attrs``, with the remaining attributes then set.
+
+    The factory is called as ``Logger.makeRecord`` calls it (the message already merged, no
+    args), so what it does with those arguments stays, and so do the attributes it adds.
+    Every other attribute (the time, thread, process, levelname, exc_text, hostname, the
+    extras) is the worker's, from the wire, whatever the factory set: the factory runs in
+    the listener, not where the record was made. An exception from the factory propagates
+    (the listener counts it as a dispatch error, as it does a logger's filter that raises).
+    """
+    record = factory(
+        attrs["name"],
+        attrs["levelno"],
+        attrs["pathname"],
+        attrs["lineno"],
+        attrs["msg"],
+        None,
+        None,
+        attrs["funcName"],
+        attrs["stack_info"],
+    )
+    made = record.__dict__
+    for key, value in attrs.items():
+        if key not in _FACTORY_ARGUMENTS:
+            made[key] = value
     return record

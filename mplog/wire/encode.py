@@ -193,7 +193,7 @@ def _max_array(limits: Limits) -> int:
 _FLAT_TYPES = frozenset({bool, float, type(None)})
 
 
-def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: PLR0911  # one return per msgpack type
+def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: C901, PLR0911, PLR0912  # one return per msgpack type; split after the perf merge
     """True if the extra ``value`` packs into something the decoder accepts (see _check_value).
 
     Without this check a deep, large or int-keyed extra packs fine here and then the

@@ -5,7 +5,7 @@ call: it holds the per-process state (reset in a forked child), numbers and fram
 what it hands to the transport, bounds what the transport cannot take by
 ``max_buffer_bytes`` and applies the ``policy`` past that bound, sends a batch
 ``flush_interval`` seconds after its first record from a background thread, and
-delivers what is buffered on ``flush()`` and ``close()``. The logging call that
+delivers what is buffered on ``flush()`` (``flush_within(timeout)``) and ``close()``. The logging call that
 fills the batch, and the process-wide hooks that close every handler at exit and on
 SIGTERM, are in :mod:`mplog.worker.handler`.
 """
@@ -360,8 +360,16 @@ class BatchingHandler(logging.Handler):
 
     # ------------------------------------------------------------ flush and close
 
-    def flush(self, timeout: float | None = None) -> bool:  # type: ignore[override]  # adds a bound and a result
-        """Send everything buffered, waiting at most ``timeout`` seconds; True if all went."""
+    def flush(self) -> None:
+        """Send everything buffered, waiting at most ``close_timeout`` seconds (see :meth:`flush_within`)."""
+        self.flush_within()
+
+    def flush_within(self, timeout: float | None = None) -> bool:
+        """Send everything buffered, waiting at most ``timeout`` seconds (None: ``close_timeout``); True if all went.
+
+        The bound is on time without progress: while the listener keeps taking frames, the
+        wait goes on past ``timeout``.
+        """
         if self._pid != os.getpid():
             return False
         if self._closed:
@@ -401,7 +409,7 @@ class BatchingHandler(logging.Handler):
         # not by the flusher thread at some later moment.
         self._closing = True
         deadline = time.monotonic() + self.options.close_timeout
-        delivered = self.flush()
+        delivered = self.flush_within()
         if not self._mutex.acquire(timeout=self.options.close_timeout):
             return
         outer, self._owner = self._owner, get_ident()

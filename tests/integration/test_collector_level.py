@@ -41,7 +41,7 @@ for seq in range(int(sys.argv[2])):
     log.debug("%s", helpers.payload(0, seq))
 for seq in range(int(sys.argv[3])):
     log.info("%s", helpers.payload(1, seq))
-assert handler.flush(10.0)
+assert handler.flush_within(10.0)
 print(json.dumps({"counters": handler.counters, "root": logging.getLogger().level, "handler": handler.level}))
 """
 
@@ -196,7 +196,7 @@ while root.level != logging.DEBUG and time.monotonic() < deadline:
     time.sleep(0.02)
 for seq in range(int(sys.argv[1])):
     logging.getLogger("app").debug("%s", helpers.payload(0, seq))
-assert handler.flush(10.0)
+assert handler.flush_within(10.0)
 print(json.dumps({"root": root.level, "counters": handler.counters}), flush=True)
 """
 

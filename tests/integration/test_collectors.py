@@ -29,7 +29,7 @@ def part(start, stop):
         if seq % 100 == 99:
             time.sleep(0.002)
 part(0, first)
-handler.flush(10)
+handler.flush_within(10)
 print("half", flush=True)
 if second:
     sys.stdin.readline()

@@ -367,7 +367,8 @@ except mplog.ConfigError as exc:
     print("refused")
 half = [ref() for ref in logging._handlerList if isinstance(ref(), mplog.MplogHandler)]
 for handler in half:
-    print(handler.flush(), handler.counters["sent"], handler.counters["buffered"])
+    handler.flush()  # the stdlib signature: returns None, never raises here
+    print(handler.flush_within(), handler.counters["sent"], handler.counters["buffered"])
     handler.close()
     handler.close()
 logging.getLogger("after").warning("the root logger is as it was")

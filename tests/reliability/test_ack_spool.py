@@ -46,7 +46,7 @@ def _log_range(producer: int, start: int, stop: int, size: int = SIZE) -> None:
 def _hand_everything(handler: Any) -> dict[str, int]:
     """Flush until every record is numbered and handed to the transport (the listener may be stopped)."""
     deadline = time.monotonic() + 20
-    while not handler.flush(1.0) and time.monotonic() < deadline:
+    while not handler.flush_within(1.0) and time.monotonic() < deadline:
         pass
     return dict(handler.counters)
 

@@ -59,7 +59,7 @@ def _victim(endpoint: str, options: dict[str, Any], conn: Connection) -> None:
     log = logging.getLogger("victim")
     for seq in range(PHASE):
         log.info("%s", payload(0, seq))
-    handler.flush(10.0)
+    handler.flush_within(10.0)
     conn.send("ready")
     conn.recv()
     for seq in range(PHASE, 2 * PHASE):

@@ -64,7 +64,7 @@ def test_a_batch_ending_with_a_record_at_the_flush_level_is_flagged_urgent_and_n
         _log(handler, logging.INFO, "before")
         _log(handler, logging.ERROR, "boom")  # flushes at once, with what came before it
         _log(handler, logging.INFO, "after")
-        assert handler.flush(5.0)  # a flush asked for by the program: not urgent
+        assert handler.flush_within(5.0)  # a flush asked for by the program: not urgent
         assert _flags(capture) == [
             (0, ["i0", "i1", "i2"]),
             (FLAG_URGENT, ["before", "boom"]),
@@ -80,7 +80,7 @@ def test_the_flush_level_decides_what_is_urgent():
     try:
         _log(handler, logging.WARNING, "w")
         _log(handler, logging.INFO, "i")
-        assert handler.flush(5.0)
+        assert handler.flush_within(5.0)
         assert _flags(capture) == [(FLAG_URGENT, ["w"]), (0, ["i"])]
     finally:
         handler.close()
