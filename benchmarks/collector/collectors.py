@@ -7,6 +7,11 @@
   dictConfig a ``logging.FileHandler`` with the format ``%(message)s``; defaults otherwise.
 - ``mplog-curve``: the same with CURVE: the server's key pair and one authorised key per
   sender process, written by :func:`mplog.transports.curve.generate_key_pair`.
+- ``mplog-tcp-v1``, ``mplog-curve-v1``: the same collectors, the senders sending wire version 1
+  frames (what a sender written to the version 1 spec sends) instead of a worker's version 2.
+- ``baseline-tcp``, ``baseline-curve`` (with ``--baseline PATH``): ``mplog listen`` of the
+  checkout at ``PATH`` (put first on ``PYTHONPATH``), fed version 1 frames, which every
+  version of mplog reads: before/after figures in one sitting.
 """
 
 from __future__ import annotations
@@ -31,7 +36,16 @@ from mplog.transports import curve as security
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.access("/usr/sbin/rsyslogd", os.X_OK) else None)
 SYSTEMS = ("rsyslog", "mplog-tcp", "mplog-curve")
+EXTRA_SYSTEMS = ("mplog-tcp-v1", "mplog-curve-v1", "baseline-tcp", "baseline-curve")  # only when named
 REFERENCE = "rsyslog"
+BASELINE: list[str] = []  # the checkout that baseline-* systems run (set from --baseline)
+
+
+def wire_version(system: str) -> int:
+    """The wire version a system's senders send: 2 (what a worker sends) unless the system says 1."""
+    return 1 if system.endswith("-v1") or system.startswith("baseline-") else 2
+
+
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 LEDGER = ("received", "gaps", "dropped", "duplicates", "malformed_total", "refused")
@@ -191,7 +205,7 @@ def mplog_config(out: Path) -> dict[str, Any]:
     }
 
 
-def start_mplog(directory: Path, keys: Path | None) -> Collector:
+def start_mplog(directory: Path, keys: Path | None, pythonpath: str | None = None) -> Collector:
     out, conf = directory / "out.log", directory / "mplog.json"
     conf.write_text(json.dumps(mplog_config(out), indent=1))
     control = f"tcp://127.0.0.1:{_free_port()}"  # an ipc:// path under a deep --dir could pass the 107-byte limit
@@ -200,10 +214,12 @@ def start_mplog(directory: Path, keys: Path | None) -> Collector:
         cmd += ["--curve-secret-key", str(keys / "server" / "server.key_secret")]
         cmd += ["--authorized-keys", str(keys / "authorized")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOG_")}
+    if pythonpath:  # another checkout's mplog (cwd is the run's directory: nothing shadows it)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     stderr = directory / "collector.stderr"
     with open(stderr, "wb") as errors:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, env=env, cwd=directory)
-    system = "mplog-curve" if keys is not None else "mplog-tcp"
+    system = ("baseline-" if pythonpath else "mplog-") + ("curve" if keys is not None else "tcp")
     collector = Collector(system, proc, out, "", stderr, control=control)
 
     def bound() -> str:
@@ -219,4 +235,6 @@ def start_mplog(directory: Path, keys: Path | None) -> Collector:
 def start_collector(system: str, directory: Path, keys: Path | None) -> Collector:
     if system == "rsyslog":
         return start_rsyslog(directory)
-    return start_mplog(directory, keys if system == "mplog-curve" else None)
+    curve = system.startswith(("mplog-curve", "baseline-curve"))
+    baseline = BASELINE[0] if system.startswith("baseline-") and BASELINE else None
+    return start_mplog(directory, keys if curve else None, pythonpath=baseline)

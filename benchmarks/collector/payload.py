@@ -14,7 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgpack
+
 from mplog.wire import Sender, build_frame, encode_record, encode_sender
+from mplog.wire.columns import frame_of_body, pack_body
+from mplog.wire.encode import plain_fields
+from mplog.wire.schema import DEFAULT_LIMITS
 
 HEAD = len("0000 0000000000 ")  # connection, sequence number, their separators
 PAD = b"x"
@@ -50,23 +55,30 @@ def syslog_chunks(connection: int, count: int, length: int, per_chunk: int, pid:
     return chunks
 
 
-def mplog_frames(connection: int, count: int, length: int, per_frame: int, pid: int) -> list[bytes]:
-    """``count`` records as mplog frames of ``per_frame`` records, packed by :mod:`mplog.wire`'s encoder.
+def mplog_frames(connection: int, count: int, length: int, per_frame: int, pid: int, version: int = 2) -> list[bytes]:
+    """``count`` records as mplog frames of ``per_frame`` records, packed as a worker packs them.
 
-    The bytes are those a worker sends for ``logging.getLogger("bench").info(text)``. Each
+    The bytes are those a worker sends for ``logging.getLogger("bench").info(text)``: wire
+    version 2 (records as columns, mplog.wire.columns), or with ``version=1`` version 1 (what a
+    sender written to the version 1 spec sends, and what every listener reads). Each
     connection is a sender of its own (host ``sender<connection>``, stream ``connection``)
     with its own sequence numbers, as a worker on another host would be: the listener never
     holds these frames back for busy workers of its own host (mplog.listener.holding).
     """
     record = logging.LogRecord("bench", logging.INFO, __file__, 1, "", None, None)
     sender = encode_sender(Sender(f"sender{connection}", pid, time.time(), connection))
+    version_1 = version == 1
+    packer = msgpack.Packer(use_bin_type=True)
     frames = []
     for start in range(0, count, per_frame):
-        packed = []
+        batch = []
         for seq in range(start, min(count, start + per_frame)):
             record.msg = line_text(connection, seq, length)
-            packed.append(encode_record(record))
-        frames.append(build_frame(sender, start, 0, 0, packed))
+            batch.append(encode_record(record) if version_1 else plain_fields(record))
+        if version_1:
+            frames.append(build_frame(sender, start, 0, 0, batch))
+        else:
+            frames.append(frame_of_body(sender, start, 0, 0, pack_body(packer, batch, DEFAULT_LIMITS)))
     return frames
 
 

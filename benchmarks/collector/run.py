@@ -25,7 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.collector.collectors import REFERENCE, SYSTEMS, Collector, make_keys, start_collector
+from benchmarks.collector import collectors
+from benchmarks.collector.collectors import (
+    EXTRA_SYSTEMS,
+    REFERENCE,
+    SYSTEMS,
+    Collector,
+    make_keys,
+    start_collector,
+    wire_version,
+)
 from benchmarks.collector.payload import MAX_CONNECTIONS, MIN_LENGTH, check_output, split_lines
 from benchmarks.collector.senders import sender_main
 from benchmarks.run import machine
@@ -95,6 +104,7 @@ def measure(
                 "connections": [[c, counts[c]] for c in range(k, connections, processes)],
                 "length": length,
                 "per_frame": per_frame,
+                "wire_version": wire_version(system),
                 "hold": timeout,
                 **collector.sender_keys,
             }
@@ -185,7 +195,7 @@ def comparison_table(section: dict[str, Any]) -> str:
     systems = section["systems"]
     ref = systems.get(REFERENCE, {}).get("median", {})
     head = (
-        f"{'system':<12} {'rec/s':>9} {'x rsyslog':>9} {'cpu us/rec':>10} {'x rsyslog':>9} {'CPUs':>5} "
+        f"{'system':<14} {'rec/s':>9} {'x rsyslog':>9} {'cpu us/rec':>10} {'x rsyslog':>9} {'CPUs':>5} "
         f"{'peak MiB':>8} {'x rsyslog':>9} {'sender us/rec':>13} {'seconds':>7} {'lost/dup/bad':>12}"
     )
     lines = [
@@ -197,11 +207,11 @@ def comparison_table(section: dict[str, Any]) -> str:
     for name, entry in systems.items():
         med = entry["median"]
         if "error" in med:
-            lines.append(f"{name:<12} {str(med['error']).splitlines()[-1][:100]}")
+            lines.append(f"{name:<14} {str(med['error']).splitlines()[-1][:100]}")
             continue
         checked = f"{med['lost']}/{med['duplicated']}/{med['malformed']}"
         lines.append(
-            f"{name:<12} {med['records_per_s']:>9.0f} {_ratio(med['records_per_s'], ref.get('records_per_s')):>9} "
+            f"{name:<14} {med['records_per_s']:>9.0f} {_ratio(med['records_per_s'], ref.get('records_per_s')):>9} "
             f"{med['cpu_us_per_record']:>10.2f} {_ratio(med['cpu_us_per_record'], ref.get('cpu_us_per_record')):>9} "
             f"{med['collector_cpus']:>5.2f} {med['peak_rss_mib']:>8.1f} "
             f"{_ratio(med['peak_rss_mib'], ref.get('peak_rss_mib')):>9} {med['sender_cpu_us_per_record']:>13.2f} "
@@ -253,7 +263,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frame", type=int, default=512, help="records per mplog frame (and per rsyslog sendall)")
     parser.add_argument("--length", type=int, default=120, help=f"bytes per line, newline excluded (>= {MIN_LENGTH})")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)} (--scaling: mplog-tcp)")
+    parser.add_argument(
+        "--systems",
+        help=f"comma-separated, of {','.join(SYSTEMS + EXTRA_SYSTEMS)} (default: the first 3; --scaling: mplog-tcp)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of mplog to compare with: adds baseline-tcp and baseline-curve (its `mplog listen`, "
+        "senders sending wire version 1) to the systems",
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 lines, one repeat")
     parser.add_argument("--scaling", action="store_true", help="records/s by connections and frame size instead")
     parser.add_argument("--connections", default="1,4,16,64", help="--scaling: connection counts")
@@ -269,9 +288,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.lines, args.repeats = 20_000, 1
     args.systems = [s for s in (args.systems or ("mplog-tcp" if args.scaling else ",".join(SYSTEMS))).split(",") if s]
-    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if args.baseline is not None:
+        if not (args.baseline / "mplog" / "__init__.py").is_file():
+            parser.error(f"--baseline must be a checkout of mplog (holding mplog/__init__.py), got {args.baseline}")
+        collectors.BASELINE[:] = [str(args.baseline.resolve())]
+        args.systems += [s for s in ("baseline-tcp", "baseline-curve") if s not in args.systems]
+    unknown = [s for s in args.systems if s not in SYSTEMS + EXTRA_SYSTEMS]
     if unknown:
-        parser.error(f"unknown system {unknown[0]!r}; known: {', '.join(SYSTEMS)}")
+        parser.error(f"unknown system {unknown[0]!r}; known: {', '.join(SYSTEMS + EXTRA_SYSTEMS)}")
+    if any(s.startswith("baseline-") for s in args.systems) and not collectors.BASELINE:
+        parser.error("the baseline-* systems need --baseline PATH")
     args.connections, args.frames = _ints(args.connections), _ints(args.frames)
     if args.length < MIN_LENGTH:
         parser.error(f"--length must be at least {MIN_LENGTH}, got {args.length}")

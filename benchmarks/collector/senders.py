@@ -70,8 +70,11 @@ def sender_main(spec: dict[str, Any], ready: Any, go: Any, done: Any, report: st
     """
     pid = os.getpid()
     length, per_frame = spec["length"], spec["per_frame"]
-    build = syslog_chunks if spec["system"] == "rsyslog" else mplog_frames
-    payloads = [build(conn, count, length, per_frame, pid) for conn, count in spec["connections"]]
+    if spec["system"] == "rsyslog":
+        payloads = [syslog_chunks(conn, count, length, per_frame, pid) for conn, count in spec["connections"]]
+    else:
+        version = spec.get("wire_version", 2)
+        payloads = [mplog_frames(conn, count, length, per_frame, pid, version) for conn, count in spec["connections"]]
     ctx: zmq.Context[Any] | None = None
     if spec["system"] == "rsyslog":
         tcp = [_tcp_connect(spec["address"]) for _ in payloads]

@@ -55,13 +55,13 @@ def frame_envelope(frame: bytes) -> Envelope:
     unpacker = msgpack.Unpacker(max_buffer_size=len(frame) + 16, max_str_len=1024, max_ext_len=0)
     unpacker.feed(frame[:2048])  # version, sender (host <= 255 chars), seq, dropped, flags, records header
     try:
-        unpacker.read_array_header()
+        items = unpacker.read_array_header()
         unpacker.unpack()  # version
         host, pid, _, stream = unpacker.unpack()
         seq = unpacker.unpack()
         unpacker.unpack()  # dropped
         flags = unpacker.unpack()
-        count = unpacker.read_array_header()
+        count = unpacker.unpack() if items == 7 else unpacker.read_array_header()  # version 2: its count
         key = f"{host}/{pid}/{stream:08x}"
         return Envelope(key, int(stream), int(seq), int(count), int(flags), str(host), int(pid))
     except Exception as exc:

@@ -79,19 +79,20 @@ def frame_head(frame: bytes) -> FrameHead:
     unpacker = msgpack.Unpacker(max_buffer_size=len(frame) + 16, max_str_len=1024, max_ext_len=0)
     unpacker.feed(frame[:2048])
     try:
-        if unpacker.read_array_header() != 6 or unpacker.unpack() != 1:
-            raise ValueError("not a version 1 frame")
+        items = unpacker.read_array_header()
+        if (items, unpacker.unpack()) not in ((6, 1), (7, 2)):
+            raise ValueError("not a version 1 or 2 frame")
         start = unpacker.tell()
         sender = unpacker.unpack()
         end = unpacker.tell()
         seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-        records = unpacker.read_array_header()
+        records = unpacker.unpack() if items == 7 else unpacker.read_array_header()  # version 2: its count
         stream = sender[3]
     except ValueError:
         raise
     except Exception as exc:
         raise ValueError(f"not a frame: {exc}") from None
-    if not all(type(v) is int and v >= 0 for v in (stream, seq, dropped, flags)):
+    if not all(type(v) is int and v >= 0 for v in (stream, seq, dropped, flags, records)):
         raise ValueError("not a frame: bad envelope")
     return FrameHead(frame[start:end], stream, seq, dropped, flags, records)
 

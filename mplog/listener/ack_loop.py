@@ -404,7 +404,12 @@ class AckServer(Server):
         return frame
 
     def dispatch(
-        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+        self,
+        frame: Frame,
+        records: list[list[Any]],
+        first: int | None = None,
+        origin: Origin = NO_ORIGIN,
+        columns: list[list[Any]] | None = None,
     ) -> None:
         """Dispatch as the plain server does, under an intent (also when the envelope could not be read first)."""
         marks = self.marks
@@ -412,7 +417,7 @@ class AckServer(Server):
             end = frame.seq + len(frame.records)
             start = end - len(records) if first is None else first
             marks.begin_intent(ledger_key(frame.sender.key, origin.peer_key), start, end, self._measure_files())
-        super().dispatch(frame, records, first, origin)
+        super().dispatch(frame, records, first, origin, columns)
 
     def _acknowledge(self, route: bytes, frame: Frame, origin: Origin) -> None:
         key = ledger_key(frame.sender.key, origin.peer_key)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
+from mplog.listener.frame_lines import add_frame
 from mplog.listener.line_format import LineFormat
 from mplog.listener.logger_lookup import LoggerLookup
 from mplog.wire import make_log_record
@@ -169,6 +170,7 @@ class BatchDispatcher:
         *,
         sender: str | None = None,
         first_seq: int | None = None,
+        columns: list[list[Any]] | None = None,
     ) -> None:
         """Hand every record (validated field lists) to its logger's handlers.
 
@@ -180,6 +182,8 @@ class BatchDispatcher:
                 (a logger-level filter, for example); handlers report their own errors.
             sender: the frame's sender key, for handlers that want positions.
             first_seq: the sequence number of ``records[0]`` when the records are consecutive.
+            columns: ``records`` as columns (``check_records`` gives them for a frame it
+                passed whole): the frame's lines may then be built at once (mplog.listener.frame_lines).
         """
         self._loggers.refresh()
         if self.positions is None:
@@ -199,6 +203,12 @@ class BatchDispatcher:
         sinks: dict[int, _Sink] = {}
 
         try:
+            if (
+                columns is not None
+                and records
+                and add_frame(self, records, columns, routes=routes, sinks=sinks, make=make)
+            ):
+                return  # every line is in its sink: written below
             for name, same_logger in groupby(records, _NAME):
                 run = list(same_logger)
                 logger = self.logger(name)

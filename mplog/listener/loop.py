@@ -23,6 +23,7 @@ from typing import Any
 from mplog.delivery.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.listener.dispatch import BatchDispatcher
+from mplog.listener.gc_threshold import collector_gc
 from mplog.listener.holding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 from mplog.listener.progress import ProgressFile
 from mplog.listener.stats import SenderLimits, Stats
@@ -112,7 +113,8 @@ class Server:
             return self._refused(data, exc.reason, origin)
         records = frame.records
         try:
-            check_records(records, limits)
+            # the frame's columns when it passed whole (a version 2 frame's were checked as it was decoded)
+            columns = frame.columns if frame.columns is not None else check_records(records, limits)
             if records and max(map(len, map(_NAME, records))) > MAX_NAME_CHARS:  # in C, not a loop per record
                 raise FrameError("bad_field", "logger name too long")
         except FrameError:
@@ -122,13 +124,14 @@ class Server:
             return None
         if skip:
             records = records[skip:]
+            columns = None  # a frame seen in part before: record by record
         progress = self.progress
         if progress is None:
-            self.dispatch(frame, records, origin=origin)
+            self.dispatch(frame, records, origin=origin, columns=columns)
             return frame
         # The ledger with this frame, pending until its records are written (mplog.listener.progress).
         progress.begin(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
-        self.dispatch(frame, records, origin=origin)
+        self.dispatch(frame, records, origin=origin, columns=columns)
         progress.commit()
         return frame
 
@@ -195,13 +198,19 @@ class Server:
         return list(file_handlers(_all_handlers()))
 
     def dispatch(
-        self, frame: Frame, records: list[list[Any]], first: int | None = None, origin: Origin = NO_ORIGIN
+        self,
+        frame: Frame,
+        records: list[list[Any]],
+        first: int | None = None,
+        origin: Origin = NO_ORIGIN,
+        columns: list[list[Any]] | None = None,
     ) -> None:
         """Hand ``records`` (the frame's records not seen before) to the loggers they name.
 
         ``first`` is the sequence number the dispatched part of the frame starts at, when
         items refused by salvage_records left ``records`` shorter than that part.
-        ``origin`` is the frame's own: its key is stamped on its records.
+        ``origin`` is the frame's own: its key is stamped on its records. ``columns``:
+        ``records`` as columns, when the whole-frame check gave them (mplog.listener.frame_lines).
         """
         stats = self.stats
         host = frame.sender.host
@@ -224,6 +233,7 @@ class Server:
             lambda: stats.note_handler_error(DISPATCH_ERROR),
             sender=frame.sender.key,
             first_seq=start if len(records) == end - start else None,
+            columns=columns,
         )
 
     def _still_owned(self, connection: bytes, host: str, pid: int, start_time: float) -> bool:
@@ -269,6 +279,10 @@ class Server:
 
     def run(self) -> None:
         """Receive until :attr:`stop_event` is set, then drain until quiet."""
+        with collector_gc():  # fewer young collections while frames are decoded (mplog.listener.gc_threshold)
+            self._receive_loop()
+
+    def _receive_loop(self) -> None:
         recv, handle = self.receiver.recv, self.handle_frame
         stop = self.stop_event
         watch = None

@@ -20,6 +20,8 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
+from mplog.wire.column_check import plain_columns
+from mplog.wire.columns import VERSION_COLUMNS, columns_frame, is_columns_frame
 from mplog.wire.schema import (
     _FIELD_TYPES,
     _N_FIELDS,
@@ -188,20 +190,33 @@ def read_envelope(data: bytes) -> tuple[Frame, int] | None:
     )
     unpacker.feed(data[:_ENVELOPE_BYTES])
     try:
-        if unpacker.read_array_header() != 6:
-            return None
+        items = unpacker.read_array_header()
         version = unpacker.unpack()
-        if unpacker.read_array_header() != 4:
+        if items not in (6, 7) or unpacker.read_array_header() != 4:
             return None
         sender = [unpacker.unpack() for _ in range(4)]
         seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-        count = unpacker.read_array_header()
+        version, count = _version_and_count(unpacker, items, version)
         identity = _check_envelope([version, sender, seq, dropped, flags, None], count)
     except Exception:  # not msgpack, cut short, a bad type or value (FrameError): no envelope
         return None
     if count > len(data):
         return None
     return Frame(identity, seq, dropped, flags, []), count
+
+
+def _version_and_count(unpacker: msgpack.Unpacker, items: int, version: Any) -> tuple[Any, int]:
+    """After ``flags``: the records' count, and the version to check the envelope as (version 1's checks for both).
+
+    Raises:
+        ValueError: a version 2 frame (7 items) that is not one, or whose count is no int >= 0.
+    """
+    if items == 6:
+        return version, unpacker.read_array_header()
+    count = unpacker.unpack()  # version 2: the count, then the columns (mplog.wire.columns)
+    if type(version) is not int or version != VERSION_COLUMNS or type(count) is not int or count < 0:
+        raise ValueError("not a version 2 envelope")
+    return VERSION, count
 
 
 def _reason_for(message: str) -> str:
@@ -285,7 +300,10 @@ def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     """Unpack and check the frame envelope; records are returned unchecked."""
     if len(data) > limits.max_frame_bytes:
         raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
-    return _check_header(_unpack(data, limits, "strict"))
+    obj = _unpack(data, limits, "strict")
+    if is_columns_frame(obj):  # version 2: the records as columns (mplog.wire.columns)
+        return columns_frame(obj, limits, _check_envelope)
+    return _check_header(obj)
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -299,53 +317,28 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     return frame
 
 
-def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> None:
-    """Validate every record of a frame (types, finiteness, extras depth)."""
+def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> list[list[Any]] | None:
+    """Validate every record of a frame (types, finiteness, extras depth).
+
+    Returns:
+        The frame's columns (one list per field, :func:`mplog.wire.column_check.plain_columns`)
+        when the whole-frame check passed it, for a dispatch that formats a frame at once;
+        None when the records were checked one at a time (and passed).
+    """
     if len(records) > limits.max_records:
         raise FrameError("over_limit", f"more than {limits.max_records} records")
-    if records and _all_plain(records):
-        return
+    if records:
+        columns = plain_columns(records)
+        if columns is not None:
+            return columns
     for rec in records:
         _check_record(rec, limits)
-
-
-# Per field, the exact types msgpack can give that pass isinstance(value, _FIELD_TYPES[i])
-# (bool is an int).
-_COLUMN_TYPES: tuple[frozenset[type], ...] = tuple(
-    frozenset(t for t in (str, int, bool, float, bytes, type(None), list, dict) if issubclass(t, kind))
-    for kind in _FIELD_TYPES
-)
+    return None
 
 
 def _all_plain(records: list[Any]) -> bool:
-    """True when every record passes _check_record and has no extras, checked a frame at a time.
-
-    The frame is turned into its columns (one tuple per field, by ``zip``) and each column's
-    set of types compared with the field's, and the three time fields are checked through
-    sum/min/max: a few calls in C per field instead of work per record in Python.
-    False means "look at each record", not "bad".
-    """
-    try:
-        if set(map(type, records)) != {list} or set(map(len, records)) != {_N_FIELDS}:
-            return False
-        columns = list(zip(*records, strict=True))
-        if any(columns[-1]):  # extras: their values are checked record by record
-            return False
-        for allowed, column in zip(_COLUMN_TYPES, columns, strict=True):
-            if not allowed.issuperset(map(type, column)):
-                return False
-        created = columns[4]
-        # A NaN or an infinity anywhere makes a sum non-finite; a finite sum too large for a
-        # float raises OverflowError (then each record is looked at).
-        return (
-            math.isfinite(sum(created))
-            and min(created) >= 0
-            and max(created) < 2**40
-            and math.isfinite(sum(columns[5]))
-            and math.isfinite(sum(columns[6]))
-        )
-    except Exception:  # an overflow, a value whose type cannot be tested
-        return False
+    """True when every record passes _check_record and has no extras, checked a frame at a time (plain_columns)."""
+    return plain_columns(records) is not None
 
 
 _LogRecord = logging.LogRecord

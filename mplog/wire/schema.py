@@ -128,3 +128,5 @@ class Frame(NamedTuple):
     dropped: int
     flags: int
     records: list[list[Any]]
+    # The records as columns, already checked whole (a version 2 frame, mplog.wire_columns); None otherwise.
+    columns: list[list[Any]] | None = None

@@ -31,7 +31,8 @@ from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, encode_sender
 from mplog.wire import Sender as SenderId
-from mplog.wire.encode import frame_of_packed, pack_records
+from mplog.wire.columns import frame_of_body, pack_body
+from mplog.wire.encode import frame_of_packed
 from mplog.worker.options import WorkerOptions
 
 __all__ = ["BatchingHandler"]
@@ -199,7 +200,7 @@ class BatchingHandler(logging.Handler):
         if self._pending:
             batch, estimate = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
-            packed = pack_records(self._packer, batch, self._limits)
+            packed = pack_body(self._packer, batch, self._limits)  # version 2 (columns) or 1 (mplog.wire.columns)
             count = len(batch)
             self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
             self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))
@@ -214,7 +215,7 @@ class BatchingHandler(logging.Handler):
         outbox = self._outbox
         while outbox:
             count, packed, flags = outbox[0]
-            frame = frame_of_packed(self._identity.packed, self._seq, self._dropped, flags, count=count, packed=packed)
+            frame = frame_of_body(self._identity.packed, self._seq, self._dropped, flags, packed)
             try:
                 sent = self._transport.send(frame, timeout)
             except TransportError:

@@ -248,7 +248,9 @@ def test_a_tail_lost_at_exit_shows_as_possible_loss_in_stats_status_the_stop_sum
     )
     try:
         assert "listening on" in collector.stderr.readline()
-        count = 40_000
+        # more than the two kernels' socket buffers hold: ~6 MB per worker of its frames
+        # (wire version 2, records as columns: ~60 bytes per record here)
+        count = 100_000
         workers = start_workers(endpoint, count, options)
         pids = {p: w.proc.pid for p, w in enumerate(workers)}
         os.kill(collector.pid, signal.SIGSTOP)

@@ -143,6 +143,9 @@ def listen(config: dict, endpoint: str, kind: str) -> mplog.Listener:
 def test_a_worker_whose_listener_is_away_waits_once_then_drops_fast_and_reports_the_drops(tmp_path, kind):
     live_endpoint, away_endpoint = endpoints(kind, tmp_path)
     options = {"ack": kind == "ack", "close_timeout": 30}  # the default policy: block, block_timeout 2 s
+    # A buffer that COUNT calls overfill: a worker's frames (wire version 2, records as columns)
+    # hold these records in ~7 MB, under the default bound of 16 MiB.
+    options["max_buffer_bytes"] = 4 * 1024 * 1024
 
     # The same calls with a live listener (the baseline, in this run) and with nobody listening
     # at the away endpoint: one wait of block_timeout, then the program runs on at full speed.

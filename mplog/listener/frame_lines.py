@@ -1,0 +1,224 @@
+"""A whole frame's lines from its columns, for the listener's fast path (issue 17, lever P3).
+
+When the record check passed a frame by its columns (:mod:`mplog.wire.column_check`), the
+frame's records all name one logger, carry no exception text or stack, and every handler
+on that logger's route takes the batch path with a format built from the wire fields
+(:class:`mplog.listener.line_format.LineFormat` ``compiled``), :func:`add_frame` hands each handler
+the frame's lines built a frame at a time instead of a record at a time:
+
+- a column that holds one value all along the frame (the level, the process, the logger
+  name, most often) is formatted once and folded into the format string;
+- the time text (``%(asctime)s`` cached per second) is one value when the frame's records
+  fall within one second;
+- ``%(message)s`` alone is the message column itself; otherwise one ``%`` per record over
+  the columns that vary.
+
+Anything else (two loggers, two seconds, a value a conversion refuses) returns False and
+the record path of :class:`mplog.listener.dispatch.BatchDispatcher` takes the frame, exactly as
+before. The bytes are the generic path's (``tests/unit/test_frame_format.py`` compares
+them for every format the generic path supports).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from mplog.listener.line_format import _ASCTIME, LineFormat, compile_format
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from mplog.listener.dispatch import BatchDispatcher, _Sink
+
+__all__ = ["add_frame", "frame_lines"]
+
+# A conversion of a positional format: "%%", or flags, width, precision, length, type.
+_CONVERSION = re.compile(r"%(?:%|[#0\- +]*\d*(?:\.\d+)?[hlL]?[diouxXeEfFgGcrsa])")
+_STR_FIELDS = frozenset((0, 2, 3, 7, 8, 9))  # name, levelname, message, pathname, filename, module: str only
+# Fields whose values are int (or bool) or None: a value equal to one other than 0 and 1 is
+# that same int (True == 1 but writes "True"), so its text is the same under any conversion.
+_INT_FIELDS = frozenset((1, 10, 12, 14))  # levelno, lineno, thread, process
+_EXC_TEXT, _STACK_INFO = 17, 18
+
+
+class _Template:
+    """A compiled format split at its conversions, with the field each conversion takes."""
+
+    __slots__ = ("conversions", "keys", "literals", "one_str_field")
+
+    def __init__(self, literals: list[str], conversions: list[str], keys: tuple[int, ...]) -> None:
+        self.literals = literals
+        self.conversions = conversions  # one per key, "%%" left in the literals
+        self.keys = keys
+        # "%(message)s" alone (or another str-only field): the lines are that column itself
+        self.one_str_field = (
+            keys[0]
+            if len(keys) == 1 and keys[0] in _STR_FIELDS and conversions == ["%s"] and literals == ["", ""]
+            else -1
+        )
+
+
+_templates: dict[tuple[str, bool], _Template | None] = {}
+
+
+def _template(lf: LineFormat) -> _Template | None:
+    """The template of ``lf``'s compiled format (cached per format); None: not one this module handles."""
+    cache_key = (lf.fmt, lf.second_only)
+    if cache_key in _templates:
+        return _templates[cache_key]
+    template = None
+    fmt = lf.fmt.replace("%(asctime)s", "%(asctime)s,%(msecs)03d") if lf.second_only else lf.fmt
+    compiled = compile_format(fmt)
+    if compiled is not None:
+        positional, keys = compiled
+        parts = _CONVERSION.split(positional)
+        found = _CONVERSION.findall(positional)
+        # "%%" stays literal text; every other conversion takes one key, in order.
+        literals, conversions = [parts[0]], []
+        for conversion, after in zip(found, parts[1:], strict=True):
+            if conversion == "%%":
+                literals[-1] += "%%" + after
+            else:
+                conversions.append(conversion)
+                literals.append(after)
+        if len(conversions) == len(keys) and "".join(_interleave(literals, conversions)) == positional:
+            template = _Template(literals, conversions, keys)
+    if len(_templates) < 256:  # formats are few; a bound in case something makes them per frame
+        _templates[cache_key] = template
+    return template
+
+
+def _interleave(literals: list[str], conversions: list[str]) -> list[str]:
+    out = [literals[0]]
+    for conversion, literal in zip(conversions, literals[1:], strict=True):
+        out += (conversion, literal)
+    return out
+
+
+def _is_constant(key: int, column: list[Any], n: int) -> bool:
+    """Whether every value of ``column`` writes as its first one does, under any conversion."""
+    first = column[0]
+    if first is None:
+        return column.count(None) == n
+    kind = type(first)
+    if kind is str or (kind is int and key in _INT_FIELDS and first not in (0, 1)):
+        return column.count(first) == n
+    return False
+
+
+def _stamp(lf: LineFormat, created: list[Any]) -> str | None:
+    """The time text of every record of the frame when it is one text (one second); else None."""
+    if not (lf.second_only or lf.datefmt or not lf.formatter.default_msec_format):
+        return None  # the milliseconds are part of asctime itself
+    second = int(min(created))
+    if second != int(max(created)):
+        return None
+    if second != lf._second:
+        lf._new_second(created[0])
+    return lf._second_text
+
+
+def frame_lines(lf: LineFormat, columns: list[list[Any]], n: int, constant: dict[int, bool]) -> Sequence[str] | None:
+    """:meth:`LineFormat.lines` of the frame whose columns are ``columns``, or None for that path.
+
+    Args:
+        lf: a compiled LineFormat.
+        columns: the frame's columns (no exception text, no stack).
+        n: the number of records.
+        constant: per field, whether its column is constant (filled in as fields are met;
+            shared by the sinks of one frame).
+
+    Raises:
+        Exception: whatever a conversion raises for a value (the record path then reports it).
+    """
+    template = _template(lf)
+    if template is None:
+        return None
+    if template.one_str_field >= 0:
+        return columns[template.one_str_field]
+    pieces = [template.literals[0]]
+    varying: list[list[Any]] = []
+    for key, conversion, literal in zip(template.keys, template.conversions, template.literals[1:], strict=True):
+        if key == _ASCTIME:
+            stamp = _stamp(lf, columns[4])
+            if stamp is None:
+                return None
+            pieces.append((conversion % (stamp,)).replace("%", "%%"))
+        else:
+            folded = constant.get(key)
+            if folded is None:
+                folded = constant[key] = _is_constant(key, columns[key], n)
+            if folded:
+                pieces.append((conversion % (columns[key][0],)).replace("%", "%%"))
+            else:
+                pieces.append(conversion)
+                varying.append(columns[key])
+        pieces.append(literal)
+    fmt = "".join(pieces)
+    if not varying:
+        return [fmt % ()] * n
+    return list(map(fmt.__mod__, zip(*varying, strict=True)))
+
+
+def add_frame(
+    dispatcher: BatchDispatcher,
+    records: list[list[Any]],
+    columns: list[list[Any]],
+    *,
+    routes: dict[str, list[_Sink] | None],
+    sinks: dict[int, _Sink],
+    make: Callable[[list[Any]], Any],
+) -> bool:
+    """Hand the whole frame to its logger's sinks, its lines built from ``columns``; False: the record path.
+
+    Only when every record names one logger, every level is enabled and at or above every
+    sink's level, every sink's format is compiled, and no record has exception text or a
+    stack: what ``BatchDispatcher._add_run`` asks of a run, for the frame at once.
+    """
+    n = len(records)
+    route = _frame_route(dispatcher, columns, n, routes=routes, sinks=sinks, make=make)
+    if route is None:
+        return False
+    constant: dict[int, bool] = {}
+    built = []
+    for sink in route:
+        try:
+            lines = frame_lines(sink.format, columns, n, constant)
+        except Exception:  # a value a conversion refuses: the record path reports it per record
+            return False
+        if lines is None:
+            return False
+        built.append(lines)
+    for sink, lines in zip(route, built, strict=True):
+        sink.lines.extend(lines)
+        sink.records.extend(records)
+    return True
+
+
+def _frame_route(
+    dispatcher: BatchDispatcher,
+    columns: list[list[Any]],
+    n: int,
+    *,
+    routes: dict[str, list[_Sink] | None],
+    sinks: dict[int, _Sink],
+    make: Callable[[list[Any]], Any],
+) -> list[_Sink] | None:
+    """The sinks of the frame's one logger when the whole frame may go to them at once, else None."""
+    names = columns[0]
+    name = names[0]
+    if names.count(name) != n or any(columns[_EXC_TEXT]) or any(columns[_STACK_INFO]):
+        return None
+    logger = dispatcher.logger(name)
+    levels = set(columns[1])
+    if not all(map(logger.isEnabledFor, levels)):
+        return None
+    try:
+        route = routes[name] = dispatcher._route(logger, sinks, make)
+    except Exception:  # the record-at-a-time path meets it again and counts it per record
+        return None
+    low = min(levels)
+    if route is None or not all(sink.compiled and sink.level <= low for sink in route):
+        return None
+    return route

@@ -1,0 +1,81 @@
+"""Workers send version 2 frames (records as columns, mplog.wire.columns) by default, and every record arrives.
+
+The frames of real worker processes (fork, spawn, forkserver) are caught on a real socket,
+looked at, then handed to a real Server writing a file: the set of lines written is exactly
+the set logged, and the listener's ledger agrees.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import time
+from pathlib import Path
+
+import pytest
+from helpers import check_lines, file_config, payload, read_lines
+
+import mplog
+from mplog.delivery.ack_format import frame_envelope
+from mplog.listener.loop import Server
+from mplog.transports import open_receiver
+from mplog.wire import FLAG_FINAL
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 3
+PER_WORKER = 3_000
+
+
+def _log_block(endpoint: str, producer: int) -> None:
+    mplog.setup_worker(endpoint)
+    log = logging.getLogger("v2")
+    for seq in range(PER_WORKER):
+        log.info("%s", payload(producer, seq))
+
+
+def test_workers_send_version_2_frames_and_the_listener_writes_exactly_what_they_logged(
+    tmp_path: Path, mp_context
+) -> None:
+    receiver = open_receiver(f"ipc://{tmp_path}/v2.sock")
+    frames: list[bytes] = []
+    try:
+        procs = [mp_context.Process(target=_log_block, args=(receiver.endpoint, i)) for i in range(WORKERS)]
+        for proc in procs:
+            proc.start()
+        finals = 0
+        deadline = time.monotonic() + 60
+        while finals < WORKERS and time.monotonic() < deadline:  # every sender's goodbye comes last
+            received = receiver.recv(0.1)
+            if received is not None:
+                frames.append(received[0])
+                finals += bool(frame_envelope(received[0]).flags & FLAG_FINAL)
+        for proc in procs:
+            proc.join(30)
+            assert proc.exitcode == 0
+    finally:
+        receiver.close()
+    assert finals == WORKERS
+    with_records = [data for data in frames if frame_envelope(data).records]
+    assert with_records
+    assert {data[:2] for data in with_records} == {b"\x97\x02"}  # fixarray of 7, version 2
+    assert sum(frame_envelope(data).records for data in with_records) == WORKERS * PER_WORKER
+
+    out = tmp_path / "out.log"
+    logging.config.dictConfig(file_config(out))
+
+    class _Handed:  # the frames were received above: handed to the server one by one
+        endpoint = "test://"
+        events: dict[str, int] = {}
+
+    server = Server(_Handed())  # type: ignore[arg-type]
+    try:
+        for data in frames:
+            server.handle_frame(data)
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    check_lines(read_lines(out), dict.fromkeys(range(WORKERS), PER_WORKER)).assert_exact()
+    stats = server.snapshot()
+    assert stats["received"] == WORKERS * PER_WORKER
+    assert stats["malformed_total"] == stats["gaps"] == stats["dropped"] == stats["duplicates"] == 0
+    assert stats["repaired_total"] == 0
