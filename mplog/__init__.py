@@ -29,4 +29,4 @@ __all__ = [
     "start_listener",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

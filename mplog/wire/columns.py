@@ -93,14 +93,15 @@ except ImportError:  # pragma: no cover  # installed without its dependencies: v
     _pack_batch = None
 
 
-def pack_body(packer: msgpack.Packer, items: list[Any], limits: Limits) -> bytes:
+def pack_body(packer: msgpack.Packer, items: list[Any], limits: Limits, *, columns: bool = True) -> bytes:
     """A batch as the part of a frame after ``flags``; never raises.
 
     A batch of field lists (the usual one) is packed as version 2: its count, then its
-    columns. Anything else (a record already packed, a value the batch packer refuses) is
-    packed as version 1's records array, by :func:`mplog.wire.encode.pack_records`.
+    columns. Anything else (a record already packed, a value the batch packer refuses), or
+    any batch when ``columns`` is false (a worker's ``wire_version = 1``), is packed as
+    version 1's records array, by :func:`mplog.wire.encode.pack_records`.
     """
-    if items and _pack_batch is not None and bytes not in set(map(type, items)):
+    if columns and items and _pack_batch is not None and bytes not in set(map(type, items)):
         try:
             packed: bytes = _pack_batch((len(items), columns_of(items)))
             return packed[1:]  # the count and the columns, without the fixarray(2) byte

@@ -13,6 +13,7 @@ __all__ = ["ENV_ACK", "ENV_ENDPOINT", "ENV_LEVEL", "export_setting", "inherited_
 
 ENV_ENDPOINT = "MPLOG_ENDPOINT"
 ENV_LEVEL = "MPLOG_LEVEL"
+ENV_WIRE_VERSION = "MPLOG_WIRE_VERSION"  # "1": frames a listener older than 0.2 can read (rolling upgrades)
 ENV_ACK = "MPLOG_ACK"  # "1": workers started by an acknowledging listener use acknowledged delivery
 
 

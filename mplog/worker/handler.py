@@ -36,7 +36,7 @@ from mplog.exceptions import ConfigError
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire.encode import encode_record, plain_fields
 from mplog.worker import level as collector_level
-from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, inherited_setting
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, ENV_WIRE_VERSION, inherited_setting
 from mplog.worker.level import LevelFollower
 from mplog.worker.options import WorkerOptions
 from mplog.worker.outbox import BatchingHandler, _handlers
@@ -381,8 +381,19 @@ def _endpoint_to_use(endpoint: str | None) -> str:
     return endpoint
 
 
+def _env_int(name: str) -> int | str:
+    """An environment variable as an int, or as the text it holds (which WorkerOptions then refuses, naming it)."""
+    text = os.environ.get(name, "")
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _worker_options(options: dict[str, Any]) -> WorkerOptions:
     """setup_worker()'s keywords as WorkerOptions, with what the listener exported ($MPLOG_ACK) filled in."""
+    if "wire_version" not in options and os.environ.get(ENV_WIRE_VERSION):  # set where the workers run (upgrades)
+        options = {**options, "wire_version": _env_int(ENV_WIRE_VERSION)}
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
         opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")

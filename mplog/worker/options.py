@@ -37,6 +37,7 @@ class WorkerOptions:
     ack: bool | None = None  # acknowledged delivery (mplog.ack); None: on if the listener exported $MPLOG_ACK=1
     ack_timeout: float = 1.0  # seconds without an acknowledgement before unacknowledged frames are resent
     spool_dir: str | None = None  # acknowledged delivery: unacknowledged frames also kept in a file here (mplog.ack)
+    wire_version: int = 2  # 2: batches as columns (docs/wire-format.md); 1: for listeners older than 0.2 (upgrades)
     limits: Limits = field(default_factory=Limits)
     transport: TransportOptions = field(default_factory=TransportOptions)
 
@@ -70,6 +71,11 @@ class WorkerOptions:
         return opts
 
     def validate(self) -> None:
+        if type(self.wire_version) is not int or self.wire_version not in (1, 2):
+            raise ConfigError(
+                f"wire_version must be 1 or 2, got {self.wire_version!r}; 1 only for a listener older than "
+                "mplog 0.2, which cannot read version 2 frames (docs/wire-format.md, Versions)"
+            )
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         for name in ("batch_records", "batch_bytes", "max_buffer_bytes"):

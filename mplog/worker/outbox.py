@@ -89,6 +89,7 @@ class BatchingHandler(logging.Handler):
         self._options = options
         # Read on every logging call: plain attributes, not two lookups each.
         self._limits = options.limits
+        self._columns = options.wire_version >= 2
         self._flush_level = options.flush_level
         self._batch_records = options.batch_records
         self._batch_bytes = options.batch_bytes
@@ -200,7 +201,8 @@ class BatchingHandler(logging.Handler):
         if self._pending:
             batch, estimate = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
-            packed = pack_body(self._packer, batch, self._limits)  # version 2 (columns) or 1 (mplog.wire.columns)
+            # version 2 (columns) unless the options say 1 (mplog.wire.columns)
+            packed = pack_body(self._packer, batch, self._limits, columns=self._columns)
             count = len(batch)
             self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
             self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))

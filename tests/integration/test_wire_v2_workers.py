@@ -1,5 +1,8 @@
 """Workers send version 2 frames (records as columns, mplog.wire.columns) by default, and every record arrives.
 
+``wire_version = 1`` (the option, or ``MPLOG_WIRE_VERSION=1`` where the workers run) makes
+them send version 1 frames, which listeners older than 0.2 read: the same records arrive.
+
 The frames of real worker processes (fork, spawn, forkserver) are caught on a real socket,
 looked at, then handed to a real Server writing a file: the set of lines written is exactly
 the set logged, and the listener's ledger agrees.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import time
 from pathlib import Path
 
@@ -27,20 +31,30 @@ WORKERS = 3
 PER_WORKER = 3_000
 
 
-def _log_block(endpoint: str, producer: int) -> None:
-    mplog.setup_worker(endpoint)
+HOW = {  # how the worker is set up -> the first two bytes of its frames with records
+    "default": ({}, {}, b"\x97\x02"),  # fixarray of 7, version 2
+    "option": ({"wire_version": 1}, {}, b"\x96\x01"),  # fixarray of 6, version 1
+    "environment": ({}, {"MPLOG_WIRE_VERSION": "1"}, b"\x96\x01"),
+}
+
+
+def _log_block(endpoint: str, producer: int, how: str) -> None:
+    options, env = HOW[how][:2]
+    os.environ.update(env)
+    mplog.setup_worker(endpoint, **options)
     log = logging.getLogger("v2")
     for seq in range(PER_WORKER):
         log.info("%s", payload(producer, seq))
 
 
+@pytest.mark.parametrize("how", list(HOW))
 def test_workers_send_version_2_frames_and_the_listener_writes_exactly_what_they_logged(
-    tmp_path: Path, mp_context
+    tmp_path: Path, mp_context, how: str
 ) -> None:
     receiver = open_receiver(f"ipc://{tmp_path}/v2.sock")
     frames: list[bytes] = []
     try:
-        procs = [mp_context.Process(target=_log_block, args=(receiver.endpoint, i)) for i in range(WORKERS)]
+        procs = [mp_context.Process(target=_log_block, args=(receiver.endpoint, i, how)) for i in range(WORKERS)]
         for proc in procs:
             proc.start()
         finals = 0
@@ -58,7 +72,7 @@ def test_workers_send_version_2_frames_and_the_listener_writes_exactly_what_they
     assert finals == WORKERS
     with_records = [data for data in frames if frame_envelope(data).records]
     assert with_records
-    assert {data[:2] for data in with_records} == {b"\x97\x02"}  # fixarray of 7, version 2
+    assert {data[:2] for data in with_records} == {HOW[how][2]}
     assert sum(frame_envelope(data).records for data in with_records) == WORKERS * PER_WORKER
 
     out = tmp_path / "out.log"
