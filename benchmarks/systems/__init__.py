@@ -26,6 +26,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "ceiling-file": ("ceilings", "file", "ceiling: one process, all records, straight into a FileHandler"),
     "ceiling-null": ("ceilings", "null", "ceiling: the P producers' logging calls into a do-nothing handler"),
     "ceiling-null-1": ("ceilings", "null-1", "one process, all P x M calls into a do-nothing handler"),
+    "shared-file": ("ceilings", "shared", "every producer appends to the one file with its own FileHandler (unsafe)"),
 }
 REFERENCE = "stdlib-thread"
 

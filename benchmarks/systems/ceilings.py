@@ -6,6 +6,11 @@ running at once, started the same way (``ceiling-null``). Two busy processes on 
 machine each run slower than one alone, so a single process (``ceiling-null-1``, all
 ``P x M`` calls) understates the cost of a call in the producers' conditions; the table's
 ``x null`` ratios are against ``ceiling-null``.
+
+``shared-file`` is the naive way issue 17 compares end to end against: every producer opens
+the one file with its own FileHandler (``O_APPEND``: whole lines while each write is one
+``write()``), no consumer, no accounting; unsafe with rotation (each process rotates on its
+own) and it loses whatever a killed producer had in its stream buffer.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ def start(variant: str, out: Path, method: str) -> Started:
 
 def worker_setup(params: dict[str, Any]) -> Callable[..., Any]:
     handler: logging.Handler
-    if params["variant"] == "file":
+    if params["variant"] in ("file", "shared"):
         handler = logging.FileHandler(params["path"], encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
     else:

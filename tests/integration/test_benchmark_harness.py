@@ -37,7 +37,8 @@ def test_checker_counts_lost_duplicated_malformed_and_unexpected_lines_exactly()
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
-    "system", ["stdlib-thread", "mplog-zmq", "mplog-zmq-nice", "mplog-zmq-ack", "ceiling-null", "ceiling-null-1"]
+    "system",
+    ["stdlib-thread", "mplog-zmq", "mplog-zmq-nice", "mplog-zmq-ack", "ceiling-null", "ceiling-null-1", "shared-file"],
 )
 def test_driver_runs_a_system_end_to_end_and_checks_every_line(system: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
