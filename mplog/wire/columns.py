@@ -32,11 +32,11 @@ import msgpack
 from mplog.exceptions import FrameError
 from mplog.wire.column_check import all_int, all_str, columns_pass, value_passes
 from mplog.wire.encode import _array_header, pack_records
-from mplog.wire.schema import _N_FIELDS, VERSION, Frame, Limits, Sender
+from mplog.wire.envelope import check_envelope
+from mplog.wire.schema import _N_FIELDS, VERSION, VERSION_COLUMNS, Frame, Limits
 
 __all__ = ["VERSION_COLUMNS", "columns_frame", "columns_of", "frame_of_body", "is_columns_frame", "pack_body"]
 
-VERSION_COLUMNS = 2
 _EXTRA = _N_FIELDS - 1
 # Never sent as one value: they differ from record to record (message and the three times).
 _VARYING = frozenset((3, 4, 5, 6))
@@ -124,11 +124,11 @@ def is_columns_frame(obj: Any) -> bool:
     return type(obj) is list and len(obj) == 7 and type(obj[0]) is int and obj[0] == VERSION_COLUMNS
 
 
-def columns_frame(obj: list[Any], limits: Limits, check_envelope: Callable[[list[Any], int], Sender]) -> Frame:
+def columns_frame(obj: list[Any], limits: Limits) -> Frame:
     """The :class:`Frame` of a decoded version 2 frame: its rows, and its columns when they passed whole.
 
-    ``check_envelope`` is version 1's envelope check (:mod:`mplog.wire.decode`): the
-    envelope is the same. A column that does not pass the whole-frame check leaves
+    The envelope is version 1's, checked as such (:func:`mplog.wire.envelope.check_envelope`).
+    A column that does not pass the whole-frame check leaves
     ``columns`` None: the listener then checks, repairs and counts each record as it
     would those of a version 1 frame.
 

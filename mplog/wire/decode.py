@@ -21,31 +21,27 @@ import msgpack
 
 from mplog.exceptions import FrameError
 from mplog.wire.column_check import plain_columns
-from mplog.wire.columns import VERSION_COLUMNS, columns_frame, is_columns_frame
+from mplog.wire.columns import columns_frame, is_columns_frame
+from mplog.wire.envelope import check_envelope
 from mplog.wire.schema import (
     _FIELD_TYPES,
     _N_FIELDS,
     DEFAULT_LIMITS,
     RECORD_FIELDS,
-    VERSION,
     Frame,
     Limits,
-    Sender,
 )
 
 __all__ = [
-    "MAX_HOST_CHARS",
     "MAX_NAME_CHARS",
     "RENAMED_PREFIX",
     "check_records",
     "decode_frame",
     "decode_header",
     "make_log_record",
-    "read_envelope",
 ]
 
 MAX_NAME_CHARS = 1024  # longest logger name dispatched (a longer one is repaired to "root")
-MAX_HOST_CHARS = 255  # longest sender host name (a DNS name is at most 253): it is part of every ledger key
 
 _SCALARS = (str, int, float, bool, bytes, type(None))
 # Names a rebuilt LogRecord already uses: what its class defines (an extra named like a
@@ -111,112 +107,14 @@ def _check_record(rec: Any, limits: Limits) -> None:
         _check_value(extra, limits, 0)
 
 
-_U32_END = 2**32  # pid and stream: below 2**32
-_TIME_END = 2**40  # start_time, as created: seconds since the epoch, 0 <= t < 2**40
-_SEQ_END = 2**64  # sequence numbers are msgpack uint64: seq + len(records) stays below
-_NUMBER = (int, float)
-
-
-def _check_envelope(obj: list[Any], count: int) -> Sender:
-    """Check the envelope of frame ``obj`` (its records item is not looked at; ``count`` records); return its sender.
-
-    A few comparisons per frame, none per record. Exact types: a msgpack boolean is no int here.
-    """
-    version, sender, seq, dropped, flags, _ = obj
-    if type(version) is not int:
-        raise FrameError("bad_version", f"version must be the int {VERSION}, got {type(version).__name__}")
-    if version != VERSION:
-        raise FrameError("bad_version", f"unsupported frame version {version!r}")
-    if type(sender) is not list or len(sender) != 4:
-        raise FrameError("bad_header", "sender must be [host:str, pid:int, start_time:float, stream:int]")
-    host, pid, start_time, stream = sender
-    if type(host) is not str or len(host) > MAX_HOST_CHARS:
-        raise FrameError("bad_header", f"host must be a str of at most {MAX_HOST_CHARS} characters")
-    if type(pid) is not int or not 0 <= pid < _U32_END:
-        raise FrameError("bad_header", f"pid must be an int, 0 <= pid < 2**32, got {_shown(pid)}")
-    if type(start_time) not in _NUMBER or not 0 <= start_time < _TIME_END:  # NaN fails both comparisons
-        raise FrameError("bad_header", f"start_time must be a number, 0 <= t < 2**40, got {_shown(start_time)}")
-    if type(stream) is not int or not 0 <= stream < _U32_END:
-        raise FrameError("bad_header", f"stream must be an int, 0 <= stream < 2**32, got {_shown(stream)}")
-    if type(seq) is not int or seq < 0:
-        raise FrameError("bad_header", f"seq must be a non-negative int, got {_shown(seq)}")
-    if type(dropped) is not int or dropped < 0:
-        raise FrameError("bad_header", f"dropped must be a non-negative int, got {_shown(dropped)}")
-    if type(flags) is not int or flags < 0:
-        raise FrameError("bad_header", f"flags must be a non-negative int, got {_shown(flags)}")
-    if seq + count >= _SEQ_END:
-        raise FrameError("bad_header", "seq + len(records) must stay below 2**64")
-    return Sender(host, pid, start_time, stream)
-
-
-def _shown(value: Any) -> str:
-    """A bad envelope value for an error message: a number as it is, anything else by its type."""
-    return repr(value) if type(value) in _NUMBER else type(value).__name__
-
-
 def _check_header(obj: Any) -> Frame:
     if type(obj) is not list or len(obj) != 6:
         raise FrameError("not_a_frame", "a frame is an array of 6 items")
     records = obj[5]
     if type(records) is not list:
-        _check_envelope(obj, 0)  # a bad version or sender is named first
+        check_envelope(obj, 0)  # a bad version or sender is named first
         raise FrameError("bad_header", "records must be an array")
-    return Frame(_check_envelope(obj, len(records)), obj[2], obj[3], obj[4], records)
-
-
-_ENVELOPE_BYTES = 2048  # more than any valid envelope takes (a 255-character host is at most 1,020 bytes)
-
-
-def read_envelope(data: bytes) -> tuple[Frame, int] | None:
-    """The envelope of a frame refused whole (``oversized``, ``over_limit``), read from its first bytes.
-
-    A frame too large for the limits may still name its sender validly: the listener then
-    counts its records as that sender's ``rejected`` instead of leaving them to show as a
-    gap later. Only the envelope is read (at most ``_ENVELOPE_BYTES``), and it must pass
-    the same checks as in :func:`decode_header`. Called on that error path only.
-
-    Returns:
-        ``(frame, count)``: the frame with no records and how many records it declares,
-        or None when the envelope is not valid, or declares more records than the frame
-        has bytes (each takes one at least).
-    """
-    unpacker = msgpack.Unpacker(
-        max_buffer_size=_ENVELOPE_BYTES,
-        max_str_len=4 * MAX_HOST_CHARS,
-        max_bin_len=0,
-        max_array_len=8,
-        max_map_len=0,
-        max_ext_len=0,
-    )
-    unpacker.feed(data[:_ENVELOPE_BYTES])
-    try:
-        items = unpacker.read_array_header()
-        version = unpacker.unpack()
-        if items not in (6, 7) or unpacker.read_array_header() != 4:
-            return None
-        sender = [unpacker.unpack() for _ in range(4)]
-        seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-        version, count = _version_and_count(unpacker, items, version)
-        identity = _check_envelope([version, sender, seq, dropped, flags, None], count)
-    except Exception:  # not msgpack, cut short, a bad type or value (FrameError): no envelope
-        return None
-    if count > len(data):
-        return None
-    return Frame(identity, seq, dropped, flags, []), count
-
-
-def _version_and_count(unpacker: msgpack.Unpacker, items: int, version: Any) -> tuple[Any, int]:
-    """After ``flags``: the records' count, and the version to check the envelope as (version 1's checks for both).
-
-    Raises:
-        ValueError: a version 2 frame (7 items) that is not one, or whose count is no int >= 0.
-    """
-    if items == 6:
-        return version, unpacker.read_array_header()
-    count = unpacker.unpack()  # version 2: the count, then the columns (mplog.wire.columns)
-    if type(version) is not int or version != VERSION_COLUMNS or type(count) is not int or count < 0:
-        raise ValueError("not a version 2 envelope")
-    return VERSION, count
+    return Frame(check_envelope(obj, len(records)), obj[2], obj[3], obj[4], records)
 
 
 def _reason_for(message: str) -> str:
@@ -302,7 +200,7 @@ def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
         raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
     obj = _unpack(data, limits, "strict")
     if is_columns_frame(obj):  # version 2: the records as columns (mplog.wire.columns)
-        return columns_frame(obj, limits, _check_envelope)
+        return columns_frame(obj, limits)
     return _check_header(obj)
 
 

@@ -17,12 +17,14 @@ __all__ = [
     "FLAG_URGENT",
     "RECORD_FIELDS",
     "VERSION",
+    "VERSION_COLUMNS",
     "Frame",
     "Limits",
     "Sender",
 ]
 
 VERSION = 1
+VERSION_COLUMNS = 2  # a frame's records as columns (mplog.wire.columns)
 FLAG_FINAL = 1  # the sender is closing; ``seq`` is its final next-sequence number
 FLAG_URGENT = 2  # the frame ends with a record at the sender's flush level: the listener must not hold it back
 
