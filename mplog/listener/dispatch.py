@@ -31,6 +31,7 @@ from mplog.listener.frame_lines import add_frame
 from mplog.listener.line_format import LineFormat
 from mplog.listener.logger_lookup import LoggerLookup
 from mplog.wire import make_log_record
+from mplog.wire.schema import F_EXC_TEXT, F_LEVELNO, F_NAME, F_STACK_INFO
 
 __all__ = ["BatchDispatcher"]
 
@@ -38,7 +39,7 @@ _Formatter = logging.Formatter
 _STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
 _FALLBACK_FORMATTER = logging.Formatter()
 _INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
-_NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = (operator.itemgetter(i) for i in (0, 1, 17, 18))
+_NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = map(operator.itemgetter, (F_NAME, F_LEVELNO, F_EXC_TEXT, F_STACK_INFO))
 
 
 _Maker = Callable[[list[Any]], logging.LogRecord]
@@ -191,8 +192,8 @@ class BatchDispatcher:
         make = self._maker(records, host, peer, sender, first_seq)
         if not self.fast:
             for fields in records:
-                logger = self.logger(fields[0])
-                if logger.isEnabledFor(fields[1]):
+                logger = self.logger(fields[F_NAME])
+                if logger.isEnabledFor(fields[F_LEVELNO]):
                     try:
                         logger.handle(make(fields))
                     except Exception:
@@ -215,7 +216,7 @@ class BatchDispatcher:
                 if len(run) > 1 and self._add_run(run, name, logger, routes=routes, sinks=sinks, make=make):
                     continue
                 for fields in run:
-                    levelno = fields[1]
+                    levelno = fields[F_LEVELNO]
                     if not logger.isEnabledFor(levelno):
                         continue
                     try:

@@ -31,6 +31,7 @@ from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Envelope, Frame, Limits, check_records, decode_header, read_envelope
 from mplog.wire.decode import MAX_NAME_CHARS
 from mplog.wire.repair import decode_escaped, salvage_records
+from mplog.wire.schema import F_NAME
 
 __all__ = [
     "Server",
@@ -44,7 +45,7 @@ _DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has sa
 # ... and a drain that began after drain_quiet seconds without a frame: longer than a worker's
 # default flush_interval (0.05 s), so that a record logged just before the stop still arrives.
 _IDLE_QUIET = 0.08
-_NAME = operator.itemgetter(0)  # a record's logger name
+_NAME = operator.itemgetter(F_NAME)  # a record's logger name
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 # Frames refused whole for being too large, charged to the sender their envelope names.
 _CHARGED = frozenset(("oversized", "over_limit"))

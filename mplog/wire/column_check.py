@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS
+from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS, F_CREATED, F_EXTRA, F_MSECS, F_RELATIVE_CREATED
 
 __all__ = ["all_int", "all_str", "columns_pass", "plain_columns", "value_passes"]
 
@@ -42,7 +42,7 @@ _STR = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind is str)  # name, l
 _OPT_STR = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind == (str, type(None)))
 _INT = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind is int)  # levelno, lineno
 _OPT_INT = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind == (int, type(None)))  # thread, process
-_CREATED, _MSECS, _RELATIVE, _EXTRA = 4, 5, 6, _N_FIELDS - 1
+_CREATED, _MSECS, _RELATIVE, _EXTRA = F_CREATED, F_MSECS, F_RELATIVE_CREATED, F_EXTRA
 _TIME_END = float(2**40)
 _flatten = chain.from_iterable
 _list_len = list.__len__

@@ -33,13 +33,24 @@ from mplog.exceptions import FrameError
 from mplog.wire.column_check import all_int, all_str, columns_pass, value_passes
 from mplog.wire.encode import _array_header, pack_records
 from mplog.wire.envelope import check_envelope
-from mplog.wire.schema import _N_FIELDS, VERSION, VERSION_COLUMNS, Frame, Limits
+from mplog.wire.schema import (
+    _N_FIELDS,
+    F_CREATED,
+    F_EXTRA,
+    F_MESSAGE,
+    F_MSECS,
+    F_RELATIVE_CREATED,
+    VERSION,
+    VERSION_COLUMNS,
+    Frame,
+    Limits,
+)
 
 __all__ = ["VERSION_COLUMNS", "columns_frame", "columns_of", "frame_of_body", "is_columns_frame", "pack_body"]
 
-_EXTRA = _N_FIELDS - 1
+_EXTRA = F_EXTRA
 # Never sent as one value: they differ from record to record (message and the three times).
-_VARYING = frozenset((3, 4, 5, 6))
+_VARYING = frozenset((F_MESSAGE, F_CREATED, F_MSECS, F_RELATIVE_CREATED))
 _FOLDABLE = tuple(i for i in range(_N_FIELDS) if i not in _VARYING)
 # A decoded record of version 1 costs at least 21 values of the item budget (its 20 fields
 # and its array) and its extras map one more: the same budget bounds a version 2 frame,

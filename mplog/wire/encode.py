@@ -27,6 +27,10 @@ from mplog.wire.schema import (
     _N_FIELDS,
     _NUM,
     DEFAULT_LIMITS,
+    F_CREATED,
+    F_LEVELNAME,
+    F_LEVELNO,
+    F_NAME,
     RECORD_FIELDS,
     Limits,
     Sender,
@@ -296,8 +300,8 @@ def _conform(
     for i, (value, kind) in enumerate(zip(head, _FIELD_TYPES, strict=False)):
         fits = isinstance(value, kind)
         if fits and kind is _NUM:  # created, msecs, relativeCreated
-            fits = math.isfinite(value) and (i != 4 or 0 <= value < 2**40)
-        elif fits and i == 0 and max_name is not None:
+            fits = math.isfinite(value) and (i != F_CREATED or 0 <= value < 2**40)
+        elif fits and i == F_NAME and max_name is not None:
             fits = len(value) <= max_name
         if not fits:
             if len(extra) < limits.max_extra_fields:
@@ -314,15 +318,15 @@ def field_default(i: int, fields: list[Any]) -> Any:
     should; ``created``: now; ``name``: ``"root"``, the logger it is then handled by; any
     other field its type's empty value.
     """
-    if i == 0:
+    if i == F_NAME:
         return "root"
-    if i == 1:
-        value, name = fields[1], fields[2]
+    if i == F_LEVELNO:
+        value, name = fields[F_LEVELNO], fields[F_LEVELNAME]
         if type(value) is float and math.isfinite(value) and -(2**63) <= value < 2**63:
             return int(value)
         level = logging.getLevelName(name) if type(name) is str else None
         return level if type(level) is int else logging.WARNING
-    if i == 4:
+    if i == F_CREATED:
         return time.time()
     return _FIELD_DEFAULTS[i]
 

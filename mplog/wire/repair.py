@@ -24,7 +24,7 @@ from mplog.wire.decode import (
     _unpack,
 )
 from mplog.wire.encode import _bounded_text, _conform
-from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS, DEFAULT_LIMITS, Frame, Limits
+from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS, DEFAULT_LIMITS, F_NAME, Frame, Limits
 
 __all__ = ["decode_escaped", "salvage_records"]
 
@@ -107,7 +107,7 @@ def _repair_record(rec: list[Any], limits: Limits, max_name: int, escaped: bool)
     reason = "bad_utf8" if escaped and _unescape(rec) else ""
     try:
         _check_record(rec, limits)
-        if len(rec[0]) <= max_name:
+        if len(rec[F_NAME]) <= max_name:
             return reason
         reason = reason or "bad_field"
     except FrameError as exc:

@@ -1,9 +1,10 @@
 """The wire format's shared definitions: the frame's version and flags, the record field list, the limits.
 
 What both ends of :mod:`mplog.wire` agree on (see docs/wire-format.md): :data:`RECORD_FIELDS`
-gives the positions of a record array, :class:`Limits` bounds the encoder (worker side,
-:mod:`mplog.wire.encode`) and the decoder (listener side, :mod:`mplog.wire.decode`), and
-:class:`Sender` and :class:`Frame` name a frame's parts. Definitions only: no I/O, nothing logged.
+gives the positions of a record array (``F_NAME`` ... ``F_EXTRA`` name each position, derived
+from it), :class:`Limits` bounds the encoder (worker side, :mod:`mplog.wire.encode`) and the
+decoder (listener side, :mod:`mplog.wire.decode`), and :class:`Sender` and :class:`Frame` name
+a frame's parts. Definitions only: no I/O, nothing logged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,26 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "F_CREATED",
+    "F_EXC_TEXT",
+    "F_EXTRA",
+    "F_FILENAME",
+    "F_FUNC_NAME",
+    "F_LEVELNAME",
+    "F_LEVELNO",
+    "F_LINENO",
+    "F_MESSAGE",
+    "F_MODULE",
+    "F_MSECS",
+    "F_NAME",
+    "F_PATHNAME",
+    "F_PROCESS",
+    "F_PROCESS_NAME",
+    "F_RELATIVE_CREATED",
+    "F_STACK_INFO",
+    "F_TASK_NAME",
+    "F_THREAD",
+    "F_THREAD_NAME",
     "FLAG_FINAL",
     "FLAG_URGENT",
     "RECORD_FIELDS",
@@ -51,6 +72,32 @@ RECORD_FIELDS: tuple[str, ...] = (
     "extra",
 )
 _N_FIELDS = len(RECORD_FIELDS)
+
+# Each field's position in a record array (and a version 2 frame's column), by name: derived
+# from RECORD_FIELDS, the one list. Module-level ints, so that code indexing a record per
+# record pays a global lookup, no attribute lookup (``fields[F_NAME]``, ``itemgetter(F_NAME)``).
+_AT = {field: i for i, field in enumerate(RECORD_FIELDS)}
+F_NAME = _AT["name"]
+F_LEVELNO = _AT["levelno"]
+F_LEVELNAME = _AT["levelname"]
+F_MESSAGE = _AT["message"]
+F_CREATED = _AT["created"]
+F_MSECS = _AT["msecs"]
+F_RELATIVE_CREATED = _AT["relativeCreated"]
+F_PATHNAME = _AT["pathname"]
+F_FILENAME = _AT["filename"]
+F_MODULE = _AT["module"]
+F_LINENO = _AT["lineno"]
+F_FUNC_NAME = _AT["funcName"]
+F_THREAD = _AT["thread"]
+F_THREAD_NAME = _AT["threadName"]
+F_PROCESS = _AT["process"]
+F_PROCESS_NAME = _AT["processName"]
+F_TASK_NAME = _AT["taskName"]
+F_EXC_TEXT = _AT["exc_text"]
+F_STACK_INFO = _AT["stack_info"]
+F_EXTRA = _AT["extra"]
+del _AT
 
 _NUM = (int, float)
 _OPT_STR = (str, type(None))

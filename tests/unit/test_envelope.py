@@ -81,11 +81,11 @@ def test_the_decoders_checks_apply_where_a_trusted_sender_is_needed() -> None:
 def test_no_module_outside_the_wire_package_reads_a_frames_bytes() -> None:
     """A frame's envelope is read by mplog.wire alone (issue 15, item 4): no other parser of it."""
     root = Path(mplog.__file__).parent
-    readers = []
-    for path in sorted(root.rglob("*.py")):
-        if path.parent.name == "wire":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Attribute) and node.attr in ("Unpacker", "read_array_header"):
-                readers.append(f"{path.relative_to(root)}:{node.lineno} {node.attr}")
+    readers = [
+        f"{path.relative_to(root)}:{node.lineno} {node.attr}"
+        for path in sorted(root.rglob("*.py"))
+        if path.parent.name != "wire"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr in ("Unpacker", "read_array_header")
+    ]
     assert readers == []
