@@ -8,6 +8,12 @@ unpacks and checks the envelope, :func:`check_records` validates the records,
 validated fields (:mod:`mplog.wire.repair` repairs, record by record, a frame
 :func:`check_records` or msgpack's UTF-8 check refused). Pure functions only: no I/O,
 nothing logged.
+
+The steps the repair runs again on a refused frame are public names of this module for it
+(:mod:`mplog.wire.repair`): :func:`unpack_frame` (msgpack under the limits, its errors named),
+:func:`check_header` (a version 1 frame's envelope and records array), :func:`check_record`
+(one record), :func:`check_value` (one extra value) and :data:`SCALAR_TYPES` (the values that
+need no check).
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from mplog.wire.column_check import plain_columns
 from mplog.wire.columns import columns_frame, is_columns_frame
 from mplog.wire.envelope import check_envelope
 from mplog.wire.schema import (
-    _FIELD_TYPES,
-    _N_FIELDS,
     DEFAULT_LIMITS,
     F_CREATED,
     F_EXTRA,
     F_MSECS,
     F_RELATIVE_CREATED,
+    FIELD_TYPES,
+    N_FIELDS,
     RECORD_FIELDS,
     Frame,
     Limits,
@@ -39,15 +45,20 @@ from mplog.wire.schema import (
 __all__ = [
     "MAX_NAME_CHARS",
     "RENAMED_PREFIX",
+    "SCALAR_TYPES",
+    "check_header",
+    "check_record",
     "check_records",
+    "check_value",
     "decode_frame",
     "decode_header",
     "make_log_record",
+    "unpack_frame",
 ]
 
 MAX_NAME_CHARS = 1024  # longest logger name dispatched (a longer one is repaired to "root")
 
-_SCALARS = (str, int, float, bool, bytes, type(None))
+SCALAR_TYPES = (str, int, float, bool, bytes, type(None))
 # Names a rebuilt LogRecord already uses: what its class defines (an extra named like a
 # method, e.g. "getMessage", would make every Formatter fail on it), the attributes every
 # record has (the wire's fields, msg, args, exc_info: the standard value would overwrite
@@ -64,22 +75,22 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise FrameError("ext_type", f"ext type {code} is not allowed")
 
 
-def _check_value(value: Any, limits: Limits, depth: int) -> None:
-    if isinstance(value, _SCALARS):
+def check_value(value: Any, limits: Limits, depth: int) -> None:
+    if isinstance(value, SCALAR_TYPES):
         return
     if depth >= limits.max_depth:
         raise FrameError("too_deep", f"extra value nested deeper than {limits.max_depth}")
     if type(value) is list:
         for item in value:
-            if not isinstance(item, _SCALARS):
-                _check_value(item, limits, depth + 1)
+            if not isinstance(item, SCALAR_TYPES):
+                check_value(item, limits, depth + 1)
         return
     if type(value) is dict:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise FrameError("bad_key", "extra map keys must be strings")
-            if not isinstance(item, _SCALARS):
-                _check_value(item, limits, depth + 1)
+            if not isinstance(item, SCALAR_TYPES):
+                check_value(item, limits, depth + 1)
         return
     raise FrameError("bad_field", f"extra value of type {type(value).__name__}")
 
@@ -88,14 +99,14 @@ _GOOD_SIGNATURES: set[tuple[type, ...]] = set()
 _MAX_SIGNATURES = 1024  # optional fields give a few dozen in practice
 
 
-def _check_record(rec: Any, limits: Limits) -> None:
-    if type(rec) is not list or len(rec) != _N_FIELDS:
-        raise FrameError("bad_record", f"a record must be an array of {_N_FIELDS} fields")
+def check_record(rec: Any, limits: Limits) -> None:
+    if type(rec) is not list or len(rec) != N_FIELDS:
+        raise FrameError("bad_record", f"a record must be an array of {N_FIELDS} fields")
     # Whether a field passes depends on its type alone, so a tuple of types that passed
     # once passes again: one lookup instead of twenty isinstance calls per record.
     signature = tuple(map(type, rec))
     if signature not in _GOOD_SIGNATURES:
-        for i, (value, expected) in enumerate(zip(rec, _FIELD_TYPES, strict=True)):
+        for i, (value, expected) in enumerate(zip(rec, FIELD_TYPES, strict=True)):
             if not isinstance(value, expected):
                 raise FrameError("bad_field", f"{RECORD_FIELDS[i]} has type {type(value).__name__}")
         if len(_GOOD_SIGNATURES) < _MAX_SIGNATURES:
@@ -109,10 +120,10 @@ def _check_record(rec: Any, limits: Limits) -> None:
     if extra:
         if len(extra) > limits.max_extra_fields:
             raise FrameError("bad_field", f"more than {limits.max_extra_fields} extra fields")
-        _check_value(extra, limits, 0)
+        check_value(extra, limits, 0)
 
 
-def _check_header(obj: Any) -> Frame:
+def check_header(obj: Any) -> Frame:
     if type(obj) is not list or len(obj) != 6:
         raise FrameError("not_a_frame", "a frame is an array of 6 items")
     records = obj[5]
@@ -162,7 +173,7 @@ class _ItemBudget:
         return value
 
 
-def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
+def unpack_frame(data: bytes, limits: Limits, unicode_errors: str) -> Any:
     options: dict[str, Any] = {}
     # Every value takes one byte at least, so a frame no longer than max_items cannot decode
     # to more: only longer frames (rare, and then mostly long strings) pay for the count.
@@ -181,8 +192,8 @@ def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
             max_bin_len=limits.max_bin_len,
             # No container may hold more than max_records values (a map's keys count too):
             # the item budget sees a container once it is built, so this bounds what one
-            # unfinished container holds. How many extras a record keeps is _check_record's.
-            max_array_len=max(limits.max_records, _N_FIELDS),
+            # unfinished container holds. How many extras a record keeps is check_record's.
+            max_array_len=max(limits.max_records, N_FIELDS),
             max_map_len=max(limits.max_records // 2, limits.max_extra_fields),
             max_ext_len=0,
             **options,
@@ -203,10 +214,10 @@ def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     """Unpack and check the frame envelope; records are returned unchecked."""
     if len(data) > limits.max_frame_bytes:
         raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
-    obj = _unpack(data, limits, "strict")
+    obj = unpack_frame(data, limits, "strict")
     if is_columns_frame(obj):  # version 2: the records as columns (mplog.wire.columns)
         return columns_frame(obj, limits)
-    return _check_header(obj)
+    return check_header(obj)
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -235,12 +246,12 @@ def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> list[l
         if columns is not None:
             return columns
     for rec in records:
-        _check_record(rec, limits)
+        check_record(rec, limits)
     return None
 
 
 def _all_plain(records: list[Any]) -> bool:
-    """True when every record passes _check_record and has no extras, checked a frame at a time (plain_columns)."""
+    """True when every record passes check_record and has no extras, checked a frame at a time (plain_columns)."""
     return plain_columns(records) is not None
 
 

@@ -4,7 +4,9 @@ What both ends of :mod:`mplog.wire` agree on (see docs/wire-format.md): :data:`R
 gives the positions of a record array (``F_NAME`` ... ``F_EXTRA`` name each position, derived
 from it), :class:`Limits` bounds the encoder (worker side, :mod:`mplog.wire.encode`) and the
 decoder (listener side, :mod:`mplog.wire.decode`), and :class:`Sender` and :class:`Frame` name
-a frame's parts. Definitions only: no I/O, nothing logged.
+a frame's parts. :data:`FIELD_TYPES` (each field's accepted types, :data:`NUMBER_TYPES` for a
+number), :data:`FIELD_DEFAULTS` (what an unusable field takes instead) and :data:`N_FIELDS` are
+for the codec's modules. Definitions only: no I/O, nothing logged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FIELD_DEFAULTS",
+    "FIELD_TYPES",
+    "FLAG_FINAL",
+    "FLAG_URGENT",
     "F_CREATED",
     "F_EXC_TEXT",
     "F_EXTRA",
@@ -34,14 +40,14 @@ __all__ = [
     "F_TASK_NAME",
     "F_THREAD",
     "F_THREAD_NAME",
-    "FLAG_FINAL",
-    "FLAG_URGENT",
-    "RECORD_FIELDS",
-    "VERSION",
-    "VERSION_COLUMNS",
     "Frame",
     "Limits",
+    "NUMBER_TYPES",
+    "N_FIELDS",
+    "RECORD_FIELDS",
     "Sender",
+    "VERSION",
+    "VERSION_COLUMNS",
 ]
 
 VERSION = 1
@@ -71,7 +77,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "stack_info",
     "extra",
 )
-_N_FIELDS = len(RECORD_FIELDS)
+N_FIELDS = len(RECORD_FIELDS)
 
 # Each field's position in a record array (and a version 2 frame's column), by name: derived
 # from RECORD_FIELDS, the one list. Module-level ints, so that code indexing a record per
@@ -99,18 +105,18 @@ F_STACK_INFO = _AT["stack_info"]
 F_EXTRA = _AT["extra"]
 del _AT
 
-_NUM = (int, float)
+NUMBER_TYPES = (int, float)
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
 # Expected Python types per position after unpacking (bool is an int subclass; allowed).
-_FIELD_TYPES: tuple[Any, ...] = (
+FIELD_TYPES: tuple[Any, ...] = (
     str,  # name
     int,  # levelno
     str,  # levelname
     str,  # message
-    _NUM,  # created
-    _NUM,  # msecs
-    _NUM,  # relativeCreated
+    NUMBER_TYPES,  # created
+    NUMBER_TYPES,  # msecs
+    NUMBER_TYPES,  # relativeCreated
     str,  # pathname
     str,  # filename
     str,  # module
@@ -125,10 +131,10 @@ _FIELD_TYPES: tuple[Any, ...] = (
     _OPT_STR,  # stack_info
     dict,  # extra
 )
-# What a standard field that cannot be used takes instead (the worker's _conform, the
+# What a standard field that cannot be used takes instead (the worker's conform_fields, the
 # listener's salvage_records); the value it had travels as the extra ``mplog_bad_<field>``.
-_FIELD_DEFAULTS: tuple[Any, ...] = tuple(
-    "" if kind is str else 0 if kind is int else 0.0 if kind is _NUM else None for kind in _FIELD_TYPES[:-1]
+FIELD_DEFAULTS: tuple[Any, ...] = tuple(
+    "" if kind is str else 0 if kind is int else 0.0 if kind is NUMBER_TYPES else None for kind in FIELD_TYPES[:-1]
 )
 
 
