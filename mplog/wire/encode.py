@@ -205,7 +205,7 @@ def _max_array(limits: Limits) -> int:
 _FLAT_TYPES = frozenset({bool, float, type(None)})
 
 
-def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: C901, PLR0911, PLR0912  # one return per msgpack type; split after the perf merge
+def _fits(value: Any, limits: Limits, depth: int) -> bool:
     """True if the extra ``value`` packs into something the decoder accepts (see check_value).
 
     Without this check a deep, large or int-keyed extra packs fine here and then the
@@ -219,27 +219,32 @@ def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: C901, PLR091
         return True
     if kind is int:
         return bool(-(2**63) <= value < 2**64)
+    if isinstance(value, (str, bool, float, int, bytes)):
+        return _subclass_fits(value, limits)
+    return _container_fits(value, limits, depth)
+
+
+def _subclass_fits(value: Any, limits: Limits) -> bool:
+    """:func:`_fits` for a scalar of a subclass (a str or int enum, ...) or bytes."""
     if isinstance(value, str):
         return len(value) <= limits.max_message_chars
     if isinstance(value, (bool, float)):
         return True
     if isinstance(value, int):
         return -(2**63) <= value < 2**64
-    if isinstance(value, bytes):
-        return len(value) <= limits.max_bin_len
+    return len(value) <= limits.max_bin_len  # bytes
+
+
+def _container_fits(value: Any, limits: Limits, depth: int) -> bool:
+    """:func:`_fits` for anything but a scalar: a list, tuple or dict within the limits, every item fitting."""
     if depth >= limits.max_depth:
         return False
     if isinstance(value, (list, tuple)):
         return len(value) <= _max_array(limits) and all(_fits(item, limits, depth + 1) for item in value)
-    if isinstance(value, dict):
-        if len(value) > limits.max_extra_fields:
-            return False
-        cap = limits.max_message_chars
-        for key, item in value.items():
-            if type(key) is not str or len(key) > cap or not _fits(item, limits, depth + 1):
-                return False
-        return True
-    return False
+    if not isinstance(value, dict) or len(value) > limits.max_extra_fields:
+        return False
+    cap = limits.max_message_chars
+    return all(type(key) is str and len(key) <= cap and _fits(item, limits, depth + 1) for key, item in value.items())
 
 
 def _sanitize(value: Any, limits: Limits, depth: int, text_cap: int | None = None) -> Any:  # noqa: PLR0911
