@@ -22,28 +22,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from mplog.wire.schema import F_EXC_TEXT, F_LEVELNAME, F_LEVELNO, F_MESSAGE, F_NAME
+from mplog.wire.schema import RECORD_FIELDS as _WIRE_FIELDS
+
 __all__ = ["JSONFormatter"]
 
-# The LogRecord attributes written under their own names (the rest are extras).
-RECORD_FIELDS = (
-    "name",
-    "levelname",
-    "levelno",
-    "message",
-    "created",
-    "msecs",
-    "relativeCreated",
-    "pathname",
-    "filename",
-    "module",
-    "lineno",
-    "funcName",
-    "thread",
-    "threadName",
-    "process",
-    "processName",
-    "taskName",
-)
+# The LogRecord attributes written under their own names (the rest are extras): the wire's
+# standard fields (mplog.wire.schema.RECORD_FIELDS, the one list) up to exc_text, that is
+# without exc_text and stack_info (written as exc_info and stack) and extra, levelname before
+# levelno as this formatter has always written them.
+_OWN = _WIRE_FIELDS[:F_EXC_TEXT]
+RECORD_FIELDS = (_OWN[F_NAME], _OWN[F_LEVELNAME], _OWN[F_LEVELNO], *_OWN[F_MESSAGE:])
 _NOT_EXTRAS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
     "asctime",

@@ -32,11 +32,11 @@ from typing import Any
 from mplog.delivery import ACK_CLOSE_TIMEOUT
 from mplog.delivery.ack_format import decode_ack
 from mplog.delivery.spool import Spooler
-from mplog.delivery.spool_format import frame_head, goodbye_frame
+from mplog.delivery.spool_format import goodbye_frame
 from mplog.exceptions import report as _report
 from mplog.transports.base import ASYNC_SIGNALS, TransportOptions
 from mplog.transports.zeromq_ack import DealerSender
-from mplog.wire import FLAG_FINAL
+from mplog.wire import FLAG_FINAL, read_envelope
 
 __all__ = [
     "AckingSender",
@@ -200,7 +200,7 @@ class AckingSender:
             return False
         if self._pid != os.getpid():  # forked: the parent's unacknowledged frames are the parent's
             self._reset_after_fork()
-        head = frame_head(frame)
+        head = read_envelope(frame)
         keep = bool(head.records or head.flags & FLAG_FINAL)
         with self._lock:
             self._read_acks()

@@ -19,18 +19,16 @@ from collections.abc import Container
 from typing import Any
 
 from mplog.delivery.spool_files import AdoptedSpool, AdoptedStream, OwnSpool, adopt_spools, prepare_dir
-from mplog.delivery.spool_format import FrameHead, SpoolContents, frame_head, goodbye_frame, parse_spool
+from mplog.delivery.spool_format import SpoolContents, goodbye_frame, parse_spool
 from mplog.exceptions import report
 
 __all__ = [
     "AdoptedSpool",
     "AdoptedStream",
-    "FrameHead",
     "OwnSpool",
     "SpoolContents",
     "Spooler",
     "adopt_spools",
-    "frame_head",
     "goodbye_frame",
     "parse_spool",
     "prepare_dir",

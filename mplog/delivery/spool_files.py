@@ -29,16 +29,14 @@ from mplog.delivery.spool_format import (
     MARK_AT,
     MAX_IDENTITY,
     NO_IDENTITY,
-    FrameHead,
     SpoolContents,
-    frame_head,
     pack_entry,
     pack_header,
     pack_identity,
     pack_mark,
     parse_spool,
 )
-from mplog.wire import FLAG_FINAL
+from mplog.wire import FLAG_FINAL, Envelope, read_envelope
 
 __all__ = ["SUFFIX", "AdoptedSpool", "AdoptedStream", "OwnSpool", "adopt_spools", "prepare_dir"]
 
@@ -129,7 +127,7 @@ class OwnSpool(_SpoolFile):
         self._live_bytes = HEADER_SIZE  # the file's size once compacted
         self._last = HEADER_SIZE  # offset of the last entry appended (for undo)
 
-    def append(self, frame: bytes, head: FrameHead) -> bool:
+    def append(self, frame: bytes, head: Envelope) -> bool:
         """Add a frame the sender keeps; False (nothing written) if the bound leaves no room."""
         size = ENTRY.size + len(frame)
         if self._live and self._end + size > self.bound:
@@ -219,7 +217,7 @@ class AdoptedSpool(_SpoolFile):
         mark, identity = self.contents.mark, self.contents.identity
         found: dict[int, AdoptedStream] = {}
         for frame in self.contents.frames:
-            head = frame_head(frame)
+            head = read_envelope(frame)
             if head.records and mark is not None and mark[0] == head.stream and head.end_seq <= mark[1]:
                 continue  # acknowledged before the writer died
             old = found.get(head.stream) or AdoptedStream([], head.sender, 0, 0, False)

@@ -1,4 +1,4 @@
-"""The spool file format: header, entries and the frame envelope a spool needs; bytes only, no I/O.
+"""The spool file format: header and entries; bytes only, no I/O (a frame's envelope: :func:`mplog.wire.read_envelope`).
 
 A file is a 512-byte header, then entries::
 
@@ -18,8 +18,6 @@ import struct
 import zlib
 from typing import NamedTuple
 
-import msgpack
-
 from mplog.wire import FLAG_FINAL, build_frame
 
 __all__ = [
@@ -31,9 +29,7 @@ __all__ = [
     "MAX_IDENTITY",
     "NO_IDENTITY",
     "VERSION",
-    "FrameHead",
     "SpoolContents",
-    "frame_head",
     "goodbye_frame",
     "pack_entry",
     "pack_header",
@@ -53,48 +49,6 @@ _IDENT = struct.Struct("<HI")  # length, crc32
 IDENT_AT = 48
 MAX_IDENTITY = HEADER_SIZE - IDENT_AT - _IDENT.size
 NO_IDENTITY = bytes(_IDENT.size)  # written at IDENT_AT, a zero length: parse_spool reads no identity
-
-
-class FrameHead(NamedTuple):
-    """What a spool needs from a frame built by :func:`mplog.wire.build_frame`."""
-
-    sender: bytes  # the packed sender array, as the frame carries it
-    stream: int
-    seq: int
-    dropped: int
-    flags: int
-    records: int
-
-    @property
-    def end_seq(self) -> int:
-        return self.seq + self.records
-
-
-def frame_head(frame: bytes) -> FrameHead:
-    """Read a frame's envelope, keeping the sender's bytes as they are.
-
-    Raises:
-        ValueError: the bytes do not start like a frame.
-    """
-    unpacker = msgpack.Unpacker(max_buffer_size=len(frame) + 16, max_str_len=1024, max_ext_len=0)
-    unpacker.feed(frame[:2048])
-    try:
-        items = unpacker.read_array_header()
-        if (items, unpacker.unpack()) not in ((6, 1), (7, 2)):
-            raise ValueError("not a version 1 or 2 frame")
-        start = unpacker.tell()
-        sender = unpacker.unpack()
-        end = unpacker.tell()
-        seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-        records = unpacker.unpack() if items == 7 else unpacker.read_array_header()  # version 2: its count
-        stream = sender[3]
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"not a frame: {exc}") from None
-    if not all(type(v) is int and v >= 0 for v in (stream, seq, dropped, flags, records)):
-        raise ValueError("not a frame: bad envelope")
-    return FrameHead(frame[start:end], stream, seq, dropped, flags, records)
 
 
 def goodbye_frame(sender: bytes, next_seq: int, dropped: int) -> bytes:

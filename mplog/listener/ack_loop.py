@@ -16,14 +16,14 @@ import sys
 import time
 from typing import Any
 
-from mplog.delivery.ack_format import Envelope, encode_ack, frame_envelope
+from mplog.delivery.ack_format import encode_ack
 from mplog.delivery.intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
 from mplog.listener.loop import Server, _all_handlers
 from mplog.listener.sender_table import SenderLimits, ledger_key
 from mplog.listener.supervisor import load_checkpoint, stats_path
 from mplog.transports import NO_ORIGIN, Origin
 from mplog.transports.zeromq_ack import RouterReceiver
-from mplog.wire import Frame, Limits
+from mplog.wire import Envelope, Frame, Limits, read_envelope
 
 __all__ = ["AckServer", "MarksFile", "marks_path"]
 
@@ -376,7 +376,7 @@ class AckServer(Server):
         """
         route = origin.connection
         try:
-            env = frame_envelope(data)
+            env = read_envelope(data)
         except ValueError:
             env = None
         if env is not None:

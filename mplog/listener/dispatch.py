@@ -25,12 +25,13 @@ import logging
 import operator
 from collections.abc import Callable
 from itertools import groupby
-from typing import Any
+from typing import Any, NamedTuple
 
 from mplog.listener.frame_lines import add_frame
 from mplog.listener.line_format import LineFormat
 from mplog.listener.logger_lookup import LoggerLookup
 from mplog.wire import make_log_record
+from mplog.wire.schema import F_EXC_TEXT, F_LEVELNO, F_NAME, F_STACK_INFO
 
 __all__ = ["BatchDispatcher"]
 
@@ -38,10 +39,19 @@ _Formatter = logging.Formatter
 _STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
 _FALLBACK_FORMATTER = logging.Formatter()
 _INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
-_NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = (operator.itemgetter(i) for i in (0, 1, 17, 18))
+_NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = map(operator.itemgetter, (F_NAME, F_LEVELNO, F_EXC_TEXT, F_STACK_INFO))
 
 
 _Maker = Callable[[list[Any]], logging.LogRecord]
+
+
+class _Frame(NamedTuple):
+    """What one frame's dispatch shares between its steps: routes and sinks found so far, the record maker."""
+
+    routes: dict[str, list[_Sink] | None]  # logger name -> its sinks, or None: the generic path
+    sinks: dict[int, _Sink]  # id(handler) -> its sink
+    make: _Maker
+    on_error: Callable[[], None] | None
 
 
 class _Sink:
@@ -111,6 +121,13 @@ class _Sink:
             handler.release()
 
 
+def _handle_alone(logger: logging.Logger, record: logging.LogRecord, sinks: dict[int, _Sink]) -> None:
+    """A record off the fast path: ``logger.handle``, after the lines collected so far (each handler's order kept)."""
+    for sink in sinks.values():
+        sink.write()
+    logger.handle(record)
+
+
 def _default_formatter() -> logging.Formatter:
     formatter: logging.Formatter = getattr(logging, "_defaultFormatter", None) or _FALLBACK_FORMATTER
     return formatter  # what Handler.format uses when a handler has no formatter
@@ -161,7 +178,7 @@ class BatchDispatcher:
         """The logger a record named ``name`` is handled by (see :class:`LoggerLookup`)."""
         return self._loggers.get(name)
 
-    def dispatch(  # noqa: C901, PLR0912  # split after the perf merge (issue 15 item 7)
+    def dispatch(
         self,
         records: list[list[Any]],
         host: str,
@@ -190,19 +207,13 @@ class BatchDispatcher:
             self.positions = _handlers_want_positions()
         make = self._maker(records, host, peer, sender, first_seq)
         if not self.fast:
-            for fields in records:
-                logger = self.logger(fields[0])
-                if logger.isEnabledFor(fields[1]):
-                    try:
-                        logger.handle(make(fields))
-                    except Exception:
-                        if on_error is not None:
-                            on_error()
+            self._dispatch_generic(records, make, on_error)
             return
         routes: dict[str, list[_Sink] | None] = {}
         sinks: dict[int, _Sink] = {}
-
         try:
+            # The frame path: every line built from the columns at once (mplog.listener.frame_lines
+            # says when it may be taken); else run by run, then record by record.
             if (
                 columns is not None
                 and records
@@ -214,35 +225,46 @@ class BatchDispatcher:
                 logger = self.logger(name)
                 if len(run) > 1 and self._add_run(run, name, logger, routes=routes, sinks=sinks, make=make):
                     continue
-                for fields in run:
-                    levelno = fields[1]
-                    if not logger.isEnabledFor(levelno):
-                        continue
-                    try:
-                        if name in routes:
-                            route = routes[name]
-                        else:
-                            route = routes[name] = self._route(logger, sinks, make)
-                        if route is None:
-                            for sink in sinks.values():  # keep each handler's records in arrival order
-                                sink.write()
-                            logger.handle(make(fields))
-                            continue
-                        built: logging.LogRecord | None = None  # only for a sink whose format needs a record
-                        for sink in route:
-                            if levelno >= sink.level:
-                                if sink.compiled:
-                                    sink.add_fields(fields)
-                                else:
-                                    if built is None:
-                                        built = make(fields)
-                                    sink.add(built)
-                    except Exception:
-                        if on_error is not None:
-                            on_error()
+                self._add_records(run, name, logger, _Frame(routes, sinks, make, on_error))
         finally:
             for sink in sinks.values():
                 sink.write()
+
+    def _dispatch_generic(self, records: list[list[Any]], make: _Maker, on_error: Callable[[], None] | None) -> None:
+        """Every record to its logger's ``handle()``, as ``logging`` would (``fast=False``)."""
+        for fields in records:
+            logger = self.logger(fields[F_NAME])
+            if logger.isEnabledFor(fields[F_LEVELNO]):
+                try:
+                    logger.handle(make(fields))
+                except Exception:
+                    if on_error is not None:
+                        on_error()
+
+    def _add_records(self, run: list[list[Any]], name: str, logger: logging.Logger, frame: _Frame) -> None:
+        """The records of ``run`` (one logger's) one by one: to its sinks, or off the fast path to ``logger.handle``."""
+        routes, sinks, make = frame.routes, frame.sinks, frame.make
+        for fields in run:
+            levelno = fields[F_LEVELNO]
+            if not logger.isEnabledFor(levelno):
+                continue
+            try:
+                route = routes[name] if name in routes else routes.setdefault(name, self._route(logger, sinks, make))
+                if route is None:
+                    _handle_alone(logger, make(fields), sinks)
+                    continue
+                built: logging.LogRecord | None = None  # only for a sink whose format needs a record
+                for sink in route:
+                    if levelno >= sink.level:
+                        if sink.compiled:
+                            sink.add_fields(fields)
+                        else:
+                            if built is None:
+                                built = make(fields)
+                            sink.add(built)
+            except Exception:
+                if frame.on_error is not None:
+                    frame.on_error()
 
     def _maker(
         self, records: list[list[Any]], host: str, peer: str | None, sender: str | None, first_seq: int | None

@@ -25,6 +25,21 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from mplog.listener.line_format import _ASCTIME, LineFormat, compile_format
+from mplog.wire.schema import (
+    F_CREATED,
+    F_EXC_TEXT,
+    F_FILENAME,
+    F_LEVELNAME,
+    F_LEVELNO,
+    F_LINENO,
+    F_MESSAGE,
+    F_MODULE,
+    F_NAME,
+    F_PATHNAME,
+    F_PROCESS,
+    F_STACK_INFO,
+    F_THREAD,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -35,11 +50,11 @@ __all__ = ["add_frame", "frame_lines"]
 
 # A conversion of a positional format: "%%", or flags, width, precision, length, type.
 _CONVERSION = re.compile(r"%(?:%|[#0\- +]*\d*(?:\.\d+)?[hlL]?[diouxXeEfFgGcrsa])")
-_STR_FIELDS = frozenset((0, 2, 3, 7, 8, 9))  # name, levelname, message, pathname, filename, module: str only
+_STR_FIELDS = frozenset((F_NAME, F_LEVELNAME, F_MESSAGE, F_PATHNAME, F_FILENAME, F_MODULE))  # str only
 # Fields whose values are int (or bool) or None: a value equal to one other than 0 and 1 is
 # that same int (True == 1 but writes "True"), so its text is the same under any conversion.
-_INT_FIELDS = frozenset((1, 10, 12, 14))  # levelno, lineno, thread, process
-_EXC_TEXT, _STACK_INFO = 17, 18
+_INT_FIELDS = frozenset((F_LEVELNO, F_LINENO, F_THREAD, F_PROCESS))
+_EXC_TEXT, _STACK_INFO = F_EXC_TEXT, F_STACK_INFO
 
 
 class _Template:
@@ -141,7 +156,7 @@ def frame_lines(lf: LineFormat, columns: list[list[Any]], n: int, constant: dict
     varying: list[list[Any]] = []
     for key, conversion, literal in zip(template.keys, template.conversions, template.literals[1:], strict=True):
         if key == _ASCTIME:
-            stamp = _stamp(lf, columns[4])
+            stamp = _stamp(lf, columns[F_CREATED])
             if stamp is None:
                 return None
             pieces.append((conversion % (stamp,)).replace("%", "%%"))
@@ -206,12 +221,12 @@ def _frame_route(
     make: Callable[[list[Any]], Any],
 ) -> list[_Sink] | None:
     """The sinks of the frame's one logger when the whole frame may go to them at once, else None."""
-    names = columns[0]
+    names = columns[F_NAME]
     name = names[0]
     if names.count(name) != n or any(columns[_EXC_TEXT]) or any(columns[_STACK_INFO]):
         return None
     logger = dispatcher.logger(name)
-    levels = set(columns[1])
+    levels = set(columns[F_LEVELNO])
     if not all(map(logger.isEnabledFor, levels)):
         return None
     try:

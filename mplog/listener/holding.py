@@ -85,7 +85,7 @@ class WorkerWatch:
         return list(self._pids)
 
     def saw(self, host: str, pid: int, flags: int) -> None:
-        """Note a frame's sender (from :func:`mplog.wire.decode.peek_header`)."""
+        """Note a frame's sender (from :func:`mplog.wire.read_envelope`)."""
         if host != self.host:
             return
         pids = self._pids

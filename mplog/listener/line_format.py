@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mplog.wire import RECORD_FIELDS
+from mplog.wire.schema import F_CREATED, F_EXC_TEXT, F_MSECS, F_STACK_INFO
 
 __all__ = ["LineFormat", "compile_format"]
 
@@ -140,21 +141,21 @@ class LineFormat:
         values = self.values(fields)
         at = self.asctime_at
         if at >= 0:
-            created = fields[4]
+            created = fields[F_CREATED]
             if not self.second_only:
-                stamp = self.time_text(created, fields[5])
+                stamp = self.time_text(created, fields[F_MSECS])
             else:
                 if int(created) != self._second:
                     self._new_second(created)
                 stamp = self._second_text
             values = (*values[:at], stamp, *values[at:])
         text: str = self.positional % values
-        exc_text = fields[17]
+        exc_text = fields[F_EXC_TEXT]
         if exc_text:
             if text[-1:] != "\n":
                 text += "\n"
             text += exc_text
-        stack_info = fields[18]
+        stack_info = fields[F_STACK_INFO]
         if stack_info:
             if text[-1:] != "\n":
                 text += "\n"
@@ -171,7 +172,7 @@ class LineFormat:
         out = []
         second, stamp = self._second, (self._second_text,)
         for fields in run:  # the usual "%(asctime)s ..." line: the cached second, then the rest
-            created = fields[4]
+            created = fields[F_CREATED]
             if int(created) != second:
                 self._new_second(created)
                 second, stamp = self._second, (self._second_text,)

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mplog.delivery.ack_format import Envelope, frame_envelope
 from mplog.exceptions import ConfigError, FrameError
 from mplog.listener.dispatch import BatchDispatcher
 from mplog.listener.gc_threshold import collector_gc
@@ -29,9 +28,10 @@ from mplog.listener.progress import ProgressFile
 from mplog.listener.stats import SenderLimits, Stats
 from mplog.listener.supervisor import live_local_senders, process_runs
 from mplog.transports import NO_ORIGIN, Origin, Receiver
-from mplog.wire import FLAG_URGENT, Frame, Limits, check_records, decode_header
-from mplog.wire.decode import MAX_NAME_CHARS, read_envelope
+from mplog.wire import FLAG_URGENT, Envelope, Frame, Limits, check_records, decode_header, read_envelope
+from mplog.wire.decode import MAX_NAME_CHARS
 from mplog.wire.repair import decode_escaped, salvage_records
+from mplog.wire.schema import F_NAME
 
 __all__ = [
     "Server",
@@ -45,7 +45,7 @@ _DONE_QUIET = 0.02  # seconds of quiet that end a drain once every sender has sa
 # ... and a drain that began after drain_quiet seconds without a frame: longer than a worker's
 # default flush_interval (0.05 s), so that a record logged just before the stop still arrives.
 _IDLE_QUIET = 0.08
-_NAME = operator.itemgetter(0)  # a record's logger name
+_NAME = operator.itemgetter(F_NAME)  # a record's logger name
 DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outside any handler
 # Frames refused whole for being too large, charged to the sender their envelope names.
 _CHARGED = frozenset(("oversized", "over_limit"))
@@ -152,7 +152,7 @@ class Server:
         msgpack, or not a frame, name no sender: only the counter moves.
         """
         if reason in _CHARGED:
-            head = read_envelope(data)
+            head = _charged(data)
             if head is not None:
                 frame, count = head
                 return self._rejected(frame, reason, origin, records=count)
@@ -416,9 +416,32 @@ class Server:
 def _envelope(data: bytes) -> Envelope | None:
     """A frame's sender and flags without unpacking its records; None when it does not start like a frame."""
     try:
-        return frame_envelope(data)
+        return read_envelope(data)
     except ValueError:
         return None
+
+
+def _charged(data: bytes) -> tuple[Frame, int] | None:
+    """The sender of a frame refused whole (``oversized``, ``over_limit``), read from its envelope.
+
+    A frame too large for the limits may still name its sender validly: the listener then
+    counts its records as that sender's ``rejected`` instead of leaving them to show as a
+    gap later. The envelope must pass the decoder's checks (:meth:`Envelope.identity`).
+    Called on that error path only.
+
+    Returns:
+        ``(frame, count)``: the frame with no records and how many records it declares,
+        or None when the envelope is not valid, or declares more records than the frame
+        has bytes (each takes one at least).
+    """
+    try:
+        env = read_envelope(data)
+        identity = env.identity()
+    except ValueError:  # FrameError is one
+        return None
+    if env.records > len(data):
+        return None
+    return Frame(identity, env.seq, env.dropped, env.flags, []), env.records
 
 
 def handler_drops() -> dict[str, int]:

@@ -13,6 +13,8 @@ This package's face is the codec's import point for the other packages; the code
 
 - :mod:`mplog.wire.schema`: what both ends share (``VERSION``, flags, ``RECORD_FIELDS``,
   ``Limits``, ``Sender``, ``Frame``);
+- :mod:`mplog.wire.envelope`: the one reader of a frame's envelope (``read_envelope``,
+  ``Envelope``), for every package that needs a frame's sender, place or flags without its records;
 - :mod:`mplog.wire.encode`: the worker side (``encode_record``, ``build_frame``, ...);
 - :mod:`mplog.wire.decode`: the listener side (``decode_header``, ``check_records``,
   ``decode_frame``, ``make_log_record``).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from mplog.wire.decode import check_records, decode_frame, decode_header, make_log_record
 from mplog.wire.encode import build_frame, encode_record, encode_sender, record_fields
+from mplog.wire.envelope import Envelope, read_envelope
 from mplog.wire.schema import DEFAULT_LIMITS, FLAG_FINAL, FLAG_URGENT, RECORD_FIELDS, VERSION, Frame, Limits, Sender
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "FLAG_URGENT",
     "RECORD_FIELDS",
     "VERSION",
+    "Envelope",
     "Frame",
     "Limits",
     "Sender",
@@ -40,5 +44,6 @@ __all__ = [
     "encode_record",
     "encode_sender",
     "make_log_record",
+    "read_envelope",
     "record_fields",
 ]

@@ -28,21 +28,21 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS
+from mplog.wire.schema import F_CREATED, F_EXTRA, F_MSECS, F_RELATIVE_CREATED, FIELD_TYPES, N_FIELDS
 
 __all__ = ["all_int", "all_str", "columns_pass", "plain_columns", "value_passes"]
 
-# Per field, the exact types msgpack can give that pass isinstance(value, _FIELD_TYPES[i])
+# Per field, the exact types msgpack can give that pass isinstance(value, FIELD_TYPES[i])
 # (bool is an int).
 COLUMN_TYPES: tuple[frozenset[type], ...] = tuple(
     frozenset(t for t in (str, int, bool, float, bytes, type(None), list, dict) if issubclass(t, kind))
-    for kind in _FIELD_TYPES
+    for kind in FIELD_TYPES
 )
-_STR = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind is str)  # name, levelname, message, paths, module
-_OPT_STR = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind == (str, type(None)))
-_INT = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind is int)  # levelno, lineno
-_OPT_INT = tuple(i for i, kind in enumerate(_FIELD_TYPES) if kind == (int, type(None)))  # thread, process
-_CREATED, _MSECS, _RELATIVE, _EXTRA = 4, 5, 6, _N_FIELDS - 1
+_STR = tuple(i for i, kind in enumerate(FIELD_TYPES) if kind is str)  # name, levelname, message, paths, module
+_OPT_STR = tuple(i for i, kind in enumerate(FIELD_TYPES) if kind == (str, type(None)))
+_INT = tuple(i for i, kind in enumerate(FIELD_TYPES) if kind is int)  # levelno, lineno
+_OPT_INT = tuple(i for i, kind in enumerate(FIELD_TYPES) if kind == (int, type(None)))  # thread, process
+_CREATED, _MSECS, _RELATIVE, _EXTRA = F_CREATED, F_MSECS, F_RELATIVE_CREATED, F_EXTRA
 _TIME_END = float(2**40)
 _flatten = chain.from_iterable
 _list_len = list.__len__
@@ -97,12 +97,12 @@ def plain_columns(records: list[Any]) -> list[list[Any]] | None:
         closer look.
     """
     try:
-        if set(map(_list_len, records)) != {_N_FIELDS}:  # TypeError for an item that is not a list
+        if set(map(_list_len, records)) != {N_FIELDS}:  # TypeError for an item that is not a list
             return None
     except TypeError:
         return None
     flat = list(_flatten(records))
-    columns = [flat[i::_N_FIELDS] for i in range(_N_FIELDS)]
+    columns = [flat[i::N_FIELDS] for i in range(N_FIELDS)]
     return columns if columns_pass(columns, len(records)) else None
 
 

@@ -31,20 +31,31 @@ import msgpack
 
 from mplog.exceptions import FrameError
 from mplog.wire.column_check import all_int, all_str, columns_pass, value_passes
-from mplog.wire.encode import _array_header, pack_records
-from mplog.wire.schema import _N_FIELDS, VERSION, Frame, Limits, Sender
+from mplog.wire.encode import array_header, pack_records
+from mplog.wire.envelope import check_envelope
+from mplog.wire.schema import (
+    F_CREATED,
+    F_EXTRA,
+    F_MESSAGE,
+    F_MSECS,
+    F_RELATIVE_CREATED,
+    N_FIELDS,
+    VERSION,
+    VERSION_COLUMNS,
+    Frame,
+    Limits,
+)
 
 __all__ = ["VERSION_COLUMNS", "columns_frame", "columns_of", "frame_of_body", "is_columns_frame", "pack_body"]
 
-VERSION_COLUMNS = 2
-_EXTRA = _N_FIELDS - 1
+_EXTRA = F_EXTRA
 # Never sent as one value: they differ from record to record (message and the three times).
-_VARYING = frozenset((3, 4, 5, 6))
-_FOLDABLE = tuple(i for i in range(_N_FIELDS) if i not in _VARYING)
+_VARYING = frozenset((F_MESSAGE, F_CREATED, F_MSECS, F_RELATIVE_CREATED))
+_FOLDABLE = tuple(i for i in range(N_FIELDS) if i not in _VARYING)
 # A decoded record of version 1 costs at least 21 values of the item budget (its 20 fields
 # and its array) and its extras map one more: the same budget bounds a version 2 frame,
 # whose values are fewer than the records they stand for.
-_ITEMS_PER_RECORD = _N_FIELDS + 2
+_ITEMS_PER_RECORD = N_FIELDS + 2
 _V1_HEAD = b"\x96\x01"  # fixarray of 6, version 1
 _V2_HEAD = b"\x97\x02"  # fixarray of 7, version 2
 # A version 1 body starts with its records' array header (fixarray, array 16, array 32); a
@@ -107,7 +118,7 @@ def pack_body(packer: msgpack.Packer, items: list[Any], limits: Limits, *, colum
             return packed[1:]  # the count and the columns, without the fixarray(2) byte
         except Exception:  # an odd value somewhere: version 1, record by record where needed
             pass
-    return _array_header(len(items)) + pack_records(packer, items, limits)
+    return array_header(len(items)) + pack_records(packer, items, limits)
 
 
 def frame_of_body(sender_bytes: bytes, seq: int, dropped: int, flags: int, body: bytes) -> bytes:
@@ -124,11 +135,11 @@ def is_columns_frame(obj: Any) -> bool:
     return type(obj) is list and len(obj) == 7 and type(obj[0]) is int and obj[0] == VERSION_COLUMNS
 
 
-def columns_frame(obj: list[Any], limits: Limits, check_envelope: Callable[[list[Any], int], Sender]) -> Frame:
+def columns_frame(obj: list[Any], limits: Limits) -> Frame:
     """The :class:`Frame` of a decoded version 2 frame: its rows, and its columns when they passed whole.
 
-    ``check_envelope`` is version 1's envelope check (:mod:`mplog.wire.decode`): the
-    envelope is the same. A column that does not pass the whole-frame check leaves
+    The envelope is version 1's, checked as such (:func:`mplog.wire.envelope.check_envelope`).
+    A column that does not pass the whole-frame check leaves
     ``columns`` None: the listener then checks, repairs and counts each record as it
     would those of a version 1 frame.
 
@@ -143,8 +154,8 @@ def columns_frame(obj: list[Any], limits: Limits, check_envelope: Callable[[list
     identity = check_envelope([VERSION, sender, seq, dropped, flags, None], count)
     if count > limits.max_records or count * _ITEMS_PER_RECORD > limits.max_items:
         raise FrameError("over_limit", f"{count} records: more than max_records or max_items allow")
-    if type(columns) is not list or len(columns) != _N_FIELDS:
-        raise FrameError("bad_header", f"columns must be an array of {_N_FIELDS} items")
+    if type(columns) is not list or len(columns) != N_FIELDS:
+        raise FrameError("bad_header", f"columns must be an array of {N_FIELDS} items")
     full: list[list[Any]] = []
     given_once = []  # fields sent as one value: checked once, not per record
     for i, column in enumerate(columns):

@@ -8,6 +8,12 @@ unpacks and checks the envelope, :func:`check_records` validates the records,
 validated fields (:mod:`mplog.wire.repair` repairs, record by record, a frame
 :func:`check_records` or msgpack's UTF-8 check refused). Pure functions only: no I/O,
 nothing logged.
+
+The steps the repair runs again on a refused frame are public names of this module for it
+(:mod:`mplog.wire.repair`): :func:`unpack_frame` (msgpack under the limits, its errors named),
+:func:`check_header` (a version 1 frame's envelope and records array), :func:`check_record`
+(one record), :func:`check_value` (one extra value) and :data:`SCALAR_TYPES` (the values that
+need no check).
 """
 
 from __future__ import annotations
@@ -21,33 +27,38 @@ import msgpack
 
 from mplog.exceptions import FrameError
 from mplog.wire.column_check import plain_columns
-from mplog.wire.columns import VERSION_COLUMNS, columns_frame, is_columns_frame
+from mplog.wire.columns import columns_frame, is_columns_frame
+from mplog.wire.envelope import check_envelope
 from mplog.wire.schema import (
-    _FIELD_TYPES,
-    _N_FIELDS,
     DEFAULT_LIMITS,
+    F_CREATED,
+    F_EXTRA,
+    F_MSECS,
+    F_RELATIVE_CREATED,
+    FIELD_TYPES,
+    N_FIELDS,
     RECORD_FIELDS,
-    VERSION,
     Frame,
     Limits,
-    Sender,
 )
 
 __all__ = [
-    "MAX_HOST_CHARS",
     "MAX_NAME_CHARS",
     "RENAMED_PREFIX",
+    "SCALAR_TYPES",
+    "check_header",
+    "check_record",
     "check_records",
+    "check_value",
     "decode_frame",
     "decode_header",
     "make_log_record",
-    "read_envelope",
+    "unpack_frame",
 ]
 
 MAX_NAME_CHARS = 1024  # longest logger name dispatched (a longer one is repaired to "root")
-MAX_HOST_CHARS = 255  # longest sender host name (a DNS name is at most 253): it is part of every ledger key
 
-_SCALARS = (str, int, float, bool, bytes, type(None))
+SCALAR_TYPES = (str, int, float, bool, bytes, type(None))
 # Names a rebuilt LogRecord already uses: what its class defines (an extra named like a
 # method, e.g. "getMessage", would make every Formatter fail on it), the attributes every
 # record has (the wire's fields, msg, args, exc_info: the standard value would overwrite
@@ -64,22 +75,22 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise FrameError("ext_type", f"ext type {code} is not allowed")
 
 
-def _check_value(value: Any, limits: Limits, depth: int) -> None:
-    if isinstance(value, _SCALARS):
+def check_value(value: Any, limits: Limits, depth: int) -> None:
+    if isinstance(value, SCALAR_TYPES):
         return
     if depth >= limits.max_depth:
         raise FrameError("too_deep", f"extra value nested deeper than {limits.max_depth}")
     if type(value) is list:
         for item in value:
-            if not isinstance(item, _SCALARS):
-                _check_value(item, limits, depth + 1)
+            if not isinstance(item, SCALAR_TYPES):
+                check_value(item, limits, depth + 1)
         return
     if type(value) is dict:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise FrameError("bad_key", "extra map keys must be strings")
-            if not isinstance(item, _SCALARS):
-                _check_value(item, limits, depth + 1)
+            if not isinstance(item, SCALAR_TYPES):
+                check_value(item, limits, depth + 1)
         return
     raise FrameError("bad_field", f"extra value of type {type(value).__name__}")
 
@@ -88,135 +99,38 @@ _GOOD_SIGNATURES: set[tuple[type, ...]] = set()
 _MAX_SIGNATURES = 1024  # optional fields give a few dozen in practice
 
 
-def _check_record(rec: Any, limits: Limits) -> None:
-    if type(rec) is not list or len(rec) != _N_FIELDS:
-        raise FrameError("bad_record", f"a record must be an array of {_N_FIELDS} fields")
+def check_record(rec: Any, limits: Limits) -> None:
+    if type(rec) is not list or len(rec) != N_FIELDS:
+        raise FrameError("bad_record", f"a record must be an array of {N_FIELDS} fields")
     # Whether a field passes depends on its type alone, so a tuple of types that passed
     # once passes again: one lookup instead of twenty isinstance calls per record.
     signature = tuple(map(type, rec))
     if signature not in _GOOD_SIGNATURES:
-        for i, (value, expected) in enumerate(zip(rec, _FIELD_TYPES, strict=True)):
+        for i, (value, expected) in enumerate(zip(rec, FIELD_TYPES, strict=True)):
             if not isinstance(value, expected):
                 raise FrameError("bad_field", f"{RECORD_FIELDS[i]} has type {type(value).__name__}")
         if len(_GOOD_SIGNATURES) < _MAX_SIGNATURES:
             _GOOD_SIGNATURES.add(signature)
-    if not math.isfinite(rec[4]) or not 0 <= rec[4] < 2**40:
+    if not math.isfinite(rec[F_CREATED]) or not 0 <= rec[F_CREATED] < 2**40:
         raise FrameError("bad_field", "created must be a finite timestamp")
-    if not (math.isfinite(rec[5]) and math.isfinite(rec[6])):  # %(msecs)d would raise in every Formatter
+    # %(msecs)d would raise in every Formatter
+    if not (math.isfinite(rec[F_MSECS]) and math.isfinite(rec[F_RELATIVE_CREATED])):
         raise FrameError("bad_field", "msecs and relativeCreated must be finite")
-    extra = rec[-1]
+    extra = rec[F_EXTRA]
     if extra:
         if len(extra) > limits.max_extra_fields:
             raise FrameError("bad_field", f"more than {limits.max_extra_fields} extra fields")
-        _check_value(extra, limits, 0)
+        check_value(extra, limits, 0)
 
 
-_U32_END = 2**32  # pid and stream: below 2**32
-_TIME_END = 2**40  # start_time, as created: seconds since the epoch, 0 <= t < 2**40
-_SEQ_END = 2**64  # sequence numbers are msgpack uint64: seq + len(records) stays below
-_NUMBER = (int, float)
-
-
-def _check_envelope(obj: list[Any], count: int) -> Sender:
-    """Check the envelope of frame ``obj`` (its records item is not looked at; ``count`` records); return its sender.
-
-    A few comparisons per frame, none per record. Exact types: a msgpack boolean is no int here.
-    """
-    version, sender, seq, dropped, flags, _ = obj
-    if type(version) is not int:
-        raise FrameError("bad_version", f"version must be the int {VERSION}, got {type(version).__name__}")
-    if version != VERSION:
-        raise FrameError("bad_version", f"unsupported frame version {version!r}")
-    if type(sender) is not list or len(sender) != 4:
-        raise FrameError("bad_header", "sender must be [host:str, pid:int, start_time:float, stream:int]")
-    host, pid, start_time, stream = sender
-    if type(host) is not str or len(host) > MAX_HOST_CHARS:
-        raise FrameError("bad_header", f"host must be a str of at most {MAX_HOST_CHARS} characters")
-    if type(pid) is not int or not 0 <= pid < _U32_END:
-        raise FrameError("bad_header", f"pid must be an int, 0 <= pid < 2**32, got {_shown(pid)}")
-    if type(start_time) not in _NUMBER or not 0 <= start_time < _TIME_END:  # NaN fails both comparisons
-        raise FrameError("bad_header", f"start_time must be a number, 0 <= t < 2**40, got {_shown(start_time)}")
-    if type(stream) is not int or not 0 <= stream < _U32_END:
-        raise FrameError("bad_header", f"stream must be an int, 0 <= stream < 2**32, got {_shown(stream)}")
-    if type(seq) is not int or seq < 0:
-        raise FrameError("bad_header", f"seq must be a non-negative int, got {_shown(seq)}")
-    if type(dropped) is not int or dropped < 0:
-        raise FrameError("bad_header", f"dropped must be a non-negative int, got {_shown(dropped)}")
-    if type(flags) is not int or flags < 0:
-        raise FrameError("bad_header", f"flags must be a non-negative int, got {_shown(flags)}")
-    if seq + count >= _SEQ_END:
-        raise FrameError("bad_header", "seq + len(records) must stay below 2**64")
-    return Sender(host, pid, start_time, stream)
-
-
-def _shown(value: Any) -> str:
-    """A bad envelope value for an error message: a number as it is, anything else by its type."""
-    return repr(value) if type(value) in _NUMBER else type(value).__name__
-
-
-def _check_header(obj: Any) -> Frame:
+def check_header(obj: Any) -> Frame:
     if type(obj) is not list or len(obj) != 6:
         raise FrameError("not_a_frame", "a frame is an array of 6 items")
     records = obj[5]
     if type(records) is not list:
-        _check_envelope(obj, 0)  # a bad version or sender is named first
+        check_envelope(obj, 0)  # a bad version or sender is named first
         raise FrameError("bad_header", "records must be an array")
-    return Frame(_check_envelope(obj, len(records)), obj[2], obj[3], obj[4], records)
-
-
-_ENVELOPE_BYTES = 2048  # more than any valid envelope takes (a 255-character host is at most 1,020 bytes)
-
-
-def read_envelope(data: bytes) -> tuple[Frame, int] | None:
-    """The envelope of a frame refused whole (``oversized``, ``over_limit``), read from its first bytes.
-
-    A frame too large for the limits may still name its sender validly: the listener then
-    counts its records as that sender's ``rejected`` instead of leaving them to show as a
-    gap later. Only the envelope is read (at most ``_ENVELOPE_BYTES``), and it must pass
-    the same checks as in :func:`decode_header`. Called on that error path only.
-
-    Returns:
-        ``(frame, count)``: the frame with no records and how many records it declares,
-        or None when the envelope is not valid, or declares more records than the frame
-        has bytes (each takes one at least).
-    """
-    unpacker = msgpack.Unpacker(
-        max_buffer_size=_ENVELOPE_BYTES,
-        max_str_len=4 * MAX_HOST_CHARS,
-        max_bin_len=0,
-        max_array_len=8,
-        max_map_len=0,
-        max_ext_len=0,
-    )
-    unpacker.feed(data[:_ENVELOPE_BYTES])
-    try:
-        items = unpacker.read_array_header()
-        version = unpacker.unpack()
-        if items not in (6, 7) or unpacker.read_array_header() != 4:
-            return None
-        sender = [unpacker.unpack() for _ in range(4)]
-        seq, dropped, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
-        version, count = _version_and_count(unpacker, items, version)
-        identity = _check_envelope([version, sender, seq, dropped, flags, None], count)
-    except Exception:  # not msgpack, cut short, a bad type or value (FrameError): no envelope
-        return None
-    if count > len(data):
-        return None
-    return Frame(identity, seq, dropped, flags, []), count
-
-
-def _version_and_count(unpacker: msgpack.Unpacker, items: int, version: Any) -> tuple[Any, int]:
-    """After ``flags``: the records' count, and the version to check the envelope as (version 1's checks for both).
-
-    Raises:
-        ValueError: a version 2 frame (7 items) that is not one, or whose count is no int >= 0.
-    """
-    if items == 6:
-        return version, unpacker.read_array_header()
-    count = unpacker.unpack()  # version 2: the count, then the columns (mplog.wire.columns)
-    if type(version) is not int or version != VERSION_COLUMNS or type(count) is not int or count < 0:
-        raise ValueError("not a version 2 envelope")
-    return VERSION, count
+    return Frame(check_envelope(obj, len(records)), obj[2], obj[3], obj[4], records)
 
 
 def _reason_for(message: str) -> str:
@@ -259,7 +173,7 @@ class _ItemBudget:
         return value
 
 
-def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
+def unpack_frame(data: bytes, limits: Limits, unicode_errors: str) -> Any:
     options: dict[str, Any] = {}
     # Every value takes one byte at least, so a frame no longer than max_items cannot decode
     # to more: only longer frames (rare, and then mostly long strings) pay for the count.
@@ -278,8 +192,8 @@ def _unpack(data: bytes, limits: Limits, unicode_errors: str) -> Any:
             max_bin_len=limits.max_bin_len,
             # No container may hold more than max_records values (a map's keys count too):
             # the item budget sees a container once it is built, so this bounds what one
-            # unfinished container holds. How many extras a record keeps is _check_record's.
-            max_array_len=max(limits.max_records, _N_FIELDS),
+            # unfinished container holds. How many extras a record keeps is check_record's.
+            max_array_len=max(limits.max_records, N_FIELDS),
             max_map_len=max(limits.max_records // 2, limits.max_extra_fields),
             max_ext_len=0,
             **options,
@@ -300,10 +214,10 @@ def decode_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     """Unpack and check the frame envelope; records are returned unchecked."""
     if len(data) > limits.max_frame_bytes:
         raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
-    obj = _unpack(data, limits, "strict")
+    obj = unpack_frame(data, limits, "strict")
     if is_columns_frame(obj):  # version 2: the records as columns (mplog.wire.columns)
-        return columns_frame(obj, limits, _check_envelope)
-    return _check_header(obj)
+        return columns_frame(obj, limits)
+    return check_header(obj)
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
@@ -332,12 +246,12 @@ def check_records(records: list[Any], limits: Limits = DEFAULT_LIMITS) -> list[l
         if columns is not None:
             return columns
     for rec in records:
-        _check_record(rec, limits)
+        check_record(rec, limits)
     return None
 
 
 def _all_plain(records: list[Any]) -> bool:
-    """True when every record passes _check_record and has no extras, checked a frame at a time (plain_columns)."""
+    """True when every record passes check_record and has no extras, checked a frame at a time (plain_columns)."""
     return plain_columns(records) is not None
 
 
@@ -375,7 +289,7 @@ def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
     """
     record: logging.LogRecord = _new(_LogRecord)
     attrs = record.__dict__
-    extra = fields[19]
+    extra = fields[F_EXTRA]
     if extra:
         attrs.update(extra if _RESERVED.isdisjoint(extra) else _renamed(extra))
     attrs.setdefault("hostname", hostname)  # set even when "": a format naming %(hostname)s works on every record
@@ -400,7 +314,7 @@ def make_log_record(fields: list[Any], hostname: str = "") -> logging.LogRecord:
         attrs["exc_text"],
         attrs["stack_info"],
         _,
-    ) = fields
+    ) = fields  # in RECORD_FIELDS order (one unpacking: the fast way to set twenty attributes)
     attrs["args"] = None
     attrs["exc_info"] = None
     factory = _record_factory()

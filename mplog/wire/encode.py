@@ -6,6 +6,11 @@ and never raises for any content of a record. A worker keeps a common record as 
 list (:func:`plain_fields`) and packs a whole batch in one call (:func:`pack_records`);
 :func:`build_frame` and :func:`frame_of_packed` put packed records under a frame header
 without re-encoding them. Pure functions only: no I/O, nothing logged.
+
+The listener's repair (:mod:`mplog.wire.repair`) gives a refused record's fields the values
+the worker would have: :func:`conform_fields` (each field of the type the decoder accepts,
+a wrong value kept as the extra ``mplog_bad_<field>``) and :func:`bounded_text` (a text cut
+at a limit); :mod:`mplog.wire.columns` frames a version 1 body with :func:`array_header`.
 """
 
 from __future__ import annotations
@@ -22,18 +27,25 @@ from typing import Any
 import msgpack
 
 from mplog.wire.schema import (
-    _FIELD_DEFAULTS,
-    _FIELD_TYPES,
-    _N_FIELDS,
-    _NUM,
     DEFAULT_LIMITS,
+    F_CREATED,
+    F_LEVELNAME,
+    F_LEVELNO,
+    F_NAME,
+    FIELD_DEFAULTS,
+    FIELD_TYPES,
+    N_FIELDS,
+    NUMBER_TYPES,
     RECORD_FIELDS,
     Limits,
     Sender,
 )
 
 __all__ = [
+    "array_header",
+    "bounded_text",
     "build_frame",
+    "conform_fields",
     "encode_record",
     "encode_sender",
     "field_default",
@@ -69,10 +81,10 @@ def build_frame(sender_bytes: bytes, seq: int, dropped: int, flags: int, records
 def frame_of_packed(sender_bytes: bytes, seq: int, dropped: int, flags: int, *, count: int, packed: bytes) -> bytes:
     """A frame around ``count`` records already packed one after the other in ``packed``."""
     head: bytes = msgpack.packb([seq, dropped, flags], use_bin_type=True)[1:]  # drop the fixarray byte
-    return b"\x96\x01" + sender_bytes + head + _array_header(count) + packed
+    return b"\x96\x01" + sender_bytes + head + array_header(count) + packed
 
 
-def _array_header(n: int) -> bytes:
+def array_header(n: int) -> bytes:
     if n < 16:
         return bytes((0x90 | n,))
     if n < 0x10000:
@@ -80,7 +92,7 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _bounded_text(text: str, limit: int) -> str:
+def bounded_text(text: str, limit: int) -> str:
     if len(text) > limit:
         return f"{text[:limit]}...[mplog: truncated {len(text) - limit} chars]"
     return text
@@ -93,7 +105,7 @@ def _safe_repr(value: Any, limit: int) -> str:
             raise TypeError("__repr__ returned a non-string")
     except Exception as exc:  # a hostile __repr__ must not reach the caller
         return f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
-    return _bounded_text(text, limit)
+    return bounded_text(text, limit)
 
 
 def _unformattable(record: logging.LogRecord, exc: Exception, limits: Limits) -> str:
@@ -109,7 +121,7 @@ def _merge_message(record: logging.LogRecord, limits: Limits) -> str:
             message = str(message)
     except Exception as exc:
         message = _unformattable(record, exc, limits)
-    return _bounded_text(message, limits.max_message_chars)
+    return bounded_text(message, limits.max_message_chars)
 
 
 def _exception_text(record: logging.LogRecord, limits: Limits) -> str | None:
@@ -125,7 +137,7 @@ def _exception_text(record: logging.LogRecord, limits: Limits) -> str | None:
             text = f"{summary.strip()} <traceback unavailable: {type(exc).__name__}>"
     if text and not isinstance(text, str):
         text = _safe_repr(text, limits.max_message_chars)
-    return _bounded_text(text, limits.max_message_chars) if text else None
+    return bounded_text(text, limits.max_message_chars) if text else None
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -157,7 +169,7 @@ def record_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) ->
         record.processName,
         getattr(record, "taskName", None),
         _exception_text(record, limits),
-        _bounded_text(stack, limits.max_message_chars) if stack else None,
+        bounded_text(stack, limits.max_message_chars) if stack else None,
         _with_exception_fields(_extras(record), record, limits),
     ]
 
@@ -182,19 +194,19 @@ def _with_exception_fields(extras: dict[str, Any], record: logging.LogRecord, li
         message = f"<unprintable {cls.__name__}: {type(exc).__name__}>"
     extras = dict(extras)
     extras.setdefault("exc_type", name)
-    extras.setdefault("exc_message", _bounded_text(message, limits.max_message_chars))
+    extras.setdefault("exc_message", bounded_text(message, limits.max_message_chars))
     return extras
 
 
 def _max_array(limits: Limits) -> int:
-    return max(limits.max_records, _N_FIELDS)  # the decoder's max_array_len
+    return max(limits.max_records, N_FIELDS)  # the decoder's max_array_len
 
 
 _FLAT_TYPES = frozenset({bool, float, type(None)})
 
 
-def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: C901, PLR0911, PLR0912  # one return per msgpack type; split after the perf merge
-    """True if the extra ``value`` packs into something the decoder accepts (see _check_value).
+def _fits(value: Any, limits: Limits, depth: int) -> bool:
+    """True if the extra ``value`` packs into something the decoder accepts (see check_value).
 
     Without this check a deep, large or int-keyed extra packs fine here and then the
     listener rejects the whole frame (see test_extras_over_the_decoder_limits_are_bounded_not_rejected).
@@ -207,34 +219,39 @@ def _fits(value: Any, limits: Limits, depth: int) -> bool:  # noqa: C901, PLR091
         return True
     if kind is int:
         return bool(-(2**63) <= value < 2**64)
+    if isinstance(value, (str, bool, float, int, bytes)):
+        return _subclass_fits(value, limits)
+    return _container_fits(value, limits, depth)
+
+
+def _subclass_fits(value: Any, limits: Limits) -> bool:
+    """:func:`_fits` for a scalar of a subclass (a str or int enum, ...) or bytes."""
     if isinstance(value, str):
         return len(value) <= limits.max_message_chars
     if isinstance(value, (bool, float)):
         return True
     if isinstance(value, int):
         return -(2**63) <= value < 2**64
-    if isinstance(value, bytes):
-        return len(value) <= limits.max_bin_len
+    return len(value) <= limits.max_bin_len  # bytes
+
+
+def _container_fits(value: Any, limits: Limits, depth: int) -> bool:
+    """:func:`_fits` for anything but a scalar: a list, tuple or dict within the limits, every item fitting."""
     if depth >= limits.max_depth:
         return False
     if isinstance(value, (list, tuple)):
         return len(value) <= _max_array(limits) and all(_fits(item, limits, depth + 1) for item in value)
-    if isinstance(value, dict):
-        if len(value) > limits.max_extra_fields:
-            return False
-        cap = limits.max_message_chars
-        for key, item in value.items():
-            if type(key) is not str or len(key) > cap or not _fits(item, limits, depth + 1):
-                return False
-        return True
-    return False
+    if not isinstance(value, dict) or len(value) > limits.max_extra_fields:
+        return False
+    cap = limits.max_message_chars
+    return all(type(key) is str and len(key) <= cap and _fits(item, limits, depth + 1) for key, item in value.items())
 
 
 def _sanitize(value: Any, limits: Limits, depth: int, text_cap: int | None = None) -> Any:  # noqa: PLR0911
     """Make ``value`` packable within the decoder's limits: valid UTF-8, native types, bounded depth."""
     if isinstance(value, str):
         if text_cap is not None:
-            value = _bounded_text(value, text_cap)
+            value = bounded_text(value, text_cap)
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -269,12 +286,12 @@ def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
         }
     except Exception as exc:  # a container whose iteration raises
         extra = {"mplog_extra_error": f"<unencodable extra: {type(exc).__name__}>"}
-    _conform(head, extra, limits)
+    conform_fields(head, extra, limits)
     packed: bytes = msgpack.packb([*head, extra], use_bin_type=True)
     return packed
 
 
-def _conform(
+def conform_fields(
     head: list[Any],
     extra: dict[str, Any],
     limits: Limits,
@@ -293,15 +310,15 @@ def _conform(
     """
     limit = limits.max_repr_chars
     describe = describe or _safe_repr
-    for i, (value, kind) in enumerate(zip(head, _FIELD_TYPES, strict=False)):
+    for i, (value, kind) in enumerate(zip(head, FIELD_TYPES, strict=False)):
         fits = isinstance(value, kind)
-        if fits and kind is _NUM:  # created, msecs, relativeCreated
-            fits = math.isfinite(value) and (i != 4 or 0 <= value < 2**40)
-        elif fits and i == 0 and max_name is not None:
+        if fits and kind is NUMBER_TYPES:  # created, msecs, relativeCreated
+            fits = math.isfinite(value) and (i != F_CREATED or 0 <= value < 2**40)
+        elif fits and i == F_NAME and max_name is not None:
             fits = len(value) <= max_name
         if not fits:
             if len(extra) < limits.max_extra_fields:
-                text = _bounded_text(value, limit) if isinstance(value, str) else describe(value, limit)
+                text = bounded_text(value, limit) if isinstance(value, str) else describe(value, limit)
                 extra.setdefault(f"mplog_bad_{RECORD_FIELDS[i]}", text)
             head[i] = field_default(i, head)
 
@@ -314,17 +331,17 @@ def field_default(i: int, fields: list[Any]) -> Any:
     should; ``created``: now; ``name``: ``"root"``, the logger it is then handled by; any
     other field its type's empty value.
     """
-    if i == 0:
+    if i == F_NAME:
         return "root"
-    if i == 1:
-        value, name = fields[1], fields[2]
+    if i == F_LEVELNO:
+        value, name = fields[F_LEVELNO], fields[F_LEVELNAME]
         if type(value) is float and math.isfinite(value) and -(2**63) <= value < 2**63:
             return int(value)
         level = logging.getLevelName(name) if type(name) is str else None
         return level if type(level) is int else logging.WARNING
-    if i == 4:
+    if i == F_CREATED:
         return time.time()
-    return _FIELD_DEFAULTS[i]
+    return FIELD_DEFAULTS[i]
 
 
 class _PackerSlot(threading.local):
@@ -395,7 +412,7 @@ def plain_fields(record: logging.LogRecord, limits: Limits = DEFAULT_LIMITS) -> 
         except Exception as exc:
             message = _unformattable(record, exc, limits)
         if len(message) > limits.max_message_chars:
-            message = _bounded_text(message, limits.max_message_chars)
+            message = bounded_text(message, limits.max_message_chars)
         return [
             record.name,
             record.levelno,
@@ -457,9 +474,9 @@ def _encode_within_frame(fields: list[Any], limits: Limits) -> bytes:
     """
     cap = limits.max_repr_chars
     extra = {
-        _safe_repr(k, 200) if not isinstance(k, str) else _bounded_text(k, cap): v
+        _safe_repr(k, 200) if not isinstance(k, str) else bounded_text(k, cap): v
         if v is None or isinstance(v, (bool, int, float))
-        else _bounded_text(v, cap)
+        else bounded_text(v, cap)
         if isinstance(v, str)
         else _safe_repr(v, cap)
         for k, v in list(fields[-1].items())[: limits.max_extra_fields]
@@ -489,7 +506,7 @@ def pack_records(packer: msgpack.Packer, items: list[Any], limits: Limits = DEFA
     if bytes not in set(map(type, items)):
         try:
             packed: bytes = _pack_batch(items) if _pack_batch is not None else packer.pack(items)
-            return packed[len(_array_header(len(items))) :]  # the records without the array header
+            return packed[len(array_header(len(items))) :]  # the records without the array header
         except Exception:  # an odd value somewhere: each record on its own below
             pass
     return b"".join(item if type(item) is bytes else _pack_fields(packer, item, limits) for item in items)

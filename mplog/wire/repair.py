@@ -16,15 +16,15 @@ from typing import Any
 
 from mplog.exceptions import FrameError
 from mplog.wire.decode import (
-    _SCALARS,
     MAX_NAME_CHARS,
-    _check_header,
-    _check_record,
-    _check_value,
-    _unpack,
+    SCALAR_TYPES,
+    check_header,
+    check_record,
+    check_value,
+    unpack_frame,
 )
-from mplog.wire.encode import _bounded_text, _conform
-from mplog.wire.schema import _FIELD_TYPES, _N_FIELDS, DEFAULT_LIMITS, Frame, Limits
+from mplog.wire.encode import bounded_text, conform_fields
+from mplog.wire.schema import DEFAULT_LIMITS, F_NAME, FIELD_TYPES, N_FIELDS, Frame, Limits
 
 __all__ = ["decode_escaped", "salvage_records"]
 
@@ -43,7 +43,7 @@ def decode_escaped(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Frame:
     """
     if len(data) > limits.max_frame_bytes:
         raise FrameError("oversized", f"{len(data)} bytes > max_frame_bytes {limits.max_frame_bytes}")
-    frame = _check_header(_unpack(data, limits, "surrogateescape"))
+    frame = check_header(unpack_frame(data, limits, "surrogateescape"))
     if not _valid_text(frame.sender.host):
         raise FrameError("bad_utf8", "the sender's host name is not valid UTF-8")
     return frame
@@ -83,7 +83,7 @@ def salvage_records(
     out: list[list[Any] | None] = []
     reasons: list[str] = []
     for rec in records:
-        if type(rec) is not list or len(rec) != _N_FIELDS:
+        if type(rec) is not list or len(rec) != N_FIELDS:
             out.append(None)
             reasons.append("bad_record")
             continue
@@ -94,20 +94,20 @@ def salvage_records(
 
 
 # Positions of the fields a record cannot be without (everything but the optional ones and extra).
-_REQUIRED = tuple(i for i, kind in enumerate(_FIELD_TYPES[:-1]) if not isinstance(None, kind))
+_REQUIRED = tuple(i for i, kind in enumerate(FIELD_TYPES[:-1]) if not isinstance(None, kind))
 _required_fields = operator.itemgetter(*_REQUIRED)
-_REQUIRED_KINDS = tuple(_FIELD_TYPES[i] for i in _REQUIRED)
+_REQUIRED_KINDS = tuple(FIELD_TYPES[i] for i in _REQUIRED)
 
 
 def _repair_record(rec: list[Any], limits: Limits, max_name: int, escaped: bool) -> str:
-    """Make ``rec`` (an array of 20 fields) pass _check_record; return why it did not, or "".
+    """Make ``rec`` (an array of 20 fields) pass check_record; return why it did not, or "".
 
     ``empty_record``: nothing in it to repair from; the caller refuses it.
     """
     reason = "bad_utf8" if escaped and _unescape(rec) else ""
     try:
-        _check_record(rec, limits)
-        if len(rec[0]) <= max_name:
+        check_record(rec, limits)
+        if len(rec[F_NAME]) <= max_name:
             return reason
         reason = reason or "bad_field"
     except FrameError as exc:
@@ -116,7 +116,7 @@ def _repair_record(rec: list[Any], limits: Limits, max_name: int, escaped: bool)
         reason = reason or exc.reason
     rec[-1] = extra = _repair_extra(rec[-1], limits)
     # The worker's own repair, with a repr() that stops early; the extra map now passes as it is.
-    _conform(rec, extra, limits, max_name, describe=_bounded_repr)
+    conform_fields(rec, extra, limits, max_name, describe=_bounded_repr)
     return reason
 
 
@@ -126,9 +126,9 @@ def _repair_extra(extra: Any, limits: Limits) -> dict[str, Any]:
         return {"mplog_bad_extra": _bounded_repr(extra, limits.max_repr_chars)}
     fixed: dict[str, Any] = {}
     for key, value in list(extra.items())[: limits.max_extra_fields]:
-        if not isinstance(value, _SCALARS):
+        if not isinstance(value, SCALAR_TYPES):
             try:
-                _check_value(value, limits, 1)
+                check_value(value, limits, 1)
             except FrameError:
                 value = _bounded_repr(value, limits.max_repr_chars)  # noqa: PLW2901
         fixed[key if type(key) is str else _bounded_repr(key, 200)] = value
@@ -147,7 +147,7 @@ def _bounded_repr(value: Any, limit: int) -> str:
     does. A value whose repr() fits is written exactly as repr() writes it.
     """
     if type(value) is str:
-        return _bounded_text(value, limit)
+        return bounded_text(value, limit)
     out: list[str] = []
     try:
         _write_repr(value, out, [limit + 1])
@@ -206,7 +206,7 @@ def _escaped_text(text: str) -> str:
 def _unescape(rec: list[Any]) -> bool:
     """Write every invalid UTF-8 sequence in ``rec`` (fields, extra keys and values) as escapes; True if any."""
     changed = False
-    for i in range(_N_FIELDS - 1):
+    for i in range(N_FIELDS - 1):
         value = rec[i]
         if type(value) is str and not _valid_text(value):
             rec[i] = _escaped_text(value)

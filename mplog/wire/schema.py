@@ -1,9 +1,12 @@
 """The wire format's shared definitions: the frame's version and flags, the record field list, the limits.
 
 What both ends of :mod:`mplog.wire` agree on (see docs/wire-format.md): :data:`RECORD_FIELDS`
-gives the positions of a record array, :class:`Limits` bounds the encoder (worker side,
-:mod:`mplog.wire.encode`) and the decoder (listener side, :mod:`mplog.wire.decode`), and
-:class:`Sender` and :class:`Frame` name a frame's parts. Definitions only: no I/O, nothing logged.
+gives the positions of a record array (``F_NAME`` ... ``F_EXTRA`` name each position, derived
+from it), :class:`Limits` bounds the encoder (worker side, :mod:`mplog.wire.encode`) and the
+decoder (listener side, :mod:`mplog.wire.decode`), and :class:`Sender` and :class:`Frame` name
+a frame's parts. :data:`FIELD_TYPES` (each field's accepted types, :data:`NUMBER_TYPES` for a
+number), :data:`FIELD_DEFAULTS` (what an unusable field takes instead) and :data:`N_FIELDS` are
+for the codec's modules. Definitions only: no I/O, nothing logged.
 """
 
 from __future__ import annotations
@@ -13,16 +16,42 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FIELD_DEFAULTS",
+    "FIELD_TYPES",
     "FLAG_FINAL",
     "FLAG_URGENT",
-    "RECORD_FIELDS",
-    "VERSION",
+    "F_CREATED",
+    "F_EXC_TEXT",
+    "F_EXTRA",
+    "F_FILENAME",
+    "F_FUNC_NAME",
+    "F_LEVELNAME",
+    "F_LEVELNO",
+    "F_LINENO",
+    "F_MESSAGE",
+    "F_MODULE",
+    "F_MSECS",
+    "F_NAME",
+    "F_PATHNAME",
+    "F_PROCESS",
+    "F_PROCESS_NAME",
+    "F_RELATIVE_CREATED",
+    "F_STACK_INFO",
+    "F_TASK_NAME",
+    "F_THREAD",
+    "F_THREAD_NAME",
     "Frame",
     "Limits",
+    "NUMBER_TYPES",
+    "N_FIELDS",
+    "RECORD_FIELDS",
     "Sender",
+    "VERSION",
+    "VERSION_COLUMNS",
 ]
 
 VERSION = 1
+VERSION_COLUMNS = 2  # a frame's records as columns (mplog.wire.columns)
 FLAG_FINAL = 1  # the sender is closing; ``seq`` is its final next-sequence number
 FLAG_URGENT = 2  # the frame ends with a record at the sender's flush level: the listener must not hold it back
 
@@ -48,20 +77,46 @@ RECORD_FIELDS: tuple[str, ...] = (
     "stack_info",
     "extra",
 )
-_N_FIELDS = len(RECORD_FIELDS)
+N_FIELDS = len(RECORD_FIELDS)
 
-_NUM = (int, float)
+# Each field's position in a record array (and a version 2 frame's column), by name: derived
+# from RECORD_FIELDS, the one list. Module-level ints, so that code indexing a record per
+# record pays a global lookup, no attribute lookup (``fields[F_NAME]``, ``itemgetter(F_NAME)``).
+_AT = {field: i for i, field in enumerate(RECORD_FIELDS)}
+F_NAME = _AT["name"]
+F_LEVELNO = _AT["levelno"]
+F_LEVELNAME = _AT["levelname"]
+F_MESSAGE = _AT["message"]
+F_CREATED = _AT["created"]
+F_MSECS = _AT["msecs"]
+F_RELATIVE_CREATED = _AT["relativeCreated"]
+F_PATHNAME = _AT["pathname"]
+F_FILENAME = _AT["filename"]
+F_MODULE = _AT["module"]
+F_LINENO = _AT["lineno"]
+F_FUNC_NAME = _AT["funcName"]
+F_THREAD = _AT["thread"]
+F_THREAD_NAME = _AT["threadName"]
+F_PROCESS = _AT["process"]
+F_PROCESS_NAME = _AT["processName"]
+F_TASK_NAME = _AT["taskName"]
+F_EXC_TEXT = _AT["exc_text"]
+F_STACK_INFO = _AT["stack_info"]
+F_EXTRA = _AT["extra"]
+del _AT
+
+NUMBER_TYPES = (int, float)
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
 # Expected Python types per position after unpacking (bool is an int subclass; allowed).
-_FIELD_TYPES: tuple[Any, ...] = (
+FIELD_TYPES: tuple[Any, ...] = (
     str,  # name
     int,  # levelno
     str,  # levelname
     str,  # message
-    _NUM,  # created
-    _NUM,  # msecs
-    _NUM,  # relativeCreated
+    NUMBER_TYPES,  # created
+    NUMBER_TYPES,  # msecs
+    NUMBER_TYPES,  # relativeCreated
     str,  # pathname
     str,  # filename
     str,  # module
@@ -76,10 +131,10 @@ _FIELD_TYPES: tuple[Any, ...] = (
     _OPT_STR,  # stack_info
     dict,  # extra
 )
-# What a standard field that cannot be used takes instead (the worker's _conform, the
+# What a standard field that cannot be used takes instead (the worker's conform_fields, the
 # listener's salvage_records); the value it had travels as the extra ``mplog_bad_<field>``.
-_FIELD_DEFAULTS: tuple[Any, ...] = tuple(
-    "" if kind is str else 0 if kind is int else 0.0 if kind is _NUM else None for kind in _FIELD_TYPES[:-1]
+FIELD_DEFAULTS: tuple[Any, ...] = tuple(
+    "" if kind is str else 0 if kind is int else 0.0 if kind is NUMBER_TYPES else None for kind in FIELD_TYPES[:-1]
 )
 
 

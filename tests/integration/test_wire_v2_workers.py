@@ -20,10 +20,9 @@ import pytest
 from helpers import check_lines, file_config, payload, read_lines
 
 import mplog
-from mplog.delivery.ack_format import frame_envelope
 from mplog.listener.loop import Server
 from mplog.transports import open_receiver
-from mplog.wire import FLAG_FINAL
+from mplog.wire import FLAG_FINAL, read_envelope
 
 pytestmark = pytest.mark.integration
 
@@ -63,17 +62,17 @@ def test_workers_send_version_2_frames_and_the_listener_writes_exactly_what_they
             received = receiver.recv(0.1)
             if received is not None:
                 frames.append(received[0])
-                finals += bool(frame_envelope(received[0]).flags & FLAG_FINAL)
+                finals += bool(read_envelope(received[0]).flags & FLAG_FINAL)
         for proc in procs:
             proc.join(30)
             assert proc.exitcode == 0
     finally:
         receiver.close()
     assert finals == WORKERS
-    with_records = [data for data in frames if frame_envelope(data).records]
+    with_records = [data for data in frames if read_envelope(data).records]
     assert with_records
     assert {data[:2] for data in with_records} == {HOW[how][2]}
-    assert sum(frame_envelope(data).records for data in with_records) == WORKERS * PER_WORKER
+    assert sum(read_envelope(data).records for data in with_records) == WORKERS * PER_WORKER
 
     out = tmp_path / "out.log"
     logging.config.dictConfig(file_config(out))

@@ -23,9 +23,9 @@ from ledger import build_ledger
 
 import mplog
 from mplog import WorkerOptions
-from mplog.delivery.ack_format import decode_ack, encode_ack, frame_envelope
+from mplog.delivery.ack_format import decode_ack, encode_ack
 from mplog.listener.ack_loop import MarksFile
-from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
+from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender, read_envelope
 
 SPAWN = multiprocessing.get_context("spawn")
 HERE = str(Path(__file__).resolve().parent)
@@ -257,10 +257,10 @@ def _frame(seq: int, n: int, flags: int = 0) -> tuple[bytes, Sender]:
 
 def test_the_envelope_of_a_frame_is_read_without_its_records():
     data, sender = _frame(1234, 7, FLAG_FINAL)
-    env = frame_envelope(data)
+    env = read_envelope(data)
     assert (env.key, env.stream, env.seq, env.records, env.flags) == (sender.key, 0xBEEF, 1234, 7, FLAG_FINAL)
     with pytest.raises(ValueError):
-        frame_envelope(b"\x93\x01")
+        read_envelope(b"\x93\x01")
 
 
 def test_acks_round_trip_and_anything_else_is_ignored():

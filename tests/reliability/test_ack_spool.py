@@ -28,10 +28,10 @@ import mplog
 from mplog import WorkerOptions
 from mplog.delivery.ack_sender import AckingSender
 from mplog.delivery.spool_files import OwnSpool, prepare_dir
-from mplog.delivery.spool_format import HEADER_SIZE, frame_head, goodbye_frame, parse_spool
+from mplog.delivery.spool_format import HEADER_SIZE, goodbye_frame, parse_spool
 from mplog.exceptions import ConfigError
 from mplog.transports import TransportOptions
-from mplog.wire import Sender, build_frame, encode_record, encode_sender
+from mplog.wire import Sender, build_frame, encode_record, encode_sender, read_envelope
 
 SPAWN = multiprocessing.get_context("spawn")
 SIZE = 300  # payload bytes: 2,000 records are about 1 MB, more than the kernel buffers between the two
@@ -166,7 +166,7 @@ def _write_spool(spool_dir: Path, frames: list[bytes]) -> Path:
     prepare_dir(str(spool_dir))
     spool = OwnSpool(str(spool_dir), 1 << 20)
     for frame in frames:
-        head = frame_head(frame if frame[:2] == frames[0][:2] else frames[0])  # a bad entry: any head will do
+        head = read_envelope(frame if frame[:2] == frames[0][:2] else frames[0])  # a bad entry: any head will do
         assert spool.append(frame, head)
     spool.release()  # as if its writer had died: the file stays, nobody holds it
     return Path(spool.path)
@@ -454,14 +454,14 @@ def test_a_spool_at_its_bound_is_rewritten_with_only_its_unacknowledged_frames(t
     path = Path(spool.path)
     kept = 0
     for i, frame in enumerate(frames):
-        if not spool.append(frame, frame_head(frame)):
+        if not spool.append(frame, read_envelope(frame)):
             # Full: acknowledge the oldest three frames still kept, and the next append rewrites the file.
             spool.acknowledged(0xC0FFEE, (kept + 3) * 10)
             kept += 3
-            assert spool.append(frame, frame_head(frame))
+            assert spool.append(frame, read_envelope(frame))
         assert path.stat().st_size <= bound
         contents = parse_spool(path.read_bytes())
-        live = [f for f in contents.frames if frame_head(f).end_seq > kept * 10]
+        live = [f for f in contents.frames if read_envelope(f).end_seq > kept * 10]
         assert live == frames[kept : i + 1]
         assert contents.mark == ((0xC0FFEE, kept * 10) if kept else (0, 0))
     assert kept > 0

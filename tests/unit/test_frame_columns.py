@@ -9,7 +9,7 @@ import pytest
 from mplog.exceptions import FrameError
 from mplog.wire import RECORD_FIELDS, Limits
 from mplog.wire.column_check import plain_columns, value_passes
-from mplog.wire.decode import _check_record, check_records
+from mplog.wire.decode import check_record, check_records
 
 SAMPLES: list[Any] = [
     "s",
@@ -69,7 +69,7 @@ def _record(i: int, **fields: Any) -> list[Any]:
 def _passes_record_by_record(records: list[Any]) -> bool:
     try:
         for fields in records:
-            _check_record(fields, Limits())
+            check_record(fields, Limits())
     except (FrameError, OverflowError):  # OverflowError: an int too large for a float time check
         return False
     return not any(fields[-1] for fields in records)

@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 
 from mplog.config import load_config
-from mplog.delivery.ack_format import frame_envelope
 from mplog.exceptions import ConfigError
 from mplog.listener import holding as yielding
 from mplog.listener.holding import CHECK_INTERVAL, WorkerWatch
 from mplog.listener.settings import yield_seconds
-from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender
+from mplog.wire import FLAG_FINAL, FLAG_URGENT, Sender, build_frame, decode_frame, encode_sender, read_envelope
 from mplog.worker import MplogHandler, WorkerOptions
 
 HOST = socket.gethostname()
@@ -88,7 +87,7 @@ def test_the_flush_level_decides_what_is_urgent():
 
 def test_the_envelope_names_the_sender_host_and_pid_without_unpacking_records():
     frame = build_frame(encode_sender(Sender("host-a", 4242, 1.5, 7)), 10, 0, FLAG_URGENT, [b"\xc0"] * 3)
-    env = frame_envelope(frame)
+    env = read_envelope(frame)
     assert (env.host, env.pid, env.flags, env.seq, env.records) == ("host-a", 4242, FLAG_URGENT, 10, 3)
     assert env.key == "host-a/4242/00000007"
 
