@@ -20,8 +20,6 @@ import time
 from collections import deque
 from typing import NamedTuple
 
-import msgpack
-
 from mplog.delivery.spool_format import (
     ENTRY,
     HEADER_SIZE,
@@ -36,7 +34,7 @@ from mplog.delivery.spool_format import (
     pack_mark,
     parse_spool,
 )
-from mplog.wire import FLAG_FINAL, Envelope, read_envelope
+from mplog.wire import FLAG_FINAL, Envelope, read_envelope, read_sender
 
 __all__ = ["SUFFIX", "AdoptedSpool", "AdoptedStream", "OwnSpool", "adopt_spools", "prepare_dir"]
 
@@ -231,7 +229,7 @@ class AdoptedSpool(_SpoolFile):
             )
         if not found and identity and mark is not None and mark[1]:
             try:
-                stream = msgpack.unpackb(identity)[3]
+                stream = read_sender(identity).stream
             except Exception as exc:
                 raise ValueError(f"unreadable identity: {exc}") from None
             if stream == mark[0]:

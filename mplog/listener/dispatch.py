@@ -6,7 +6,8 @@ FileHandler then formats it, writes it and flushes the file, once per record. Wh
 record's whole route is plain (the logger and its ancestors call handlers the stock
 way, no filters anywhere, every handler on the route a StreamHandler or FileHandler
 that does not override emit/format/flush, formatted by a Formatter whose ``format``
-is the stock one), the fast path formats the records of a frame itself, exactly as
+is the stock one: decided by :mod:`mplog.listener.fast_guard`, the one place that names
+every condition of every shortcut), the fast path formats the records of a frame itself, exactly as
 ``Formatter.format`` would (:class:`mplog.listener.line_format.LineFormat`: the time text cached per
 second, and a format naming only wire fields built from the decoded fields without a
 LogRecord), and hands each handler the whole batch in one write and one flush. Anything else takes the generic
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any, NamedTuple
 
+from mplog.listener.fast_guard import batch_refusal, default_formatter, handler_refusal, logger_refusal
 from mplog.listener.frame_lines import add_frame
 from mplog.listener.line_format import LineFormat
 from mplog.listener.logger_lookup import LoggerLookup
@@ -35,10 +37,6 @@ from mplog.wire.schema import F_EXC_TEXT, F_LEVELNO, F_NAME, F_STACK_INFO
 
 __all__ = ["BatchDispatcher"]
 
-_Formatter = logging.Formatter
-_STREAM_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
-_FALLBACK_FORMATTER = logging.Formatter()
-_INSTANCE_OVERRIDES = frozenset(("emit", "handle", "format", "flush"))
 _NAME, _LEVELNO, _EXC_TEXT, _STACK_INFO = map(operator.itemgetter, (F_NAME, F_LEVELNO, F_EXC_TEXT, F_STACK_INFO))
 
 
@@ -69,6 +67,7 @@ class _Sink:
         self.records: list[Any] = []  # per line: its LogRecord, or its wire fields (a list)
 
     def add(self, record: logging.LogRecord) -> None:
+        """``record``'s line (``LineFormat.format``: ``Formatter.format``'s steps, inlined where stock)."""
         try:
             line = self.format.format(record)
         except Exception:  # what the listener's guarded Handler.handle does with any error of emit()
@@ -78,6 +77,7 @@ class _Sink:
         self.records.append(record)
 
     def add_fields(self, fields: list[Any]) -> None:
+        """The line of ``fields`` with no LogRecord (a compiled format: fast_guard.formatter_refusal accepted)."""
         try:
             line = self.format.line(fields)
         except Exception:  # the LogRecord path formats it again, and reports the error as emit() would
@@ -101,6 +101,14 @@ class _Sink:
         return self.make(item) if type(item) is list else item
 
     def write(self) -> None:
+        """The lines collected so far, in one ``stream.write`` and one ``flush``.
+
+        Shortcut: ``Handler.handle`` (filters, the lock taken per record), ``emit`` and its
+        flush per record. Safe for a handler :func:`~mplog.listener.fast_guard.handler_refusal`
+        accepted: no filters, the stock ``StreamHandler.emit`` (``stream.write(msg +
+        terminator)`` then ``flush``), so the joined lines are the same bytes; the lock is
+        still taken, once. A write that fails is reported per record, as ``emit`` would.
+        """
         handler, records = self.handler, self.records
         if not records:
             return
@@ -126,26 +134,6 @@ def _handle_alone(logger: logging.Logger, record: logging.LogRecord, sinks: dict
     for sink in sinks.values():
         sink.write()
     logger.handle(record)
-
-
-def _default_formatter() -> logging.Formatter:
-    formatter: logging.Formatter = getattr(logging, "_defaultFormatter", None) or _FALLBACK_FORMATTER
-    return formatter  # what Handler.format uses when a handler has no formatter
-
-
-def _is_plain_handler(handler: logging.Handler) -> bool:
-    cls = type(handler)
-    return (
-        isinstance(handler, logging.StreamHandler)
-        and not handler.filters
-        and cls.emit in _STREAM_EMITS
-        and cls.handle is logging.Handler.handle
-        and cls.format is logging.Handler.format
-        and cls.flush is logging.StreamHandler.flush
-        and _INSTANCE_OVERRIDES.isdisjoint(handler.__dict__)  # e.g. handler.emit = something_else
-        and type(handler.formatter or _default_formatter()).format is _Formatter.format
-        and "format" not in (handler.formatter or _default_formatter()).__dict__
-    )
 
 
 def _handlers_want_positions() -> bool:
@@ -255,6 +243,8 @@ class BatchDispatcher:
                     continue
                 built: logging.LogRecord | None = None  # only for a sink whose format needs a record
                 for sink in route:
+                    # callHandlers' own test (record.levelno >= hdlr.level), per record: the
+                    # level of each record was checked by isEnabledFor above, as Logger.info does.
                     if levelno >= sink.level:
                         if sink.compiled:
                             sink.add_fields(fields)
@@ -304,48 +294,49 @@ class BatchDispatcher:
     ) -> bool:
         """Hand a run of consecutive records of one logger to its sinks at once; False: one at a time.
 
-        Only when nothing about them needs a closer look: every level enabled and at or above
-        every sink's level, every sink's format compiled, no exception text or stack.
+        Shortcut: no ``isEnabledFor``, ``callHandlers`` level check or record-factory call per
+        record, and each sink formats the run in one call (``LineFormat.lines``). Only when
+        :func:`~mplog.listener.fast_guard.batch_refusal` finds nothing that needs a closer look
+        (every level enabled and at or above every sink's level, every sink's format compiled,
+        no exception text or stack): then each record's line is the one the record path builds.
         """
-        levels = set(map(_LEVELNO, run))
-        if not all(map(logger.isEnabledFor, levels)) or any(map(_EXC_TEXT, run)) or any(map(_STACK_INFO, run)):
-            return False
         try:
             if name not in routes:
                 routes[name] = self._route(logger, sinks, make)
         except Exception:  # the record-at-a-time path meets it again and counts it per record
             return False
         route = routes[name]
-        low = min(levels)
-        if route is None or not all(sink.compiled and sink.level <= low for sink in route):
+        marked = any(map(_EXC_TEXT, run)) or any(map(_STACK_INFO, run))
+        if route is None or batch_refusal(logger, set(map(_LEVELNO, run)), marked, route) is not None:
             return False
         for sink in route:
             sink.add_run(run)
         return True
 
     def _route(self, logger: logging.Logger, sinks: dict[int, _Sink], make: _Maker) -> list[_Sink] | None:
-        """The sinks a record of ``logger`` goes to, in callHandlers order; None: use the generic path."""
-        cls = type(logger)
-        if (
-            logger.disabled
-            or logger.filters
-            or cls.handle is not logging.Logger.handle
-            or cls.callHandlers is not logging.Logger.callHandlers
-        ):
+        """The sinks a record of ``logger`` goes to, in callHandlers order; None: use the generic path.
+
+        Shortcut: ``Logger.handle`` (the logger's filters, ``disabled``) and ``callHandlers``
+        (the walk up the parents while ``propagate``) done once per frame instead of per
+        record, when :func:`~mplog.listener.fast_guard.logger_refusal` and
+        :func:`~mplog.listener.fast_guard.handler_refusal` of every handler met accept: then
+        the walk below visits the handlers ``callHandlers`` would, in its order.
+        """
+        if logger_refusal(logger) is not None:
             return None
         route: list[_Sink] = []
         current: logging.Logger | None = logger
         while current is not None:
             for handler in current.handlers:
-                if not _is_plain_handler(handler):
+                if handler_refusal(handler) is not None:
                     return None
                 sink = sinks.get(id(handler))
                 if sink is None:
                     assert isinstance(handler, logging.StreamHandler)
                     # Built afresh for every frame, so a formatter changed since the last one is seen.
                     sink = sinks[id(handler)] = _Sink(
-                        handler, LineFormat(handler.formatter or _default_formatter()), make
+                        handler, LineFormat(handler.formatter or default_formatter()), make
                     )
                 route.append(sink)
             current = current.parent if current.propagate else None
-        return route or None  # no handler at all: lastResort's business
+        return route or None  # no handler at all: lastResort's business (and a warning once), generic path

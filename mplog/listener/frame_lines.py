@@ -13,7 +13,9 @@ the frame's lines built a frame at a time instead of a record at a time:
 - ``%(message)s`` alone is the message column itself; otherwise one ``%`` per record over
   the columns that vary.
 
-Anything else (two loggers, two seconds, a value a conversion refuses) returns False and
+Whether the frame's records may go to their sinks at once is :mod:`mplog.listener.fast_guard`'s
+call (``frame_refusal``, ``batch_refusal``), as for a run of the record path. Anything
+else (two seconds, a format this module cannot split, a value a conversion refuses) returns False and
 the record path of :class:`mplog.listener.dispatch.BatchDispatcher` takes the frame, exactly as
 before. The bytes are the generic path's (``tests/unit/test_frame_format.py`` compares
 them for every format the generic path supports).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from mplog.listener.fast_guard import batch_refusal, frame_refusal
 from mplog.listener.line_format import _ASCTIME, LineFormat, compile_format
 from mplog.wire.schema import (
     F_CREATED,
@@ -112,7 +115,13 @@ def _interleave(literals: list[str], conversions: list[str]) -> list[str]:
 
 
 def _is_constant(key: int, column: list[Any], n: int) -> bool:
-    """Whether every value of ``column`` writes as its first one does, under any conversion."""
+    """Whether every value of ``column`` writes as its first one does, under any conversion.
+
+    Shortcut: a folded column is converted once (``conversion % value``) instead of once per
+    record. Safe only when every value is the same object's text under any conversion: all
+    None, the same str, or the same int of a field that carries only ints (not 0 or 1, equal
+    to False and True, which write differently). A float column never folds (1 == 1.0).
+    """
     first = column[0]
     if first is None:
         return column.count(None) == n
@@ -123,7 +132,14 @@ def _is_constant(key: int, column: list[Any], n: int) -> bool:
 
 
 def _stamp(lf: LineFormat, created: list[Any]) -> str | None:
-    """The time text of every record of the frame when it is one text (one second); else None."""
+    """The time text of every record of the frame when it is one text (one second); else None.
+
+    Shortcut: ``Formatter.formatTime`` (converter, ``strftime``) once for the frame instead of
+    once per record. Safe because ``lf.cache_time`` (fast_guard.caches_time: stock formatTime,
+    localtime or gmtime) makes the text a function of the whole second, and every record's
+    ``created`` falls in that one second; the milliseconds stay a column of their own
+    (``second_only``) or are not part of the text (a ``datefmt``, no ``default_msec_format``).
+    """
     if not (lf.second_only or lf.datefmt or not lf.formatter.default_msec_format):
         return None  # the milliseconds are part of asctime itself
     second = int(min(created))
@@ -150,7 +166,7 @@ def frame_lines(lf: LineFormat, columns: list[list[Any]], n: int, constant: dict
     template = _template(lf)
     if template is None:
         return None
-    if template.one_str_field >= 0:
+    if template.one_str_field >= 0:  # "%(message)s": "%s" % text is text itself (a str column only)
         return columns[template.one_str_field]
     pieces = [template.literals[0]]
     varying: list[list[Any]] = []
@@ -220,20 +236,22 @@ def _frame_route(
     sinks: dict[int, _Sink],
     make: Callable[[list[Any]], Any],
 ) -> list[_Sink] | None:
-    """The sinks of the frame's one logger when the whole frame may go to them at once, else None."""
+    """The sinks of the frame's one logger when the whole frame may go to them at once, else None.
+
+    Shortcut: as ``BatchDispatcher._add_run`` for a run, for the whole frame (no per-record
+    ``isEnabledFor``, handler level, LogRecord); fast_guard decides (``frame_refusal``: one
+    logger; ``batch_refusal``: levels, exception text or stack, the route and its sinks).
+    """
     names = columns[F_NAME]
+    if frame_refusal(names, n) is not None:
+        return None
     name = names[0]
-    if names.count(name) != n or any(columns[_EXC_TEXT]) or any(columns[_STACK_INFO]):
-        return None
     logger = dispatcher.logger(name)
-    levels = set(columns[F_LEVELNO])
-    if not all(map(logger.isEnabledFor, levels)):
-        return None
     try:
         route = routes[name] = dispatcher._route(logger, sinks, make)
     except Exception:  # the record-at-a-time path meets it again and counts it per record
         return None
-    low = min(levels)
-    if route is None or not all(sink.compiled and sink.level <= low for sink in route):
+    marked = any(columns[_EXC_TEXT]) or any(columns[_STACK_INFO])
+    if route is None or batch_refusal(logger, set(columns[F_LEVELNO]), marked, route) is not None:
         return None
     return route

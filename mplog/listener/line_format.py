@@ -4,7 +4,8 @@
 the formatter does not override and caches the time text per second; for a format that
 names only fields the wire carries, ``line(fields)`` and ``lines(run)`` build the text
 straight from the decoded wire fields with one positional ``%`` (:func:`compile_format`),
-with no LogRecord. ``mplog.listener.dispatch`` decides which handlers and records may use it;
+with no LogRecord. :mod:`mplog.listener.fast_guard` decides which handlers, formatters and
+records may use it (``mplog.listener.dispatch`` asks it);
 ``tests/unit/test_fastpath.py`` compares its bytes with the generic path's.
 """
 
@@ -17,13 +18,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mplog.listener.fast_guard import caches_time, formatter_refusal, inlines_message, inlines_stack
 from mplog.wire import RECORD_FIELDS
 from mplog.wire.schema import F_CREATED, F_EXC_TEXT, F_MSECS, F_STACK_INFO
 
 __all__ = ["LineFormat", "compile_format"]
 
-_Formatter = logging.Formatter
-_CACHED_CONVERTERS = (time.localtime, time.gmtime)
 # Record attributes a line can be built from straight out of the wire fields (no LogRecord):
 # the wire's fields, plus the two names LogRecord spells differently from the wire.
 _FIELD_INDEX = {name: i for i, name in enumerate(RECORD_FIELDS) if name != "extra"} | {"msg": 3}
@@ -71,19 +71,17 @@ class LineFormat:
     """Formatter.format for one formatter, with the per-second time text cached."""
 
     def __init__(self, formatter: logging.Formatter) -> None:
-        cls = type(formatter)
         self.formatter = formatter
         style = formatter._style
         self.uses_time = formatter.usesTime()
-        # Inline only what the formatter does not override; call everything else.
-        self.inline_message = (
-            cls.formatMessage is _Formatter.formatMessage
-            and type(style) is logging.PercentStyle
-            and not getattr(style, "_defaults", None)
-        )
+        # Inline only what the formatter does not override; call everything else. Shortcuts
+        # (conditions in mplog.listener.fast_guard): formatMessage as "fmt % record.__dict__"
+        # (stock method, % style, no defaults); formatStack as the stack text itself; formatTime's
+        # text cached per second (stock method, a converter that depends on the second only).
+        self.inline_message = inlines_message(formatter)
         self.fmt: str = style._fmt
-        self.inline_stack = cls.formatStack is _Formatter.formatStack
-        self.cache_time = cls.formatTime is _Formatter.formatTime and formatter.converter in _CACHED_CONVERTERS
+        self.inline_stack = inlines_stack(formatter)
+        self.cache_time = caches_time(formatter)
         self.datefmt = formatter.datefmt
         self._second = -1
         self._second_text = ""
@@ -100,11 +98,11 @@ class LineFormat:
         )
         if self.second_only:
             fmt = fmt.replace("%(asctime)s", "%(asctime)s,%(msecs)03d")
-        # A record factory installed in this process (logging.setLogRecordFactory) must see
-        # every record: no lines straight from the wire fields then.
-        stock_records = logging.getLogRecordFactory() is logging.LogRecord
-        wire_only = stock_records and self.inline_message and (self.cache_time or not self.uses_time)
-        compiled = compile_format(fmt) if wire_only else None
+        # Shortcut: lines straight from the wire fields skip makeRecord, the record factory
+        # (logging.setLogRecordFactory) and LogRecord construction. fast_guard.formatter_refusal
+        # names what forbids it (a record factory installed in this process must see every
+        # record); compile_format then refuses a format naming a key the wire does not carry.
+        compiled = compile_format(fmt) if formatter_refusal(formatter) is None else None
         self.compiled = compiled is not None
         if compiled is not None:
             self.positional, keys = compiled

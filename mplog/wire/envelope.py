@@ -13,7 +13,8 @@ frame refused whole for its size all read it here. It checks the envelope's shap
 of 6 or 7 items whose version matches it, a sender of 4 items with a str host, non-negative
 ints where the stream is counted); :meth:`Envelope.identity` applies the decoder's full
 checks (:func:`check_envelope`, the same as :func:`mplog.wire.decode.decode_header`'s) where
-a caller needs a :class:`~mplog.wire.schema.Sender` it may trust. Pure functions: no I/O.
+a caller needs a :class:`~mplog.wire.schema.Sender` it may trust; :func:`read_sender` reads a
+packed sender kept apart from its frame (a spool file's identity). Pure functions: no I/O.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "Envelope",
     "check_envelope",
     "read_envelope",
+    "read_sender",
 ]
 
 MAX_HOST_CHARS = 255  # longest sender host name (a DNS name is at most 253): it is part of every ledger key
@@ -113,6 +115,29 @@ def read_envelope(data: bytes) -> Envelope:
     if not all(type(v) is int and v >= 0 for v in (pid, stream, seq, dropped, flags, count)):
         raise ValueError("not a frame envelope: a negative or non-int number")
     return Envelope(version, data[start:end], host, pid, start_time, stream, seq, dropped, flags, count)
+
+
+def read_sender(packed: bytes) -> Sender:
+    """The sender of a packed sender array (:attr:`Envelope.sender`, as a spool file stores it).
+
+    The shape checks of :func:`read_envelope` (``[host:str, pid, start_time, stream]``, pid
+    and stream non-negative ints); :meth:`Envelope.identity` has the decoder's full checks.
+
+    Raises:
+        ValueError: ``packed`` is not one msgpack array of that shape.
+    """
+    try:
+        sender = msgpack.unpackb(
+            packed, max_str_len=1024, max_bin_len=1024, max_array_len=8, max_map_len=8, max_ext_len=0
+        )
+    except Exception as exc:  # not msgpack, cut short, extra bytes, over the bounds
+        raise ValueError(f"not a packed sender: {exc}") from None
+    if type(sender) is not list or len(sender) != 4 or type(sender[0]) is not str:
+        raise ValueError("not a packed sender: not [host, pid, start_time, stream]")
+    host, pid, start_time, stream = sender
+    if not all(type(v) is int and v >= 0 for v in (pid, stream)):
+        raise ValueError("not a packed sender: a negative or non-int pid or stream")
+    return Sender(host, pid, start_time, stream)
 
 
 def check_envelope(obj: list[Any], count: int) -> Sender:

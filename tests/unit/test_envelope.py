@@ -17,7 +17,7 @@ import pytest
 from helpers import payload
 
 import mplog
-from mplog.wire import FLAG_URGENT, Envelope, Sender, encode_sender, read_envelope
+from mplog.wire import FLAG_URGENT, Envelope, Sender, encode_sender, read_envelope, read_sender
 from mplog.wire.columns import frame_of_body, pack_body
 from mplog.wire.encode import plain_fields
 from mplog.wire.schema import DEFAULT_LIMITS
@@ -89,3 +89,32 @@ def test_no_module_outside_the_wire_package_reads_a_frames_bytes() -> None:
         if isinstance(node, ast.Attribute) and node.attr in ("Unpacker", "read_array_header")
     ]
     assert readers == []
+
+
+def test_a_packed_sender_reads_back_as_its_sender() -> None:
+    """A sender kept apart from its frame (a spool file's identity) is read by the wire package too."""
+    assert read_sender(encode_sender(SENDER)) == SENDER
+    assert read_sender(read_envelope(_frames(1)[1]).sender) == SENDER
+    for bad in (b"", b"\xc1", msgpack.packb([1, 2, 3, 4]), msgpack.packb(["h", -1, 0.0, 1]), b"\x94"):
+        with pytest.raises(ValueError, match="not a packed sender"):
+            read_sender(bad)
+
+
+# Modules outside mplog/wire that unpack msgpack of their own (not a frame, not a sender).
+_OWN_FORMATS = {
+    "delivery/ack_format.py",  # an acknowledgement: [stream, next_seq(, refused)]
+    "delivery/intent.py",  # the write-ahead intent file's entries
+}
+
+
+def test_no_module_outside_the_wire_package_unpacks_a_sender() -> None:
+    """``unpackb`` outside mplog.wire only in modules with formats of their own (issue 15, item 4)."""
+    root = Path(mplog.__file__).parent
+    callers = {
+        str(path.relative_to(root))
+        for path in sorted(root.rglob("*.py"))
+        if path.parent.name != "wire"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr == "unpackb"
+    }
+    assert callers <= _OWN_FORMATS
