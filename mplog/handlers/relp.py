@@ -21,16 +21,14 @@ listener acknowledges a frame to its worker only once rsyslog answered its recor
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from itertools import repeat
 from typing import Any
 
 from mplog.exceptions import ConfigError
-from mplog.handlers.delivery import Outbox, backoff, close_quietly, connect, tls_context
+from mplog.handlers.delivery import backoff, close_quietly, connect
 from mplog.handlers.relp_session import RELPSession
-from mplog.handlers.rfc5424 import parse_address, split_options
-from mplog.handlers.rfc5424_format import MessageText, RFC5424Encoder
+from mplog.handlers.rfc5424 import DaemonHandler
 
 __all__ = ["RELPHandler"]
 
@@ -41,7 +39,7 @@ _GATHER = 32  # fewer answers than this in one read: pause before the next read.
 _GATHER_PAUSE = 0.0005  # ...this long (seconds)
 
 
-class RELPHandler(logging.Handler):
+class RELPHandler(DaemonHandler):
     """Sends every record to rsyslog's ``imrelp`` and keeps it until rsyslog acknowledged it.
 
     Args:
@@ -51,51 +49,21 @@ class RELPHandler(logging.Handler):
             is how many messages may wait for their answer at once.
     """
 
-    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.listener.dispatch)
+    thread_name = "mplog-relp"
 
     def __init__(self, address: Any = ("localhost", 2514), transport: str = "tcp", **options: Any) -> None:
         owner = "RELPHandler"
         if transport not in TRANSPORTS:
             raise ConfigError(f"{owner} transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-        super().__init__()
-        self.transport = transport
-        self.address = parse_address(owner, address, 2514)
-        fmt, self.options = split_options(owner, options)
-        self.encoder = RFC5424Encoder(fmt)
-        self._message_text = MessageText()
-        self._context = tls_context(self.options) if transport == "tls" else None
-        self.outbox = Outbox(self.options)
-        self._thread: threading.Thread | None = None
-        self._close_deadline = 0.0
+        super().__init__(owner, address, transport, 2514, options)
         self.delivered = 0  # records rsyslog acknowledged with 200
         self.rejected = 0  # records rsyslog answered with an error code (counted in dropped too)
-        self.resent = 0  # records sent again on a new session (rsyslog may hold some of them twice)
         self.sessions = 0  # sessions opened
         self.connect_errors = 0  # failed attempts to connect or open a session
         self.broken = 0  # sessions that ended without a close (a restart, a kill, a network failure)
         self.last_error = ""  # why the last session or attempt failed
 
-    # ------------------------------------------------------------ counters
-
-    @property
-    def dropped(self) -> int:
-        """Records lost and counted: dropped by the buffer's policy, refused by rsyslog, or not delivered by close()."""
-        return self.outbox.dropped
-
-    @property
-    def cut(self) -> dict[str, int]:
-        return self.encoder.cut
-
-    @property
-    def unconfirmed(self) -> int:
-        """Records held that rsyslog has not acknowledged yet (queued or sent)."""
-        return self.outbox.unsettled
-
     # ------------------------------------------------------------ the logging call
-
-    def text(self, record: logging.LogRecord) -> str:
-        """The text of the message: what the handler's formatter makes of the record."""
-        return self._message_text(self, record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -105,21 +73,10 @@ class RELPHandler(logging.Handler):
             self.handleError(record)
 
     def wait_confirmed(self, timeout: float | None = None) -> bool:
-        """True once rsyslog acknowledged every record emitted before the call (or it was dropped, counted).
-
-        Acknowledged delivery (:mod:`mplog.listener.ack_loop`) waits on this before it acknowledges a
-        frame to its worker; ``timeout`` defaults to the ``confirm_timeout`` option.
-        """
-        return self.outbox.wait_settled(self.options.confirm_timeout if timeout is None else timeout)
+        """True once rsyslog acknowledged every record emitted before the call (or it was dropped, counted)."""
+        return super().wait_confirmed(timeout)
 
     # ------------------------------------------------------------ the session thread
-
-    def _start(self) -> None:
-        with self.outbox.cond:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="mplog-relp", daemon=True)
-        self._thread.start()
 
     def _run(self) -> None:
         outbox = self.outbox
@@ -237,27 +194,6 @@ class RELPHandler(logging.Handler):
             self.rejected += len(refused)
             self.outbox.settle(refused, delivered=False)
         return bool(delivered or refused)
-
-    def _pause(self, seconds: float) -> None:
-        with self.outbox.cond:
-            if self.outbox.closing:
-                seconds = min(seconds, max(self._close_deadline - time.monotonic(), 0.0))
-            if seconds > 0:
-                self.outbox.cond.wait(seconds)
-
-    # ------------------------------------------------------------ close
-
-    def close(self) -> None:
-        """Deliver what is held (bounded by ``close_timeout``), close the session; the rest is counted as dropped."""
-        with self.outbox.cond:
-            already = self.outbox.closing
-            self.outbox.closing = True
-            self._close_deadline = time.monotonic() + self.options.close_timeout
-            self.outbox.cond.notify_all()
-            thread = self._thread
-        if thread is not None and not already:
-            thread.join(self.options.close_timeout + self.options.timeout + 1.0)
-        super().close()
 
 
 def _send(session: RELPSession, waiting: dict[int, int], items: list[tuple[int, bytes]]) -> None:

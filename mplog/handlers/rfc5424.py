@@ -38,7 +38,7 @@ from mplog.handlers.delivery import (
 )
 from mplog.handlers.rfc5424_format import MessageText, RFC5424Encoder, RFC5424Format
 
-__all__ = ["RFC5424Handler", "parse_address", "peer_gone", "split_options"]
+__all__ = ["DaemonHandler", "RFC5424Handler", "parse_address", "peer_gone", "split_options"]
 
 TRANSPORTS = ("udp", "tcp", "tls")
 _BATCH_RECORDS = 1024
@@ -93,7 +93,97 @@ def peer_gone(sock: socket.socket) -> bool:
         return True
 
 
-class RFC5424Handler(logging.Handler):
+class DaemonHandler(logging.Handler):
+    """What :class:`RFC5424Handler` and :class:`mplog.handlers.RELPHandler` share.
+
+    ``emit`` encodes a record as an RFC 5424 message and queues it in a bounded
+    :class:`mplog.handlers.delivery.Outbox`; a thread of the handler's own (started at the first
+    record, named ``thread_name``) delivers the queue; ``close`` lets it deliver what is held
+    within ``close_timeout``. Subclasses write ``_run`` (how the thread talks to the daemon) and
+    say what "confirmed" means for :meth:`wait_confirmed`.
+    """
+
+    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.listener.dispatch)
+    thread_name = "mplog-daemon"
+
+    def __init__(self, owner: str, address: Any, transport: str, default_port: int, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.transport = transport
+        self.address = parse_address(owner, address, default_port)
+        fmt, self.options = split_options(owner, options)
+        self.encoder = RFC5424Encoder(fmt)
+        self._message_text = MessageText()
+        self._context = tls_context(self.options) if transport == "tls" else None
+        self.outbox = Outbox(self.options)
+        self._thread: threading.Thread | None = None
+        self._close_deadline = 0.0
+        self.resent = 0  # records sent again after a failure (the daemon may have some of them twice)
+
+    # ------------------------------------------------------------ counters
+
+    @property
+    def dropped(self) -> int:
+        """Records lost and counted: dropped by the policy, refused by the daemon, or not delivered by close()."""
+        return self.outbox.dropped
+
+    @property
+    def cut(self) -> dict[str, int]:
+        """What had to be cut to stay within RFC 5424's limits, by part (header, name, value, message)."""
+        return self.encoder.cut
+
+    @property
+    def unconfirmed(self) -> int:
+        """Records held that are not confirmed yet (see :meth:`wait_confirmed`)."""
+        return self.outbox.unsettled
+
+    # ------------------------------------------------------------ the logging call
+
+    def text(self, record: logging.LogRecord) -> str:
+        """The text of the message: what the handler's formatter makes of the record."""
+        return self._message_text(self, record)
+
+    def wait_confirmed(self, timeout: float | None = None) -> bool:
+        """True once every record emitted before the call is confirmed (or dropped, counted).
+
+        Acknowledged delivery (:mod:`mplog.listener.ack_loop`) waits on this before it acknowledges a
+        frame to its worker; ``timeout`` defaults to the ``confirm_timeout`` option.
+        """
+        return self.outbox.wait_settled(self.options.confirm_timeout if timeout is None else timeout)
+
+    # ------------------------------------------------------------ the delivering thread
+
+    def _start(self) -> None:
+        with self.outbox.cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before the next attempt; close() cuts it short at its deadline."""
+        with self.outbox.cond:
+            if self.outbox.closing:
+                seconds = min(seconds, max(self._close_deadline - time.monotonic(), 0.0))
+            if seconds > 0:
+                self.outbox.cond.wait(seconds)
+
+    def close(self) -> None:
+        """Deliver what is held (bounded by ``close_timeout``); what is left is counted as dropped."""
+        with self.outbox.cond:
+            already = self.outbox.closing
+            self.outbox.closing = True
+            self._close_deadline = time.monotonic() + self.options.close_timeout
+            self.outbox.cond.notify_all()
+            thread = self._thread
+        if thread is not None and not already:
+            thread.join(self.options.close_timeout + self.options.timeout + 1.0)
+        super().close()
+
+
+class RFC5424Handler(DaemonHandler):
     """Sends every record as an RFC 5424 message over UDP, TCP (octet counting) or TLS.
 
     Args:
@@ -105,52 +195,21 @@ class RFC5424Handler(logging.Handler):
             its policy, timeouts, retries and the TLS files).
     """
 
-    wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.listener.dispatch)
+    thread_name = "mplog-rfc5424"
 
     def __init__(self, address: Any = ("localhost", 514), transport: str = "udp", **options: Any) -> None:
         owner = "RFC5424Handler"
         if transport not in TRANSPORTS:
             raise ConfigError(f"{owner} transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-        super().__init__()
-        self.transport = transport
-        self.address = parse_address(owner, address, 6514 if transport == "tls" else 514)
-        fmt, self.options = split_options(owner, options)
-        self.encoder = RFC5424Encoder(fmt)
-        self._message_text = MessageText()
-        self._context = tls_context(self.options) if transport == "tls" else None
-        self.outbox = Outbox(self.options)
-        self._thread: threading.Thread | None = None
+        super().__init__(owner, address, transport, 6514 if transport == "tls" else 514, options)
         self._udp: socket.socket | None = None
         self._udp_address: Any = None
-        self._close_deadline = 0.0
         self.sent = 0  # records written into the socket (TCP, TLS) or sent as datagrams (UDP)
         self.send_errors = 0  # failed writes (each is retried on a new connection) and failed datagrams
         self.connections = 0  # connections made (TCP, TLS)
         self.connect_errors = 0  # failed attempts to connect
-        self.resent = 0  # records written again after a failed write (the daemon may have some of them twice)
-
-    # ------------------------------------------------------------ counters
-
-    @property
-    def dropped(self) -> int:
-        """Records the buffer's policy dropped, or close() could not deliver."""
-        return self.outbox.dropped
-
-    @property
-    def cut(self) -> dict[str, int]:
-        """What had to be cut to stay within RFC 5424's limits, by part (header, name, value, message)."""
-        return self.encoder.cut
-
-    @property
-    def unconfirmed(self) -> int:
-        """Records queued or being written, not yet in the socket."""
-        return self.outbox.unsettled
 
     # ------------------------------------------------------------ the logging call
-
-    def text(self, record: logging.LogRecord) -> str:
-        """The text of the message: what the handler's formatter makes of the record."""
-        return self._message_text(self, record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -177,23 +236,12 @@ class RFC5424Handler(logging.Handler):
         self.sent += 1
 
     def wait_confirmed(self, timeout: float | None = None) -> bool:
-        """True once every record emitted before the call is written into the socket (or dropped, counted).
-
-        Acknowledged delivery (:mod:`mplog.listener.ack_loop`) waits on this before it acknowledges a
-        frame; ``timeout`` defaults to the ``confirm_timeout`` option.
-        """
+        """True once every record emitted before the call is in the socket (or dropped, counted); UDP: always."""
         if self.transport == "udp":
             return True
-        return self.outbox.wait_settled(self.options.confirm_timeout if timeout is None else timeout)
+        return super().wait_confirmed(timeout)
 
     # ------------------------------------------------------------ the writer thread
-
-    def _start(self) -> None:
-        with self.outbox.cond:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=self._run, name="mplog-rfc5424", daemon=True)
-        self._thread.start()
 
     def _connect(self) -> socket.socket:
         sock = connect(self.address, self.options, self._context)
@@ -248,27 +296,11 @@ class RFC5424Handler(logging.Handler):
         finally:
             close_quietly(sock)
 
-    def _pause(self, seconds: float) -> None:
-        """Wait before the next connection attempt; close() cuts it short at its deadline."""
-        with self.outbox.cond:
-            if self.outbox.closing:
-                seconds = min(seconds, max(self._close_deadline - time.monotonic(), 0.0))
-            if seconds > 0:
-                self.outbox.cond.wait(seconds)
-
     # ------------------------------------------------------------ close
 
     def close(self) -> None:
         """Write what is queued (bounded by ``close_timeout``), then close the connection."""
-        with self.outbox.cond:
-            already = self.outbox.closing
-            self.outbox.closing = True
-            self._close_deadline = time.monotonic() + self.options.close_timeout
-            self.outbox.cond.notify_all()
-            thread = self._thread
-        if thread is not None and not already:
-            thread.join(self.options.close_timeout + self.options.timeout + 1.0)
+        super().close()
         if self._udp is not None:
             close_quietly(self._udp)
             self._udp = None
-        super().close()
