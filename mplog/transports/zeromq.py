@@ -449,7 +449,7 @@ class BoundReceiver:
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
             self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, probes)
-            if _port_of(endpoint) == 0 and endpoint.rsplit(":", 1)[-1] in {"0", "*"}:
+            if endpoint.rsplit(":", 1)[-1] in {"0", "*"}:  # a port the system picks
                 self._bind_any_port(endpoint)
                 return
         self._sock.bind(endpoint)
