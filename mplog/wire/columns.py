@@ -15,8 +15,9 @@ path, ...) is one object, and the check is a few calls into C per column
 (:func:`mplog.wire.column_check.columns_pass`), so the frame's lines can be built from its
 columns (:mod:`mplog.listener.frame_lines`). The frame is also ~60% smaller on the wire.
 
-Worker side: :func:`pack_body` packs a batch as version 2 when every item is a plain field
-list (else as version 1, exactly as before); :func:`frame_of_body` puts the envelope in
+Worker side: :func:`pack_pending` packs a worker's pending batch (one flat list, :data:`ROW`
+slots per record, :func:`flat_batch`) as version 2 when every record is a plain field list
+(else as version 1, exactly as before); :func:`frame_of_body` puts the envelope in
 front, the version read from the body's first byte. Listener side:
 :func:`columns_frame` turns a decoded version 2 frame into the :class:`Frame` the rest of
 the listener knows (rows rebuilt, and the columns when they passed the check whole).
@@ -30,7 +31,7 @@ from typing import Any
 import msgpack
 
 from mplog.exceptions import FrameError
-from mplog.wire.column_check import all_int, all_str, columns_pass, value_passes
+from mplog.wire.column_check import columns_pass, value_passes
 from mplog.wire.encode import array_header, pack_records
 from mplog.wire.envelope import check_envelope
 from mplog.wire.schema import (
@@ -46,12 +47,24 @@ from mplog.wire.schema import (
     Limits,
 )
 
-__all__ = ["VERSION_COLUMNS", "columns_frame", "columns_of", "frame_of_body", "is_columns_frame", "pack_body"]
+__all__ = [
+    "PACKED",
+    "PACKED_PAD",
+    "ROW",
+    "VERSION_COLUMNS",
+    "columns_frame",
+    "columns_of",
+    "flat_batch",
+    "frame_of_body",
+    "is_columns_frame",
+    "pack_body",
+    "pack_pending",
+]
 
 _EXTRA = F_EXTRA
 # Never sent as one value: they differ from record to record (message and the three times).
 _VARYING = frozenset((F_MESSAGE, F_CREATED, F_MSECS, F_RELATIVE_CREATED))
-_FOLDABLE = tuple(i for i in range(N_FIELDS) if i not in _VARYING)
+_FOLDABLE_SET = frozenset(i for i in range(N_FIELDS) if i not in _VARYING)
 # A decoded record of version 1 costs at least 21 values of the item budget (its 20 fields
 # and its array) and its extras map one more: the same budget bounds a version 2 frame,
 # whose values are fewer than the records they stand for.
@@ -66,59 +79,107 @@ _ARRAY_FIRST_BYTES = frozenset((*range(0x90, 0xA0), 0xDC, 0xDD))
 # ---------------------------------------------------------------- worker side
 
 
-def _one_value(column: tuple[Any, ...], n: int) -> bool:
-    """Whether every item of ``column`` packs exactly as its first does (then it is sent once).
+# A worker's pending batch is one flat list, ROW slots per record in order (appending a
+# record is one list.extend, and no list per record is kept until the flush): a common
+# record's 20 fields, or a record already packed as ``(its bytes, PACKED, None, ...)``.
+ROW = N_FIELDS
 
-    Equal is not enough: ``1 == True == 1.0`` pack differently, so an int column is
-    folded only for an int other than 0 and 1, and ``array('q')`` refuses a float; a str
-    column's ``str.join`` refuses anything but str.
+
+class _Packed:
+    """The mark in a record's second slot saying its first slot holds the record already packed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PACKED"
+
+
+PACKED = _Packed()
+PACKED_PAD = (None,) * (ROW - 2)  # the rest of a packed record's slots
+
+
+def flat_batch(items: list[Any]) -> list[Any]:
+    """``items`` (field lists, records already packed as bytes) as a worker's pending batch."""
+    flat: list[Any] = []
+    for item in items:
+        flat.extend((item, PACKED, *PACKED_PAD) if type(item) is bytes else item)
+    return flat
+
+
+def _rows(flat: list[Any]) -> list[Any]:
+    """A pending batch's records: each a field list, or its packed bytes."""
+    return [flat[k] if flat[k + 1] is PACKED else flat[k : k + ROW] for k in range(0, len(flat), ROW)]
+
+
+def _packed_columns(flat: list[Any], n: int) -> list[tuple[Any, bytes]]:
+    """Each of the 20 columns of a pending batch of ``n`` records as (its values, or its one value; those packed).
+
+    A column goes as one value when every item packs to exactly the bytes its first does
+    (equal is not enough: ``1``, ``True`` and ``1.0`` are equal and pack differently), and
+    that value is no array (a column of arrays stays a column: the listener tells the two
+    forms apart by the array). The bytes decide, so the records the listener reads back are
+    the very ones the batch held, whatever their types. Raises what the packer raises, and
+    for a batch holding a record already packed (the packer refuses PACKED).
     """
-    first = column[0]
-    if first is None:
-        return column.count(None) == n
-    kind = type(first)
-    if kind is str:
-        return column.count(first) == n and all_str(column)
-    if kind is int and first not in (0, 1):
-        return column.count(first) == n and all_int(column)
-    # The worker's extras column: the one empty dict of every plain record (plain_fields).
-    return kind is dict and not first and column.count(first) == n
+    head = array_header(n)
+    out: list[tuple[Any, bytes]] = []
+    for i in range(ROW):
+        column = flat[i::ROW]  # one strided copy in C: no transposition of record lists
+        packed = _pack(column)
+        if i in _FOLDABLE_SET:
+            first = column[0]
+            one = _pack(first)
+            if one[0] not in _ARRAY_FIRST_BYTES and packed == head + one * n:
+                out.append((first, one))
+                continue
+        out.append((column, packed))
+    return out
 
 
 def columns_of(batch: list[list[Any]]) -> list[Any]:
-    """The 20 columns of ``batch`` (field lists), each a tuple, or its one value when every record has it."""
-    n = len(batch)
-    columns: list[Any] = list(zip(*batch, strict=True))
-    for i in _FOLDABLE:
-        if _one_value(columns[i], n):
-            columns[i] = columns[i][0]
-    return columns
+    """The 20 columns of ``batch`` (field lists), each a list, or its one value when every record has it."""
+    return [values for values, _ in _packed_columns(flat_batch(batch), len(batch))]
 
 
-_pack_batch: Callable[[Any], bytes] | None
+_pack: Callable[[Any], bytes]
 try:  # the same packer as pack_records' batches (pyproject.toml says why)
-    from ormsgpack import packb as _ormsgpack_packb
+    from ormsgpack import packb as _pack
 
-    _pack_batch = _ormsgpack_packb
+    _COLUMNS = True
 except ImportError:  # pragma: no cover  # installed without its dependencies: version 1 frames
-    _pack_batch = None
+    _pack = msgpack.packb
+    _COLUMNS = False
+
+# A version 2 body: the count, then an array of the 20 columns (array 16: 20 > 15 items).
+_COLUMNS_HEADER = array_header(N_FIELDS)
 
 
-def pack_body(packer: msgpack.Packer, items: list[Any], limits: Limits, *, columns: bool = True) -> bytes:
-    """A batch as the part of a frame after ``flags``; never raises.
+def pack_pending(packer: msgpack.Packer, flat: list[Any], limits: Limits, *, columns: bool = True) -> bytes:
+    """A worker's pending batch (:func:`flat_batch`'s form) as the part of a frame after ``flags``; never raises.
 
-    A batch of field lists (the usual one) is packed as version 2: its count, then its
+    A batch of common records (the usual one) is packed as version 2: its count, then its
     columns. Anything else (a record already packed, a value the batch packer refuses), or
     any batch when ``columns`` is false (a worker's ``wire_version = 1``), is packed as
     version 1's records array, by :func:`mplog.wire.encode.pack_records`.
     """
-    if columns and items and _pack_batch is not None and bytes not in set(map(type, items)):
+    n = len(flat) // ROW
+    if columns and n and _COLUMNS:
         try:
-            packed: bytes = _pack_batch((len(items), columns_of(items)))
-            return packed[1:]  # the count and the columns, without the fixarray(2) byte
-        except Exception:  # an odd value somewhere: version 1, record by record where needed
+            parts = _packed_columns(flat, n)
+            return _pack(n) + _COLUMNS_HEADER + b"".join([packed for _, packed in parts])
+        except Exception:  # a record already packed, an odd value: version 1 below
             pass
-    return array_header(len(items)) + pack_records(packer, items, limits)
+    if _COLUMNS:
+        try:  # each record's slots as a tuple (packed as the array its field list is), in C
+            return _pack(list(zip(*[iter(flat)] * ROW, strict=True)))
+        except Exception:  # a record already packed, an odd value: record by record where needed
+            pass
+    return array_header(n) + pack_records(packer, _rows(flat), limits)
+
+
+def pack_body(packer: msgpack.Packer, items: list[Any], limits: Limits, *, columns: bool = True) -> bytes:
+    """:func:`pack_pending` for a batch given as a list of records (field lists, records already packed)."""
+    return pack_pending(packer, flat_batch(items), limits, columns=columns)
 
 
 def frame_of_body(sender_bytes: bytes, seq: int, dropped: int, flags: int, body: bytes) -> bytes:

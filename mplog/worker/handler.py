@@ -34,6 +34,7 @@ from typing import Any
 from mplog.delivery import ACK_CLOSE_TIMEOUT
 from mplog.exceptions import ConfigError
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
+from mplog.wire.columns import PACKED, PACKED_PAD, ROW
 from mplog.wire.encode import encode_record, plain_fields
 from mplog.worker import level as collector_level
 from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, ENV_WIRE_VERSION, inherited_setting
@@ -126,58 +127,60 @@ class MplogHandler(BatchingHandler):
                 record = passed
         else:
             passed = record if _FILTER_RETURNS_RECORD else True
-        self.emit(record)
+        self._ship(record)  # emit()'s body, one call less on every logging call
         return passed
 
     def emit(self, record: logging.LogRecord) -> None:
         """Append ``record`` to the pending batch (sending the batch when it is due); never raises."""
+        self._ship(record)
+
+    def _ship(self, record: logging.LogRecord) -> None:
+        # A common record's fields are added to the pending batch as they are and packed
+        # with the rest of it at flush (one call per column, see mplog.wire.columns); any
+        # other record is packed now and takes a record's slots as (bytes, PACKED, ...).
         try:
             if _exit_hooks_pid != self._pid:
                 _install_exit_hooks()
-            self._ship(record)
+            item: Any = plain_fields(record, self._limits)
+            if item is not None:
+                size = len(item[3]) + self._overhead  # an estimate until the batch is packed
+            else:
+                packed = encode_record(record, self._limits)
+                item = (packed, PACKED, *PACKED_PAD)
+                size = len(packed)
+            me = get_ident()
+            if self._owner == me:
+                # Re-entered from a signal handler (or from inside a flush) on this thread:
+                # only append; the outer call sends it.
+                self._pending.extend(item)
+                self._pending_bytes += size
+                return
+            mutex = self._mutex
+            # An uncontended try first: acquire(timeout=...) costs twice as much on every call.
+            if not (mutex.acquire(False) or mutex.acquire(timeout=self._options.block_timeout)):
+                self._dropped += 1  # another thread held the buffer past the bound
+                return
+            self._owner = me
+            try:
+                if self._closed:
+                    self._dropped += 1
+                    return
+                pending = self._pending
+                pending.extend(item)
+                self._pending_bytes = nbytes = self._pending_bytes + size
+                slots = len(pending)
+                urgent = record.levelno >= self._flush_level
+                if urgent or slots >= self._batch_slots or nbytes >= self._batch_bytes:
+                    self._flush_locked(apply_policy=True, urgent=urgent)
+                elif slots == ROW:  # the batch's first record: the flusher thread sends it in time
+                    self._kick()
+            finally:
+                self._owner = 0
+                mutex.release()
         except Exception:
             self._errors += 1
             self.handleError(record)
-
-    def _ship(self, record: logging.LogRecord) -> None:
-        # A common record's fields are kept as a list and packed with the rest of its batch
-        # at flush (one call per batch, see wire_encode.pack_records); any other record is
-        # packed now.
-        item: Any = plain_fields(record, self._limits)
-        if item is not None:
-            size = len(item[3]) + self._overhead  # an estimate until the batch is packed
-        else:
-            item = encode_record(record, self._limits)
-            size = len(item)
-        me = get_ident()
-        if self._owner == me:
-            # Re-entered from a signal handler (or from inside a flush) on this thread:
-            # only append; the outer call sends it.
-            self._pending.append(item)
-            self._pending_bytes += size
             return
-        mutex = self._mutex
-        # An uncontended try first: acquire(timeout=...) costs twice as much on every call.
-        if not (mutex.acquire(False) or mutex.acquire(timeout=self._options.block_timeout)):
-            self._dropped += 1  # another thread held the buffer past the bound
-            return
-        self._owner = me
-        try:
-            if self._closed:
-                self._dropped += 1
-                return
-            pending = self._pending
-            pending.append(item)
-            self._pending_bytes = nbytes = self._pending_bytes + size
-            count = len(pending)
-            urgent = record.levelno >= self._flush_level
-            if urgent or count >= self._batch_records or nbytes >= self._batch_bytes:
-                self._flush_locked(apply_policy=True, urgent=urgent)
-            elif count == 1:
-                self._kick()
-        finally:
-            self._owner = 0
-            mutex.release()
         if _deferred_signal and not _closing:
             _close_all()
 

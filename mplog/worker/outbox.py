@@ -31,7 +31,7 @@ from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, encode_sender
 from mplog.wire import Sender as SenderId
-from mplog.wire.columns import frame_of_body, pack_body
+from mplog.wire.columns import ROW, frame_of_body, pack_pending
 from mplog.wire.encode import frame_of_packed
 from mplog.worker.options import WorkerOptions
 
@@ -91,7 +91,7 @@ class BatchingHandler(logging.Handler):
         self._limits = options.limits
         self._columns = options.wire_version >= 2
         self._flush_level = options.flush_level
-        self._batch_records = options.batch_records
+        self._batch_slots = options.batch_records * ROW  # the pending list's length at batch_records
         self._batch_bytes = options.batch_bytes
 
     # ------------------------------------------------------------ state per process
@@ -101,9 +101,9 @@ class BatchingHandler(logging.Handler):
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._owner = 0  # ident of the thread inside the buffer (holding _mutex), 0 for none
-        # Records not yet in a frame: field lists of common records (packed a batch at a
-        # time, see mplog.wire.encode.pack_records) and other records already packed. Their
-        # size is estimated (message length + _overhead) until the batch is packed.
+        # Records not yet in a frame, ROW slots each in one flat list (mplog.wire.columns):
+        # the fields of common records (packed a batch at a time) and other records already
+        # packed. Their size is estimated (message length + _overhead) until the batch is packed.
         self._pending: list[Any] = []
         self._pending_bytes = 0
         self._overhead = 256  # packed bytes of a common record besides its message; learnt per batch
@@ -179,7 +179,7 @@ class BatchingHandler(logging.Handler):
             "sent": self._seq,
             "frames": self._frames_sent,
             "dropped": self._dropped,
-            "buffered": len(self._pending) + sum(entry[0] for entry in self._outbox),
+            "buffered": len(self._pending) // ROW + sum(entry[0] for entry in self._outbox),
             "buffered_bytes": self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
             "outages": self._outages,
@@ -202,8 +202,8 @@ class BatchingHandler(logging.Handler):
             batch, estimate = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
             # version 2 (columns) unless the options say 1 (mplog.wire.columns)
-            packed = pack_body(self._packer, batch, self._limits, columns=self._columns)
-            count = len(batch)
+            packed = pack_pending(self._packer, batch, self._limits, columns=self._columns)
+            count = len(batch) // ROW
             self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
             self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))
             self._outbox_bytes += len(packed)
@@ -420,7 +420,7 @@ class BatchingHandler(logging.Handler):
             if self._closed:
                 return
             self._closed = True
-            lost = len(self._pending) + sum(entry[0] for entry in self._outbox)
+            lost = len(self._pending) // ROW + sum(entry[0] for entry in self._outbox)
             # Records never handed to the transport were never numbered: report them as
             # dropped in the goodbye frame so the listener's ledger can still balance.
             self._dropped += lost

@@ -117,15 +117,45 @@ def test_the_worker_sends_a_column_once_when_every_record_has_the_same_value_and
     by_name = dict(zip(RECORD_FIELDS, columns_of(batch), strict=True))
     assert by_name["name"] == "app" and by_name["levelno"] == logging.INFO and by_name["thread"] == 12345
     assert by_name["extra"] == {} and by_name["exc_text"] is None
-    assert by_name["message"] == tuple(f"m{i}" for i in range(5))  # never folded
-    assert by_name["lineno"] == (True, 1, 1, 1, 1)
-    assert by_name["process"] == (4242, 4242, 4242.0, 4242, 4242)
+    assert by_name["message"] == [f"m{i}" for i in range(5)]  # never folded
+    assert by_name["lineno"] == [True, 1, 1, 1, 1]
+    assert by_name["process"] == [4242, 4242, 4242.0, 4242, 4242]
     batch[2][14] = 4242  # (a float is no valid process: the listener would repair it)
     frame = frame_of_body(encode_sender(SENDER), 0, 0, 0, pack_body(msgpack.Packer(), batch, Limits()))
     assert frame[:2] == b"\x97\x02"
     decoded = decode_frame(frame).records
     assert decoded == batch
     assert [type(row[10]) for row in decoded] == [bool, int, int, int, int]
+
+
+class _EqualToAnything:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+def test_a_column_is_sent_once_only_when_every_value_packs_to_the_same_bytes_and_is_no_array() -> None:
+    fields = plain_fields(logging.LogRecord("app", logging.INFO, "/a/b.py", 1, "m", None, None, "f"))
+    assert fields is not None
+    batch = [list(fields) for _ in range(4)]
+    by_name = dict(zip(RECORD_FIELDS, columns_of(batch), strict=True))
+    assert by_name["lineno"] == 1  # the bytes decide: a 1 in every record is sent once
+    for row in batch:
+        row[0] = ["not", "a", "name"]  # an array in every record: one value would read as the column
+    assert dict(zip(RECORD_FIELDS, columns_of(batch), strict=True))["name"] == [["not", "a", "name"]] * 4
+    body = pack_body(msgpack.Packer(use_bin_type=True), batch, Limits())
+    sent = msgpack.unpackb(frame_of_body(encode_sender(SENDER), 0, 0, 0, body))
+    assert sent[0] == 2 and sent[6][0] == [["not", "a", "name"]] * 4  # the listener refuses each record
+    # A value equal to the others that the packer refuses is never hidden behind the first:
+    # the batch goes as version 1, where the record is packed on its own (repr'd).
+    batch = [list(fields) for _ in range(3)]
+    batch[1][0] = _EqualToAnything()
+    assert batch[1][0] == "app"
+    frame = frame_of_body(encode_sender(SENDER), 0, 0, 0, pack_body(msgpack.Packer(), batch, Limits()))
+    assert frame[:2] == b"\x96\x01"
+    names = [row[0] for row in decode_frame(frame).records]
+    assert names[0] == names[2] == "app" and names[1] != "app"
 
 
 def test_a_batch_with_a_record_already_packed_or_a_value_the_batch_packer_refuses_goes_as_version_1() -> None:
@@ -137,6 +167,12 @@ def test_a_batch_with_a_record_already_packed_or_a_value_the_batch_packer_refuse
         frame = frame_of_body(encode_sender(SENDER), 0, 0, 0, body)
         assert frame[:2] == b"\x96\x01"
         assert len(decode_frame(frame).records) == 2
+    # A worker's pending batch mixes both kinds in the order they were logged, each its own record.
+    mixed = [fields, msgpack.packb([*fields[:3], "packed", *fields[4:]]), [*fields[:3], "last", *fields[4:]]]
+    for columns in (True, False):
+        body = pack_body(msgpack.Packer(use_bin_type=True), mixed, Limits(), columns=columns)
+        decoded = decode_frame(frame_of_body(encode_sender(SENDER), 0, 0, 0, body)).records
+        assert [row[3] for row in decoded] == ["m", "packed", "last"]
 
 
 def _good(n: int, **fields: Any) -> list[list[Any]]:
