@@ -137,6 +137,7 @@ def run_once(system_name: str, producers: int, records: int, method: str, direct
         "stop_s": elapsed - (t_joined - t0),  # then: stopping the consumer, which drains what is left
         "call_us": 1e6 * sum(r["seconds"] for r in reports) / max(sum(r["records"] for r in reports), 1),
         "producer_cpu_us": 1e6 * sum(r["cpu"] for r in reports) / max(sum(r["records"] for r in reports), 1),
+        "thread_cpu_us": 1e6 * sum(r["thread_cpu"] for r in reports) / max(sum(r["records"] for r in reports), 1),
         "cpu_before_s": cpu_before,
         "cpu_run_s": cpu_after - cpu_before,  # every process, from the start signal until stopped
         "producer_exitcodes": exitcodes,

@@ -32,6 +32,7 @@ METRICS = (
     "records_per_s",
     "call_us",
     "producer_cpu_us",
+    "thread_cpu_us",
     "cpu_us_per_record",
     "consumer_peak_mib",
     "seconds",
@@ -105,6 +106,7 @@ def table(scenario: dict[str, Any]) -> str:
     null = systems.get("ceiling-null", {}).get("median", {})
     head = (
         f"{'system':<24} {'rec/s':>9} {'x stdlib':>8} {'us/call':>8} {'x null':>7} {'cpu/call':>8} {'x null':>7} "
+        f"{'thr/call':>8} {'x null':>7} "
         f"{'cpu us/rec':>10} {'x stdlib':>8} {'stop s':>6} {'consumer MiB':>12} {'lost/dup/bad':>13}"
     )
     lines = [
@@ -129,6 +131,7 @@ def table(scenario: dict[str, Any]) -> str:
             f"{name:<24} {med['records_per_s']:>9.0f} {ratio(med['records_per_s'], ref.get('records_per_s')):>8} "
             f"{med['call_us']:>8.2f} {ratio(med['call_us'], null.get('call_us')):>7} "
             f"{med['producer_cpu_us']:>8.2f} {ratio(med['producer_cpu_us'], null.get('producer_cpu_us')):>7} "
+            f"{med.get('thread_cpu_us', 0.0):>8.2f} {ratio(med.get('thread_cpu_us', 0.0), null.get('thread_cpu_us')):>7} "
             f"{med['cpu_us_per_record']:>10.2f} {ratio(med['cpu_us_per_record'], ref.get('cpu_us_per_record')):>8} "
             f"{med['stop_s']:>6.2f} "
             f"{med['consumer_peak_mib']:>12.1f} {checked:>13}"
