@@ -127,11 +127,12 @@ def table(scenario: dict[str, Any]) -> str:
             lines.append(f"{name:<24} {str(med['error']).splitlines()[-1][:90]}")
             continue
         checked = f"{med['lost']}/{med['duplicated']}/{med['malformed']}"
+        thread = med.get("thread_cpu_us", 0.0)  # absent from results written before it was measured
         lines.append(
             f"{name:<24} {med['records_per_s']:>9.0f} {ratio(med['records_per_s'], ref.get('records_per_s')):>8} "
             f"{med['call_us']:>8.2f} {ratio(med['call_us'], null.get('call_us')):>7} "
             f"{med['producer_cpu_us']:>8.2f} {ratio(med['producer_cpu_us'], null.get('producer_cpu_us')):>7} "
-            f"{med.get('thread_cpu_us', 0.0):>8.2f} {ratio(med.get('thread_cpu_us', 0.0), null.get('thread_cpu_us')):>7} "
+            f"{thread:>8.2f} {ratio(thread, null.get('thread_cpu_us')):>7} "
             f"{med['cpu_us_per_record']:>10.2f} {ratio(med['cpu_us_per_record'], ref.get('cpu_us_per_record')):>8} "
             f"{med['stop_s']:>6.2f} "
             f"{med['consumer_peak_mib']:>12.1f} {checked:>13}"

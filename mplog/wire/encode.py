@@ -3,7 +3,8 @@
 :func:`encode_record` packs one ``logging.LogRecord`` (message merged, exception and stack
 rendered to text, extras made packable within the decoder's :class:`~mplog.wire.schema.Limits`)
 and never raises for any content of a record. A worker keeps a common record as its field
-list (:func:`plain_fields`) and packs a whole batch in one call (:func:`pack_records`);
+list (:func:`plain_fields`) and packs a whole batch at once (as columns,
+:mod:`mplog.wire.columns`, or as version 1's records, :func:`pack_records`);
 :func:`build_frame` and :func:`frame_of_packed` put packed records under a frame header
 without re-encoding them. Pure functions only: no I/O, nothing logged.
 

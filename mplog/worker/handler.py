@@ -2,11 +2,12 @@
 
 A logging call merges the record's message and appends its fields to a pending batch
 (a record with extras, an exception or a stack is packed there and then); the batch is
-packed in one call when it is flushed. A batch is handed to the transport when it is full,
-when a record at ``flush_level`` or above arrives, after ``flush_interval`` seconds
-(a background thread), and at exit. Batches the transport cannot take wait in an
-outbox bounded by ``max_buffer_bytes``; past that bound the ``policy`` applies and
-every record dropped is counted and reported to the listener in later frames.
+packed when it is flushed, a column at a time (:func:`mplog.wire.columns.pack_pending`).
+A batch is handed to the transport when it is full, when a record at ``flush_level`` or
+above arrives, after ``flush_interval`` seconds (a background thread), and at exit.
+Batches the transport cannot take wait in an outbox bounded by ``max_buffer_bytes``;
+past that bound the ``policy`` applies and every record dropped is counted and reported
+to the listener in later frames.
 
 This module holds that logging call (:class:`MplogHandler`), the process-wide hooks
 that close every handler at fork, exit and SIGTERM, and :func:`setup_worker`; the

@@ -86,3 +86,61 @@ def test_a_record_that_is_not_common_is_not_kept_as_fields():
         with_exc.exc_info = sys.exc_info()
     with_stack.stack_info = "Stack (most recent call last): ..."
     assert [plain_fields(r) for r in (with_extra, with_exc, with_stack)] == [None, None, None]
+
+
+class _Collect:
+    """A transport that keeps every frame it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def close(self, linger: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("wire_version", [1, 2])
+def test_the_handler_counts_and_sends_its_pending_records_in_the_order_they_were_logged(wire_version, tmp_path):
+    # The pending batch is one flat list, 20 slots per record (mplog.wire.columns): a common
+    # record's fields, or a record packed when logged as (bytes, PACKED, None, ...). The
+    # counters speak of records, and the frames carry them in order, whichever the mix.
+    from mplog.worker import MplogHandler, WorkerOptions
+
+    handler = MplogHandler(f"ipc://{tmp_path}/none.sock", WorkerOptions(batch_records=10, wire_version=wire_version))
+    transport = handler._transport
+    collect = handler._transport = _Collect()
+    transport.close(0.0)
+    try:
+        records = [_record(i) for i in range(23)]
+        for i in (3, 4, 11, 22):
+            records[i].user = f"u{i}"  # an extra: packed when logged
+        for record in records[:7]:
+            handler.handle(record)
+        assert handler.counters["buffered"] == 7 and handler.counters["sent"] == 0
+        for record in records[7:]:
+            handler.handle(record)
+        assert (handler.counters["sent"], handler.counters["buffered"]) == (20, 3)
+        assert handler.flush_within(1.0)
+        assert (handler.counters["sent"], handler.counters["buffered"]) == (23, 0)
+    finally:
+        handler.close()
+    frames = [decode_frame(f) for f in collect.frames]
+    sent = [r for f in frames if f.records for r in f.records]
+    assert [r[3] for r in sent] == [f"n={i}" for i in range(23)]
+    assert [r[-1].get("user") for r in sent] == [f"u{i}" if i in (3, 4, 11, 22) else None for i in range(23)]
+    assert [f.seq for f in frames] == [0, 10, 20, 23]  # the last one: the goodbye
+    versions = {f[1] for f in collect.frames[:-1]}
+    assert versions == {1}  # every batch held a record packed when logged
+    plain = MplogHandler(f"ipc://{tmp_path}/none2.sock", WorkerOptions(batch_records=5, wire_version=wire_version))
+    plain._transport.close(0.0)
+    collect = plain._transport = _Collect()
+    try:
+        for i in range(5):
+            plain.handle(_record(i))
+    finally:
+        plain.close()
+    assert collect.frames[0][1] == wire_version
+    assert [r[3] for r in decode_frame(collect.frames[0]).records] == [f"n={i}" for i in range(5)]
