@@ -3,7 +3,11 @@
 ``python -m benchmarks.micro`` prints, in microseconds per record:
 
 - ``call``: a logging call of the benchmark's scenario through ``MplogHandler`` whose transport
-  discards frames, next to the same call into a do-nothing handler (``null``);
+  discards frames, next to the same call into a do-nothing handler (``null``): wall-clock time
+  and the calling thread's CPU time (``time.thread_time``);
+- with ``--instructions``, the same two calls counted in instructions by valgrind's callgrind
+  (the difference between a run of ``--records`` calls and one of twice as many, so start-up
+  does not count): the figure a busy machine does not move.
 - ``listener``: decoding, validating and dispatching recorded frames of the scenario's records
   into a FileHandler with the scenario's format (``BatchDispatcher``, the listener's fast path).
 - ``server``: the same frames through the whole receive path (``Server.handle_frame``: decode,
@@ -20,6 +24,10 @@ import argparse
 import logging
 import logging.config
 import os
+import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,12 +52,27 @@ class _Discard:
 
 
 def _best(run: Callable[[], None], per_round: int, repeats: int) -> float:
-    best = float("inf")
+    return _best_both(run, per_round, repeats)[0]
+
+
+def _best_both(run: Callable[[], None], per_round: int, repeats: int) -> tuple[float, float]:
+    """The least wall-clock and the least thread CPU microseconds per item over ``repeats`` rounds."""
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         run()
-        best = min(best, (time.perf_counter() - t0) / per_round * 1e6)
-    return best
+        c1, t1 = time.thread_time(), time.perf_counter()
+        wall = min(wall, (t1 - t0) / per_round * 1e6)
+        cpu = min(cpu, (c1 - c0) / per_round * 1e6)
+    return wall, cpu
+
+
+def _call_handler(kind: str) -> logging.Handler:
+    if kind == "null":
+        return NullHandler()
+    handler = MplogHandler("ipc:///nonexistent/mplog-micro.sock")
+    handler._transport = _Discard()  # type: ignore[assignment]  # no listener: measure the call alone
+    return handler
 
 
 def logging_call(records: int, repeats: int) -> dict[str, float]:
@@ -61,19 +84,50 @@ def logging_call(records: int, repeats: int) -> dict[str, float]:
         for i in range(records):
             info(TEMPLATE, i, 1.234, "alice")
 
+    result: dict[str, float] = {}
     try:
         root.setLevel(logging.INFO)
-        root.handlers[:] = [NullHandler()]
-        null = _best(run, records, repeats)
-        handler = MplogHandler("ipc:///nonexistent/mplog-micro.sock")
-        handler._transport = _Discard()  # type: ignore[assignment]  # no listener: measure the call alone
-        root.handlers[:] = [handler]
-        call = _best(run, records, repeats)
-        handler.close()
+        for kind in ("null", "call"):
+            handler = root.handlers[:] = [_call_handler(kind)]
+            result[kind], result[f"{kind}_cpu"] = _best_both(run, records, repeats)
+            handler[0].close()
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
-    return {"null": null, "call": call, "ratio": call / null}
+    result["ratio"] = result["call"] / result["null"]
+    result["cpu_ratio"] = result["call_cpu"] / result["null_cpu"]
+    return result
+
+
+def _calls_alone(kind: str, records: int) -> None:
+    """``records`` logging calls into the ``kind`` handler after a warm-up, nothing else (run under callgrind)."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.handlers[:] = [_call_handler(kind)]
+    info = logging.getLogger(LOGGER).info
+    for i in range(2048 + records):
+        info(TEMPLATE, i, 1.234, "alice")
+
+
+def instructions(records: int) -> dict[str, float] | str:
+    """Instructions per logging call (null, call) by callgrind, or why they could not be counted."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return "valgrind is not installed (apt-get install valgrind)"
+    counts: dict[str, float] = {}
+    for kind in ("null", "call"):
+        seen = []
+        for n in (records, 2 * records):
+            cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m"]
+            cmd += ["benchmarks.micro", "--calls-alone", kind, "--records", str(n)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            found = re.search(r"Collected : (\d+)", proc.stderr)
+            if proc.returncode != 0 or found is None:
+                return f"callgrind failed ({proc.returncode}): {proc.stderr.strip()[-300:]}"
+            seen.append(int(found[1]))
+        counts[kind] = (seen[1] - seen[0]) / records
+    counts["ratio"] = counts["call"] / counts["null"]
+    return counts
 
 
 def listener(frames: int, repeats: int) -> dict[str, float]:
@@ -150,11 +204,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="rounds; the minimum is reported")
     parser.add_argument("--records", type=int, default=20_000, help="logging calls per round")
     parser.add_argument("--frames", type=int, default=20, help="frames of 512 records per round")
+    parser.add_argument("--instructions", action="store_true", help="also count the call's instructions (valgrind)")
+    parser.add_argument("--calls-alone", choices=("null", "call"), help=argparse.SUPPRESS)  # callgrind's child
     args = parser.parse_args(argv)
+    if args.calls_alone:
+        _calls_alone(args.calls_alone, args.records)
+        return 0
     call = logging_call(args.records, args.repeats)
     lis = listener(args.frames, args.repeats)
     print(f"mplog {os.path.dirname(os.path.dirname(__import__('mplog').__file__))}")
-    print(f"call      {call['call']:.2f} us   (null handler {call['null']:.2f} us, {call['ratio']:.2f}x)")
+    print(
+        f"call      {call['call']:.2f} us   (null handler {call['null']:.2f} us, {call['ratio']:.2f}x); "
+        f"thread CPU {call['call_cpu']:.2f} us (null {call['null_cpu']:.2f} us, {call['cpu_ratio']:.2f}x)"
+    )
+    if args.instructions:
+        counted = instructions(min(args.records, 10_240))
+        if isinstance(counted, str):
+            print(f"instructions  not counted: {counted}")
+        else:
+            print(
+                f"instructions  {counted['call']:.0f} per call (null handler {counted['null']:.0f}, "
+                f"{counted['ratio']:.3f}x)"
+            )
     print(f"listener  {lis['listener']:.2f} us per record (decode + validate + dispatch + write)")
     srv = server(args.frames, args.repeats)
     print(

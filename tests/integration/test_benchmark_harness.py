@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,8 +68,27 @@ def test_the_in_process_micro_benchmark_runs_and_reports_both_hot_paths() -> Non
     cmd = [sys.executable, "-m", "benchmarks.micro", "--repeats", "1", "--records", "300", "--frames", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=50, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"^call +\d+\.\d+ us +\(null handler \d+\.\d+ us, \d+\.\d+x\)$", proc.stdout, re.M)
+    call = r"^call +\d+\.\d+ us +\(null handler \d+\.\d+ us, \d+\.\d+x\); "
+    call += r"thread CPU \d+\.\d+ us \(null \d+\.\d+ us, \d+\.\d+x\)$"
+    assert re.search(call, proc.stdout, re.M)
     assert re.search(r"^listener +\d+\.\d+ us per record", proc.stdout, re.M)
+
+
+@pytest.mark.timeout(120)
+def test_the_micro_benchmark_counts_the_calls_instructions_under_callgrind() -> None:
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (apt-get install valgrind); .ci/run installs it")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "benchmarks.micro", "--repeats", "1", "--records", "500", "--frames", "1"]
+    cmd.append("--instructions")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=110, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found = re.search(r"^instructions +(\d+) per call \(null handler (\d+), (\d+\.\d+)x\)$", proc.stdout, re.M)
+    assert found, proc.stdout
+    call, null, ratio = int(found[1]), int(found[2]), float(found[3])
+    # A logging call is tens of thousands of instructions; mplog's handler adds to it, never removes.
+    assert 10_000 < null < call < 3 * null
+    assert ratio == pytest.approx(call / null, abs=0.001)
 
 
 def test_collector_checker_counts_lost_duplicated_and_malformed_lines_exactly(tmp_path: Path) -> None:
