@@ -133,3 +133,17 @@ def console_script(name: str = "mplog") -> str:
         f"no {name!r} console script beside {sys.executable} or in {sysconfig.get_path('scripts')}; "
         "install mplog into this interpreter's environment (pip install -e .)"
     )
+
+
+class CaptureTransport:
+    """A worker transport that keeps every frame it is given (set as a handler's ``_transport``)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def close(self, linger: float | None = None) -> None:
+        pass

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from helpers import CaptureTransport
 
 from mplog.wire import Sender, decode_frame, encode_record, encode_sender
 from mplog.wire import encode as wire_encode
@@ -88,20 +89,6 @@ def test_a_record_that_is_not_common_is_not_kept_as_fields():
     assert [plain_fields(r) for r in (with_extra, with_exc, with_stack)] == [None, None, None]
 
 
-class _Collect:
-    """A transport that keeps every frame it is given."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
-        self.frames.append(frame)
-        return True
-
-    def close(self, linger: float | None = None) -> None:
-        pass
-
-
 @pytest.mark.parametrize("wire_version", [1, 2])
 def test_the_handler_counts_and_sends_its_pending_records_in_the_order_they_were_logged(wire_version, tmp_path):
     # The pending batch is one flat list, 20 slots per record (mplog.wire.columns): a common
@@ -111,7 +98,7 @@ def test_the_handler_counts_and_sends_its_pending_records_in_the_order_they_were
 
     handler = MplogHandler(f"ipc://{tmp_path}/none.sock", WorkerOptions(batch_records=10, wire_version=wire_version))
     transport = handler._transport
-    collect = handler._transport = _Collect()
+    collect = handler._transport = CaptureTransport()
     transport.close(0.0)
     try:
         records = [_record(i) for i in range(23)]
@@ -136,7 +123,7 @@ def test_the_handler_counts_and_sends_its_pending_records_in_the_order_they_were
     assert versions == {1}  # every batch held a record packed when logged
     plain = MplogHandler(f"ipc://{tmp_path}/none2.sock", WorkerOptions(batch_records=5, wire_version=wire_version))
     plain._transport.close(0.0)
-    collect = plain._transport = _Collect()
+    collect = plain._transport = CaptureTransport()
     try:
         for i in range(5):
             plain.handle(_record(i))

@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 import pytest
+from helpers import CaptureTransport
 
 from mplog.config import load_config
 from mplog.exceptions import ConfigError
@@ -25,23 +26,9 @@ from mplog.worker import MplogHandler, WorkerOptions
 HOST = socket.gethostname()
 
 
-class _Capture:
-    """A transport that keeps every frame it is given."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send(self, frame: bytes, timeout: float = 0.0) -> bool:
-        self.frames.append(frame)
-        return True
-
-    def close(self, linger: float | None = None) -> None:
-        pass
-
-
-def _handler(**options: Any) -> tuple[MplogHandler, _Capture]:
+def _handler(**options: Any) -> tuple[MplogHandler, CaptureTransport]:
     handler = MplogHandler("ipc:///nonexistent/mplog-yield.sock", WorkerOptions(**options))
-    capture = _Capture()
+    capture = CaptureTransport()
     handler._transport = capture  # type: ignore[assignment]  # no listener: the frames themselves are the subject
     return handler, capture
 
@@ -50,7 +37,7 @@ def _log(handler: MplogHandler, level: int, message: str) -> None:
     handler.handle(logging.LogRecord("yield", level, __file__, 1, message, None, None))
 
 
-def _flags(capture: _Capture) -> list[tuple[int, list[str]]]:
+def _flags(capture: CaptureTransport) -> list[tuple[int, list[str]]]:
     frames = [decode_frame(f) for f in capture.frames]
     return [(f.flags, [r[3] for r in f.records]) for f in frames]
 
