@@ -31,7 +31,7 @@ from mplog.transports import Sender, open_sender, transport_of
 from mplog.transports.base import ASYNC_SIGNALS
 from mplog.wire import FLAG_FINAL, FLAG_URGENT, encode_sender
 from mplog.wire import Sender as SenderId
-from mplog.wire.columns import ROW, frame_of_body, pack_pending
+from mplog.wire.columns import MIN_COLUMNS, ROW, frame_of_body, pack_pending
 from mplog.wire.encode import frame_of_packed
 from mplog.worker.options import WorkerOptions
 
@@ -201,9 +201,10 @@ class BatchingHandler(logging.Handler):
         if self._pending:
             batch, estimate = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
-            # version 2 (columns) unless the options say 1 (mplog.wire.columns)
-            packed = pack_pending(self._packer, batch, self._limits, columns=self._columns)
             count = len(batch) // ROW
+            # version 2 (columns) unless the options say 1 or the batch is small (mplog.wire.columns)
+            columns = self._columns and count >= MIN_COLUMNS
+            packed = pack_pending(self._packer, batch, self._limits, columns=columns)
             self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
             self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))
             self._outbox_bytes += len(packed)

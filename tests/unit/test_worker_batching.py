@@ -94,6 +94,7 @@ def test_the_handler_counts_and_sends_its_pending_records_in_the_order_they_were
     # The pending batch is one flat list, 20 slots per record (mplog.wire.columns): a common
     # record's fields, or a record packed when logged as (bytes, PACKED, None, ...). The
     # counters speak of records, and the frames carry them in order, whichever the mix.
+    from mplog.wire.columns import MIN_COLUMNS
     from mplog.worker import MplogHandler, WorkerOptions
 
     handler = MplogHandler(f"ipc://{tmp_path}/none.sock", WorkerOptions(batch_records=10, wire_version=wire_version))
@@ -121,13 +122,17 @@ def test_the_handler_counts_and_sends_its_pending_records_in_the_order_they_were
     assert [f.seq for f in frames] == [0, 10, 20, 23]  # the last one: the goodbye
     versions = {f[1] for f in collect.frames[:-1]}
     assert versions == {1}  # every batch held a record packed when logged
-    plain = MplogHandler(f"ipc://{tmp_path}/none2.sock", WorkerOptions(batch_records=5, wire_version=wire_version))
+    # Batches of common records: version 2 from MIN_COLUMNS records on (unless wire_version=1),
+    # version 1 below (a column at a time costs a small batch more than it saves).
+    size = MIN_COLUMNS + 3
+    plain = MplogHandler(f"ipc://{tmp_path}/none2.sock", WorkerOptions(batch_records=size, wire_version=wire_version))
     plain._transport.close(0.0)
     collect = plain._transport = CaptureTransport()
     try:
-        for i in range(5):
+        for i in range(size + MIN_COLUMNS - 1):
             plain.handle(_record(i))
     finally:
         plain.close()
-    assert collect.frames[0][1] == wire_version
-    assert [r[3] for r in decode_frame(collect.frames[0]).records] == [f"n={i}" for i in range(5)]
+    assert [f[1] for f in collect.frames] == [wire_version, 1, 1]  # a full batch, the rest at close, the goodbye
+    sent = [r[3] for f in collect.frames for r in decode_frame(f).records]
+    assert sent == [f"n={i}" for i in range(size + MIN_COLUMNS - 1)]
