@@ -277,9 +277,22 @@ def _sanitize(value: Any, limits: Limits, depth: int, text_cap: int | None = Non
     return _sanitize(_safe_repr(value, limits.max_repr_chars), limits, depth, cap)
 
 
+def _sanitized_field(value: Any, limits: Limits) -> Any:
+    """:func:`_sanitize` for one standard field; a value that defeats it is described by its type.
+
+    A filter can set a field to an object whose ``__class__`` raises (isinstance() then
+    raises), or a str subclass whose ``__len__`` or ``encode`` raises: without this guard
+    that one value raised out of the flush and lost every record of its batch.
+    """
+    try:
+        return _sanitize(value, limits, 0)
+    except Exception as exc:
+        return f"<unencodable {type(value).__name__}: {type(exc).__name__}>"
+
+
 def _encode_slow(fields: list[Any], limits: Limits) -> bytes:
     cap = limits.max_message_chars
-    head = [_sanitize(v, limits, 0) for v in fields[:-1]]
+    head = [_sanitized_field(v, limits) for v in fields[:-1]]
     try:
         extra = {
             _sanitize(k, limits, 1, cap) if isinstance(k, str) else _safe_repr(k, 200): _sanitize(v, limits, 1, cap)

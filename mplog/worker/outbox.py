@@ -179,7 +179,8 @@ class BatchingHandler(logging.Handler):
             "sent": self._seq,
             "frames": self._frames_sent,
             "dropped": self._dropped,
-            "buffered": len(self._pending) // ROW + sum(entry[0] for entry in self._outbox),
+            # After close() what it could not deliver is counted as dropped, no longer as buffered.
+            "buffered": 0 if self._closed else len(self._pending) // ROW + sum(entry[0] for entry in self._outbox),
             "buffered_bytes": self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
             "outages": self._outages,
@@ -199,20 +200,46 @@ class BatchingHandler(logging.Handler):
         FLAG_URGENT: a listener yielding the CPUs to busy workers handles it at once.
         """
         if self._pending:
-            batch, estimate = self._pending, self._pending_bytes
-            self._pending, self._pending_bytes = [], 0
-            count = len(batch) // ROW
-            # version 2 (columns) unless the options say 1 or the batch is small (mplog.wire.columns)
-            columns = self._columns and count >= MIN_COLUMNS
-            packed = pack_pending(self._packer, batch, self._limits, columns=columns)
-            self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
-            self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))
-            self._outbox_bytes += len(packed)
+            self._batch_to_outbox(urgent)
         self._send_outbox(0.0)
         if apply_policy and self._outbox_bytes > self.options.max_buffer_bytes:
             self._apply_policy()
-        if self._outbox:
+        # A record logged while this flush ran (a signal handler, a value's __repr__ that
+        # logs) is in a new pending batch that no logging call has announced: wake the flusher.
+        if self._outbox or self._pending:
             self._kick()
+
+    def _batch_to_outbox(self, urgent: bool) -> None:
+        """Move the pending records, packed as one batch, to the outbox.
+
+        Records appended re-entrantly meanwhile (on this thread, see ``_owner``) start a new
+        pending batch. An exception raised while the batch is packed (a signal handler's
+        KeyboardInterrupt or timeout, raised wherever it interrupts) puts the batch back in
+        front of them, to be packed again by the next flush; one that the packer itself
+        raises (it should not) counts the batch's records as dropped. Never loses a record
+        without counting it.
+        """
+        batch, estimate = self._pending, self._pending_bytes
+        count = len(batch) // ROW
+        packed = b""
+        try:
+            self._pending, self._pending_bytes = [], 0
+            # version 2 (columns) unless the options say 1 or the batch is small (mplog.wire.columns)
+            columns = self._columns and count >= MIN_COLUMNS
+            packed = pack_pending(self._packer, batch, self._limits, columns=columns)
+            self._outbox.append((count, packed, FLAG_URGENT if urgent else 0))
+        except Exception:
+            if self._pending is not batch and not (self._outbox and self._outbox[-1][1] is packed):
+                self._dropped += count
+                self._errors += 1
+            return
+        except BaseException:
+            if self._pending is not batch and not (self._outbox and self._outbox[-1][1] is packed):
+                self._pending[:0] = batch
+                self._pending_bytes += estimate
+            raise
+        self._outbox_bytes += len(packed)
+        self._overhead = max(32, self._overhead + (len(packed) - estimate) // count)
 
     def _send_outbox(self, timeout: float) -> bool:
         outbox = self._outbox
@@ -389,6 +416,8 @@ class BatchingHandler(logging.Handler):
         try:
             if self._pending:
                 self._flush_locked(apply_policy=False)
+                if self._pending:  # logged while that flush ran (a __repr__, a signal handler): once more
+                    self._flush_locked(apply_policy=False)
             while self._outbox:
                 remaining = deadline - time.monotonic()
                 sent_before = self._frames_sent
@@ -399,7 +428,7 @@ class BatchingHandler(logging.Handler):
                     # bound is on time without progress, not on the size of the backlog
                     # (a backlog larger than close_timeout's worth was lost at exit).
                     deadline = time.monotonic() + limit
-            return not self._outbox
+            return not self._outbox and not self._pending
         finally:
             self._owner = outer
             self._mutex.release()

@@ -1,0 +1,666 @@
+"""Attacks on the worker's pending batch: one flat list, ROW slots per record, packed by columns at flush.
+
+A hostile outsider's view of :class:`mplog.worker.handler.MplogHandler` since the pending
+batch became one flat list (``mplog.wire.columns.pack_pending``: a column sent as one value
+when its packed bytes are its first value's repeated; version 1 when a record was packed at
+logging time or a value needs sanitizing). Each attack uses only what a user's code can do:
+filters that set standard attributes to odd values, ``extra=``, exceptions and stacks mixed
+with plain records, logging from signal handlers and from inside a flush, many threads,
+fork while other threads log, odd batch sizes, urgent records, an absent listener. Every
+record is numbered and accounted for exactly: what the listener wrote, against
+``wire_version=1`` (the record-by-record path) and against the worker's own counters
+(``sent + dropped + buffered`` equals the records logged).
+
+Each worker is a real process (``python -c``) talking to a real listener; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+import mplog
+
+pytestmark = [pytest.mark.integration]
+
+REPO = str(Path(__file__).resolve().parents[2])
+
+# Every standard field a filter can change, message first (the record's number), one line per record.
+TEXT_FORMAT = (
+    "%(message)s|%(name)s|%(levelno)s|%(levelname)s|%(pathname)s|%(filename)s|%(module)s|%(lineno)s|"
+    "%(funcName)s|%(threadName)s|%(thread)s|%(process)s|%(processName)s|%(msecs)r|%(relativeCreated)r|"
+    "%(created)r|%(taskName)s"
+)
+
+# Run first in every worker: the odd values the filters use, and done() to report back.
+PRELUDE = """
+import enum, json, logging, os, signal, sys, threading, time, uuid
+import mplog
+
+class S(str): pass
+class I(enum.IntEnum):
+    A = 7
+class E(enum.Enum):
+    A = "ea"
+class Obj:
+    def __repr__(self): return "<Obj>"
+
+def done(**report):
+    print(json.dumps(report), flush=True)
+"""
+
+
+def _config(tmp_path: Path) -> dict[str, Any]:
+    """The listener writes every record twice: a text line of every field, and a JSON object with the extras."""
+    return {
+        "version": 1,
+        "formatters": {
+            "text": {"format": TEXT_FORMAT},
+            "json": {"()": "mplog.formatters.JSONFormatter", "sort_keys": True},
+        },
+        "handlers": {
+            "text": {
+                "class": "logging.FileHandler",
+                "filename": str(tmp_path / "out.log"),
+                "formatter": "text",
+                "encoding": "utf-8",
+                "errors": "backslashreplace",
+            },
+            "json": {
+                "class": "logging.FileHandler",
+                "filename": str(tmp_path / "out.jsonl"),
+                "formatter": "json",
+                "encoding": "utf-8",
+            },
+        },
+        "root": {"level": "DEBUG", "handlers": ["text", "json"]},
+    }
+
+
+def _worker(code: str, timeout: float = 45) -> dict[str, Any]:
+    """Run ``code`` (after PRELUDE) as a worker process of the current listener; its last done() report."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    lines = proc.stdout.decode().splitlines()
+    assert lines, proc.stderr.decode(errors="replace")[-3000:]
+    report: dict[str, Any] = json.loads(lines[-1])
+    report["stderr"] = proc.stderr.decode(errors="replace")
+    return report
+
+
+def _json_records(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "out.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def _messages(tmp_path: Path) -> list[str]:
+    return [record["message"] for record in _json_records(tmp_path)]
+
+
+def _numbers(messages: list[str], stream: str) -> list[int]:
+    """The numbers of ``stream``'s records (messages ``<stream>:<n>``), in the order written."""
+    pattern = re.compile(rf"^{re.escape(stream)}:(\d+)$")
+    return [int(m[1]) for message in messages if (m := pattern.match(message))]
+
+
+def _settled(listener: mplog.Listener, records: int, timeout: float = 20) -> None:
+    """Wait (bounded) until the listener has dispatched ``records`` records."""
+    wait_for(lambda: listener.stats()["received"] >= records, timeout=timeout, what=f"{records} records received")
+
+
+def _balanced(counters: dict[str, int], logged: int) -> None:
+    assert counters["sent"] + counters["dropped"] + counters["buffered"] == logged, counters
+
+
+# ---------------------------------------------------------------- attack 1: odd standard fields, folded or not
+
+# (field, value) set by a filter on the mplog handler; each on a whole batch (the column folds
+# to one value when its bytes allow), on every other record of the next (a mixed column), and
+# on a whole batch holding one record packed at logging time (an exception: version 1 records).
+MUTATIONS = [
+    ("name", "S('subclassed')"),
+    ("module", "S('m')"),
+    ("lineno", "I.A"),
+    ("lineno", "True"),
+    ("lineno", "0"),
+    ("lineno", "1"),
+    ("lineno", "12.0"),
+    ("lineno", "float('nan')"),
+    ("lineno", "2**70"),
+    ("lineno", "2**64 - 1"),
+    ("lineno", "-(2**63)"),
+    ("name", "None"),
+    ("name", "['a', 'b']"),
+    ("threadName", "('a',)"),
+    ("threadName", "{'a': 1}"),
+    ("threadName", "{}"),
+    ("module", "b'mod'"),
+    ("funcName", "Obj()"),
+    ("funcName", "uuid.UUID(int=5)"),
+    ("funcName", "E.A"),
+    ("module", "'a\\udc80b'"),
+    ("msecs", "float('inf')"),
+    ("msecs", "-0.0"),
+    ("taskName", "'task'"),
+    ("taskName", "5"),
+    ("levelname", "S('INFO')"),
+    ("levelno", "20.0"),
+    ("thread", "None"),
+    ("process", "0"),
+    ("process", "1"),
+    ("process", "True"),
+    ("pathname", "'p' * 3000"),
+]
+BATCH = 7  # records per batch: the worker's batch_records, flush_interval long enough never to cut one
+
+
+def _mutating_worker(wire: int) -> str:
+    return f"""
+    MUTATIONS = [{", ".join(f"({field!r}, lambda: {value})" for field, value in MUTATIONS)}]
+    WIRE, BATCH = {wire}, {BATCH}
+    handler = mplog.setup_worker(wire_version=WIRE, batch_records=BATCH, flush_interval=30.0)
+
+    def mutate(record):
+        k = record.args[1]
+        record.created, record.msecs, record.relativeCreated = 1.7e9 + k, float(k % 1000), float(k)
+        record.thread, record.process, record.processName, record.threadName = 11, 22, "PN", "TN"
+        field, value = MUTATIONS[k // (3 * BATCH)]
+        part = k // BATCH % 3  # 0: the whole batch, 1: every other record, 2: the whole batch and one exception
+        if part != 1 or k % 2:
+            setattr(record, field, value())
+        return True
+
+    handler.addFilter(mutate)
+    log = logging.getLogger("attack")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        error = sys.exc_info()
+    for k in range(len(MUTATIONS) * 3 * BATCH):
+        packed_now = k // BATCH % 3 == 2 and k % BATCH == 3
+        log.info("v%d:%d", WIRE, k, exc_info=error if packed_now else None)
+    handler.flush_within(10.0)
+    counters = handler.counters
+    handler.close()
+    done(counters=counters, logged=k + 1)
+    """
+
+
+@pytest.mark.timeout(90)
+def test_odd_standard_fields_reach_the_file_as_with_wire_version_1(tmp_path):
+    """Attack 1: every odd value a filter can put in a standard field, on whole batches (folded
+    columns), mixed batches and batches holding an exception: version 2 writes exactly the
+    lines and JSON objects version 1 writes, every record once and in order."""
+    total = len(MUTATIONS) * 3 * BATCH
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        reports = {wire: _worker(_mutating_worker(wire)) for wire in (1, 2)}
+        _settled(listener, 2 * total)
+    for report in reports.values():
+        assert report["logged"] == total
+        assert report["counters"]["sent"] == total and report["counters"]["dropped"] == 0, report["counters"]
+        assert report["counters"]["errors"] == 0 and "Traceback" not in report["stderr"], report["stderr"]
+    messages = _messages(tmp_path)
+    for wire in (1, 2):
+        assert _numbers(messages, f"v{wire}") == list(range(total))
+    by_wire: dict[int, list[Any]] = {1: [], 2: []}
+    for record in _json_records(tmp_path):
+        wire, _, k = record["message"].partition(":")
+        by_wire[int(wire[1:])].append({**record, "message": k})
+    assert by_wire[1] == by_wire[2]
+    lines = {1: [], 2: []}  # the text lines (an exception's traceback lines included)
+    for line in (tmp_path / "out.log").read_text(encoding="utf-8").splitlines():
+        if line.startswith(("v1:", "v2:")):
+            wire = int(line[1])
+        lines[wire].append(line[3:] if line.startswith(("v1:", "v2:")) else line)
+    assert lines[1] == lines[2]
+    # Spot checks of what the fields became (the listener's repair names a wrong value as mplog_bad_<field>).
+    first = {k: by_wire[2][k] for k in range(0, total, 3 * BATCH)}
+    assert first[0]["name"] == "subclassed"
+    assert first[2 * 3 * BATCH]["lineno"] == 7  # an IntEnum is its int
+    assert first[8 * 3 * BATCH]["lineno"] == 0 and first[8 * 3 * BATCH]["mplog_bad_lineno"] == str(2**70)
+    assert first[16 * 3 * BATCH]["module"] == "" and first[16 * 3 * BATCH]["mplog_bad_module"] == "b'mod'"
+
+
+# ---------------------------------------------------------------- attack 2: signal handlers log into the buffer
+
+
+SIGNALS_WORKER = """
+handler = mplog.setup_worker(batch_records={batch})
+log = logging.getLogger("attack")
+fired = [0]
+
+def on_alarm(signum, frame):
+    n = fired[0]
+    fired[0] += 1
+    if n % 30 == 0:
+        log.error("S:%d", n)  # urgent (a frame at once), but inside a logging call only appended
+    elif n % 3 == 1:
+        log.info("S:%d", n, extra={{"from_signal": n}})  # packed at logging time
+    else:
+        log.info("S:%d", n)
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+N = {count}
+for k in range(N):
+    if k % 97 == 0:
+        log.warning("M:%d", k, stack_info=True)
+    elif k % 251 == 0:
+        log.error("M:%d", k)
+    else:
+        log.info("M:%d", k)
+    if k % 1000 == 0:
+        os.kill(os.getpid(), signal.SIGALRM)  # and one sent by the process to itself
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
+handler.flush_within(10.0)
+counters = handler.counters
+handler.close()
+done(counters=counters, main=N, signals=fired[0])
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("batch", "count"), [(1, 500), (7, 3000), (512, 6000)])
+def test_records_logged_from_a_signal_handler_while_the_main_thread_logs_arrive_once(tmp_path, batch, count):
+    """Attack 2: SIGALRM every 0.5 ms (and os.kill to itself) while the main thread logs in a tight
+    loop: the handler's records enter the buffer re-entrantly (urgent ones too, extras packed at
+    logging time); both streams arrive whole, the main thread's in its order, and the counters
+    balance. (A signal handler's records may be written in another order than their numbers:
+    a logging call interrupted by the next signal finishes after it, as with logging's own
+    handlers. With batches of 1 the count stays under the listener's 1000 queued frames: see
+    test_a_worker_closing_with_more_frames_in_flight_than_the_listener_queues_loses_its_tail.)"""
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(SIGNALS_WORKER.format(batch=batch, count=count))
+        logged = report["main"] + report["signals"]
+        _balanced(report["counters"], logged)
+        assert report["counters"]["sent"] == logged and report["counters"]["errors"] == 0, report["counters"]
+        _settled(listener, logged)
+    assert report["signals"] > 5, report  # the timer did interrupt the loop
+    messages = _messages(tmp_path)
+    assert _numbers(messages, "M") == list(range(report["main"]))
+    assert sorted(_numbers(messages, "S")) == list(range(report["signals"]))
+    assert len(messages) == logged
+    extras = sorted(r["from_signal"] for r in _json_records(tmp_path) if "from_signal" in r)
+    assert extras == [n for n in range(report["signals"]) if n % 30 and n % 3 == 1]
+
+
+# ---------------------------------------------------------------- attack 3: many threads, odd batch sizes
+
+
+THREADS_WORKER = """
+handler = mplog.setup_worker(batch_records={batch}, wire_version={wire})
+log = logging.getLogger("attack")
+N, T = {count}, {threads}
+start = threading.Barrier(T)
+
+def produce(t):
+    start.wait()
+    adapter = logging.LoggerAdapter(log, {{"thread_no": t}})
+    for k in range(N):
+        if k % 50 == 0:
+            adapter.info("T%d:%d", t, k)  # extra= through an adapter: packed at logging time
+        elif k % 333 == 0:
+            log.error("T%d:%d", t, k)
+        elif k % 77 == 0:
+            try:
+                raise KeyError(k)
+            except KeyError:
+                log.info("T%d:%d", t, k, exc_info=True)
+        else:
+            log.info("T%d:%d", t, k)
+
+threads = [threading.Thread(target=produce, args=(t,)) for t in range(T)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(60)
+handler.flush_within(10.0)
+counters = handler.counters
+handler.close()
+done(counters=counters, logged=N * T, threads=T, per=N)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("batch", "wire", "count"), [(1, 2, 150), (13, 2, 2000), (13, 1, 2000), (512, 2, 2000)])
+def test_many_threads_logging_at_once_lose_nothing_and_keep_each_threads_order(tmp_path, batch, wire, count):
+    """Attack 3: 6 threads released together, plain records mixed with extras (LoggerAdapter),
+    exceptions and urgent ones, batches of 1, 13 and 512, wire versions 1 and 2."""
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(THREADS_WORKER.format(batch=batch, wire=wire, count=count, threads=6))
+        logged = report["logged"]
+        assert report["counters"]["sent"] == logged and report["counters"]["dropped"] == 0, report["counters"]
+        _balanced(report["counters"], logged)
+        _settled(listener, logged)
+    messages = _messages(tmp_path)
+    assert len(messages) == logged
+    for t in range(report["threads"]):
+        assert _numbers(messages, f"T{t}") == list(range(report["per"]))
+
+
+# ---------------------------------------------------------------- attack 4: fork while other threads log
+
+
+# Batches of 64: a few hundred frames in flight. With batches of 9 the parent had ~1,000 frames in
+# flight when it closed, and on a loaded machine about 1 run in 15 lost its last frame and goodbye
+# to the ipc tail loss that test_a_worker_closing_with_more_frames_in_flight_... pins (no gap counted,
+# the sender unclosed); this test is about fork, not about that.
+FORK_WORKER = """
+import multiprocessing
+handler = mplog.setup_worker(batch_records=64)
+log = logging.getLogger("attack")
+N, T, CHILD = 3000, 3, 200
+go = threading.Event()
+
+def produce(t):
+    go.wait()
+    for k in range(N):
+        log.info("T%d:%d", t, k, exc_info=None, stack_info=(k % 101 == 0))
+
+def child_logs(c):
+    for k in range(CHILD):
+        log.info("C%d:%d", c, k)
+
+threads = [threading.Thread(target=produce, args=(t,)) for t in range(T)]
+for thread in threads:
+    thread.start()
+go.set()
+pids, procs = [], []
+ctx = multiprocessing.get_context("fork")
+for c in range(6):
+    if c % 2:
+        proc = ctx.Process(target=child_logs, args=(c,))
+        proc.start()
+        procs.append(proc)
+        continue
+    pid = os.fork()
+    if pid == 0:  # the child: log, deliver, leave without running the parent's cleanup
+        try:
+            child_logs(c)
+            logging.shutdown()
+        finally:
+            os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+for proc in procs:
+    proc.join(30)
+for thread in threads:
+    thread.join(60)
+handler.flush_within(10.0)
+counters = handler.counters
+handler.close()
+done(counters=counters, logged=N * T, threads=T, per=N, children=6, child=CHILD,
+     exitcodes=[p.exitcode for p in procs])
+"""
+
+
+@pytest.mark.timeout(90)
+def test_fork_while_threads_log_neither_duplicates_nor_loses_a_record(tmp_path):
+    """Attack 4: os.fork and multiprocessing's fork while 3 threads fill the buffer: a child never
+    sends the parent's pending records (no duplicate), the parent loses none, every child's arrive."""
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(FORK_WORKER)
+        assert report["exitcodes"] == [0, 0, 0], report
+        logged = report["logged"] + report["children"] * report["child"]
+        assert report["counters"]["sent"] == report["logged"], report["counters"]
+        _balanced(report["counters"], report["logged"])
+        _settled(listener, logged)
+    messages = _messages(tmp_path)
+    assert len(messages) == logged
+    for t in range(report["threads"]):
+        assert _numbers(messages, f"T{t}") == list(range(report["per"]))
+    for c in range(report["children"]):
+        assert _numbers(messages, f"C{c}") == list(range(report["child"]))
+
+
+# ---------------------------------------------------------------- attack 5: no listener, every policy: exact counters
+
+
+ABSENT_WORKER = """
+handler = mplog.setup_worker({endpoint!r}, batch_records={batch}, policy={policy!r}, max_buffer_bytes=3000,
+                             block_timeout=0.05, close_timeout=0.2, level=logging.DEBUG)
+log = logging.getLogger("attack")
+wrong = []
+for k in range(1500):
+    if k % 10 == 0:
+        log.info("A:%d", k, extra={{"k": k}})
+    elif k % 91 == 0:
+        log.error("A:%d", k)
+    else:
+        log.info("A:%d", k)
+    c = handler.counters
+    if c["sent"] + c["dropped"] + c["buffered"] != k + 1:
+        wrong.append((k, c))
+counters = handler.counters
+handler.close()
+done(counters=counters, after=handler.counters, logged=1500, wrong=wrong[:5])
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest", "block"])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_with_no_listener_the_counters_account_for_every_record_after_every_call(tmp_path, policy, batch):
+    """Attack 5: nobody listens and the outbox holds 3000 bytes: after every logging call, records
+    sent to the transport + dropped + buffered equal the records logged; close() counts the rest."""
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+    report = _worker(ABSENT_WORKER.format(endpoint=endpoint, batch=batch, policy=policy))
+    assert report["wrong"] == [], report["wrong"]
+    _balanced(report["counters"], report["logged"])
+    assert report["counters"]["dropped"] > 0, report["counters"]
+    after = report["after"]
+    assert after["buffered"] == 0 and after["sent"] + after["dropped"] == report["logged"], after
+
+
+# ---------------------------------------------- defects found: one hostile value, a record logged inside a flush
+
+HOSTILE_WORKER = """
+class Hostile:
+    # isinstance() asks for __class__ when the type does not match: this one raises
+    @property
+    def __class__(self):
+        raise RuntimeError("no class")
+
+handler = mplog.setup_worker(batch_records=10, wire_version={wire}, flush_interval=30.0)
+
+def poison(record):
+    if record.args[0] == 3:
+        record.funcName = Hostile()
+    return True
+
+handler.addFilter(poison)
+log = logging.getLogger("attack")
+for k in range(25):
+    log.info("H:%d", k)
+handler.flush_within(10.0)
+counters = handler.counters
+handler.close()
+done(counters=counters, logged=25)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("wire", [1, 2])
+def test_one_value_that_refuses_isinstance_costs_its_field_not_its_whole_batch(tmp_path, wire):
+    """Defect 1 (also before the flat batch): a filter sets a field to an object whose
+    ``__class__`` raises. Both packers refuse it, the sanitizer's isinstance() raised, and the
+    flush lost the whole batch of 10 records, counted nowhere (sent 0, dropped 0, buffered 0,
+    errors 1, and a traceback on the program's stderr). Now the value is described instead."""
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(HOSTILE_WORKER.format(wire=wire))
+        _balanced(report["counters"], report["logged"])
+        assert report["counters"]["sent"] == report["logged"], report["counters"]
+        assert report["counters"]["errors"] == 0 and "Traceback" not in report["stderr"], report["stderr"]
+        _settled(listener, report["logged"])
+    records = _json_records(tmp_path)
+    assert [r["message"] for r in records] == [f"H:{k}" for k in range(report["logged"])]
+    assert records[3]["funcName"] == "<unencodable Hostile: RuntimeError>"
+    assert all(r["funcName"] == "<module>" for k, r in enumerate(records) if k != 3)
+
+
+INNER_WORKER = """
+out = {out!r}
+handler = mplog.setup_worker(batch_records={batch}, flush_interval=0.05, level=logging.DEBUG)
+log = logging.getLogger("attack")
+
+def arrived(text, within):
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if os.path.exists(out) and text in open(out, encoding="utf-8").read():
+            return True
+        time.sleep(0.02)  # polling the listener's file, bounded by within
+    return False
+
+log.info("warm-up")  # the connection is up before the attack: a refused send would kick the flusher
+handler.flush_within(10.0)
+assert arrived("warm-up", 10.0)
+
+class Loud:
+    # Packed only at flush (neither packer takes it); describing it logs a record.
+    def __repr__(self):
+        logging.getLogger("inner").warning("logged from inside the flush")
+        return "<Loud>"
+
+def loud(record):
+    if record.args and record.args[0] == 2:  # the last record logged: no later call sends it
+        record.funcName = Loud()
+    return True
+
+handler.addFilter(loud)
+for k in range(3):
+    log.{level}("L:%d", k)
+in_time = arrived("logged from inside the flush", {within})
+counters = handler.counters
+handler.close()
+done(counters=counters, after=handler.counters, in_time=in_time, logged=5)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_record_logged_from_inside_a_flush_is_sent_within_the_flush_interval(tmp_path):
+    """Defect 2 (also before the flat batch): a record logged while the buffer is being flushed
+    (a value's __repr__ that logs; the same path as a signal handler that logs during a flush)
+    is only appended to the next batch, and nothing woke the flusher thread for it: it waited
+    for the next logging call, or for exit, however long that was."""
+    out = tmp_path / "out.log"
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        # The flusher thread flushes the batch (512 records, none urgent) and runs the __repr__.
+        report = _worker(INNER_WORKER.format(out=str(out), batch=512, level="info", within=3.0))
+        _settled(listener, report["logged"])
+    assert report["in_time"], "the record logged inside the flush waited for the handler's close"
+    _balanced(report["counters"], report["logged"])
+    assert "inside the flush" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(60)
+def test_a_record_logged_from_inside_closes_flush_is_delivered_not_counted_lost(tmp_path):
+    """Defect 2, at close: the record logged inside close()'s own flush was counted as one that
+    'could not be delivered' (and said so on stderr) with the listener up and taking frames."""
+    out = tmp_path / "out.log"
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        # 0.0 s: the worker closes at once, with the Loud record still pending.
+        report = _worker(INNER_WORKER.format(out=str(out), batch=512, level="info", within=0.0))
+        _settled(listener, report["logged"])
+    assert report["after"]["dropped"] == 0 and report["after"]["sent"] == report["logged"], report["after"]
+    assert "could not be delivered" not in report["stderr"], report["stderr"]
+    assert "inside the flush" in out.read_text(encoding="utf-8")
+
+
+INTERRUPT_WORKER = """
+class Interrupting:
+    # Raises KeyboardInterrupt the first time it is described, inside the flush: what a signal
+    # handler raising (Ctrl-C, an alarm-based timeout) does wherever it interrupts.
+    raised = False
+    def __repr__(self):
+        if not Interrupting.raised:
+            Interrupting.raised = True
+            raise KeyboardInterrupt
+        return "<Interrupting>"
+
+handler = mplog.setup_worker(batch_records=10, flush_interval=30.0)
+
+def interrupting(record):
+    if record.args[0] == 3:
+        record.funcName = Interrupting()
+    return True
+
+handler.addFilter(interrupting)
+log = logging.getLogger("attack")
+interrupted = []
+for k in range(25):
+    try:
+        log.info("K:%d", k)
+    except KeyboardInterrupt:
+        interrupted.append(k)
+handler.flush_within(10.0)
+counters = handler.counters
+handler.close()
+done(counters=counters, logged=25, interrupted=interrupted)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_raised_into_a_flush_puts_the_batch_back_instead_of_losing_it(tmp_path):
+    """Defect 3 (also before the flat batch): an exception that is no Exception raised while a
+    logging call packs its batch (KeyboardInterrupt, a signal handler's timeout) reaches the
+    caller, as it must; but the batch, already taken out of the pending list, was lost with it,
+    counted nowhere. Now it goes back in front of the pending records and the next flush sends it."""
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(INTERRUPT_WORKER)
+        assert report["interrupted"] == [9], report  # the call that filled the batch, and flushed it
+        _balanced(report["counters"], report["logged"])
+        assert report["counters"]["sent"] == report["logged"], report["counters"]
+        _settled(listener, report["logged"])
+    assert _messages(tmp_path) == [f"K:{k}" for k in range(report["logged"])]
+
+
+# ---------------------------------------------- a defect left open: the tail of a fast small-frame stream
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=False,
+    reason="ipc: libzmq drops what a closing worker sent past the listener's full receive queue "
+    "(rcvhwm frames), with no gap counted; open, see the report of branch attack17",
+)
+def test_a_worker_closing_with_more_frames_in_flight_than_the_listener_queues_loses_its_tail(tmp_path):
+    """9000 frames of one record each (batch_records=1, extras making the listener slower than
+    the worker): the worker hands every frame to ZeroMQ and closes; the listener read 8514-8528
+    of them (same on the tree before the flat batch), and its stats show no gap, only the sender
+    as unclosed ('process gone'). Nothing in the worker's counters says so either."""
+    code = """
+    handler = mplog.setup_worker(batch_records=1)
+    log = logging.getLogger("attack")
+    for k in range(9000):
+        log.info("F:%d", k, extra={"k": k})
+    handler.flush_within(10.0)
+    counters = handler.counters
+    handler.close()
+    done(counters=counters, logged=9000)
+    """
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(code)
+        assert report["counters"]["sent"] == report["logged"]
+        try:
+            _settled(listener, report["logged"], timeout=5)
+        finally:
+            stats = listener.stats()
+    assert stats["received"] == report["logged"], {k: stats[k] for k in ("received", "gaps", "unclosed")}
