@@ -22,11 +22,15 @@ See docs/reliability.md ("A worker's last records over tcp").
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import signal
 import socket
+import sys
+import termios
 import threading
+import time
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -126,6 +130,9 @@ class ZmqSender:
         self._tcp_ports = {_port_of(e) for e in self._endpoints if e.startswith("tcp://")} - {0}
         self._max_rt = 0  # TCP_MAXRT (ms) of this sender's connections; 0: not set
         self._foreign: set[int] = set()  # sockets this process held before this sender opened (inherited ones)
+        # How this sender's ipc connections name their peer: the path as given, and as absolute.
+        ipc = [e[len("ipc://") :] for e in self._endpoints if e.startswith("ipc://")]
+        self._ipc_paths = set(ipc) | {os.path.abspath(path) for path in ipc if not path.startswith("@")}
 
     def _watch_peer(self, sock: zmq.Socket[Any]) -> None:
         """Notice a dead or unreachable peer without provoking traffic from it (see the module docstring).
@@ -162,6 +169,8 @@ class ZmqSender:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
             if self._tcp_ports:
                 self._watch_peer(sock)
+            elif self._ipc_paths:
+                self._foreign = {inode for _, inode in _socket_fds()}
             if self._curve is not None:
                 security.configure_client(sock, self._curve)
             if self._watch:
@@ -234,6 +243,13 @@ class ZmqSender:
         # Hold signals back until the linger is over; they are delivered right after
         # (see test_sigterm_during_close_neither_duplicates_nor_loses).
         self._close_monitor()
+        deadline = time.monotonic() + linger_ms / 1000
+        # ipc://: libzmq closes a connection as soon as it has written its last frame, and the
+        # listener's libzmq, if its queue for this peer is full at that moment, discards what
+        # it had not read from the connection yet (docs/reliability.md, "A worker's last records
+        # over ipc"). A duplicate of each connection's descriptor keeps it open until the
+        # listener has read every byte (or the linger is over).
+        kept = _keep_ipc_connections(self._ipc_paths, self._foreign) if self._ipc_paths and linger_ms > 0 else []
         held = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
         try:
             self._sock.close(linger=linger_ms)
@@ -242,7 +258,10 @@ class ZmqSender:
         except zmq.ZMQError:
             pass
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            try:
+                _wait_until_read(kept, deadline)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 _HANDSHAKE_FAILED = (
@@ -337,6 +356,67 @@ def _socket_fds() -> list[tuple[int, int]]:
         if target.startswith("socket:["):
             found.append((int(name), int(target[8:-1])))
     return found
+
+
+def _keep_ipc_connections(paths: set[str], foreign: set[int]) -> list[int]:
+    """Duplicates of this sender's ipc connections' descriptors (found as :func:`_clear_max_rt` finds them).
+
+    A connection is a Unix stream socket whose peer is one of ``paths`` and which this
+    process did not hold before the sender opened (``foreign``).
+    """
+    kept = []
+    for fd, inode in _socket_fds():
+        if inode in foreign:
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and _peer_path(sock) in paths:
+                kept.append(os.dup(fd))
+        except OSError:
+            pass
+        finally:
+            sock.detach()  # the descriptor stays libzmq's
+    return kept
+
+
+def _peer_path(sock: socket.socket) -> str:
+    peer = sock.getpeername()
+    if isinstance(peer, bytes):  # an abstract address (ipc://@NAME)
+        return "@" + peer[1:].decode(errors="replace") if peer[:1] == b"\0" else peer.decode(errors="replace")
+    return str(peer)
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes this end of a Unix stream socket sent that the peer has not read yet (``SIOCOUTQ``)."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder, signed=True)
+
+
+def _wait_until_read(fds: list[int], deadline: float) -> None:
+    """Close each of ``fds`` once its peer has read everything sent on it, or at ``deadline``."""
+    pause = 0.001
+    waiting = list(fds)
+    try:
+        while waiting:
+            for fd in list(waiting):
+                try:
+                    unread = _unread_bytes(fd)
+                except OSError:
+                    unread = 0
+                if unread <= 0:
+                    waiting.remove(fd)
+                    os.close(fd)
+            now = time.monotonic()
+            if not waiting or now >= deadline:
+                return
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 0.02)
+    finally:
+        for fd in waiting:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _clear_max_rt(ports: set[int], max_rt: int, foreign: set[int]) -> int:

@@ -284,8 +284,7 @@ def test_records_logged_from_a_signal_handler_while_the_main_thread_logs_arrive_
     logging time); both streams arrive whole, the main thread's in its order, and the counters
     balance. (A signal handler's records may be written in another order than their numbers:
     a logging call interrupted by the next signal finishes after it, as with logging's own
-    handlers. With batches of 1 the count stays under the listener's 1000 queued frames: see the
-    ipc tail loss in docs/reliability.md, "What the default mode does not count".)"""
+    handlers.)"""
     with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
         report = _worker(SIGNALS_WORKER.format(batch=batch, count=count))
         logged = report["main"] + report["signals"]
@@ -358,13 +357,12 @@ def test_many_threads_logging_at_once_lose_nothing_and_keep_each_threads_order(t
 # ---------------------------------------------------------------- attack 4: fork while other threads log
 
 
-# Batches of 64: a few hundred frames in flight. With batches of 9 the parent had ~1,000 frames in
-# flight when it closed, and on a loaded machine about 1 run in 15 lost its last frame and goodbye
-# to the ipc tail loss of docs/reliability.md ("What the default mode does not count": no gap
-# counted, the sender unclosed); this test is about fork, not about that.
+# Batches of 9: about 1,000 frames in flight when the parent closes. Before a closing worker waited
+# for the listener to read its ipc connection, about 1 run in 15 on a loaded machine lost the
+# parent's last frame and goodbye (docs/reliability.md, "A worker's last records over ipc").
 FORK_WORKER = """
 import multiprocessing
-handler = mplog.setup_worker(batch_records=64)
+handler = mplog.setup_worker(batch_records=9)
 log = logging.getLogger("attack")
 N, T, CHILD = 3000, 3, 200
 go = threading.Event()
