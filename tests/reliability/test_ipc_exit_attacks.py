@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -309,4 +311,118 @@ def test_ack_mode_workers_exiting_while_the_listener_is_behind_deliver_each_reco
         for proc in procs:
             proc.join(30)
         assert [proc.exitcode for proc in procs] == [0] * workers
+        _balanced(listener, out, dict.fromkeys(range(workers), count), {p: proc.pid for p, proc in enumerate(procs)})
+
+
+# ---------------------------------------------------------------- SIGTERM and Pool.terminate() during the wait
+
+
+def _log_then_exit(producer: int, count: int, done: Any) -> None:
+    mplog.setup_worker(batch_records=1)
+    log = logging.getLogger("closing")
+    for seq in range(count):
+        log.info("%s", payload(producer, seq))
+    done.set()  # from here the process only closes (and waits for the listener to read) and exits
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_while_a_worker_waits_for_the_listener_to_read_neither_loses_nor_hangs(tmp_path, handlers_importable):
+    # The listener is about half a second behind each worker as it exits: SIGTERM lands in
+    # the exit-time flush, the close or its wait for the listener to read (mplog's handler
+    # defers it while mplog closes), and the worker still dies within close_timeout + linger.
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    ctx = multiprocessing.get_context("fork")
+    trials, count = 6, 2000
+    codes, took = [], []
+    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+        pids = {}
+        for producer in range(trials):
+            done = ctx.Event()
+            proc = ctx.Process(target=_log_then_exit, args=(producer, count, done))
+            proc.start()
+            assert done.wait(30)
+            time.sleep(0.05 * producer)  # not synchronisation: spreads the signal over the wait
+            started = time.monotonic()
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.join(10)
+            took.append(time.monotonic() - started)
+            codes.append(proc.exitcode)
+            pids[producer] = proc.pid
+        _balanced(listener, out, dict.fromkeys(range(trials), count), pids)
+    assert set(codes) <= {0, -signal.SIGTERM}
+    assert max(took) < 2.0 + 1.0 + 1.0  # close_timeout + linger + scheduling
+
+
+def _pool_logs(producer: int) -> int:
+    log = logging.getLogger("pool")
+    for seq in range(600):
+        log.info("%s", payload(producer, seq))
+    return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_pool_terminate_while_workers_wait_for_a_listener_behind_is_prompt_and_exact(tmp_path, handlers_importable):
+    # terminate() right after the tasks: each worker's SIGTERM handler closes its sender while
+    # the listener is still reading its last frames, and waits (within linger) for it.
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    ctx = multiprocessing.get_context("forkserver")
+    workers = 4
+    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+        pool = ctx.Pool(workers, initializer=mplog.setup_worker, initargs=(None,))
+        try:
+            worker_pids = pool.map(_pool_logs, range(workers), chunksize=1)
+        finally:
+            started = time.monotonic()
+            pool.terminate()
+            pool.join()
+        took = time.monotonic() - started
+        _balanced(listener, out, dict.fromkeys(range(workers), 600), dict(enumerate(worker_pids)))
+    assert took < 2.0 + 1.0 + 1.0  # close_timeout + linger + scheduling
+
+
+# ---------------------------------------------------------------- a relay over ipc
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_over_ipc(tmp_path, handlers_importable):
+    # Workers -> `mplog relay` -> listener, every hop ipc://. The relay is stopped (SIGTERM)
+    # as soon as the workers are done, while the listener is still reading: its own sender
+    # closes with the relay's last frames (and the workers' goodbyes) in the connection.
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    workers, count = 3, 1500
+    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+        relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mplog",
+                "relay",
+                "--bind",
+                f"ipc://{tmp_path}/relay.sock",
+                "--connect",
+                listener.endpoint,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert relay.stderr is not None
+            line = relay.stderr.readline()
+            assert line.startswith("mplog: relaying"), line + relay.stderr.read()
+            ctx = multiprocessing.get_context("spawn")
+            procs = [
+                ctx.Process(target=_produce, args=(p, count, f"ipc://{tmp_path}/relay.sock")) for p in range(workers)
+            ]
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join(30)
+            assert [proc.exitcode for proc in procs] == [0] * workers
+            relay.send_signal(signal.SIGTERM)
+            _, err = relay.communicate(timeout=20)
+            assert relay.returncode == 0, err
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+                relay.communicate(timeout=10)
         _balanced(listener, out, dict.fromkeys(range(workers), count), {p: proc.pid for p, proc in enumerate(procs)})
