@@ -153,7 +153,6 @@ class ZmqSender:
         sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil((opts.heartbeat_timeout - interval) / interval)))
         self._max_rt = max(1, int(opts.heartbeat_timeout * 1000))
         sock.setsockopt(zmq.TCP_MAXRT, self._max_rt)
-        self._foreign = {inode for _, inode in _socket_fds()}
 
     def _open(self) -> zmq.Socket[Any]:
         if self._sock is not None:  # inherited from the parent by fork
@@ -168,10 +167,12 @@ class ZmqSender:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
+            if self._tcp_ports or self._ipc_paths:
+                # Whatever this process holds now is not this sender's (a parent's connection,
+                # inherited by fork): its close leaves those alone, whatever the heartbeat.
+                self._foreign = {inode for _, inode in _socket_fds()}
             if self._tcp_ports:
                 self._watch_peer(sock)
-            elif self._ipc_paths:
-                self._foreign = {inode for _, inode in _socket_fds()}
             if self._curve is not None:
                 security.configure_client(sock, self._curve)
             if self._watch:

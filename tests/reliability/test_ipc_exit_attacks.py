@@ -426,3 +426,59 @@ def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_ove
                 relay.kill()
                 relay.communicate(timeout=10)
         _balanced(listener, out, dict.fromkeys(range(workers), count), {p: proc.pid for p, proc in enumerate(procs)})
+
+
+# ---------------------------------------------------------------- a forked child, the parent's connection
+
+
+def _parent_with_mixed_endpoints(tmp_path: Path, endpoint: str, count: int) -> None:
+    mplog.setup_worker(endpoint, batch_records=1, heartbeat_ivl=0, linger=3.0)
+    log = logging.getLogger("parent")
+    log.info("%s", payload(0, 0))  # the parent's ipc connection is open before any fork
+    seq = 1
+    for child in (1, 2, 3):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                (tmp_path / f"pid{child}").write_text(str(os.getpid()))
+                for n in range(10):
+                    logging.getLogger("child").info("%s", payload(child, n))
+                started = time.monotonic()
+                logging.shutdown()  # the close, as the interpreter's exit would run it
+                (tmp_path / f"took{child}").write_text(str(time.monotonic() - started))
+                code = 0
+            finally:
+                os._exit(code)
+        for _ in range(count):  # the parent's own stream: its connection is never read up while the child closes
+            log.info("%s", payload(0, seq))
+            seq += 1
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    (tmp_path / "pid0").write_text(str(os.getpid()))
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_does_not_wait_for_its_parents_connection_whatever_the_heartbeat(tmp_path, handlers_importable):
+    # The sockets a process held before its sender opened (a parent's connection, inherited by
+    # fork) were noted only where a tcp:// heartbeat was set up: with an ipc:// and a tcp://
+    # endpoint and heartbeat_ivl=0, a forked child's close waited for the listener to read
+    # its parent's connection too, which the parent kept filling (the slowest of 3 children
+    # took 0.38-0.40 s, instead of at most 0.02 s).
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    count = 1000  # the listener is up to a second behind the parent after each fork (1 ms per record)
+    with socket.socket() as unused:  # bound, never listening: the tcp:// endpoint refuses every connection
+        unused.bind(("127.0.0.1", 0))
+        with mplog.start_listener(_slow_config(out, flag, 2, delay=0.001), route_parent=False) as listener:
+            endpoint = f"{listener.endpoint},tcp://127.0.0.1:{unused.getsockname()[1]}"
+            parent = multiprocessing.get_context("spawn").Process(
+                target=_parent_with_mixed_endpoints, args=(tmp_path, endpoint, count)
+            )
+            parent.start()
+            parent.join(45)
+            assert parent.exitcode == 0
+            logged = {0: 3 * count + 1, 1: 10, 2: 10, 3: 10}
+            pids = {p: int((tmp_path / f"pid{p}").read_text()) for p in logged}
+            _balanced(listener, out, logged, pids)
+    took = [float((tmp_path / f"took{child}").read_text()) for child in (1, 2, 3)]
+    assert max(took) < 0.25, took  # its own 10 records are read at once; the parent's stream is not its business
