@@ -25,7 +25,6 @@ from helpers import payload, read_lines, wait_for
 from ledger import build_ledger
 
 import mplog
-from mplog.transports import TransportOptions, open_receiver, open_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
@@ -61,7 +60,7 @@ def _slow_config(out: Path, flag: Path, rcvhwm: int, delay: float = 0.0002) -> d
 def _produce(
     producer: int, count: int, endpoint: str | None = None, batch_records: int = 1, linger: float = 1.0
 ) -> None:
-    mplog.setup_worker(endpoint, batch_records=batch_records, linger=linger)
+    mplog.setup_worker(endpoint, batch_records=batch_records, linger=linger, close_timeout=max(2.0, linger))
     log = logging.getLogger("prod")
     for seq in range(count):
         log.info("%s", payload(producer, seq))
@@ -69,7 +68,12 @@ def _produce(
 
 def _balanced(listener: Any, out: Path, logged: dict[int, int], pids: dict[int, int]) -> dict[str, Any]:
     total = sum(logged.values())
-    wait_for(lambda: listener.stats()["received"] >= total, timeout=30)
+    try:
+        wait_for(lambda: listener.stats()["received"] >= total, timeout=30)
+    except AssertionError:
+        ledger = build_ledger(read_lines(out), logged, listener.stats(), pids)
+        short = {p: e for p, e in ledger.entries.items() if e.written != e.logged or e.unclosed}
+        raise AssertionError(f"not every record arrived: {short}") from None
     stats = wait_for(lambda: (s := listener.stats()) and all(x["closed"] for x in s["senders"].values()) and s)
     ledger = build_ledger(read_lines(out), logged, stats, pids)
     ledger.assert_balanced()  # every record written once, every goodbye arrived
@@ -89,7 +93,8 @@ def test_a_worker_naming_the_listeners_socket_by_another_path_still_delivers_its
     # it. A worker that reached the same socket file by another path (a symlinked directory
     # such as /var/run -> /run, or the absolute path of a listener that bound a relative one)
     # did not recognise its own connection at close and lost its tail: 2,645 and 2,629 of
-    # 3,000 written, the sender shown as ended without a goodbye.
+    # 3,000 written, the sender shown as ended without a goodbye (whatever the linger: 5 s
+    # here, so that a loaded machine cannot make the listener more than linger behind).
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(real)
@@ -101,7 +106,7 @@ def test_a_worker_naming_the_listeners_socket_by_another_path_still_delivers_its
         bind, connect = "ipc://x.sock", f"ipc://{real}/x.sock"
     count = 3000
     with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), endpoint=bind, route_parent=False) as listener:
-        worker = multiprocessing.get_context("spawn").Process(target=_produce, args=(0, count, connect))
+        worker = multiprocessing.get_context("spawn").Process(target=_produce, args=(0, count, connect, 1, 5.0))
         worker.start()
         worker.join(30)
         assert worker.exitcode == 0
@@ -120,14 +125,14 @@ def test_many_workers_exiting_together_into_a_listener_behind_deliver_each_recor
     tmp_path, handlers_importable, start_method, rcvhwm, batch_records
 ):
     # 12 workers end within moments of each other while the listener is about a second
-    # behind them all: a linger of 3 s keeps that within linger on a loaded machine (with
-    # the default 1 s, a worker whose tail the listener reaches later than that loses it,
-    # as documented).
+    # behind them all: close_timeout and linger of 5 s keep that within both on a loaded
+    # machine (with the defaults, 2 s and 1 s, a worker whose tail the listener reaches later
+    # than that loses it, as documented: counted on its stderr, its goodbye lost too).
     out, flag = tmp_path / "out.log", tmp_path / "slow"
-    workers, count = 12, 400
+    workers, count = 12, 250
     ctx = multiprocessing.get_context(start_method)
     with mplog.start_listener(_slow_config(out, flag, rcvhwm, delay=0.0001), route_parent=False) as listener:
-        procs = [ctx.Process(target=_produce, args=(p, count, None, batch_records, 3.0)) for p in range(workers)]
+        procs = [ctx.Process(target=_produce, args=(p, count, None, batch_records, 5.0)) for p in range(workers)]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -164,9 +169,10 @@ def _fork_and_log(tmp_path: Path, producer: int, count: int, depth: int) -> list
 
 
 def _forking_parent(tmp_path: Path, count: int) -> None:
-    # Three streams share the listener, which falls over a second behind: a 3 s linger (the
-    # children inherit it) keeps each exit within it (with 1 s the grandchildren lose their tails, as documented).
-    mplog.setup_worker(batch_records=9, linger=3.0)
+    # Three streams share the listener, which falls over a second behind: 5 s of linger and
+    # close_timeout (the children inherit them) keep each exit within them (with the defaults
+    # the grandchildren lose their tails, as documented).
+    mplog.setup_worker(batch_records=9, linger=5.0, close_timeout=5.0)
     log = logging.getLogger("parent")
     log.info("%s", payload(0, 0))  # the parent's connection is open before any fork
     seq = 1
@@ -265,35 +271,48 @@ def test_workers_exiting_while_the_listener_is_stopped_take_at_most_close_timeou
 # ---------------------------------------------------------------- descriptors, and a user's own sockets
 
 
+_CYCLES = """
+import os, socket, sys, time
+from mplog.transports import TransportOptions, open_receiver, open_sender
+
+directory = sys.argv[1]
+options = TransportOptions(rcvhwm=2)
+receiver = open_receiver(f"ipc://{directory}/r.sock", options)
+# The user's own connections: unread bytes wait in each while the sender closes.
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(f"{directory}/user.sock")
+server.listen()
+before = sorted(os.listdir("/proc/self/fd"))
+for cycle in range(40):
+    user = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    user.connect(f"{directory}/user.sock")
+    peer, _ = server.accept()
+    user.sendall(b"u" * 10_000)
+    sender = open_sender(receiver.endpoint, options)
+    assert sender.send(b"S001:%08d:" % cycle, 1.0)
+    started = time.monotonic()
+    sender.close()
+    took = time.monotonic() - started
+    assert took < 0.5, took  # not the linger: the user's socket is not waited for
+    user.sendall(b"v")  # still open, still the user's
+    assert peer.recv(10_001, socket.MSG_WAITALL) == b"u" * 10_000 + b"v"
+    peer.close()
+    user.close()
+    assert receiver.recv(5.0) is not None
+after = sorted(os.listdir("/proc/self/fd"))
+assert after == before, (before, after)
+receiver.close()
+print("ok")
+"""
+
+
 @pytest.mark.timeout(60)
 def test_many_open_close_cycles_leave_no_descriptor_and_a_users_unix_socket_untouched(tmp_path):
-    options = TransportOptions(rcvhwm=2)
-    receiver = open_receiver(f"ipc://{tmp_path}/r.sock", options)
-    # The user's own connection, opened after nothing: unread bytes wait in it all along.
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(tmp_path / "user.sock"))
-    server.listen()
-    try:
-        before = sorted(os.listdir("/proc/self/fd"))
-        for cycle in range(40):
-            user = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            user.connect(str(tmp_path / "user.sock"))
-            peer, _ = server.accept()
-            user.sendall(b"u" * 10_000)  # never read while the sender closes
-            sender = open_sender(receiver.endpoint, options)
-            assert sender.send(b"S001:%08d:" % cycle, 1.0)
-            started = time.monotonic()
-            sender.close()
-            assert time.monotonic() - started < 0.5  # not the linger: the user's socket is not waited for
-            user.sendall(b"v")  # still open, still the user's
-            assert peer.recv(10_001, socket.MSG_WAITALL) == b"u" * 10_000 + b"v"
-            peer.close()
-            user.close()
-            assert receiver.recv(5.0) is not None
-        assert sorted(os.listdir("/proc/self/fd")) == before
-    finally:
-        server.close()
-        receiver.close()
+    # In a process of its own: nothing else opens or closes descriptors meanwhile.
+    run = subprocess.run(
+        [sys.executable, "-c", _CYCLES, str(tmp_path)], capture_output=True, text=True, timeout=45, check=False
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
 
 
 # ---------------------------------------------------------------- ack mode
@@ -432,7 +451,7 @@ def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_ove
 
 
 def _parent_with_mixed_endpoints(tmp_path: Path, endpoint: str, count: int) -> None:
-    mplog.setup_worker(endpoint, batch_records=1, heartbeat_ivl=0, linger=3.0)
+    mplog.setup_worker(endpoint, batch_records=1, heartbeat_ivl=0, linger=5.0, close_timeout=5.0)
     log = logging.getLogger("parent")
     log.info("%s", payload(0, 0))  # the parent's ipc connection is open before any fork
     seq = 1
@@ -464,9 +483,9 @@ def test_a_forked_child_does_not_wait_for_its_parents_connection_whatever_the_he
     # fork) were noted only where a tcp:// heartbeat was set up: with an ipc:// and a tcp://
     # endpoint and heartbeat_ivl=0, a forked child's close waited for the listener to read
     # its parent's connection too, which the parent kept filling (the slowest of 3 children
-    # took 0.38-0.40 s, instead of at most 0.02 s).
+    # took 0.26-0.56 s in 8 runs, one run 0.24 s; at most 0.034 s after the fix).
     out, flag = tmp_path / "out.log", tmp_path / "slow"
-    count = 1000  # the listener is up to a second behind the parent after each fork (1 ms per record)
+    count = 1500  # the listener is up to 1.5 s behind the parent after each fork (1 ms per record)
     with socket.socket() as unused:  # bound, never listening: the tcp:// endpoint refuses every connection
         unused.bind(("127.0.0.1", 0))
         with mplog.start_listener(_slow_config(out, flag, 2, delay=0.001), route_parent=False) as listener:
@@ -481,4 +500,4 @@ def test_a_forked_child_does_not_wait_for_its_parents_connection_whatever_the_he
             pids = {p: int((tmp_path / f"pid{p}").read_text()) for p in logged}
             _balanced(listener, out, logged, pids)
     took = [float((tmp_path / f"took{child}").read_text()) for child in (1, 2, 3)]
-    assert max(took) < 0.25, took  # its own 10 records are read at once; the parent's stream is not its business
+    assert max(took) < 0.2, took  # its own 10 records are read at once; the parent's stream is not its business
