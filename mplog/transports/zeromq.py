@@ -404,9 +404,11 @@ def _is_peer(sock: socket.socket, paths: set[str], files: set[tuple[int, int]]) 
         return True
     if not files or not peer or peer.startswith("@"):
         return False
-    # A relative path is the listener's, from its working directory (SO_PEERCRED names it).
-    pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
-    for candidate in (peer,) if os.path.isabs(peer) else (f"/proc/{pid}/cwd/{peer}", peer):
+    candidates = [peer]
+    if not os.path.isabs(peer):  # the listener's, from its working directory (SO_PEERCRED names the listener)
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        candidates.insert(0, f"/proc/{pid}/cwd/{peer}")
+    for candidate in candidates:
         with contextlib.suppress(OSError):
             return _file_id(candidate) in files
     return False
