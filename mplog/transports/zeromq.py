@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import socket
+import struct
 import sys
 import termios
 import threading
@@ -152,7 +153,6 @@ class ZmqSender:
         sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil((opts.heartbeat_timeout - interval) / interval)))
         self._max_rt = max(1, int(opts.heartbeat_timeout * 1000))
         sock.setsockopt(zmq.TCP_MAXRT, self._max_rt)
-        self._foreign = {inode for _, inode in _socket_fds()}
 
     def _open(self) -> zmq.Socket[Any]:
         if self._sock is not None:  # inherited from the parent by fork
@@ -167,10 +167,12 @@ class ZmqSender:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
+            if self._tcp_ports or self._ipc_paths:
+                # Whatever this process holds now is not this sender's (a parent's connection,
+                # inherited by fork): its close leaves those alone, whatever the heartbeat.
+                self._foreign = {inode for _, inode in _socket_fds()}
             if self._tcp_ports:
                 self._watch_peer(sock)
-            elif self._ipc_paths:
-                self._foreign = {inode for _, inode in _socket_fds()}
             if self._curve is not None:
                 security.configure_client(sock, self._curve)
             if self._watch:
@@ -362,8 +364,16 @@ def _keep_ipc_connections(paths: set[str], foreign: set[int]) -> list[int]:
     """Duplicates of this sender's ipc connections' descriptors (found as :func:`_clear_max_rt` finds them).
 
     A connection is a Unix stream socket whose peer is one of ``paths`` and which this
-    process did not hold before the sender opened (``foreign``).
+    process did not hold before the sender opened (``foreign``). The peer is named by the
+    path the listener bound, which need not be spelled as the sender's endpoint (a symlinked
+    directory, a relative path): a peer whose path is the same file as one of ``paths`` is
+    one of them too.
     """
+    files = set()
+    for path in paths:
+        if not path.startswith("@"):
+            with contextlib.suppress(OSError):
+                files.add(_file_id(path))
     kept = []
     for fd, inode in _socket_fds():
         if inode in foreign:
@@ -373,13 +383,35 @@ def _keep_ipc_connections(paths: set[str], foreign: set[int]) -> list[int]:
         except OSError:
             continue
         try:
-            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and _peer_path(sock) in paths:
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and _is_peer(sock, paths, files):
                 kept.append(os.dup(fd))
         except OSError:
             pass
         finally:
             sock.detach()  # the descriptor stays libzmq's
     return kept
+
+
+def _file_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _is_peer(sock: socket.socket, paths: set[str], files: set[tuple[int, int]]) -> bool:
+    """Whether ``sock``'s peer is bound at one of ``paths`` (by name, or as the same file: ``files``)."""
+    peer = _peer_path(sock)
+    if peer in paths:
+        return True
+    if not files or not peer or peer.startswith("@"):
+        return False
+    candidates = [peer]
+    if not os.path.isabs(peer):  # the listener's, from its working directory (SO_PEERCRED names the listener)
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        candidates.insert(0, f"/proc/{pid}/cwd/{peer}")
+    for candidate in candidates:
+        with contextlib.suppress(OSError):
+            return _file_id(candidate) in files
+    return False
 
 
 def _peer_path(sock: socket.socket) -> str:
