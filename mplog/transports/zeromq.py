@@ -251,9 +251,12 @@ class ZmqSender:
         # it had not read from the connection yet (docs/reliability.md, "A worker's last records
         # over ipc"). A duplicate of each connection's descriptor keeps it open until the
         # listener has read every byte (or the linger is over).
-        kept = _keep_ipc_connections(self._ipc_paths, self._foreign) if self._ipc_paths and linger_ms > 0 else []
+        # (Signals are held from here: one raised while the duplicates are made would leave them open.)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
+        kept: list[int] = []
         try:
+            if self._ipc_paths and linger_ms > 0:
+                kept = _keep_ipc_connections(self._ipc_paths, self._foreign)
             self._sock.close(linger=linger_ms)
             assert self._ctx is not None
             self._ctx.term()
