@@ -33,6 +33,7 @@ import termios
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -363,8 +364,28 @@ def _socket_fds() -> list[tuple[int, int]]:
     return found
 
 
+def _sockets_opened_since(foreign: set[int]) -> Iterator[tuple[int, socket.socket]]:
+    """``(fd, socket)`` for each socket this process holds that is not one of ``foreign`` (inodes).
+
+    libzmq offers no handle on a connection, so a sender finds its own among the process's
+    sockets. Each socket object only lends its descriptor for the loop's body: it is detached
+    afterwards, and the descriptor stays libzmq's.
+    """
+    for fd, inode in _socket_fds():
+        if inode in foreign:
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            yield fd, sock
+        finally:
+            sock.detach()
+
+
 def _keep_ipc_connections(paths: set[str], foreign: set[int]) -> list[int]:
-    """Duplicates of this sender's ipc connections' descriptors (found as :func:`_clear_max_rt` finds them).
+    """Duplicates of this sender's ipc connections' descriptors (:func:`_sockets_opened_since`).
 
     A connection is a Unix stream socket whose peer is one of ``paths`` and which this
     process did not hold before the sender opened (``foreign``). The peer is named by the
@@ -378,20 +399,10 @@ def _keep_ipc_connections(paths: set[str], foreign: set[int]) -> list[int]:
             with contextlib.suppress(OSError):
                 files.add(_file_id(path))
     kept = []
-    for fd, inode in _socket_fds():
-        if inode in foreign:
-            continue
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
+    for fd, sock in _sockets_opened_since(foreign):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not connected
             if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and _is_peer(sock, paths, files):
                 kept.append(os.dup(fd))
-        except OSError:
-            pass
-        finally:
-            sock.detach()  # the descriptor stays libzmq's
     return kept
 
 
@@ -466,14 +477,8 @@ def _clear_max_rt(ports: set[int], max_rt: int, foreign: set[int]) -> int:
     if option is None:  # not Linux: libzmq does not set TCP_MAXRT there either
         return 0
     cleared = 0
-    for fd, inode in _socket_fds():
-        if inode in foreign:
-            continue
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
+    for _, sock in _sockets_opened_since(foreign):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not connected
             if (
                 sock.type == socket.SOCK_STREAM
                 and sock.family in (socket.AF_INET, socket.AF_INET6)
@@ -482,10 +487,6 @@ def _clear_max_rt(ports: set[int], max_rt: int, foreign: set[int]) -> int:
             ):
                 sock.setsockopt(socket.IPPROTO_TCP, option, 0)
                 cleared += 1
-        except OSError:
-            pass
-        finally:
-            sock.detach()  # the descriptor stays libzmq's
     return cleared
 
 

@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
 _SEQ = re.compile(r"P\d+:(\d{8}):")
 
@@ -24,6 +26,26 @@ class SlowWhileFlagged(logging.FileHandler):
         if os.path.exists(self.flag):
             time.sleep(self.delay)
         super().emit(record)
+
+
+def slow_sink_config(out: Path, flag: Path, rcvhwm: int = 1000, delay: float = 0.0002) -> dict[str, Any]:
+    """A listener config whose one handler writes ``out`` at ``delay`` seconds per record (``flag`` is created)."""
+    flag.touch()
+    return {
+        "version": 1,
+        "formatters": {"f": {"format": "%(message)s"}},
+        "handlers": {
+            "slow": {
+                "()": "fault_handlers.SlowWhileFlagged",
+                "filename": str(out),
+                "flag": str(flag),
+                "delay": delay,
+                "formatter": "f",
+            }
+        },
+        "root": {"level": "INFO", "handlers": ["slow"]},
+        "mplog": {"socket": {"rcvhwm": rcvhwm}},
+    }
 
 
 class LossyDuplicating(logging.FileHandler):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fault_handlers import slow_sink_config
 from helpers import PAYLOAD_RE, check_lines, file_config, payload, read_lines, wait_for
 from ledger import build_ledger
 
@@ -390,22 +391,7 @@ def test_a_worker_that_exits_while_the_listener_is_behind_on_ipc_delivers_its_la
     # with rcvhwm 2 and 16, the sender shown as ended without a goodbye (docs/reliability.md,
     # "A worker's last records over ipc").
     out, flag = tmp_path / "out.log", tmp_path / "slow"
-    flag.touch()
-    config = {
-        "version": 1,
-        "formatters": {"f": {"format": "%(message)s"}},
-        "handlers": {
-            "slow": {
-                "()": "fault_handlers.SlowWhileFlagged",
-                "filename": str(out),
-                "flag": str(flag),
-                "delay": 0.0002,
-                "formatter": "f",
-            }
-        },
-        "root": {"level": "INFO", "handlers": ["slow"]},
-        "mplog": {"socket": {"rcvhwm": rcvhwm}},
-    }
+    config = slow_sink_config(out, flag, rcvhwm)
     count = 3000
     with mplog.start_listener(config, route_parent=False) as listener:
         worker = multiprocessing.get_context(start_method).Process(target=_produce_and_exit, args=(0, count))

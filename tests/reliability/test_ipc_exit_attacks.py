@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_handlers import slow_sink_config
 from helpers import payload, read_lines, wait_for
 from ledger import build_ledger
 
@@ -36,25 +37,6 @@ TESTS = str(Path(__file__).resolve().parent.parent)
 def handlers_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let the listener process import tests/reliability/fault_handlers.py."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([HERE, TESTS, os.environ.get("PYTHONPATH", "")]))
-
-
-def _slow_config(out: Path, flag: Path, rcvhwm: int, delay: float = 0.0002) -> dict[str, Any]:
-    flag.touch()
-    return {
-        "version": 1,
-        "formatters": {"f": {"format": "%(message)s"}},
-        "handlers": {
-            "slow": {
-                "()": "fault_handlers.SlowWhileFlagged",
-                "filename": str(out),
-                "flag": str(flag),
-                "delay": delay,
-                "formatter": "f",
-            }
-        },
-        "root": {"level": "INFO", "handlers": ["slow"]},
-        "mplog": {"socket": {"rcvhwm": rcvhwm}},
-    }
 
 
 def _produce(
@@ -105,7 +87,7 @@ def test_a_worker_naming_the_listeners_socket_by_another_path_still_delivers_its
         monkeypatch.chdir(real)
         bind, connect = "ipc://x.sock", f"ipc://{real}/x.sock"
     count = 3000
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), endpoint=bind, route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), endpoint=bind, route_parent=False) as listener:
         worker = multiprocessing.get_context("spawn").Process(target=_produce, args=(0, count, connect, 1, 5.0))
         worker.start()
         worker.join(30)
@@ -131,7 +113,7 @@ def test_many_workers_exiting_together_into_a_listener_behind_deliver_each_recor
     out, flag = tmp_path / "out.log", tmp_path / "slow"
     workers, count = 12, 250
     ctx = multiprocessing.get_context(start_method)
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm, delay=0.0001), route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm, delay=0.0001), route_parent=False) as listener:
         procs = [ctx.Process(target=_produce, args=(p, count, None, batch_records, 5.0)) for p in range(workers)]
         for proc in procs:
             proc.start()
@@ -207,7 +189,7 @@ def test_forked_children_and_grandchildren_exiting_while_the_listener_is_behind_
 ):
     out, flag = tmp_path / "out.log", tmp_path / "slow"
     count = 1500
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), route_parent=False) as listener:
         parent = multiprocessing.get_context("spawn").Process(target=_forking_parent, args=(tmp_path, count))
         started = time.monotonic()
         parent.start()
@@ -323,7 +305,7 @@ def test_ack_mode_workers_exiting_while_the_listener_is_behind_deliver_each_reco
     out, flag = tmp_path / "out.log", tmp_path / "slow"
     workers, count = 4, 800
     ctx = multiprocessing.get_context("spawn")
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), ack=True, route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), ack=True, route_parent=False) as listener:
         procs = [ctx.Process(target=_produce, args=(p, count, None, 9)) for p in range(workers)]
         for proc in procs:
             proc.start()
@@ -353,7 +335,7 @@ def test_sigterm_while_a_worker_waits_for_the_listener_to_read_neither_loses_nor
     ctx = multiprocessing.get_context("fork")
     trials, count = 6, 2000
     codes, took = [], []
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), route_parent=False) as listener:
         pids = {}
         for producer in range(trials):
             done = ctx.Event()
@@ -386,7 +368,7 @@ def test_pool_terminate_while_workers_wait_for_a_listener_behind_is_prompt_and_e
     out, flag = tmp_path / "out.log", tmp_path / "slow"
     ctx = multiprocessing.get_context("forkserver")
     workers = 4
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), route_parent=False) as listener:
         pool = ctx.Pool(workers, initializer=mplog.setup_worker, initargs=(None,))
         try:
             worker_pids = pool.map(_pool_logs, range(workers), chunksize=1)
@@ -409,7 +391,7 @@ def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_ove
     # closes with the relay's last frames (and the workers' goodbyes) in the connection.
     out, flag = tmp_path / "out.log", tmp_path / "slow"
     workers, count = 3, 1500
-    with mplog.start_listener(_slow_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), route_parent=False) as listener:
         relay = subprocess.Popen(
             [
                 sys.executable,
@@ -488,7 +470,7 @@ def test_a_forked_child_does_not_wait_for_its_parents_connection_whatever_the_he
     count = 1500  # the listener is up to 1.5 s behind the parent after each fork (1 ms per record)
     with socket.socket() as unused:  # bound, never listening: the tcp:// endpoint refuses every connection
         unused.bind(("127.0.0.1", 0))
-        with mplog.start_listener(_slow_config(out, flag, 2, delay=0.001), route_parent=False) as listener:
+        with mplog.start_listener(slow_sink_config(out, flag, 2, delay=0.001), route_parent=False) as listener:
             endpoint = f"{listener.endpoint},tcp://127.0.0.1:{unused.getsockname()[1]}"
             parent = multiprocessing.get_context("spawn").Process(
                 target=_parent_with_mixed_endpoints, args=(tmp_path, endpoint, count)
