@@ -258,13 +258,13 @@ import os, socket, sys, time
 from mplog.transports import TransportOptions, open_receiver, open_sender
 
 directory = sys.argv[1]
-options = TransportOptions(rcvhwm=2)
+before = sorted(os.listdir("/proc/self/fd"))
+options = TransportOptions(rcvhwm=2, linger=5.0)  # a close that waited for the user's socket takes 5 s
 receiver = open_receiver(f"ipc://{directory}/r.sock", options)
 # The user's own connections: unread bytes wait in each while the sender closes.
 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 server.bind(f"{directory}/user.sock")
 server.listen()
-before = sorted(os.listdir("/proc/self/fd"))
 for cycle in range(40):
     user = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     user.connect(f"{directory}/user.sock")
@@ -275,15 +275,18 @@ for cycle in range(40):
     started = time.monotonic()
     sender.close()
     took = time.monotonic() - started
-    assert took < 0.5, took  # not the linger: the user's socket is not waited for
+    assert took < 2.5, took  # not the linger: the user's socket is not waited for (half of it: a loaded machine)
     user.sendall(b"v")  # still open, still the user's
     assert peer.recv(10_001, socket.MSG_WAITALL) == b"u" * 10_000 + b"v"
     peer.close()
     user.close()
     assert receiver.recv(5.0) is not None
+# Listed once the receiver is closed too: its end of the last connection is closed by libzmq's
+# I/O thread whenever it sees the hang-up, which a loaded machine can put after the listing.
+receiver.close()
+server.close()
 after = sorted(os.listdir("/proc/self/fd"))
 assert after == before, (before, after)
-receiver.close()
 print("ok")
 """
 
@@ -389,8 +392,10 @@ def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_ove
     # Workers -> `mplog relay` -> listener, every hop ipc://. The relay is stopped (SIGTERM)
     # as soon as the workers are done, while the listener is still reading: its own sender
     # closes with the relay's last frames (and the workers' goodbyes) in the connection.
+    # (600 records each: the listener stays less than the relay's linger, 1 s, behind even on a
+    # loaded 2-CPU machine; with 1,500 it fell further behind 1 run in ~8 and lost the tail by design.)
     out, flag = tmp_path / "out.log", tmp_path / "slow"
-    workers, count = 3, 1500
+    workers, count = 3, 600
     with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), route_parent=False) as listener:
         relay = subprocess.Popen(
             [
