@@ -35,7 +35,9 @@ class Relay:
                 from mplog.exceptions import ConfigError  # noqa: PLC0415  # only on the error path
 
                 raise ConfigError(f"a relay speaks ZeroMQ only: {url!r} must be tcp://HOST:PORT or ipc://PATH")
-        self.sender = ZmqSender(connect, connect_options or TransportOptions())
+        connect_options = connect_options or TransportOptions()
+        self.sender = ZmqSender(connect, connect_options)
+        self._linger = connect_options.linger
         self.receiver = ZmqReceiver(bind, bind_options or TransportOptions())
         self.endpoint = self.receiver.endpoint
         self.stop_event = threading.Event()
@@ -45,6 +47,7 @@ class Relay:
         self.waits = 0  # times the collector could not take a frame at once
         self._held: bytes | None = None
         self._closed = False
+        self._drain_deadline = 0.0  # set when the drain begins: close() lingers for what is left of it
 
     def _forward(self, timeout: float) -> bool:
         """Move one frame on; False when nothing arrived or the collector could not take it."""
@@ -65,7 +68,7 @@ class Relay:
         """Forward until :attr:`stop_event` is set, then pass on what is queued (bounded)."""
         while not self.stop_event.is_set():
             self._forward(0.05)
-        deadline = time.monotonic() + self.drain_timeout
+        deadline = self._drain_deadline = time.monotonic() + self.drain_timeout
         while time.monotonic() < deadline and (self._held is not None or self._forward(0.2)):
             if self._held is not None:
                 self._forward(0.05)
@@ -84,9 +87,15 @@ class Relay:
         }
 
     def close(self) -> None:
-        """Release both sockets (frames still queued are lost and show as gaps downstream); idempotent."""
+        """Release both sockets (frames still queued are lost and show as gaps downstream); idempotent.
+
+        The sender lingers for what is left of the drain time (at least its own ``linger``):
+        the frames just passed on may be many, in one connection to a collector that is
+        behind, and they carry the goodbyes of every worker that ended meanwhile. A stop
+        still takes at most ``drain_timeout`` + ``linger``.
+        """
         if self._closed:
             return
         self._closed = True
         self.receiver.close()
-        self.sender.close()
+        self.sender.close(max(self._linger, self._drain_deadline - time.monotonic()))

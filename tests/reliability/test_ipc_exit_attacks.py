@@ -388,15 +388,23 @@ def test_pool_terminate_while_workers_wait_for_a_listener_behind_is_prompt_and_e
 
 
 @pytest.mark.timeout(60)
-def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_over_ipc(tmp_path, handlers_importable):
+@pytest.mark.parametrize(("count", "delay"), [(300, 0.0002), (100, 0.005)])
+def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_over_ipc(
+    tmp_path, handlers_importable, count, delay
+):
     # Workers -> `mplog relay` -> listener, every hop ipc://. The relay is stopped (SIGTERM)
-    # as soon as the workers are done, while the listener is still reading: its own sender
-    # closes with the relay's last frames (and the workers' goodbyes) in the connection.
-    # (600 records each: the listener stays less than the relay's linger, 1 s, behind even on a
-    # loaded 2-CPU machine; with 1,500 it fell further behind 1 run in ~8 and lost the tail by design.)
+    # as soon as the workers are done, while the listener is still reading: it passes on what
+    # it holds (within its drain time, 5 s), then its sender closes with the last frames (and
+    # the workers' goodbyes) in the connection. At 5 ms per record those take the listener
+    # more than 1 s: a relay whose sender lingered only 1 s lost them (31 of one worker's 100
+    # records and the goodbyes; the streams unclosed); it now lingers for what is left of its
+    # drain time. (The workers linger 5 s: the relay reads them only as fast as the listener
+    # takes frames, and on a loaded machine a 1 s linger lost their tails at the first hop. 300
+    # records each at 0.2 ms: with four copies of this test at once on 2 CPUs, 900 records
+    # outlasted the relay's 5 s drain, a loss by design; two at once, as in CI, pass.)
     out, flag = tmp_path / "out.log", tmp_path / "slow"
-    workers, count = 3, 600
-    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2), route_parent=False) as listener:
+    workers = 3
+    with mplog.start_listener(slow_sink_config(out, flag, rcvhwm=2, delay=delay), route_parent=False) as listener:
         relay = subprocess.Popen(
             [
                 sys.executable,
@@ -417,7 +425,8 @@ def test_a_relay_stopped_while_the_listener_is_behind_passes_on_every_record_ove
             assert line.startswith("mplog: relaying"), line + relay.stderr.read()
             ctx = multiprocessing.get_context("spawn")
             procs = [
-                ctx.Process(target=_produce, args=(p, count, f"ipc://{tmp_path}/relay.sock")) for p in range(workers)
+                ctx.Process(target=_produce, args=(p, count, f"ipc://{tmp_path}/relay.sock", 1, 5.0))
+                for p in range(workers)
             ]
             for proc in procs:
                 proc.start()
