@@ -60,51 +60,48 @@ def test_the_connections_to_the_endpoints_path_are_found_by_path_or_abstract_nam
             sock.close()
 
 
-def test_a_kept_connection_stays_open_after_its_owner_closes_it_until_the_peer_has_read_everything(private_dir):
+@pytest.fixture
+def connection(private_dir) -> Iterator[tuple[str, socket.socket, socket.socket]]:
+    """A Unix stream connection to a socket bound at a path: (path, the sender's end, the listener's end)."""
     path = os.path.join(private_dir, "listener.sock")
     server = _serve(path)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(path)
     peer, _ = server.accept()
-    try:
-        client.sendall(b"x" * 50_000)
-        assert _unread_bytes(client.fileno()) > 0  # sent, not read yet
-        kept = _keep_ipc_connections({path}, set())
-        assert len(kept) == 1
-        client.close()  # what libzmq does at the end of its linger
-        # Nobody reads: the wait ends at its deadline, not before, and the duplicate is closed.
-        started = time.monotonic()
-        _wait_until_read(list(kept), started + 0.3)
-        assert 0.3 <= time.monotonic() - started < 0.3 + 1.0
-        with pytest.raises(OSError):
-            os.fstat(kept[0])
-        # The connection stayed open while it was kept: every byte is there, then the end.
-        received = b""
-        while chunk := peer.recv(65536):
-            received += chunk
-        assert received == b"x" * 50_000
-    finally:
-        peer.close()
-        server.close()
+    yield path, client, peer
+    for sock in (client, peer, server):
+        sock.close()
 
 
-def test_the_wait_ends_as_soon_as_the_peer_has_read_everything(private_dir):
-    path = os.path.join(private_dir, "listener.sock")
-    server = _serve(path)
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.connect(path)
-    peer, _ = server.accept()
-    try:
-        client.sendall(b"y" * 10_000)
-        kept = _keep_ipc_connections({path}, set())
-        client.close()
-        received = b""
-        while len(received) < 10_000:
-            received += peer.recv(65536)
-        started = time.monotonic()
-        _wait_until_read(list(kept), started + 5.0)
-        assert time.monotonic() - started < 1.0  # not the 5 s deadline
-        assert peer.recv(1) == b""  # the duplicate closed: the peer sees the end
-    finally:
-        peer.close()
-        server.close()
+def test_a_kept_connection_stays_open_after_its_owner_closes_it_until_the_peer_has_read_everything(connection):
+    path, client, peer = connection
+    client.sendall(b"x" * 50_000)
+    assert _unread_bytes(client.fileno()) > 0  # sent, not read yet
+    kept = _keep_ipc_connections({path}, set())
+    assert len(kept) == 1
+    client.close()  # what libzmq does at the end of its linger
+    # Nobody reads: the wait ends at its deadline, not before, and the duplicate is closed.
+    started = time.monotonic()
+    _wait_until_read(list(kept), started + 0.3)
+    assert 0.3 <= time.monotonic() - started < 0.3 + 1.0
+    with pytest.raises(OSError):
+        os.fstat(kept[0])
+    # The connection stayed open while it was kept: every byte is there, then the end.
+    received = b""
+    while chunk := peer.recv(65536):
+        received += chunk
+    assert received == b"x" * 50_000
+
+
+def test_the_wait_ends_as_soon_as_the_peer_has_read_everything(connection):
+    path, client, peer = connection
+    client.sendall(b"y" * 10_000)
+    kept = _keep_ipc_connections({path}, set())
+    client.close()
+    received = b""
+    while len(received) < 10_000:
+        received += peer.recv(65536)
+    started = time.monotonic()
+    _wait_until_read(list(kept), started + 5.0)
+    assert time.monotonic() - started < 1.0  # not the 5 s deadline
+    assert peer.recv(1) == b""  # the duplicate closed: the peer sees the end
