@@ -403,3 +403,35 @@ def test_a_worker_that_exits_while_the_listener_is_behind_on_ipc_delivers_its_la
     ledger = build_ledger(read_lines(out), {0: count}, stats, {0: worker.pid})
     ledger.assert_balanced()  # every record written once, and the goodbye arrived (no unclosed stream)
     assert stats["gaps"] == stats["dropped"] == 0
+
+
+def _produce_big_frames_and_exit(ack: bool, count: int) -> None:
+    # Frames of 300 KB into a listener that takes 1 s per frame: the worker's outbox drains a
+    # frame a second at exit (progress, so its flush outlives close_timeout), and when the last
+    # frame has gone the pipe to the listener is full for about a second more.
+    mplog.setup_worker(batch_records=10, sndhwm=1, close_timeout=1.0, linger=20.0, ack=ack or None)
+    log = logging.getLogger("prod")
+    for seq in range(count):
+        log.info("%s", payload(0, seq, 30_000))
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("ack", [False, True], ids=["plain", "ack"])
+def test_a_goodbye_behind_a_slow_listener_arrives(tmp_path, handlers_importable, ack):
+    # The goodbye used to get what was left of close_timeout, at least 0.2 s, and the flush
+    # before it had outlived close_timeout: behind a listener that frees room once a second it
+    # was refused, so every record was written and the sender still showed as ended without
+    # a goodbye (8 of 8 runs, plain and ack; the ack suite's restart test saw it under load).
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    config = slow_sink_config(out, flag, rcvhwm=1, delay=0.1)
+    count = 80
+    with mplog.start_listener(config, route_parent=False, ack=ack) as listener:
+        worker = multiprocessing.get_context("spawn").Process(target=_produce_big_frames_and_exit, args=(ack, count))
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+        stats = listener.stop()
+    ledger = build_ledger(read_lines(out), {0: count}, stats, {0: worker.pid})
+    ledger.assert_balanced()  # every record written once, and the goodbye arrived (no unclosed stream)
+    assert ledger.written == count
+    assert stats["gaps"] == stats["dropped"] == 0
