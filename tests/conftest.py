@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import select
@@ -25,6 +26,46 @@ _ENV_KEYS = ("MPLOG_ENDPOINT", "MPLOG_LEVEL", "MPLOG_ACK")
 _ROUTE_KEY = "mplog:route_children"
 # Long-lived helpers that multiprocessing starts once per test process on purpose.
 _KEEP = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+# ---------------------------------------------------------------- tests marked serial
+
+
+def _serial_lock_folder(config: pytest.Config) -> Path | None:
+    """Where this run's pytest-xdist workers keep their two lock files; None without several workers."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or int(workerinput.get("workercount", 1)) < 2:
+        return None
+    # Each worker's base temp folder is in the run's own (pytest-of-USER/pytest-N), which
+    # pytest removes with the runs it no longer keeps.
+    return Path(config._tmp_path_factory.getbasetemp().parent)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """A test marked ``serial`` runs while no other test of the run does; the others wait for it.
+
+    Every test holds the main lock file shared, a serial test holds it alone. A serial test
+    holds the turnstile while it waits, so that no new test starts meanwhile (a stream of
+    shared holders would otherwise keep it waiting). The wait comes before pytest-timeout
+    starts a test's clock (this wrapper is outside its own), and lasts at most as long as the
+    tests running, each bounded by its timeout. A killed worker's locks go with its process.
+    """
+    folder = _serial_lock_folder(item.config)
+    if folder is None:
+        yield
+        return
+    alone = item.get_closest_marker("serial") is not None
+    with open(folder / "turnstile", "a") as turnstile, open(folder / "main", "a") as main:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(main, fcntl.LOCK_UN)
 
 
 _LoggerState = tuple[list[logging.Handler], int, bool, bool, list[Any]]
