@@ -278,6 +278,7 @@ def _finish(listener: mplog.Listener, procs: list[Any]) -> dict[str, Any]:
 
 
 @pytest.mark.integration
+@pytest.mark.serial  # whether the workers are busy is read from the CPUs: other tests' load changes it
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("method", "transport"), [("fork", "zmq"), ("fork", "multiprocessing"), ("spawn", "zmq"), ("forkserver", "zmq")]
@@ -310,6 +311,7 @@ def test_records_of_busy_workers_wait_until_a_cpu_is_free_then_every_one_is_writ
 
 
 @pytest.mark.integration
+@pytest.mark.serial  # whether the workers are busy is read from the CPUs: other tests' load changes it
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("error_last", "yield_seconds", "ended"),

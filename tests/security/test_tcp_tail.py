@@ -233,6 +233,7 @@ def test_workers_that_close_while_their_collector_is_stopped_are_delivered_when_
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.serial  # kernel buffers and a 30 s settling wait: a loaded machine stretches both
 def test_a_tail_lost_at_exit_shows_as_possible_loss_in_stats_status_the_stop_summary_and_the_ledger(tmp_path):
     # The collector (`mplog listen`) is stopped for longer than the workers wait at exit:
     # what their kernels could not take, the goodbye with it, is lost when they exit.
