@@ -407,9 +407,9 @@ def test_a_worker_that_exits_while_the_listener_is_behind_on_ipc_delivers_its_la
 
 def _produce_big_frames_and_exit(ack: bool, count: int) -> None:
     # Frames of 300 KB into a listener that takes 1 s per frame: the worker's outbox drains a
-    # frame a second at exit (progress, so its flush outlives close_timeout), and when the last
-    # frame has gone the pipe to the listener is full for about a second more.
-    mplog.setup_worker(batch_records=10, sndhwm=1, close_timeout=1.0, linger=20.0, ack=ack or None)
+    # frame a second at exit (progress within close_timeout, 2 s, so its flush outlives it),
+    # and when the last frame has gone the pipe to the listener is full for about a second more.
+    mplog.setup_worker(batch_records=10, sndhwm=1, close_timeout=2.0, linger=20.0, ack=ack or None)
     log = logging.getLogger("prod")
     for seq in range(count):
         log.info("%s", payload(0, seq, 30_000))
