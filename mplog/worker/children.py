@@ -9,8 +9,12 @@ multiprocessing copies into every ``Process`` it creates and sends, pickled with
 ``Process``, to a spawn or forkserver child. The child unpickles its ``Process`` before it
 runs anything of the user's (after importing the main module, before a Pool's
 initializer or the target): unpickling the marker calls :func:`mplog.setup_worker` there.
-(multiprocessing's after-fork hooks would be the natural place, but a spawn child never
-runs them.) A child already set up (an mplog handler on its root logger) is left as it
+A ``fork`` child unpickles nothing; it inherits the marker in its ``Process``'s config and
+multiprocessing's after-fork hooks, which its bootstrap runs before the target, and the
+hook registered with the marker routes it the same way: this matters when the parent
+does not route its own logging (``route_parent=False``), so that the child has no mplog
+handler to inherit. (A spawn child never runs the parent's after-fork hooks, hence the
+marker.) A child already set up (an mplog handler on its root logger) is left as it
 is; a target or initializer that calls ``setup_worker()`` itself gets the same handler
 back, or, with other transport options, a new one that replaces it without a trace.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import sys
 
@@ -53,6 +58,13 @@ def _arrive(settings: dict[str, str]) -> _Route:
         except Exception:
             pass
     return _Route(settings)
+
+
+def _after_fork(marker: _Route) -> None:
+    """In a fork child that multiprocessing started: route it as the marker would a spawn child."""
+    config = getattr(multiprocessing.current_process(), "_config", None)
+    if isinstance(config, dict) and config.get(_KEY) is marker:  # routing was on when its Process was made
+        _arrive(marker.settings)
 
 
 def _route(settings: dict[str, str]) -> None:
@@ -91,5 +103,6 @@ def route_children(enabled: bool) -> bool:
             value = inherited_setting(key)
             if value is not None:
                 settings[key] = value
-        config[_KEY] = _Route(settings)
+        marker = config[_KEY] = _Route(settings)
+        multiprocessing.util.register_after_fork(marker, _after_fork)  # held weakly: gone with the marker
     return before
