@@ -209,8 +209,10 @@ class Listener:
     def stop(self, timeout: float = 10.0) -> ListenerStats:
         """Deliver this process's buffered records, drain the listener, stop it; return final stats.
 
-        Harmless to call twice (returns the same stats). The stats are a
-        :class:`~mplog.listener.stats_view.ListenerStats`, as :meth:`stats` returns them.
+        The drain writes what the workers sent for at most ``timeout`` - 1 s; what it had no
+        time to write is counted (``unwritten_at_stop``, and its senders' ``rejected``) and
+        said on the listener's stderr. Harmless to call twice (returns the same stats). The
+        stats are a :class:`~mplog.listener.stats_view.ListenerStats`, as :meth:`stats` returns them.
         """
         if self._final is not None or self._proc is None:
             return self._final if self._final is not None else ListenerStats()

@@ -222,6 +222,7 @@ class AckServer(Server):
         sender_limits: SenderLimits | None = None,
     ) -> None:
         super().__init__(receiver, limits=limits, drain_quiet=drain_quiet, sender_limits=sender_limits)
+        self.count_unwritten_at_stop = False  # unacknowledged frames stay with their workers, resent later
         self.router = receiver
         self.marks: MarksFile | None = None
         self.refused = 0  # frames refused because they arrived ahead of a gap (resent later)

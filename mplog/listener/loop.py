@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mplog.exceptions import ConfigError, FrameError
+from mplog.exceptions import ConfigError, FrameError, report
 from mplog.listener.dispatch import BatchDispatcher
 from mplog.listener.gc_threshold import collector_gc
 from mplog.listener.holding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 from mplog.listener.progress import ProgressFile
-from mplog.listener.stats import SenderLimits, Stats
+from mplog.listener.stats import UNWRITTEN_AT_STOP, SenderLimits, Stats
 from mplog.listener.supervisor import live_local_senders, process_runs
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Envelope, Frame, Limits, check_records, decode_header, read_envelope
@@ -50,6 +50,7 @@ DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outs
 # Frames refused whole for being too large, charged to the sender their envelope names.
 _CHARGED = frozenset(("oversized", "over_limit"))
 _ENDS_EVERY = 1024  # frames between two looks for ended connections while frames keep coming
+_UNWRITTEN_COUNT_TIME = 0.5  # seconds a drain that ran out of time spends counting what is still queued
 
 
 class Server:
@@ -72,6 +73,9 @@ class Server:
         # Set when the parent died: orphaned workers still running on this host may
         # have records on the way, so the drain waits for them (see mplog.listener.supervisor).
         self.drain_for_live_senders = False
+        # A drain that runs out of time counts what is still queued as unwritten (AckServer: no,
+        # its unacknowledged frames stay with their workers, to be sent again).
+        self.count_unwritten_at_stop = True
         self.restarts = 0  # earlier incarnations of this listener (supervised restarts)
         self.dispatcher = BatchDispatcher()  # BatchDispatcher(fast=False): one logger.handle() per record
         # mplog.listener.holding: the longest a frame is held while this host's workers keep every
@@ -411,6 +415,39 @@ class Server:
                 break
             idle = False
             self.handle_frame(*received)
+        else:  # out of time with frames still coming
+            if self.count_unwritten_at_stop:
+                self._count_unwritten()
+
+    def _count_unwritten(self) -> None:
+        """Count the frames still queued when a drain ran out of time, unwritten, as their senders' loss (bounded).
+
+        They reached this listener, and not writing them is the stop's doing: each one's
+        records become its sender's ``rejected`` and the stats' ``unwritten_at_stop``, so the
+        ledger balances and the senders do not show as having ended without a goodbye (a
+        goodbye among them is handled as usual). Reading an envelope costs microseconds;
+        what arrives after ``_UNWRITTEN_COUNT_TIME`` is left uncounted, its senders unclosed.
+        """
+        until = time.monotonic() + _UNWRITTEN_COUNT_TIME
+        before = self.stats.unwritten_at_stop
+        senders: set[str] = set()
+        while time.monotonic() < until:
+            received = self.receiver.recv(_DONE_QUIET)
+            if received is None:
+                break
+            data, origin = received
+            frame, count = _charged(data) or (None, 0)
+            if frame is None or not count:  # not a frame (counted as such), or no records (a goodbye)
+                self.handle_frame(data, origin)
+            elif self._rejected(frame, UNWRITTEN_AT_STOP, origin, records=count) is not None:
+                senders.add(frame.sender.key)
+        unwritten = self.stats.unwritten_at_stop - before
+        if unwritten:
+            report(
+                f"mplog: the stop's drain ran out after {self.drain_timeout:g} s: {unwritten} records of "
+                f"{len(senders)} senders that had reached the listener were not written (counted as "
+                f"unwritten_at_stop; Listener.stop(timeout=...) or a quicker handler lets them through)"
+            )
 
 
 def _envelope(data: bytes) -> Envelope | None:

@@ -30,6 +30,7 @@ __all__ = ["CONNECTION_ENDED", "Balance", "SenderLimits", "SenderStats", "Stats"
 
 PROCESS_GONE = "process gone"  # SenderStats.unclosed: its process (on this host) ended without a goodbye
 SILENT = "silent"  # SenderStats.unclosed: nothing from it for SILENT_AFTER seconds (a sender on another host)
+UNWRITTEN_AT_STOP = "unwritten_at_stop"  # Stats.reject reason: a valid frame a stop's drain had no time to write
 CONNECTION_ENDED = "connection ended"  # SenderStats.unclosed: its connection (mp://, the ack ROUTER) ended
 SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
@@ -82,6 +83,7 @@ class Stats:
         # Frames whose claim on a sender was refused, by why (taken, seq_jump), and their records.
         self.claims_refused: Counter[str] = Counter()
         self.claims_refused_records = 0
+        self.unwritten_at_stop = 0  # records a stop's drain had no time to write (Server.drain)
         # The sender the last frame accepted or rejected was booked to, and its ledger key: the
         # receive loop persists that ledger once the frame is dispatched (mplog.listener.progress).
         self.booked_key = ""
@@ -209,10 +211,15 @@ class Stats:
         """Count a frame whose envelope was valid but whose records were not; False when its claim was refused.
 
         ``records``: how many records the frame holds when ``frame.records`` does not
-        (a frame refused whole, of which only the envelope was read).
+        (a frame refused whole, of which only the envelope was read). ``reason``
+        :data:`UNWRITTEN_AT_STOP`: a valid frame a stop left unwritten, counted in
+        ``unwritten_at_stop`` rather than as malformed.
         """
         with self._lock:
-            self.malformed[reason] += 1
+            if reason == UNWRITTEN_AT_STOP:
+                self.unwritten_at_stop += records if records is not None else len(frame.records)
+            else:
+                self.malformed[reason] += 1
             sender = self._claim(frame, origin)
             if sender is None:
                 return False
@@ -412,6 +419,9 @@ class Stats:
             "claims_refused_records": claims_records,
             "folded": folded,
             "unclosed": unclosed,  # senders that ended without a goodbye: their last records may be lost
+            # records that reached this listener but that a stop whose drain ran out of time did not
+            # write: in their senders' ``rejected`` as well, so that the ledger balances
+            "unwritten_at_stop": self.unwritten_at_stop,
             "senders": senders,
         }
 

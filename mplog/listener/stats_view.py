@@ -158,6 +158,14 @@ class ListenerStats(dict[str, Any]):
         return _int(self, "unclosed")
 
     @property
+    def unwritten_at_stop(self) -> int:
+        """Records that reached the listener but that a stop whose drain ran out of time did not write.
+
+        Counted in their senders' ``rejected`` too; ``Listener.stop(timeout=...)`` sets the drain's time.
+        """
+        return _int(self, "unwritten_at_stop")
+
+    @property
     def unconfirmed(self) -> int:
         """Acknowledged delivery: frames left unacknowledged because a handler had not confirmed delivery in time."""
         return _int(self, "unconfirmed")
@@ -210,6 +218,8 @@ def summary(stats: Mapping[str, Any]) -> str:
         line += f", refused {view.refused} connections"
     if view.claims_refused:  # frames that claimed a sender they may not write to (docs/security.md)
         line += f", refused claims {view.claims_refused}"
+    if view.unwritten_at_stop:  # the stop's drain ran out of time: counted, in the senders' rejected too
+        line += f", unwritten at stop {view.unwritten_at_stop}"
     if view.unclosed:  # their last records may be lost, with no gap to count them (docs/reliability.md)
         line += f", {view.unclosed} ended without goodbye (possible loss)"
     if view.unconfirmed:  # acknowledged delivery: a destination (rsyslog over RELP) did not confirm in time
