@@ -181,7 +181,7 @@ class BatchingHandler(logging.Handler):
             "dropped": self._dropped,
             # After close() what it could not deliver is counted as dropped, no longer as buffered.
             "buffered": 0 if self._closed else len(self._pending) // ROW + sum(entry[0] for entry in self._outbox),
-            "buffered_bytes": self._pending_bytes + self._outbox_bytes,
+            "buffered_bytes": 0 if self._closed else self._pending_bytes + self._outbox_bytes,
             "errors": self._errors,
             "outages": self._outages,
         }

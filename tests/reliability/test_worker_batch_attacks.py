@@ -466,6 +466,7 @@ def test_with_no_listener_the_counters_account_for_every_record_after_every_call
     assert report["counters"]["dropped"] > 0, report["counters"]
     after = report["after"]
     assert after["buffered"] == 0 and after["sent"] + after["dropped"] == report["logged"], after
+    assert after["buffered_bytes"] == 0, after  # what close() could not deliver is counted as dropped, in bytes too
 
 
 # ---------------------------------------------- defects found: one hostile value, a record logged inside a flush
