@@ -28,6 +28,7 @@ from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
 from mplog.worker import MplogHandler, setup_worker
 from mplog.worker.children import route_children
+from mplog.worker.outbox import open_handlers
 from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, export_setting, inherited_setting
 
 __all__ = ["Listener", "start_listener"]
@@ -222,6 +223,10 @@ class Listener:
             self._supervisor.stop()  # no restart may race the orderly end
         self._restore_parent()
         deadline = time.monotonic() + timeout
+        # Handlers this process set up by hand to this listener (setup_worker() with
+        # route_parent=False) deliver what they hold before the drain, as the parent's would.
+        for handler in open_handlers(self.endpoint):
+            handler.flush_within(min(handler.options.close_timeout, timeout / 2))
         with self._lock:
             try:
                 self._write({"cmd": "stop", "timeout": max(timeout - 1.0, 0.5)})

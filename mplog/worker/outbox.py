@@ -35,10 +35,15 @@ from mplog.wire.columns import MIN_COLUMNS, ROW, frame_of_body, pack_pending
 from mplog.wire.encode import frame_of_packed
 from mplog.worker.options import WorkerOptions
 
-__all__ = ["BatchingHandler"]
+__all__ = ["BatchingHandler", "open_handlers"]
 
 # The live handlers of this process: the hooks in mplog.worker close them at exit and on SIGTERM.
 _handlers: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
+
+
+def open_handlers(endpoint: str) -> list[BatchingHandler]:
+    """This process's handlers to ``endpoint`` that are not closed (for a stop to flush them first)."""
+    return [h for h in list(_handlers) if h.endpoint == endpoint and not h._closed and h._pid == os.getpid()]
 _abandoned: list[Any] = []  # transports inherited across fork: never closed in the child
 
 

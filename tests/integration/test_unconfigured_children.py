@@ -192,3 +192,19 @@ def test_a_program_whose_children_never_call_setup_worker_loses_nothing(tmp_path
     assert result.stderr == ""
     check_lines(read_lines(out), {0: 1000, 1: 1000}).assert_exact()
     assert payload(1, 999) in read_lines(out)
+
+
+def test_a_handler_the_parent_set_up_by_hand_delivers_what_it_holds_before_the_stop(tmp_path):
+    # route_parent=False, then setup_worker() in the parent itself: stop() used to drain the
+    # listener without flushing that handler, and the records it still batched were lost at
+    # exit ("could not be delivered").
+    out = tmp_path / "out.log"
+    with mplog.start_listener(file_config(out), route_parent=False) as listener:
+        handler = mplog.setup_worker(listener.endpoint)
+        log_numbered(0, 100)
+    try:
+        check_lines(read_lines(out), {0: 100}).assert_exact()
+        assert listener.stats()["received"] == 100
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.discard_if_unused() or handler.close()
