@@ -28,8 +28,8 @@ from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
 from mplog.worker import MplogHandler, setup_worker
 from mplog.worker.children import route_children
-from mplog.worker.outbox import open_handlers
 from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, export_setting, inherited_setting
+from mplog.worker.outbox import open_handlers
 
 __all__ = ["Listener", "start_listener"]
 

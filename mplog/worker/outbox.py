@@ -44,6 +44,8 @@ _handlers: weakref.WeakSet[BatchingHandler] = weakref.WeakSet()
 def open_handlers(endpoint: str) -> list[BatchingHandler]:
     """This process's handlers to ``endpoint`` that are not closed (for a stop to flush them first)."""
     return [h for h in list(_handlers) if h.endpoint == endpoint and not h._closed and h._pid == os.getpid()]
+
+
 _abandoned: list[Any] = []  # transports inherited across fork: never closed in the child
 
 
