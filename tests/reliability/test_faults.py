@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from fault_handlers import slow_sink_config
-from helpers import PAYLOAD_RE, check_lines, file_config, payload, read_lines, wait_for
+from helpers import PAYLOAD_RE, check_lines, file_config, log_numbered, payload, read_lines, wait_for
 from ledger import build_ledger
 
 import mplog
@@ -410,9 +410,7 @@ def _produce_big_frames_and_exit(ack: bool, count: int) -> None:
     # frame a second at exit (progress within close_timeout, 2 s, so its flush outlives it),
     # and when the last frame has gone the pipe to the listener is full for about a second more.
     mplog.setup_worker(batch_records=10, sndhwm=1, close_timeout=2.0, linger=20.0, ack=ack or None)
-    log = logging.getLogger("prod")
-    for seq in range(count):
-        log.info("%s", payload(0, seq, 30_000))
+    log_numbered(0, count, 30_000)
 
 
 @pytest.mark.timeout(90)
@@ -437,13 +435,6 @@ def test_a_goodbye_behind_a_slow_listener_arrives(tmp_path, handlers_importable,
     assert stats["gaps"] == stats["dropped"] == 0
 
 
-def _log_and_exit(producer: int, count: int) -> None:
-    mplog.setup_worker()
-    log = logging.getLogger("prod")
-    for seq in range(count):
-        log.info("%s", payload(producer, seq))
-
-
 @pytest.mark.timeout(90)
 def test_records_a_stop_had_no_time_to_write_are_counted_and_their_senders_closed(tmp_path, handlers_importable, capfd):
     # Two workers hand 10,000 records to a listener that writes one every 0.5 ms and exit at
@@ -455,7 +446,7 @@ def test_records_a_stop_had_no_time_to_write_are_counted_and_their_senders_close
     per = 5000
     listener = mplog.start_listener(config, route_parent=False)
     try:
-        workers = [multiprocessing.get_context("spawn").Process(target=_log_and_exit, args=(p, per)) for p in (0, 1)]
+        workers = [multiprocessing.get_context("spawn").Process(target=log_numbered, args=(p, per)) for p in (0, 1)]
         for worker in workers:
             worker.start()
         for worker in workers:
