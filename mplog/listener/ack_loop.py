@@ -223,6 +223,7 @@ class AckServer(Server):
     ) -> None:
         super().__init__(receiver, limits=limits, drain_quiet=drain_quiet, sender_limits=sender_limits)
         self.count_unwritten_at_stop = False  # unacknowledged frames stay with their workers, resent later
+        self.count_cut_frames = False  # a frame a kill left half-written is cut back and sent again (after_restore)
         self.router = receiver
         self.marks: MarksFile | None = None
         self.refused = 0  # frames refused because they arrived ahead of a gap (resent later)

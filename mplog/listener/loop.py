@@ -76,6 +76,9 @@ class Server:
         # A drain that runs out of time counts what is still queued as unwritten (AckServer: no,
         # its unacknowledged frames stay with their workers, to be sent again).
         self.count_unwritten_at_stop = True
+        # A restart counts what a frame the kill cut short left in the files (mplog.listener.progress;
+        # AckServer: no, it cuts the files back to before that frame, which its worker sends again).
+        self.count_cut_frames = True
         self.restarts = 0  # earlier incarnations of this listener (supervised restarts)
         self.dispatcher = BatchDispatcher()  # BatchDispatcher(fast=False): one logger.handle() per record
         # mplog.listener.holding: the longest a frame is held while this host's workers keep every
@@ -134,7 +137,7 @@ class Server:
             self.dispatch(frame, records, origin=origin, columns=columns)
             return frame
         # The ledger with this frame, pending until its records are written (mplog.listener.progress).
-        progress.begin(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
+        progress.begin(stats.booked_key, stats.booked, len(records))  # type: ignore[arg-type]  # accept() booked it
         self.dispatch(frame, records, origin=origin, columns=columns)
         progress.commit()
         return frame
@@ -186,7 +189,7 @@ class Server:
         kept = [fields for fields in fixed[skip:] if fields is not None]
         progress = self.progress
         if progress is not None and stats.booked is not None:
-            progress.begin(stats.booked_key, stats.booked)
+            progress.begin(stats.booked_key, stats.booked, len(kept))
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
         if progress is not None:
             progress.commit()

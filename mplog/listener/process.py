@@ -29,7 +29,7 @@ from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
 from mplog.listener.continuation import append_on_first_open, continues_earlier_run
 from mplog.listener.control_pipe import ControlPipe
 from mplog.listener.loop import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
-from mplog.listener.progress import ProgressFile, file_sizes, progress_path, read_progress
+from mplog.listener.progress import OutputFiles, ProgressFile, progress_path, read_progress
 from mplog.listener.settings import (
     apply_nice,
     limits_for,
@@ -173,7 +173,11 @@ def resume(server: Server, state_dir: str | None, restarts: int = 0) -> Checkpoi
     if state is not None:
         server.stats.restore(state)
     # Before anything is written: a file that grew since the dead listener measured it got its last frame.
-    ledgers, folds = read_progress(progress_path(state_dir), file_sizes(server.output_handlers()))
+    files = OutputFiles(server.output_handlers())
+    ledgers, folds = read_progress(progress_path(state_dir), files if server.count_cut_frames else files.sizes)
+    for cut in files.end_cut_lines():  # its last line was cut by the kill: the next record starts a line
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"mplog: the listener was killed while writing {cut}; its cut last line is ended\n")
     if ledgers or folds:
         counted = (state or {}).get("folded", {})
         server.stats.apply_progress(ledgers, folds, int(counted.get("senders", 0)) if isinstance(counted, dict) else 0)

@@ -11,11 +11,13 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import random
 import re
 import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from lifecycle_helpers import (
 )
 
 import mplog
-from mplog.listener.supervisor import load_checkpoint, stats_path
+from mplog.listener.supervisor import Backoff, load_checkpoint, stats_path
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
@@ -131,6 +133,79 @@ def test_a_listener_killed_mid_stream_holds_exactly_the_records_it_counts_as_rec
     ledger.assert_balanced()
     assert len(lines) == stats["received"] == ledger.written
     assert stats["restarts"] == 1 and stats["duplicates"] == 0
+
+
+def _large_until(producer: int, stop: Any, counts: Any) -> None:
+    """Log records of 40 KB in frames of up to 3 MiB until ``stop``, then 100 more; the count in ``counts``."""
+    mplog.setup_worker(batch_bytes=3 << 20)
+    log = logging.getLogger("test")
+    seq = 0
+    while not stop.is_set():
+        log.info(payload(producer, seq, 40_000))
+        seq += 1
+    for n in range(seq, seq + 100):  # after the last restart: what the last kill lost shows as gaps
+        log.info(payload(producer, n, 40_000))
+    counts[producer] = seq + 100
+
+
+@pytest.mark.timeout(150)
+def test_a_listener_killed_while_it_writes_a_frame_counts_the_cut_frame_exactly_and_ends_its_cut_line(
+    tmp_path, capfd, monkeypatch
+):
+    monkeypatch.setattr(Backoff, "delay", lambda self, lived: 0.0)  # killed many times in a row: restarted at once
+    out, state = tmp_path / "out.log", tmp_path / "state"
+    stop, counts = SPAWN.Event(), SPAWN.Array("q", WORKERS)
+    cuts = kills = 0
+    with mplog.start_listener(_config(out, state), route_parent=False) as listener:
+        procs = [SPAWN.Process(target=_large_until, args=(i, stop, counts)) for i in range(WORKERS)]
+        for p in procs:
+            p.start()
+        wait_for(lambda: out.exists() and out.stat().st_size > 0, timeout=60)
+        # Large frames spend much of the listener's time in write(), and a SIGKILL there cuts
+        # the write at a page boundary (about 4 kills in 10 here): kill until one did.
+        while not cuts and kills < 60:
+            time.sleep(random.uniform(0.05, 0.3))
+            _kill_and_wait_for_restart(listener)
+            kills += 1
+            cuts += capfd.readouterr().err.count("its cut last line is ended")
+        stop.set()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * WORKERS
+        stats = wait_for(lambda: (s := listener.stats()) and all(x["closed"] for x in s["senders"].values()) and s)
+    assert cuts, f"no write was cut in {kills} kills"
+    lines = _payload_lines(out)
+    logged = {i: counts[i] for i in range(WORKERS)}
+    ledger = build_ledger(lines, logged, stats, {i: p.pid for i, p in enumerate(procs)})
+    # The cut frame's whole lines count as received, the rest as gaps: before, the frame counted
+    # as received whole, its records past the cut lost without a count.
+    assert {i: e.unexplained for i, e in ledger.entries.items()} == dict.fromkeys(range(WORKERS), 0), ledger
+    assert ledger.written == stats["received"] and stats["duplicates"] == 0
+    # The cut line was ended: the record after it starts a line of its own (before, the two shared one).
+    assert 0 < ledger.truncated <= cuts and all(len(PAYLOAD_RE.findall(line)) == 1 for line in lines)
+
+
+@pytest.mark.timeout(150)
+def test_in_ack_mode_a_listener_killed_while_it_writes_frames_writes_each_record_exactly_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(Backoff, "delay", lambda self, lived: 0.0)
+    out = tmp_path / "out.log"
+    stop, counts = SPAWN.Event(), SPAWN.Array("q", WORKERS)
+    with mplog.start_listener(file_config(out, mode="w"), ack=True, route_parent=False) as listener:
+        procs = [SPAWN.Process(target=_large_until, args=(i, stop, counts)) for i in range(WORKERS)]
+        for p in procs:
+            p.start()
+        wait_for(lambda: out.exists() and out.stat().st_size > 0, timeout=60)
+        for _ in range(6):  # about 4 kills in 10 cut a write here (the test above): cut back, not counted as written
+            time.sleep(random.uniform(0.05, 0.3))
+            _kill_and_wait_for_restart(listener)
+        stop.set()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * WORKERS
+        stats = listener.stop()
+    lines = _payload_lines(out)
+    check_lines(lines, {i: counts[i] for i in range(WORKERS)}).assert_exact()
+    assert len(lines) == stats["received"] and stats["gaps"] == 0 and stats["restarts"] == 6
 
 
 def _frame(seq: int, count: int, flags: int = 0) -> bytes:

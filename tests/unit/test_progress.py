@@ -8,6 +8,7 @@ store goes to the page cache.
 from __future__ import annotations
 
 import logging
+import mmap
 import random
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from mplog.listener.loop import Server
-from mplog.listener.progress import ProgressFile, file_sizes, progress_path, read_progress
+from mplog.listener.progress import OutputFiles, ProgressFile, file_sizes, progress_path, read_progress
 from mplog.listener.stats import SenderLimits, Stats
 from mplog.wire import FLAG_FINAL, Frame, Limits, Sender, build_frame, encode_record, encode_sender
 
@@ -131,6 +132,65 @@ def test_a_frame_the_killed_listener_was_dispatching_counts_as_not_received_when
     assert snap["received"] == (0 if new_sender else 10)  # the checkpoint counted it: the file overrules it
     assert snap["senders"] == ({} if new_sender else snap["senders"])
     assert restarted.table.place("host-0/1000/00000000")[0] == (0 if new_sender else 10)
+
+
+def _cut_frame(tmp_path: Path, written: bytes) -> tuple[Stats, dict[str, Any], OutputFiles, Path]:
+    """A listener killed while writing a frame of 300 records (10 before it): ``written`` is what reached the file."""
+    out = tmp_path / "out.log"
+    handler = logging.FileHandler(out, encoding="utf-8")
+    handler.stream.write("an earlier line\n")
+    handler.flush()
+    stats, progress = _listener(tmp_path, 16, [handler])
+    _handle(stats, progress, _frame(0, 0, 10))
+    checkpoint = stats.snapshot()
+    stats.accept(_frame(0, 10, 300))
+    progress.begin(stats.booked_key, stats.booked, 300)  # type: ignore[arg-type]
+    handler.stream.write(written.decode())  # then the kill: no commit()
+    handler.flush()
+    files = OutputFiles([handler])  # the restarted listener's handler: the same file, measured before it writes
+    restarted = _restarted(tmp_path, checkpoint, 16, sizes_now=files)
+    handler.close()
+    return restarted, checkpoint, files, out
+
+
+def _up_to_a_page_boundary(line: bytes, *, mid_line: bool) -> bytes:
+    """Lines that take the file (16 bytes before them) to its first page boundary, the last one cut or whole."""
+    room = mmap.PAGESIZE - len(b"an earlier line\n")
+    if mid_line:
+        return (line * (room // len(line) + 1))[:room]
+    whole = line * (room // len(line) - 1)
+    return b"y" * (room - len(whole) - 1) + b"\n" + whole  # a longer first line: the last one ends on the boundary
+
+
+@pytest.mark.parametrize("mid_line", [True, False])
+def test_a_frame_a_kill_cut_short_counts_its_whole_lines_as_received_and_the_rest_as_gaps(
+    tmp_path: Path, mid_line: bool
+) -> None:
+    written = _up_to_a_page_boundary(b"x" * 30 + b"\n", mid_line=mid_line)  # as the kernel cuts a write at a SIGKILL
+    restarted, _, files, out = _cut_frame(tmp_path, written)
+    whole = written.count(b"\n")
+    assert 100 < whole < 300 and written.endswith(b"\n") != mid_line
+    snap = restarted.snapshot()
+    # Before: the frame counted as received whole (310), its 300 - whole records lost without a count.
+    assert (snap["received"], snap["gaps"]) == (10 + whole, 300 - whole)
+    assert restarted.table.place("host-0/1000/00000000")[0] == 310  # the sender's next frame follows on
+    assert files.cut == ([str(out)] if mid_line else [])
+    assert files.end_cut_lines() == ([str(out)] if mid_line else [])
+    text = out.read_bytes()  # the cut line ended: the next record starts a line of its own
+    assert text.endswith(b"\n") and text.count(b"\n") == 1 + whole + mid_line
+
+
+def test_a_frame_written_whole_to_a_page_boundary_counts_as_received(tmp_path: Path) -> None:
+    line = b"x" * 30 + b"\n"
+    room = -(len(b"an earlier line\n") + 300 * len(line)) % mmap.PAGESIZE
+    restarted, _, files, _ = _cut_frame(tmp_path, b"y" * (room - 1) + b"\n" + line * 299)  # 300 lines, one longer
+    assert (restarted.snapshot()["received"], restarted.snapshot()["gaps"]) == (310, 0) and files.cut == []
+
+
+def test_a_frame_of_which_a_handler_wrote_fewer_lines_off_a_page_boundary_counts_as_received(tmp_path: Path) -> None:
+    # A handler whose level let 3 of the frame's 300 records through: its file grew, not to a page boundary.
+    restarted, _, files, _ = _cut_frame(tmp_path, b"an error\n" * 3)
+    assert (restarted.snapshot()["received"], restarted.snapshot()["gaps"]) == (310, 0) and files.cut == []
 
 
 def test_a_frame_committed_before_the_kill_is_received_whatever_the_files_say(tmp_path: Path) -> None:
