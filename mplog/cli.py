@@ -31,6 +31,19 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_BIND = 0, 1, 2, 3
 ENV_CONFIG, ENV_BIND, ENV_CONTROL = "MPLOG_CONFIG", "MPLOG_BIND", "MPLOG_CONTROL"
 
 
+def _warn_truncating() -> None:
+    """Without a state directory a restart is a first start: name the files a restart would truncate (mode 'w')."""
+    handlers = getattr(logging, "_handlers", {}).values()  # every handler dictConfig built, by name
+    paths = sorted({h.baseFilename for h in handlers if isinstance(h, logging.FileHandler) and "w" in h.mode})
+    if paths:
+        print(
+            f"mplog: no mplog.state_dir: a restart of this collector truncates {', '.join(paths)} again "
+            "(mode 'w') and starts its stats from zero; set mplog.state_dir to continue both (docs/reliability.md)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _cmd_listen(args: argparse.Namespace) -> int:
     from mplog.config import load_config
     from mplog.listener import sd_notify
@@ -66,6 +79,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     if args.stats_interval:
         threading.Thread(target=_report_stats, args=(server, args.stats_interval), daemon=True).start()
     print(f"mplog: listening on {listener.endpoint}", file=sys.stderr, flush=True)
+    if not state_dir:
+        _warn_truncating()
     if listener.metrics is not None:
         print(f"mplog: metrics on {listener.metrics.url}", file=sys.stderr, flush=True)
     sd_notify.notify("READY=1", f"STATUS=listening on {listener.endpoint}", f"MAINPID={os.getpid()}")

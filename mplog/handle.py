@@ -220,6 +220,10 @@ class Listener:
         if os.getpid() != self._owner_pid:
             return ListenerStats()  # a forked copy of this handle: the listener is not ours to stop
         if self._supervisor is not None:
+            # A listener that died and waits out its restart backoff is started now: the new one
+            # restores what the dead one counted, drains, and flags senders that ended without a
+            # goodbye (the dead one's checkpoint lags it and flags nothing).
+            self._supervisor.restart_now()
             self._supervisor.stop()  # no restart may race the orderly end
         self._restore_parent()
         deadline = time.monotonic() + timeout

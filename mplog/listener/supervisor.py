@@ -249,6 +249,21 @@ class Supervisor:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    def restart_now(self) -> bool:
+        """Restart a child that died and waits out its backoff at once; True if a child runs now.
+
+        For an orderly stop (:meth:`mplog.Listener.stop`): only a running listener restores
+        what the dead one counted (its checkpoint and progress file), drains what the
+        workers still hold and flags the senders that ended without a goodbye; the dead
+        one's last checkpoint is up to an interval behind and flags nothing.
+        """
+        if self._stop.is_set():
+            return False
+        code = self._poll()
+        if code is not None:
+            self._restart(code, time.monotonic() - self._started_at)
+        return self._poll() is None
+
     def wait_for_restart(self, seen: int, timeout: float) -> bool:
         """Wait until more than ``seen`` restarts happened; True if one did."""
         with self.changed:
@@ -269,16 +284,18 @@ class Supervisor:
 
     def _restart(self, code: int, lived: float) -> None:
         with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._poll() is None:  # (restarted meanwhile: restart_now)
                 return
+            started = time.monotonic()  # its life counts from here: the start-up is part of it
             try:
                 pid = self._relaunch()
             except Exception as exc:
                 self.failures += 1
                 log.error("mplog listener could not be restarted (attempt %d): %s", self.failures, exc)
-                self._started_at = time.monotonic()  # counts as a quick death: the backoff grows
+                self._started_at = started  # counts as a quick death: the backoff grows
                 return
-            self._started_at = now = time.monotonic()
+            self._started_at = started
+            now = time.monotonic()
             self.restarts += 1
             self._recent.append(now)
             while self._recent and now - self._recent[0] > 60.0:

@@ -386,6 +386,27 @@ def test_mplog_listen_started_again_on_its_state_dir_appends_to_a_mode_w_file(tm
     assert len(lines) == _received(second_err.read_text().splitlines()[-1]) == WORKERS * PER
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("state", [False, True], ids=["no-state-dir", "state-dir"])
+def test_mplog_listen_without_a_state_dir_says_that_a_restart_truncates_its_mode_w_files(tmp_path, state):
+    out = tmp_path / "out.log"
+    config = _config(out, tmp_path / "state") if state else file_config(out, mode="w")
+    path = write_config(tmp_path / "collector.json", config)
+    with short_dir() as sockets:
+        err = tmp_path / "listen.err"
+        with running(listen_argv(path, f"ipc://{sockets}/collector.sock"), err) as proc:
+            wait_listening(err)
+            proc.send_signal(signal.SIGTERM)  # the warning comes right after the "listening on" line
+            assert proc.wait(20) == 0
+    warned = [line for line in err.read_text().splitlines() if "no mplog.state_dir" in line]
+    # An outside user restarted `mplog listen` (tcp, no state_dir) after a kill -9: its mode 'w'
+    # file lost everything written before, without a word. Now it is said as it starts.
+    if state:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and f"truncates {out} again" in warned[0]
+
+
 @pytest.mark.timeout(120)
 def test_mplog_listen_killed_mid_stream_and_started_again_holds_exactly_the_records_it_counts(tmp_path):
     out, state = tmp_path / "out.log", tmp_path / "state"
