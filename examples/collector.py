@@ -43,9 +43,7 @@ def main(directory: Path) -> int:
         json.dumps(
             {
                 "formatters": {"line": {"format": "%(hostname)s %(process)d %(message)s"}},
-                "handlers": {
-                    "file": {"class": "logging.FileHandler", "filename": str(path), "mode": "w", "formatter": "line"}
-                },
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "line"}},
                 "root": {"level": "INFO", "handlers": ["file"]},
             }
         )
@@ -70,7 +68,7 @@ def main(directory: Path) -> int:
         codes = [worker.wait(60) for worker in workers]
         collector.send_signal(signal.SIGTERM)  # drain, close the handlers, exit 0
         collector_code = collector.wait(30)
-        summary = collector.stderr.read().strip()
+        summary = (collector.stderr.read().strip().splitlines() or [""])[-1]  # "mplog: stopped; received ..."
     finally:
         if collector.poll() is None:
             collector.kill()
