@@ -135,11 +135,13 @@ class Server:
         progress = self.progress
         if progress is None:
             self.dispatch(frame, records, origin=origin, columns=columns)
-            return frame
-        # The ledger with this frame, pending until its records are written (mplog.listener.progress).
-        progress.begin(stats.booked_key, stats.booked, len(records))  # type: ignore[arg-type]  # accept() booked it
-        self.dispatch(frame, records, origin=origin, columns=columns)
-        progress.commit()
+        elif not records:  # nothing to write (a goodbye, or records seen before): no file can show it, kept at once
+            progress.store(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
+        else:
+            # The ledger with this frame, pending until its records are written (mplog.listener.progress).
+            progress.begin(stats.booked_key, stats.booked, len(records))  # type: ignore[arg-type]  # accept() booked it
+            self.dispatch(frame, records, origin=origin, columns=columns)
+            progress.commit()
         return frame
 
     def _escaped(self, data: bytes, origin: Origin) -> Frame | None:
@@ -188,6 +190,9 @@ class Server:
         stats.salvaged(frame, fixed[skip:], reasons[skip:], origin)
         kept = [fields for fields in fixed[skip:] if fields is not None]
         progress = self.progress
+        if progress is not None and stats.booked is not None and not kept:  # nothing to write: kept at once
+            progress.store(stats.booked_key, stats.booked)
+            return frame
         if progress is not None and stats.booked is not None:
             progress.begin(stats.booked_key, stats.booked, len(kept))
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)

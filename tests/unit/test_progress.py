@@ -193,6 +193,25 @@ def test_a_frame_of_which_a_handler_wrote_fewer_lines_off_a_page_boundary_counts
     assert (restarted.snapshot()["received"], restarted.snapshot()["gaps"]) == (310, 0) and files.cut == []
 
 
+@pytest.mark.parametrize("dup", [False, True], ids=["goodbye", "goodbye-resent-with-records-seen"])
+def test_a_goodbye_the_killed_listener_was_handling_is_kept_though_no_file_could_grow(
+    tmp_path: Path, dup: bool
+) -> None:
+    server = Server(_NoReceiver())  # type: ignore[arg-type]  # frames handed in
+    server.progress = ProgressFile(progress_path(str(tmp_path)), server.stats.table, [])
+    sender = Sender("host-0", 1000, 1.7e9, 0)
+    item = encode_record(logging.LogRecord("t", logging.INFO, __file__, 1, "record", None, None))
+    assert server.handle_frame(build_frame(encode_sender(sender), 0, 0, 0, [item] * 10)) is not None
+    server.progress.commit = lambda: None  # type: ignore[method-assign]  # the kill comes before any commit
+    # The goodbye: empty, or (resent) carrying the last records, which the listener had already written.
+    goodbye = build_frame(encode_sender(sender), 5 if dup else 10, 0, FLAG_FINAL, [item] * 5 if dup else [])
+    assert server.handle_frame(goodbye) is not None
+    restarted = _restarted(tmp_path, None, 16, sizes_now={})  # no file grew: nothing was to be written
+    # Before: the goodbye's ledger stayed pending and was read without it: the sender, every
+    # record of which was written, showed as ended without a goodbye (possible loss).
+    assert restarted.all_closed() and restarted.snapshot()["received"] == 10
+
+
 def test_a_frame_committed_before_the_kill_is_received_whatever_the_files_say(tmp_path: Path) -> None:
     stats, progress = _listener(tmp_path, 16)
     _handle(stats, progress, _frame(0, 0, 7))
