@@ -160,11 +160,14 @@ def test_a_listener_killed_while_it_writes_a_frame_counts_the_cut_frame_exactly_
         procs = [SPAWN.Process(target=_large_until, args=(i, stop, counts)) for i in range(WORKERS)]
         for p in procs:
             p.start()
-        wait_for(lambda: out.exists() and out.stat().st_size > 0, timeout=60)
+        wait_for(out.exists, timeout=60)
         # Large frames spend much of the listener's time in write(), and a SIGKILL there cuts
-        # the write at a page boundary (about 4 kills in 10 here): kill until one did.
+        # the write at a page boundary (about 4 kills in 10 here): kill until one did, each
+        # time once the listener writes at full pace (a few frames), not while it starts.
         while not cuts and kills < 60:
-            time.sleep(random.uniform(0.05, 0.3))
+            size = out.stat().st_size
+            wait_for(lambda: out.stat().st_size > size + (8 << 20), timeout=30, interval=0.001)  # noqa: B023
+            time.sleep(random.uniform(0, 0.02))
             _kill_and_wait_for_restart(listener)
             kills += 1
             cuts += capfd.readouterr().err.count("its cut last line is ended")

@@ -262,8 +262,11 @@ def test_a_tail_lost_at_exit_shows_as_possible_loss_in_stats_status_the_stop_sum
         finally:
             os.kill(collector.pid, signal.SIGCONT)
 
+        seen: list[dict] = []
+
         def settled() -> dict | None:
             stats = json.loads(status("--json").stdout)
+            seen[:] = [stats]
             return stats if stats["unclosed"] == WORKERS else None
 
         def status(*args: str) -> subprocess.CompletedProcess[str]:
@@ -275,7 +278,12 @@ def test_a_tail_lost_at_exit_shows_as_possible_loss_in_stats_status_the_stop_sum
                 check=True,
             )
 
-        stats = wait_for(settled, timeout=30, interval=0.5)
+        try:
+            stats = wait_for(settled, timeout=30, interval=0.5)
+        except AssertionError as exc:  # what the collector showed last (failed once in a full run, never alone)
+            last = seen[0] if seen else {}
+            senders = {k: (v.get("records"), v.get("unclosed")) for k, v in last.get("senders", {}).items()}
+            raise AssertionError(f"last status: received {last.get('received')}, senders {senders}") from exc
         table = status().stdout
     finally:
         collector.terminate()
