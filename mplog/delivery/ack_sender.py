@@ -62,16 +62,26 @@ class _Stream:
         # A dead worker's stream, adopted from the spool file at this path: said goodbye for once acknowledged.
         self.adopted = adopted
         self.sender, self.end_seq, self.dropped, self.final = b"", 0, 0, False
+        # The stream's goodbye frame while it waits for its acknowledgement: only one that says
+        # the goodbye came (ack_format) takes it, not one of the records before it, which ends at
+        # the same place (a resent copy's can come first; the goodbye was then dropped at close).
+        self.goodbye: bytes | None = None
 
-    def keep(self, end_seq: int, frame: bytes) -> None:
+    def keep(self, end_seq: int, frame: bytes, *, goodbye: bool = False) -> None:
         self.frames.append((end_seq, frame))
         self.bytes += len(frame)
+        if goodbye:
+            self.goodbye = frame
 
-    def acknowledge(self, next_seq: int) -> bool:
-        """Drop the frames below ``next_seq``; True if any went."""
+    def acknowledge(self, next_seq: int, closed: bool = False) -> bool:
+        """Drop the frames below ``next_seq`` (the goodbye only when ``closed``); True if any went."""
         self.acked = max(self.acked, next_seq)
         frames, popped = self.frames, 0
         while frames and frames[0][0] <= next_seq:
+            if frames[0][1] is self.goodbye:
+                if not closed:
+                    break
+                self.goodbye = None
             self.bytes -= len(frames.popleft()[1])
             popped += 1
         if popped:
@@ -161,7 +171,7 @@ class AckingSender:
             for sid, adopted in found.items():
                 stream = self._streams[sid] = _Stream(path)
                 for end_seq, frame in adopted.frames:
-                    stream.keep(end_seq, frame)
+                    stream.keep(end_seq, frame, goodbye=bool(read_envelope(frame).flags & FLAG_FINAL))
                 stream.sender, stream.end_seq, stream.dropped, stream.final = adopted[1:]
                 stream.resend_at = 0
                 if not adopted.frames:
@@ -174,7 +184,7 @@ class AckingSender:
         if not stream.final:
             stream.final = True
             end = max(stream.end_seq, stream.acked)
-            stream.keep(end, goodbye_frame(stream.sender, end, stream.dropped))
+            stream.keep(end, goodbye_frame(stream.sender, end, stream.dropped), goodbye=True)
             stream.resend_at = len(stream.frames) - 1
             self._push(stream)
         elif self._spooler is not None and stream.adopted is not None:
@@ -222,7 +232,7 @@ class AckingSender:
             if keep:
                 if not own.frames:
                     own.progress = time.monotonic()
-                own.keep(head.end_seq, frame)
+                own.keep(head.end_seq, frame, goodbye=bool(head.flags & FLAG_FINAL))
         self._start_thread()
         return True
 
@@ -251,10 +261,10 @@ class AckingSender:
             stream = self._streams.get(ack[0]) if ack is not None else None
             if ack is None or stream is None:
                 continue
-            stream_id, next_seq, refused = ack
+            stream_id, next_seq, refused, closed = ack
             if refused:  # the listener expects next_seq first (it restarted): go back, oldest first
                 self._resend_from_refusal(stream, next_seq)
-            elif stream.acknowledge(next_seq):
+            elif stream.acknowledge(next_seq, closed):
                 if stream is self._own:
                     if self._spooler is not None:
                         self._spooler.call("acknowledged", stream_id, next_seq)

@@ -444,4 +444,4 @@ class AckServer(Server):
             if sender.closed:
                 marks.forget(key)
             marks.clear_intent()  # after the mark: a crash in between finds the frame complete
-        self.router.reply(route, encode_ack(frame.sender.stream, next_seq))
+        self.router.reply(route, encode_ack(frame.sender.stream, next_seq, closed=sender.closed))
