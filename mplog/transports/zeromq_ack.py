@@ -14,6 +14,7 @@ the same keys, allow-list and counted refusals on both ends.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import zmq
@@ -43,15 +44,20 @@ class DealerSender(ZmqSender):
         if self._closed:
             return None
         sock = self._socket()
+        deadline = time.monotonic() + timeout
         try:
-            if timeout > 0 and not sock.poll(int(timeout * 1000), zmq.POLLIN):
-                return None
-            data: bytes = sock.recv(zmq.NOBLOCK)
-            while not data:  # an empty message is the listener's probe (RouterReceiver.connected): not for the caller
-                data = sock.recv(zmq.NOBLOCK)
-            return data
-        except zmq.Again:
-            return None
+            while True:
+                try:
+                    data: bytes = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                        return None
+                    continue
+                if data:
+                    return data
+                # An empty message is the listener's probe (RouterReceiver.connected): not for the
+                # caller, who still waits out its timeout (it returned None at once after a probe).
         except zmq.ZMQError as exc:
             raise TransportError(f"receive from {self.endpoint!r} failed: {exc}") from exc
 

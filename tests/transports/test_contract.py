@@ -283,6 +283,28 @@ def test_a_router_names_each_connection_answers_it_and_knows_when_it_has_ended(p
         receiver.close()
 
 
+def test_a_dealer_waiting_for_an_answer_waits_out_its_timeout_past_a_probe(private_dir):
+    """A probe (RouterReceiver.connected) before the answer: recv(timeout) still returns the answer.
+
+    It returned None at once after the probe: the router test above failed so once in a full run.
+    """
+    receiver = RouterReceiver(f"ipc://{private_dir}/router.sock", TransportOptions())
+    dealer = DealerSender(receiver.endpoint, TransportOptions())
+    try:
+        assert wait_for(lambda: dealer.send(numbered(0, 0, 10), 0.1), timeout=10)
+        received = receiver.recv(5.0)
+        assert received is not None
+        connection = received[1].connection
+        assert receiver.connected(connection)  # sends the probe
+        answer = threading.Timer(0.3, receiver.reply, (connection, b"the answer"))
+        answer.start()
+        assert dealer.recv(5.0) == b"the answer"
+        answer.join()
+    finally:
+        dealer.close(0)
+        receiver.close()
+
+
 @pytest.mark.parametrize("router", [False, True], ids=["pull", "router"])
 def test_under_curve_every_frame_carries_the_key_its_own_connection_proved(tmp_path, router):
     security.generate_key_pair(tmp_path / "server", "server")
