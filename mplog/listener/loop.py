@@ -190,10 +190,10 @@ class Server:
         stats.salvaged(frame, fixed[skip:], reasons[skip:], origin)
         kept = [fields for fields in fixed[skip:] if fields is not None]
         progress = self.progress
-        if progress is not None and stats.booked is not None and not kept:  # nothing to write: kept at once
-            progress.store(stats.booked_key, stats.booked)
-            return frame
         if progress is not None and stats.booked is not None:
+            if not kept:  # nothing to write: kept at once, as in handle_frame
+                progress.store(stats.booked_key, stats.booked)
+                return frame
             progress.begin(stats.booked_key, stats.booked, len(kept))
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
         if progress is not None:
