@@ -65,8 +65,14 @@ class TransportOptions:
     max_queued_bytes: int = 32 * 1024 * 1024
     linger: float = 1.0  # seconds a closing sender waits for queued frames
     write_timeout: float = 1.0  # seconds one write may block (multiprocessing transport)
-    heartbeat_ivl: float = 1.0  # tcp only: ZMTP heartbeat interval
-    heartbeat_timeout: float = 3.0
+    heartbeat_ivl: float = 1.0  # tcp only: TCP keepalive interval of a quiet connection (whole seconds)
+    heartbeat_timeout: float = 3.0  # tcp only: a quiet connection unanswered this long (keepalive) is dropped
+    # tcp only: TCP_MAXRT, seconds a connection may leave data unacknowledged *or keep its receive
+    # window shut* before the worker's kernel drops it. 0 (default): never, because a shut window
+    # is a slow or paused collector (or a relay waiting for its own), and dropping the connection
+    # loses what the kernel held for it; a collector that vanished mid-stream without a reset
+    # is then given up by the kernel after about 15 minutes (tcp_retries2).
+    stall_timeout: float = 0.0
     reconnect_ivl_max: float = 2.0
     handshake_ivl: float = 2.0
     insecure: bool = False  # allow a plaintext bind to a non-loopback address

@@ -11,11 +11,13 @@ On ``tcp://`` nothing but the worker writes on a data connection once it is open
 ZMTP heartbeats either way. A byte that the listener writes after a worker closed is
 answered with a reset, and the reset discards what the listener had not read yet: the
 worker's last records and its goodbye (and libzmq 4.3.5 aborts the listener when a
-reset meets a full receive pipe with a heartbeat timer armed). The worker watches the
-connection with TCP keepalive probes and ``TCP_MAXRT`` instead, whose answers are bare
-ACKs, and clears ``TCP_MAXRT`` on its connections when it closes, so that the kernel
-goes on delivering what it took after the process is gone. The listener reaps dead
-peers with keepalive probes after ``COLLECTOR_KEEPALIVE`` seconds of silence.
+reset meets a full receive pipe with a heartbeat timer armed). The worker watches a quiet
+connection with TCP keepalive probes instead, whose answers are bare ACKs. ``TCP_MAXRT``
+only with ``stall_timeout`` (off by default: Linux drops a connection whose peer keeps its
+receive window shut that long, which is what a slow collector does); a worker that set it
+clears it on its connections when it closes, so that the kernel goes on delivering what it
+took after the process is gone. The listener reaps dead peers with keepalive probes after
+``COLLECTOR_KEEPALIVE`` seconds of silence.
 See docs/reliability.md ("A worker's last records over tcp").
 """
 
@@ -139,21 +141,23 @@ class ZmqSender:
     def _watch_peer(self, sock: zmq.Socket[Any]) -> None:
         """Notice a dead or unreachable peer without provoking traffic from it (see the module docstring).
 
-        Keepalive probes go out after ``heartbeat_ivl`` seconds of quiet; ``TCP_MAXRT``
-        drops a connection whose data (or window probes) go unanswered for
-        ``heartbeat_timeout`` seconds; either way a partition is noticed in about
-        ``heartbeat_timeout`` seconds, as the ZMTP heartbeats that these replace did.
+        Keepalive probes go out after ``heartbeat_ivl`` seconds of quiet, so a quiet
+        connection to a vanished peer is dropped in about ``heartbeat_timeout`` seconds.
+        ``TCP_MAXRT`` only when ``stall_timeout`` asks for it: Linux applies it to a
+        receive window kept shut as much as to data that goes unanswered, so it drops the
+        connections of a collector that is merely slow or paused, and with them what the
+        kernel held (docs/reliability.md, "A worker's last records over tcp").
         """
         opts = self._options
-        if opts.heartbeat_ivl <= 0 or opts.heartbeat_timeout <= 0:
-            return
-        interval = max(1, round(opts.heartbeat_ivl))
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, interval)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil((opts.heartbeat_timeout - interval) / interval)))
-        self._max_rt = max(1, int(opts.heartbeat_timeout * 1000))
-        sock.setsockopt(zmq.TCP_MAXRT, self._max_rt)
+        if opts.heartbeat_ivl > 0 and opts.heartbeat_timeout > 0:
+            interval = max(1, round(opts.heartbeat_ivl))
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, interval)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, math.ceil((opts.heartbeat_timeout - interval) / interval)))
+        if opts.stall_timeout > 0:
+            self._max_rt = max(1, int(opts.stall_timeout * 1000))
+            sock.setsockopt(zmq.TCP_MAXRT, self._max_rt)
 
     def _open(self) -> zmq.Socket[Any]:
         if self._sock is not None:  # inherited from the parent by fork

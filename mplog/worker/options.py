@@ -18,6 +18,16 @@ from mplog.wire import Limits
 __all__ = ["POLICIES", "WorkerOptions"]
 
 POLICIES = ("block", "drop_newest", "drop_oldest")
+# The worker's socket options given in seconds (TransportOptions): checked, since a bad one
+# would only fail when the transport opens, in the logging call that opens it.
+_TRANSPORT_SECONDS = (
+    "linger",
+    "write_timeout",
+    "heartbeat_ivl",
+    "heartbeat_timeout",
+    "stall_timeout",
+    "reconnect_ivl_max",
+)
 
 
 @dataclass(frozen=True)
@@ -89,4 +99,8 @@ class WorkerOptions:
         for name in ("flush_interval", "block_timeout", "close_timeout", "ack_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        for name in _TRANSPORT_SECONDS:
+            value = getattr(self.transport, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")

@@ -766,7 +766,10 @@ def _sender_socket(sender: Sender) -> zmq.Socket:
 
 @pytest.mark.parametrize(
     "options",
-    [TransportOptions(), TransportOptions(sndhwm=7, rcvhwm=11, linger=0.25, max_frame_bytes=12345, heartbeat_ivl=0.5)],
+    [
+        TransportOptions(),
+        TransportOptions(sndhwm=7, rcvhwm=11, linger=0.25, max_frame_bytes=12345, heartbeat_ivl=0.5, stall_timeout=4.5),
+    ],
     ids=["defaults", "configured"],
 )
 @pytest.mark.parametrize("scheme", ["ipc", "tcp"])
@@ -791,14 +794,16 @@ def test_zeromq_socket_options_read_back_as_documented(private_dir, scheme, opti
         assert pull.getsockopt(zmq.LINGER) == 0
         assert pull.getsockopt(zmq.HANDSHAKE_IVL) == int(options.handshake_ivl * 1000)
         # No ZMTP heartbeats either way: nothing but the worker writes on a data connection
-        # (test_tcp_tail.py); on tcp the worker watches its peer with TCP keepalive and TCP_MAXRT.
+        # (test_tcp_tail.py); on tcp the worker watches its peer with TCP keepalive, and with
+        # TCP_MAXRT only when stall_timeout asks for it (a shut window would drop the connection).
         assert push.getsockopt(zmq.HEARTBEAT_IVL) == pull.getsockopt(zmq.HEARTBEAT_IVL) == 0
         if scheme == "tcp":
             interval = max(1, round(options.heartbeat_ivl))
             assert push.getsockopt(zmq.TCP_KEEPALIVE) == 1
             assert push.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == push.getsockopt(zmq.TCP_KEEPALIVE_INTVL) == interval
             assert push.getsockopt(zmq.TCP_KEEPALIVE_CNT) == 2
-            assert push.getsockopt(zmq.TCP_MAXRT) == int(options.heartbeat_timeout * 1000)
+            assert push.getsockopt(zmq.TCP_MAXRT) == int(options.stall_timeout * 1000)
+            assert push.getsockopt(zmq.TCP_MAXRT) == (4500 if options.stall_timeout else 0)
             assert pull.getsockopt(zmq.TCP_KEEPALIVE) == 1
             assert pull.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == COLLECTOR_KEEPALIVE[0] == 300
         else:
@@ -814,4 +819,5 @@ def test_documented_transport_defaults():
     assert options.max_queued_bytes == 32 * 1024 * 1024
     assert (options.linger, options.write_timeout, options.handshake_ivl) == (1.0, 1.0, 2.0)
     assert (options.heartbeat_ivl, options.heartbeat_timeout, options.reconnect_ivl_max) == (1.0, 3.0, 2.0)
+    assert options.stall_timeout == 0.0  # no TCP_MAXRT: a slow collector's shut window keeps its connections
     assert options.insecure is False
