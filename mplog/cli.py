@@ -277,11 +277,18 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     try:
         relay.run()
     finally:
+        relay.close()  # counts what it could not pass on
         snap = relay.snapshot()
-        relay.close()
+    lost = ""
+    if snap["unforwarded"]:
+        lost = (
+            f"; {snap['unforwarded']} frames ({snap['unforwarded_bytes']} bytes) could not be passed on and are "
+            "lost (the collector shows them as gaps, or their senders as ended without a goodbye, if it ever "
+            "heard of them)"
+        )
     print(
         f"mplog: relay stopped; forwarded {snap['frames']} frames ({snap['bytes']} bytes), "
-        f"{snap['held']} in hand, refused {snap['refused']} connections",
+        f"refused {snap['refused']} connections{lost}",
         file=sys.stderr,
         flush=True,
     )

@@ -9,6 +9,7 @@ receive queue and then the workers' own buffers, whose policies count every drop
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any
@@ -37,6 +38,7 @@ class Relay:
                 raise ConfigError(f"a relay speaks ZeroMQ only: {url!r} must be tcp://HOST:PORT or ipc://PATH")
         connect_options = connect_options or TransportOptions()
         self.sender = ZmqSender(connect, connect_options)
+        self.sender.role = "relay"
         self._linger = connect_options.linger
         self.receiver = ZmqReceiver(bind, bind_options or TransportOptions())
         self.endpoint = self.receiver.endpoint
@@ -45,9 +47,13 @@ class Relay:
         self.frames = 0
         self.bytes = 0
         self.waits = 0  # times the collector could not take a frame at once
+        self.unforwarded = 0  # frames read but never passed on, counted at close (lost: see close())
+        self.unforwarded_bytes = 0
+        self.refusal: str | None = None  # the collector's refusal of the relay's handshake, said once
         self._held: bytes | None = None
         self._closed = False
         self._drain_deadline = 0.0  # set when the drain begins: close() lingers for what is left of it
+        self._next_check = 0.0
 
     def _forward(self, timeout: float) -> bool:
         """Move one frame on; False when nothing arrived or the collector could not take it."""
@@ -58,11 +64,27 @@ class Relay:
             self._held = received[0]
         if not self.sender.send(self._held, timeout):
             self.waits += 1
+            self._check_refusal()
             return False
         self.frames += 1
         self.bytes += len(self._held)
         self._held = None
         return True
+
+    def _check_refusal(self) -> None:
+        """Say once on stderr why the collector will not take frames, if it refused the handshake."""
+        now = time.monotonic()
+        if self.refusal is not None or now < self._next_check:
+            return
+        self._next_check = now + 0.5  # the monitor is read without waiting, at most twice a second
+        self.refusal = self.sender.refusal()
+        if self.refusal is not None:
+            print(
+                f"{self.refusal}; until it is let in, this relay passes nothing on and its workers' frames "
+                "wait in it and in their own buffers",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def run(self) -> None:
         """Forward until :attr:`stop_event` is set, then pass on what is queued (bounded)."""
@@ -73,6 +95,23 @@ class Relay:
             if self._held is not None:
                 self._forward(0.05)
 
+    def _count_unforwarded(self, seconds: float = 0.5) -> None:
+        """Count the frames in hand and in the receive queue, which close() loses (at most ``seconds`` reading).
+
+        They never reach the collector, which may never have heard of their senders (a relay
+        whose handshake it refused): the relay's stop line is where that loss shows.
+        """
+        if self._held is not None:
+            self.unforwarded, self.unforwarded_bytes = 1, len(self._held)
+            self._held = None
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            received = self.receiver.recv(0)
+            if received is None:
+                break
+            self.unforwarded += 1
+            self.unforwarded_bytes += len(received[0])
+
     def snapshot(self) -> dict[str, Any]:
         """Frames and bytes forwarded, frames in hand, and the bind side's connection counts."""
         connections = dict(self.receiver.connections)
@@ -82,6 +121,8 @@ class Relay:
             "bytes": self.bytes,
             "waits": self.waits,
             "held": int(self._held is not None),
+            "unforwarded": self.unforwarded,
+            "unforwarded_bytes": self.unforwarded_bytes,
             "connections": connections,
             "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
         }
@@ -97,5 +138,6 @@ class Relay:
         if self._closed:
             return
         self._closed = True
+        self._count_unforwarded()
         self.receiver.close()
         self.sender.close(max(self._linger, self._drain_deadline - time.monotonic()))

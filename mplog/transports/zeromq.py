@@ -108,6 +108,8 @@ class ZmqSender:
 
     socket_type = zmq.PUSH
 
+    role = "worker"  # who the refusal line names ("relay" for mplog relay's sender)
+
     def __init__(self, endpoint: str, options: TransportOptions) -> None:
         self.endpoint = endpoint
         self._endpoints = _split(endpoint)
@@ -200,7 +202,7 @@ class ZmqSender:
                 try:
                     while self._refusal is None:
                         event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-                        self._refusal = _refusal_text(event, self._keys, self._curve)
+                        self._refusal = _refusal_text(event, self._keys, self._curve, self.role)
                 except (zmq.Again, zmq.ZMQError):
                     pass
             return self._refusal
@@ -305,25 +307,30 @@ def _describe_keys(options: TransportOptions, *, use_env: bool) -> tuple[str, st
     return pair, collector
 
 
-def _refusal_text(event: Any, keys: tuple[str, str], curve: security.ClientKeys | None) -> str:
+def _refusal_text(event: Any, keys: tuple[str, str], curve: security.ClientKeys | None, role: str = "worker") -> str:
+    """The line a sender (``role``: "worker" or "relay") says once about a refused handshake."""
     pair, collector = keys
     where = f"the collector at {event.get('endpoint', b'').decode(errors='replace') or '?'}"
     kind, value = event["event"], event.get("value", 0)
     if curve is None:  # libzmq reports a mechanism mismatch, or first a broken handshake without detail
-        return (
-            f"mplog: {where} refused this worker's handshake ({zmq.Event(kind).name}): it probably requires "
-            f"CURVE, and this worker has {collector}; give it curve_server_key (or MPLOG_SERVER_KEY) "
-            "and a key pair the collector admits"
+        fix = (
+            "give it --server-key and a --client-secret-key whose .key file the collector admits"
+            if role == "relay"
+            else "give it curve_server_key (or MPLOG_SERVER_KEY) and a key pair the collector admits"
         )
-    me = f"this worker used {pair}, public key {curve.pair.public}"
+        return (
+            f"mplog: {where} refused this {role}'s handshake ({zmq.Event(kind).name}): it probably requires "
+            f"CURVE, and this {role} has {collector}; {fix}"
+        )
+    me = f"this {role} used {pair}, public key {curve.pair.public}"
     if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return (
-            f"mplog: {where} refused this worker's CURVE handshake: its key is not allowed in (status {value}); "
+            f"mplog: {where} refused this {role}'s CURVE handshake: its key is not allowed in (status {value}); "
             f"{me}: add that public key's .key file to the collector's authorized_keys"
         )
     return (
-        f"mplog: the CURVE handshake with {where} failed ({zmq.Event(kind).name}): the collector is not the one "
-        f"{collector} belongs to, or it does not speak CURVE; {me}"
+        f"mplog: the CURVE handshake with {where} failed ({zmq.Event(kind).name}): {collector} is not that "
+        f"collector's, or it does not speak CURVE; {me}"
     )
 
 
