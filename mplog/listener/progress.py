@@ -143,6 +143,8 @@ class Progress:
         sender.next_seq, sender.records, sender.frames = self.next_seq, self.records, self.frames
         sender.rejected, sender.repaired, sender.dropped = self.rejected, self.repaired, self.dropped
         sender.gaps, sender.duplicates, sender.closed = self.gaps, self.duplicates, self.closed
+        if self.closed:
+            sender.unclosed = ""
         sender.last_seen = max(sender.last_seen, self.last_seen)
         sender.first_seen = self.first_seen or sender.first_seen
         if not sender.start_time:

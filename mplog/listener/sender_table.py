@@ -96,6 +96,10 @@ class SenderStats:
     # Not closed, and known to have ended ("process gone") or silent for a long time ("silent"):
     # its last records may be lost without any gap to count them (mplog.listener.stats.Stats.note_ends).
     unclosed: str = ""
+    # The latest ranges [start, end) booked as gaps, oldest first (at most MAX_MISSING_RANGES): a
+    # frame that arrives late, wholly inside one, is delivered and taken out of the gaps. Not
+    # in snapshots, not persisted (after a restart a late frame counts as a duplicate, as before).
+    missing: list[tuple[int, int]] | None = field(default=None, repr=False, compare=False)
 
 
 class SenderTable:

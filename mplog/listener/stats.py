@@ -34,6 +34,9 @@ UNWRITTEN_AT_STOP = "unwritten_at_stop"  # Stats.reject reason: a valid frame a 
 CONNECTION_ENDED = "connection ended"  # SenderStats.unclosed: its connection (mp://, the ack ROUTER) ended
 SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
+# Gap ranges kept per sender for frames that arrive late (a connection dropped and made again
+# while the old one still held frames: the listener reads both); older ranges are forgotten.
+MAX_MISSING_RANGES = 64
 
 _TOTALS = ("rejected", "dropped", "gaps", "duplicates")  # what snapshot() sums over senders, folded ones included
 
@@ -167,14 +170,19 @@ class Stats:
             skip = 0
             if seq > expected:
                 sender.gaps += seq - expected
+                _note_missing(sender, expected, seq)
             elif seq < expected:
-                skip = min(expected - seq, n)
-                sender.duplicates += skip
+                if n and _fill_missing(sender, seq, seq + n):  # late, not a duplicate: booked as a gap before
+                    sender.gaps -= n
+                else:
+                    skip = min(expected - seq, n)
+                    sender.duplicates += skip
             sender.next_seq = max(expected, seq + n)
             sender.dropped = max(sender.dropped, frame.dropped)
             sender.records += n - skip
             if frame.flags & FLAG_FINAL:
                 sender.closed = True
+                sender.unclosed = ""
             self.frames += 1
             self.records += n - skip
         return skip
@@ -227,6 +235,9 @@ class Stats:
             seq, expected = frame.seq, sender.next_seq
             if seq > expected:
                 sender.gaps += seq - expected
+                _note_missing(sender, expected, seq)
+            elif seq < expected and n and _fill_missing(sender, seq, seq + n):
+                sender.gaps -= n  # late: booked as a gap before, rejected now
             sender.next_seq = max(expected, seq + n)
             sender.rejected += n
             sender.dropped = max(sender.dropped, frame.dropped)
@@ -390,7 +401,7 @@ class Stats:
         unclosed = self.note_ends()
         with self._lock:
             # A shallow copy of each sender's fields (asdict() would deep-copy, ten times slower).
-            senders = {key: dict(vars(s)) for key, s in self.senders.items()}
+            senders = {key: _public(s) for key, s in self.senders.items()}
             totals = dict.fromkeys(_TOTALS, 0)
             for s in self.senders.values():
                 totals["rejected"] += s.rejected
@@ -549,3 +560,32 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
         "senders": senders,
     }
+
+
+def _public(sender: SenderStats) -> dict[str, Any]:
+    """A sender's fields for a snapshot: all but its missing ranges."""
+    fields = dict(vars(sender))
+    del fields["missing"]
+    return fields
+
+
+def _note_missing(sender: SenderStats, start: int, end: int) -> None:
+    """Remember that ``[start, end)`` was booked as a gap (the oldest range forgotten past the bound)."""
+    if sender.missing is None:
+        sender.missing = []
+    sender.missing.append((start, end))
+    if len(sender.missing) > MAX_MISSING_RANGES:
+        del sender.missing[0]
+
+
+def _fill_missing(sender: SenderStats, start: int, end: int) -> bool:
+    """Take ``[start, end)`` out of a booked gap that holds all of it; False when none does."""
+    missing = sender.missing or []
+    for index, (low, high) in enumerate(missing):
+        if low <= start and end <= high:
+            rest = [(low, start)] if low < start else []
+            if end < high:
+                rest.append((end, high))
+            missing[index : index + 1] = rest
+            return True
+    return False

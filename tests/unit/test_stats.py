@@ -64,14 +64,67 @@ def test_an_overlapping_frame_skips_only_its_leading_duplicates():
     assert stats.records == 7
 
 
-def test_a_late_frame_filling_a_counted_gap_is_treated_as_duplicates():
-    # Reordering cannot happen on one connection; a frame from before the gap is a resend.
+def test_a_late_frame_wholly_inside_a_counted_gap_is_delivered_and_taken_out_of_the_gaps():
+    # Reordering cannot happen on one connection, but it does across two: a worker whose
+    # connection was dropped (stall_timeout) sends on a new one while the listener still reads
+    # frames of the old one (an outsider: 1,260 of a worker's records refused as duplicates
+    # while also counted as gaps).
     stats = Stats()
     stats.accept(frame(A, 0, 2))
-    stats.accept(frame(A, 4, 2))
-    assert stats.accept(frame(A, 2, 2)) == 2
+    stats.accept(frame(A, 10, 2))  # 2..9 booked as a gap
+    assert stats.accept(frame(A, 4, 3)) == 0  # 4..6: late, every record dispatched
+    sender = stats.senders[A.key]
+    assert (sender.gaps, sender.duplicates, sender.records, sender.next_seq) == (5, 0, 7, 12)
+    assert stats.accept(frame(A, 2, 2)) == 0  # 2..3
+    assert stats.accept(frame(A, 7, 3)) == 0  # 7..9: the gap is filled
+    assert (sender.gaps, sender.duplicates, sender.records, sender.next_seq) == (0, 0, 12, 12)
+    assert stats.accept(frame(A, 4, 3)) == 3  # a second copy is a duplicate again
+    assert (sender.gaps, sender.duplicates, sender.records) == (0, 3, 12)
+    assert ledger(stats.snapshot(), 12) == 0
+    assert "missing" not in stats.snapshot()["senders"][A.key]
+
+
+def test_a_frame_only_partly_inside_a_gap_skips_its_leading_records_as_before():
+    stats = Stats()
+    stats.accept(frame(A, 0, 2))
+    stats.accept(frame(A, 4, 2))  # 2..3 booked as a gap
+    assert stats.accept(frame(A, 3, 2)) == 2  # 3..4: not wholly inside the gap, so a resend
     sender = stats.senders[A.key]
     assert (sender.gaps, sender.duplicates, sender.records, sender.next_seq) == (2, 2, 4, 6)
+
+
+def test_a_late_frame_refused_by_validation_moves_from_gaps_to_rejected():
+    stats = Stats()
+    stats.accept(frame(A, 0, 2))
+    stats.accept(frame(A, 6, 2))  # 2..5 booked as a gap
+    stats.reject(frame(A, 2, 4), "bad_record")
+    sender = stats.senders[A.key]
+    assert (sender.gaps, sender.rejected, sender.records) == (0, 4, 4)
+    assert ledger(stats.snapshot(), 8) == 0
+
+
+def test_only_the_latest_gap_ranges_are_kept_for_late_frames():
+    from mplog.listener.stats import MAX_MISSING_RANGES
+
+    stats = Stats()
+    for k in range(MAX_MISSING_RANGES + 2):  # frames 0, 2, 4, ...: a gap of one record before each but the first
+        stats.accept(frame(A, 2 * k, 1))
+    sender = stats.senders[A.key]
+    assert sender.missing is not None and len(sender.missing) == MAX_MISSING_RANGES
+    assert stats.accept(frame(A, 1, 1)) == 1  # the oldest gap is forgotten: a duplicate, as before
+    assert stats.accept(frame(A, 3, 1)) == 0  # a kept one is filled
+    assert (sender.gaps, sender.duplicates) == (MAX_MISSING_RANGES, 1)
+
+
+def test_a_goodbye_clears_an_earlier_flag_of_an_end_without_one():
+    from mplog.listener.stats import PROCESS_GONE
+
+    stats = Stats()
+    stats.accept(frame(A, 0, 2))
+    stats.senders[A.key].unclosed = PROCESS_GONE  # its process ended before its goodbye was read
+    stats.accept(frame(A, 2, 0, flags=FLAG_FINAL))
+    sender = stats.snapshot()["senders"][A.key]
+    assert sender["closed"] and sender["unclosed"] == ""
 
 
 def test_dropped_is_a_running_total_so_the_largest_report_wins():
