@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from mplog.exceptions import ConfigError, TransportError
 from mplog.transports.base import default_collector_endpoint
@@ -70,9 +71,17 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     server = listener.server
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        if not server.stop_event.is_set():
-            sd_notify.notify("STOPPING=1", "STATUS=draining")
+        if server.stop_event.is_set():  # a second signal: a handler holds the stop, so give up now
+            threading.Thread(target=_give_up, args=(server, "a second signal came"), daemon=True).start()
+            return
+        sd_notify.notify("STOPPING=1", "STATUS=draining")
         server.stop_event.set()
+        # A handler that never returns from emit or close (the stdlib HTTPHandler has no
+        # timeout) would hold the stop forever: give up after the drain and a bounded close.
+        after = server.drain_timeout + GIVE_UP_AFTER_DRAIN
+        timer = threading.Timer(after, _give_up, args=(server, f"it did not finish within {after:g} s"))
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -89,11 +98,51 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     print(
         f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
         f"malformed {snap['malformed_total']}, repaired {snap['repaired_total']}, gaps {snap['gaps']}, "
-        f"dropped {snap['dropped']}{handler_errors_text(snap)}",
+        f"dropped {snap['dropped']}{_losses_text(snap)}{handler_errors_text(snap)}",
         file=sys.stderr,
         flush=True,
     )
     return EXIT_OK
+
+
+def _losses_text(snap: dict[str, Any]) -> str:
+    """The rest of a stop line's ledger, each only when non-zero: rejected (unwritten at stop among them),
+    refused connections, and what buffering handlers dropped (by handler)."""
+    text = ""
+    if snap.get("rejected"):
+        unwritten = snap.get("unwritten_at_stop") or 0
+        text += f", rejected {snap['rejected']}" + (f" ({unwritten} unwritten at stop)" if unwritten else "")
+    if snap.get("refused"):
+        text += f", refused {snap['refused']} connections"
+    drops: dict[str, int] = snap.get("handler_drops") or {}
+    if sum(drops.values()):
+        each = ", ".join(f"{name} {n}" for name, n in sorted(drops.items()) if n)
+        text += f", handler drops {sum(drops.values())} ({each})"
+    return text
+
+
+# Seconds past the drain that `mplog listen` gives its handlers to close on SIGTERM before it
+# exits without them (under systemd's default TimeoutStopSec of 90 s, and deployment.md's 30 s).
+GIVE_UP_AFTER_DRAIN = 15.0
+
+
+def _give_up(server: object, why: str) -> None:
+    """Exit now (status 1) with the counts of the moment: a handler holds the listener's stop."""
+    from mplog.listener.loop import Server
+
+    assert isinstance(server, Server)
+    snap = server.snapshot()
+    senders = snap.get("senders") or {}
+    open_ = sum(1 for s in senders.values() if not s.get("closed"))
+    print(
+        f"mplog: gave up stopping ({why}: a handler that blocks in emit or close?); exiting without closing the "
+        f"handlers; received {snap['received']} records from {len(senders)} senders ({open_} not closed: possible "
+        f"loss), gaps {snap['gaps']}, dropped {snap['dropped']}{_losses_text(snap)}; what the listener still held "
+        "is lost uncounted",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(EXIT_FAILURE)
 
 
 def _report_unclosed(snap: dict[str, object]) -> None:
@@ -122,7 +171,9 @@ def _report_stats(server: object, interval: float) -> None:
         print(
             f"mplog: received {snap['received']} senders {len(snap['senders'])} malformed {snap['malformed_total']} "
             f"repaired {snap['repaired_total']} gaps {snap['gaps']} dropped {snap['dropped']} "
-            f"handler_errors {sum(snap['handler_errors'].values())}",
+            f"rejected {snap['rejected']} refused {snap.get('refused', 0)} "
+            f"handler_errors {sum(snap['handler_errors'].values())} "
+            f"handler_drops {sum((snap.get('handler_drops') or {}).values())}",
             file=sys.stderr,
             flush=True,
         )

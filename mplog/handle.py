@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -214,6 +215,11 @@ class Listener:
         time to write is counted (``unwritten_at_stop``, and its senders' ``rejected``) and
         said on the listener's stderr. Harmless to call twice (returns the same stats). The
         stats are a :class:`~mplog.listener.stats_view.ListenerStats`, as :meth:`stats` returns them.
+
+        A listener that has not stopped by ``timeout`` (a handler that never returns from
+        ``emit`` or ``close``) is killed: the stats are its counts of that moment, marked
+        ``killed_at_stop``, its open senders flagged as ended without a goodbye (what it still
+        held is lost uncounted), and a line on stderr says so.
         """
         if self._final is not None or self._proc is None:
             return self._final if self._final is not None else ListenerStats()
@@ -237,17 +243,34 @@ class Listener:
                 reply = self._read(timeout)
             except OSError:
                 reply = None
+        last: dict[str, Any] | None = None
         try:
             self._proc.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
+            last = self._last_counts() if reply is None else None
             self._proc.kill()
             self._proc.wait()
         final = (reply or {}).get("stats")
-        if final is None:  # it died and was not restarted: its last checkpoint is what it knew
-            final = load_checkpoint(stats_path(self._state_dir)) or {} if self._state_dir else {}
+        if final is None:
+            # Killed (a handler held it past the timeout: its counts of that moment), or it
+            # died and was not restarted (its last checkpoint): what it still held is lost
+            # uncounted, so its open senders are flagged as possible loss.
+            final = last or (load_checkpoint(stats_path(self._state_dir)) or {} if self._state_dir else {})
+            _flag_unfinished(final, killed=self._proc.returncode == -signal.SIGKILL, timeout=timeout)
         self._final = ListenerStats(final)
         self._cleanup()
         return self._final
+
+    def _last_counts(self, wait: float = 1.0) -> dict[str, Any] | None:
+        """The counts of a listener that has not finished its stop (its control thread still answers)."""
+        with self._lock:
+            try:
+                self._write({"cmd": "stats"})
+                answer = self._read(wait)
+            except OSError:
+                return None
+        stats = (answer or {}).get("stats")
+        return stats if isinstance(stats, dict) else None
 
     def _restore_parent(self) -> None:
         if self._handler is not None:
@@ -349,3 +372,26 @@ def start_listener(
         supervise=supervise,
         ack=ack,
     ).start()
+
+
+def _flag_unfinished(stats: dict[str, Any], *, killed: bool, timeout: float) -> None:
+    """Mark ``stats`` of a listener whose stop did not finish, flag its open senders, and say so on stderr."""
+    why = "listener killed at stop" if killed else "listener ended at stop"
+    senders = stats.get("senders") or {}
+    for sender in senders.values():
+        if isinstance(sender, dict) and not sender.get("closed"):
+            sender["unclosed"] = sender.get("unclosed") or why
+    flagged = [s for s in senders.values() if isinstance(s, dict) and s.get("unclosed") and not s.get("closed")]
+    stats["unclosed"] = len(flagged)
+    if killed:
+        stats["killed_at_stop"] = True
+        cause = f"did not stop within {timeout:g} s (a handler that blocks in emit or close?) and was killed"
+    else:
+        cause = "ended without its final stats"
+    print(
+        f"mplog: the listener {cause}; its stats are what it had counted by then ({stats.get('received', 0)} "
+        f"records received); what it still held is lost uncounted, and its {stats['unclosed']} open senders are "
+        "flagged as ended without a goodbye (a longer Listener.stop(timeout=...), or handlers with timeouts)",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -226,9 +226,10 @@ def _watch_control(server: Server, control: ControlPipe) -> None:
         if command == "stats":
             control.write({"stats": server.snapshot()})
         elif command == "stop":
+            # Still answers "stats" after this: a parent whose stop ran out of time asks for
+            # the last counts before it kills a listener that a handler holds (Listener.stop).
             server.drain_timeout = float(message.get("timeout", server.drain_timeout))
             server.stop_event.set()
-            return
         if os.getppid() != parent:
             server.drain_for_live_senders = True
             server.stop_event.set()

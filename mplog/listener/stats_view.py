@@ -143,6 +143,20 @@ class ListenerStats(dict[str, Any]):
         return _total(self, "handler_errors")
 
     @property
+    def handler_drops(self) -> int:
+        """Records that arrived but that a buffering handler dropped (``stats["handler_drops"]`` by handler).
+
+        Not in the :func:`~mplog.listener.stats.ledger` (they were received); they never reached their destination.
+        """
+        return _total(self, "handler_drops")
+
+    @property
+    def killed_at_stop(self) -> bool:
+        """True when ``Listener.stop()`` had to kill the listener: these are the counts it had then, and what it
+        still held is lost uncounted (its open senders are flagged as ended without a goodbye)."""
+        return bool(self.get("killed_at_stop", False))
+
+    @property
     def refused(self) -> int:
         """Connections refused (CURVE allow-list, protocol, not ZMTP)."""
         return _int(self, "refused")
@@ -226,6 +240,12 @@ def summary(stats: Mapping[str, Any]) -> str:
         line += f", unconfirmed {view.unconfirmed} frames"
     if view.out_of_order:  # acknowledged delivery: frames ahead of a gap, refused and resent
         line += f", out of order {view.out_of_order} frames (resent)"
+    if view.handler_drops:  # records that arrived but a buffering handler dropped, by handler
+        drops = view.get("handler_drops")
+        each = ", ".join(f"{name} {n}" for name, n in sorted(drops.items()) if n) if isinstance(drops, Mapping) else ""
+        line += f", handler drops {view.handler_drops}" + (f" ({each})" if each else "")
+    if view.killed_at_stop:
+        line += ", killed at stop (what it still held is lost uncounted)"
     if view.handler_errors:  # records that arrived but a handler could not write: last, by handler
         errors = view.get("handler_errors")
         each = (

@@ -290,7 +290,10 @@ def test_listen_reads_MPLOG_CONFIG_and_MPLOG_BIND_and_prints_periodic_stats_line
         assert running.endpoint == f"ipc://{tmp_path}/env.sock"
         log_from_child(running.endpoint, 3, 120)
         line = wait_for(lambda: next((x for x in running.stderr if x.startswith("mplog: received 120 ")), None))
-        assert line == "mplog: received 120 senders 1 malformed 0 repaired 0 gaps 0 dropped 0 handler_errors 0"
+        assert line == (
+            "mplog: received 120 senders 1 malformed 0 repaired 0 gaps 0 dropped 0 rejected 0 refused 0 "
+            "handler_errors 0 handler_drops 0"
+        )
         status = run_mplog("status", env=env)  # MPLOG_BIND names the listener for status too
         assert status.returncode == 0
         assert running.stop() == 0

@@ -465,3 +465,80 @@ def test_records_a_stop_had_no_time_to_write_are_counted_and_their_senders_close
     assert mplog.ledger(stats, 2 * per) == 0
     assert f"unwritten at stop {unwritten}" in str(stats)
     assert f"{unwritten} records of 2 senders that had reached the listener were not written" in capfd.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_that_must_kill_a_listener_held_by_a_handler_says_so_and_flags_its_open_senders(
+    tmp_path, handlers_importable, capfd
+):
+    # A handler that never returns from emit (the stdlib HTTPHandler has no timeout; a peer that
+    # accepts and never answers) holds the listener past stop(timeout). stop() kills it; it used
+    # to return the counts of the listener's last checkpoint, or none, with nothing said (an
+    # outsider: "received 6 records", 294 of 300 gone uncounted).
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    config = slow_sink_config(out, flag, delay=3600.0)
+    per = 300
+    listener = mplog.start_listener(config, route_parent=False)
+    try:
+        worker = multiprocessing.get_context("spawn").Process(target=log_numbered, args=(0, per))
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+        wait_for(lambda: listener.stats()["received"] > 0, timeout=20)
+        began = time.monotonic()
+        stats = listener.stop(timeout=2.0)
+        took = time.monotonic() - began
+    finally:
+        listener.stop()
+    assert took < 6.0  # the timeout, the last counts asked for (1 s at most), the kill
+    assert stats.killed_at_stop and stats["killed_at_stop"] is True
+    assert stats["received"] > 0  # the counts of that moment, not of a checkpoint or nothing
+    (sender,) = stats["senders"].values()
+    # flagged already if its process was seen gone, else by the stop
+    assert not sender["closed"] and sender["unclosed"] in ("process gone", "listener killed at stop")
+    assert stats["unclosed"] == 1
+    balance = mplog.ledger(stats, per)
+    assert balance.possible_loss  # what it still held is lost uncounted: flagged, never a clean zero
+    assert "killed at stop" in str(stats) and "1 ended without goodbye (possible loss)" in str(stats)
+    err = capfd.readouterr().err
+    assert "mplog: the listener did not stop within 2 s (a handler that blocks in emit or close?) and was killed" in err
+
+
+@pytest.mark.timeout(60)
+def test_mplog_listen_held_by_a_handler_gives_up_on_a_second_sigterm_with_the_counts_of_the_moment(
+    tmp_path, handlers_importable
+):
+    # SIGTERM waits for the drain and the handlers' close; a handler that never returns from
+    # emit held `mplog listen` forever (an outsider's was still running 60 s after SIGTERM).
+    # A second signal gives up at once; on its own it gives up after the drain + 15 s.
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    config_path = tmp_path / "collector.json"
+    config_path.write_text(json.dumps(slow_sink_config(out, flag, delay=3600.0)))
+    endpoint = f"ipc://{tmp_path}/collector.sock"
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "mplog", "listen", "--config", str(config_path), "--bind", endpoint],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "listening on" in collector.stderr.readline()
+        code = (
+            f"import mplog, logging; mplog.setup_worker({endpoint!r}); logging.getLogger('x').warning('P0:00000000:')"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+        collector.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the scenario: the first signal's stop is under way, held by the handler
+        assert collector.poll() is None
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 1
+        err = collector.stderr.read().splitlines()
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait()
+        collector.stderr.close()
+    assert err[-1].startswith(
+        "mplog: gave up stopping (a second signal came: a handler that blocks in emit or close?); exiting without "
+        "closing the handlers; received 1 records from 1 senders (1 not closed: possible loss)"
+    ), err
+    assert err[-1].endswith("what the listener still held is lost uncounted")
