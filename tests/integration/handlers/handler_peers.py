@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -334,6 +335,8 @@ class HttpSink:
         sink = self
         self.requests: list[dict[str, Any]] = []
         self.rejected = 0
+        self.refuse: Callable[[dict[str, list[str]]], bool] = lambda fields: False  # answered 503, not recorded
+        self.refused = 0
         self.expected_auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._lock = threading.Lock()
 
@@ -343,6 +346,13 @@ class HttpSink:
                     with sink._lock:
                         sink.rejected += 1
                     self.send_response(401)
+                    self.end_headers()
+                    return
+                if sink.refuse(fields):
+                    with sink._lock:
+                        sink.refused += 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 with sink._lock:

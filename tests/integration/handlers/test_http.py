@@ -35,3 +35,19 @@ def test_every_record_arrives_over_http_with_its_fields_and_credentials(tmp_path
     pids = {int(f["process"]) for f in fields}
     assert len(pids) == workers and listener.pid not in pids  # the workers' own process ids
     assert listener.stats()["handler_errors"] == {}
+
+
+def test_records_the_server_refuses_count_as_errors_of_the_handler(tmp_path, http_sink):
+    # The stdlib handler never looks at the answer: a 503 counted as delivered (an outsider
+    # lost 514 of 900 records to 500/503 answers, none counted). Every third record refused.
+    workers, per_worker = 2, 60
+    http_sink.refuse = lambda fields: int(fields["msg"][0].split(":")[1]) % 3 == 0
+    config = snippet_file("http", tmp_path, port=http_sink.port, method="POST")
+    with mplog.start_listener(config, route_parent=False) as listener:
+        run_workers(listener.endpoint, workers, per_worker)
+    stats = listener.stop()
+    refused = workers * per_worker // 3
+    assert http_sink.refused == refused
+    assert len(http_sink.requests) == workers * per_worker - refused
+    assert stats["handler_errors"] == {"http": refused}  # every refused record counted, nothing else
+    assert stats["received"] == workers * per_worker
