@@ -50,7 +50,7 @@ class HTTPHandler(logging.handlers.HTTPHandler):
                 raise HTTPRefused(f"{self.method} {host}{self.url} answered {response.status} {response.reason}")
             return response
 
-        connection.getresponse = checked_response
+        connection.getresponse = checked_response  # type: ignore[method-assign]  # this connection only
         return connection
 
 
