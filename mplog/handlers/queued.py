@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import math
 import queue
+import time
 from typing import Any
 
 from mplog.exceptions import ConfigError
@@ -46,15 +48,28 @@ class QueuedHandler(logging.Handler):
         handlers: names of handlers defined under ``handlers`` in the same config (or handler objects).
         maxsize: records held before new ones are dropped (and counted).
         respect_handler_level: as ``QueueListener``: each target applies its own level.
+        close_timeout: seconds :meth:`close` waits for the targets to take what is queued;
+            what is still queued then is dropped and counted (a target that blocks, an SMTP
+            server that never answers, would otherwise hold the listener's stop for
+            ``maxsize`` times its own timeout).
     """
 
     def __init__(
-        self, handlers: list[str | logging.Handler], maxsize: int = 10_000, respect_handler_level: bool = True
+        self,
+        handlers: list[str | logging.Handler],
+        maxsize: int = 10_000,
+        respect_handler_level: bool = True,
+        close_timeout: float = 10.0,
     ) -> None:
         if isinstance(handlers, str) or not handlers:
             raise ConfigError(f"QueuedHandler handlers must be a list of handler names, got {handlers!r}")
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ConfigError(f"QueuedHandler maxsize must be a positive int, got {maxsize!r}")
+        if isinstance(close_timeout, bool) or not isinstance(close_timeout, (int, float)) or not close_timeout >= 0:
+            raise ConfigError(f"QueuedHandler close_timeout must be a number of seconds >= 0, got {close_timeout!r}")
+        if math.isinf(close_timeout):
+            raise ConfigError("QueuedHandler close_timeout must be finite: a stop must end")
+        self.close_timeout = float(close_timeout)
         super().__init__()
         self._names = list(handlers)
         self._registry = _config_handlers(handlers)
@@ -110,15 +125,44 @@ class QueuedHandler(logging.Handler):
             self.handleError(record)
 
     def close(self) -> None:
-        """Deliver what is queued to the targets, stop the thread, then close the targets."""
+        """Deliver what is queued to the targets within ``close_timeout``, stop the thread, close the targets.
+
+        Records still queued when the time is up are dropped and counted; the targets of a
+        thread still held in one of them are left open (closing a handler waits for its lock).
+        """
         listener, self.listener = self.listener, None
-        if listener is not None:
-            # The queue may be full: the end marker waits for room (the thread is draining it).
-            self.queue.put(listener._sentinel)  # type: ignore[attr-defined]  # QueueListener's end marker
-            listener.stop()
+        if listener is not None and not self._stop_within(listener, time.monotonic() + self.close_timeout):
+            super().close()
+            return
         for target in self.targets:
             target.close()
         super().close()
+
+    def _stop_within(self, listener: logging.handlers.QueueListener, deadline: float) -> bool:
+        """Let the thread drain the queue and end by ``deadline``; False (the rest counted) when it is held."""
+        sentinel = listener._sentinel  # type: ignore[attr-defined]  # QueueListener's end marker
+        thread = listener._thread
+        try:  # the queue may be full: the end marker waits for room while the thread drains it
+            self.queue.put(sentinel, timeout=max(deadline - time.monotonic(), 0.001))
+        except queue.Full:
+            pass
+        if thread is not None:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            if thread.is_alive():  # held by a target: what it has not taken is dropped, counted
+                self.dropped += self._take_queued(sentinel)
+                self.queue.put_nowait(sentinel)  # it ends if its target ever returns
+                return False
+        listener._thread = None  # stopped, as QueueListener.stop() leaves it
+        return True
+
+    def _take_queued(self, sentinel: Any) -> int:
+        taken = 0
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return taken
+            taken += item is not sentinel
 
 
 def _stdlib_queue_listeners() -> list[logging.handlers.QueueListener]:

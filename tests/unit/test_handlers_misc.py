@@ -7,6 +7,8 @@ import gzip
 import io
 import logging
 import socket
+import threading
+import time
 
 import pytest
 
@@ -95,6 +97,36 @@ def test_queued_handler_counts_records_its_full_queue_dropped():
     for i in range(5):
         handler.handle(_record(f"r{i}"))
     assert handler.dropped == 3
+
+
+def test_queued_handler_close_is_bounded_and_counts_what_a_held_target_never_took():
+    # A target that never returns (an SMTP server that accepts and never greets) held close()
+    # for good, and nothing counted the queued records (an outsider: 297 of 300).
+    release = threading.Event()
+
+    class Held(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.taken: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.taken.append(record.getMessage())
+            release.wait(30)
+
+    target = Held()
+    handler = QueuedHandler([target], maxsize=100, close_timeout=0.3)
+    for i in range(50):
+        handler.handle(_record(f"r{i}"))
+    wait_until = time.monotonic() + 5
+    while not target.taken and time.monotonic() < wait_until:
+        time.sleep(0.01)  # the feeding thread has taken the first record into the held target
+    began = time.monotonic()
+    handler.close()
+    assert time.monotonic() - began < 2.0
+    assert target.taken == ["r0"] and handler.dropped == 49  # in the target, or dropped and counted
+    release.set()
+    with pytest.raises(ConfigError, match="close_timeout must be a number"):
+        QueuedHandler([target], close_timeout="10")
 
 
 def test_factory_stream_handler_opens_at_the_first_record_and_reopens_on_demand():
