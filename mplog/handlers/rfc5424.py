@@ -172,6 +172,9 @@ class DaemonHandler(logging.Handler):
 
     def close(self) -> None:
         """Deliver what is held (bounded by ``close_timeout``); what is left is counted as dropped."""
+        if "outbox" not in vars(self):  # __init__ refused its options: nothing was started (logging.shutdown)
+            logging.Handler.close(self)
+            return
         with self.outbox.cond:
             already = self.outbox.closing
             self.outbox.closing = True
@@ -301,6 +304,6 @@ class RFC5424Handler(DaemonHandler):
     def close(self) -> None:
         """Write what is queued (bounded by ``close_timeout``), then close the connection."""
         super().close()
-        if self._udp is not None:
+        if getattr(self, "_udp", None) is not None:
             close_quietly(self._udp)
             self._udp = None

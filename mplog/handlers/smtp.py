@@ -244,6 +244,8 @@ class BatchingSMTPHandler(logging.Handler):
 
     def flush(self) -> None:
         """Ask the sender thread to mail what is buffered now (does not wait)."""
+        if "_cond" not in vars(self):  # __init__ refused its options: nothing to mail (logging.shutdown)
+            return
         with self._cond:
             if self._buffer:
                 self._urgent = True
@@ -251,6 +253,9 @@ class BatchingSMTPHandler(logging.Handler):
 
     def close(self) -> None:
         """Send what is buffered (bounded by ``close_timeout``), then stop the thread."""
+        if "_cond" not in vars(self):  # __init__ refused its options: nothing was started (logging.shutdown)
+            logging.Handler.close(self)
+            return
         with self._cond:
             if self._closing:
                 thread = None

@@ -406,3 +406,33 @@ def test_the_status_channel_refuses_oversized_and_unknown_requests_and_keeps_ans
         finally:
             ctx.term()
         assert request_stats(listener.endpoint)["received"] == 0
+
+
+@pytest.mark.parametrize(
+    ("handler", "named"),
+    [
+        ({"class": "mplog.handlers.RELPHandler", "address": ["127.0.0.1", 2514], "window": 0}, "window"),
+        ({"class": "mplog.handlers.RFC5424Handler", "address": ["127.0.0.1", 514], "facility": "local9"}, "facility"),
+        (
+            {
+                "class": "mplog.handlers.BatchingSMTPHandler",
+                "mailhost": "localhost",
+                "fromaddr": "a@example.org",
+                "toaddrs": ["b@example.org"],
+                "subject": "s",
+                "urgent_level": "LOUD",
+            },
+            "urgent_level",
+        ),
+    ],
+    ids=["relp-window", "rfc5424-facility", "smtp-urgent-level"],
+)
+def test_listen_with_a_handler_option_refused_exits_2_with_one_line_and_no_traceback_at_exit(tmp_path, handler, named):
+    # A handler whose __init__ refused an option was left half-built in logging's list, and the
+    # exit's logging.shutdown() printed a traceback from its close() after the one-line error.
+    config = tmp_path / "collector.json"
+    config.write_text(json.dumps({"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"]}}))
+    result = run_mplog("listen", "--config", str(config), "--bind", f"ipc://{tmp_path}/c.sock")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mplog: config error:") and named in lines[0], result.stderr
