@@ -274,7 +274,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_server_key_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("CURVE (overrides the config's mplog.curve section)")
+    group = parser.add_argument_group(
+        "CURVE on the bind side (mplog listen: overrides the config's mplog.curve section)"
+    )
     group.add_argument("--curve-secret-key", metavar="FILE", help="this server's NAME.key_secret (mplog keygen)")
     group.add_argument("--authorized-keys", metavar="DIR", help="directory of the client NAME.key files allowed in")
     group.add_argument(

@@ -242,5 +242,6 @@ def check_bind_address(endpoint: str, *, secure: bool, insecure_ok: bool) -> Non
     if not loopback and not secure and not insecure_ok:
         raise ConfigError(
             f"endpoint {endpoint!r} binds a non-loopback address without CURVE; "
-            "configure mplog.curve keys, or set mplog.insecure = true to accept plaintext on the network"
+            "configure mplog.curve keys, or set mplog.insecure = true to accept plaintext on the network "
+            "(on the command line: --curve-secret-key with --authorized-keys, or --insecure)"
         )

@@ -180,6 +180,12 @@ def read_key_pair(path: str | os.PathLike[str]) -> KeyPair:
         mode = stat.S_IMODE(file.stat().st_mode)
     except OSError as exc:
         raise ConfigError(f"cannot read secret key file {str(file)!r}: {exc.strerror}") from None
+    found = _parse(file) if mode & 0o077 else None  # a public key file given by mistake: say that first
+    if found is not None and "secret-key" not in found:
+        raise ConfigError(
+            f"{str(file)!r} holds no secret-key line (a public NAME.key file?); pass the NAME.key_secret file "
+            "of the pair from `mplog keygen`"
+        )
     if mode & 0o077:
         raise ConfigError(
             f"secret key file {str(file)!r} is accessible by other users (mode {mode:04o}); run: chmod 600 {file}"
@@ -267,8 +273,18 @@ def client_keys(
         pair = KeyPair(public, secret)
     public_spec = public_key or (env.get(ENV_CLIENT_KEY, "") if secret_spec else "")
     if public_spec and read_public_key(public_spec) != pair.public:
-        raise ConfigError("the client public key does not belong to the client secret key")
+        given = _named(public_spec, "curve_public_key" if public_key else ENV_CLIENT_KEY)
+        secret_from = _named(secret_spec, "curve_secret_key" if secret_key else ENV_CLIENT_SECRET_KEY)
+        raise ConfigError(
+            f"the client public key ({given}) does not belong to the client secret key ({secret_from}); "
+            "give the NAME.key of the same pair, or leave it out"
+        )
     return ClientKeys(read_public_key(server), pair)
+
+
+def _named(spec: str, source: str) -> str:
+    """Where a key came from, in words: its option or variable, and its file (never a key's text)."""
+    return f"{source}, file {spec}" if Path(spec).is_file() else f"{source}, given as text"
 
 
 # ---------------------------------------------------------------- the gatekeeper thread

@@ -227,6 +227,30 @@ def test_a_worker_secret_key_readable_by_others_fails_setup_worker(tmp_path, key
         )
 
 
+def test_a_public_key_file_given_as_the_secret_key_is_named_as_such_before_its_mode(tmp_path, keys):
+    # keygen writes NAME.key 0644: the mode error came first and pointed to chmod 600, the
+    # wrong fix (an outsider did that, then learnt the file holds no secret key).
+    with pytest.raises(mplog.ConfigError, match=r"holds no secret-key line \(a public NAME\.key file\?\)"):
+        mplog.setup_worker(
+            "tcp://127.0.0.1:9",
+            curve_server_key=str(keys["server_public"]),
+            curve_secret_key=str(keys["intruder_public"]),
+        )
+
+
+def test_a_client_public_key_of_another_pair_names_both_sources(tmp_path, keys, monkeypatch):
+    monkeypatch.setenv("MPLOG_CLIENT_KEY", str(keys["intruder_public"]))
+    with pytest.raises(mplog.ConfigError) as raised:
+        mplog.setup_worker(
+            "tcp://127.0.0.1:9", curve_server_key=str(keys["server_public"]), curve_secret_key=str(keys["good_secret"])
+        )
+    assert str(raised.value) == (
+        f"the client public key (MPLOG_CLIENT_KEY, file {keys['intruder_public']}) does not belong to the client "
+        f"secret key (curve_secret_key, file {keys['good_secret']}); give the NAME.key of the same pair, "
+        "or leave it out"
+    )
+
+
 def test_keygen_writes_the_secret_key_0600_under_a_permissive_umask(tmp_path):
     proc = subprocess.run(
         ["sh", "-c", f"umask 000 && exec {sys.executable} -m mplog keygen {tmp_path / 'keys'} alpha beta"],
