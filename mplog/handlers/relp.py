@@ -113,6 +113,7 @@ class RELPHandler(DaemonHandler):
         except (OSError, ValueError) as exc:
             self.connect_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self._unreachable(exc)
             return None
         session = RELPSession(sock)
         try:
@@ -120,9 +121,11 @@ class RELPHandler(DaemonHandler):
         except (OSError, ValueError) as exc:
             self.connect_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self._unreachable(exc)
             close_quietly(sock)
             return None
         self.sessions += 1
+        self._reached()
         return session
 
     def _serve(self, session: RELPSession) -> None:

@@ -18,10 +18,12 @@ written into it counts as delivered even if the daemon dies before reading it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from typing import Any
@@ -118,6 +120,31 @@ class DaemonHandler(logging.Handler):
         self._thread: threading.Thread | None = None
         self._close_deadline = 0.0
         self.resent = 0  # records sent again after a failure (the daemon may have some of them twice)
+        self._unreachable_since = 0.0  # time.monotonic() of the first failed attempt of an outage; 0.0: none
+
+    # ------------------------------------------------------------ an outage, said once each way
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Say on stderr, once per outage, that the daemon cannot be reached (records wait, bounded, counted)."""
+        if self._unreachable_since:
+            return
+        self._unreachable_since = time.monotonic()
+        _say(
+            f"mplog: handler {self.get_name() or type(self).__name__!r} cannot reach {_where(self.address)} "
+            f"({type(exc).__name__}: {exc}); its records wait in its buffer (max_buffer, policy "
+            f"{self.options.policy}: drops are counted in handler_drops) while it retries"
+        )
+
+    def _reached(self) -> None:
+        """Say on stderr that the daemon is reached again after an outage."""
+        if not self._unreachable_since:
+            return
+        seconds = time.monotonic() - self._unreachable_since
+        self._unreachable_since = 0.0
+        _say(
+            f"mplog: handler {self.get_name() or type(self).__name__!r} reaches {_where(self.address)} again "
+            f"after {seconds:.1f} s; {self.dropped} records dropped so far"
+        )
 
     # ------------------------------------------------------------ counters
 
@@ -278,9 +305,11 @@ class RFC5424Handler(DaemonHandler):
                     try:
                         sock = self._connect()
                         attempt = 0
-                    except (OSError, ValueError):
+                        self._reached()
+                    except (OSError, ValueError) as exc:
                         self.connect_errors += 1
                         attempt += 1
+                        self._unreachable(exc)
                         self._pause(backoff(attempt, self.options))
                         continue
                 try:
@@ -307,3 +336,14 @@ class RFC5424Handler(DaemonHandler):
         if getattr(self, "_udp", None) is not None:
             close_quietly(self._udp)
             self._udp = None
+
+
+def _where(address: Any) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(Exception):  # a closed stderr must not stop the delivering thread
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()

@@ -229,3 +229,32 @@ def test_tls_delivers_nothing_to_or_from_a_peer_that_fails_verification(tmp_path
         handler.close()
         daemon.stop()
     assert daemon.records() == []
+
+
+def test_a_daemon_that_is_down_is_said_once_on_stderr_and_so_is_its_return(tmp_path, capfd):
+    # While rsyslog was down the handler retried and held records with nothing said anywhere
+    # until its buffer dropped some (an outsider's runs); now one line when it cannot reach the
+    # daemon, one when it reaches it again, nothing counted as an error, nothing lost.
+    daemon = start_daemon(tmp_path / "rsyslog", tcp=True)
+    try:
+        config = snippet_file("rfc5424", tmp_path, port=daemon.tcp_port, transport="tcp")
+        with mplog.start_listener(config, route_parent=False) as listener:
+            join_workers(_start_rich_workers(listener.endpoint, 1, 100))
+            daemon.wait_records(100)
+            daemon.stop()
+            join_workers(_start_rich_workers(listener.endpoint, 1, 100))
+            seen: list[str] = []
+            wait_for(lambda: seen.append(capfd.readouterr().err) or "cannot reach" in "".join(seen), 30)
+            daemon.start()
+            wait_for(lambda: len(daemon.records()) >= 200, 30)
+            stats = listener.stats()
+        seen.append(capfd.readouterr().err)
+    finally:
+        daemon.stop()
+    err = "".join(seen)
+    where = f"127.0.0.1:{daemon.tcp_port}"
+    assert err.count(f"mplog: handler 'rsyslog' cannot reach {where} (") == 1, err
+    assert err.count(f"mplog: handler 'rsyslog' reaches {where} again after ") == 1, err
+    lines = [message_text(r).split("\n")[0] for r in daemon.records()]
+    assert set(check_lines(lines, {0: 100}).seen.values()) == {2}  # both runs numbered from 0: each twice
+    assert stats["handler_errors"] == {} and stats["handler_drops"] == {"rsyslog": 0}
