@@ -216,6 +216,11 @@ class Listener:
         said on the listener's stderr. Harmless to call twice (returns the same stats). The
         stats are a :class:`~mplog.listener.stats_view.ListenerStats`, as :meth:`stats` returns them.
 
+        Before the drain, this process's own handler to the listener is closed: in
+        acknowledged delivery that waits up to its ``close_timeout`` (10 s) for the
+        acknowledgement of what it sent, on top of ``timeout``, when a destination does not
+        confirm (what stays unacknowledged is said on stderr, and kept in its spool if it has one).
+
         A listener that has not stopped by ``timeout`` (a handler that never returns from
         ``emit`` or ``close``) is killed: the stats are its counts of that moment, marked
         ``killed_at_stop``, its open senders flagged as ended without a goodbye (what it still
