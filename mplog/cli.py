@@ -335,9 +335,9 @@ def _cmd_relay(args: argparse.Namespace) -> int:
     lost = ""
     if snap["unforwarded"]:
         lost = (
-            f"; {snap['unforwarded']} frames ({snap['unforwarded_bytes']} bytes) could not be passed on and are "
-            "lost (the collector shows them as gaps, or their senders as ended without a goodbye, if it ever "
-            "heard of them)"
+            f"; {snap['unforwarded_records']} records in {snap['unforwarded']} frames ({snap['unforwarded_bytes']} "
+            "bytes) could not be passed on and are lost (the collector shows them as gaps, or their senders as ended "
+            "without a goodbye, if it ever heard of them)"
         )
     print(
         f"mplog: relay stopped; forwarded {snap['frames']} frames ({snap['bytes']} bytes), "

@@ -48,7 +48,8 @@ class QueuedHandler(logging.Handler):
         handlers: names of handlers defined under ``handlers`` in the same config (or handler objects).
         maxsize: records held before new ones are dropped (and counted).
         respect_handler_level: as ``QueueListener``: each target applies its own level.
-        close_timeout: seconds :meth:`close` waits for the targets to take what is queued;
+        close_timeout: seconds :meth:`close` waits for the targets to take what is queued (5:
+            a stop's whole drain and close fit in ``Listener.stop()``'s default 10 s);
             what is still queued then is dropped and counted (a target that blocks, an SMTP
             server that never answers, would otherwise hold the listener's stop for
             ``maxsize`` times its own timeout).
@@ -59,7 +60,7 @@ class QueuedHandler(logging.Handler):
         handlers: list[str | logging.Handler],
         maxsize: int = 10_000,
         respect_handler_level: bool = True,
-        close_timeout: float = 10.0,
+        close_timeout: float = 5.0,
     ) -> None:
         if isinstance(handlers, str) or not handlers:
             raise ConfigError(f"QueuedHandler handlers must be a list of handler names, got {handlers!r}")

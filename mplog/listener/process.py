@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import sys
 import threading
@@ -55,6 +56,25 @@ def prepare_process(config: dict[str, Any], runtime: dict[str, Any], state_dir: 
     apply_nice(runtime)
     append_on_first_open(continues_earlier_run(state_dir, restarts))  # a continued run never truncates
     apply_logging_config(config)
+    if not restarts:
+        _warn_stdlib_http()
+
+
+def _warn_stdlib_http() -> None:
+    """Say on stderr which handlers are the stdlib HTTPHandler: it ignores the server's answer and has no timeout."""
+    names = [
+        handler.get_name() or "?"
+        for handler in (ref() for ref in list(getattr(logging, "_handlerList", [])))
+        if type(handler) is logging.handlers.HTTPHandler
+    ]
+    if names:
+        print(
+            f"mplog: handler {', '.join(repr(n) for n in names)} is the stdlib logging.handlers.HTTPHandler, which "
+            "counts a record the server refused (401, 500, 503) as delivered and waits for an answer without a "
+            "timeout (a stop then gives up on it); use mplog.handlers.HTTPHandler with a timeout (docs/handlers.md)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def build_receiver(endpoint: str, runtime: dict[str, Any]) -> Receiver:

@@ -16,6 +16,7 @@ from typing import Any
 
 from mplog.transports import TransportOptions
 from mplog.transports.zeromq import ZmqReceiver, ZmqSender
+from mplog.wire import read_envelope
 
 __all__ = ["Relay"]
 
@@ -49,6 +50,7 @@ class Relay:
         self.waits = 0  # times the collector could not take a frame at once
         self.unforwarded = 0  # frames read but never passed on, counted at close (lost: see close())
         self.unforwarded_bytes = 0
+        self.unforwarded_records = 0  # their records, by their envelopes
         self.refusal: str | None = None  # the collector's refusal of the relay's handshake, said once
         self._held: bytes | None = None
         self._closed = False
@@ -95,22 +97,33 @@ class Relay:
             if self._held is not None:
                 self._forward(0.05)
 
-    def _count_unforwarded(self, seconds: float = 0.5) -> None:
-        """Count the frames in hand and in the receive queue, which close() loses (at most ``seconds`` reading).
+    def _count_unforwarded(self, seconds: float = 2.0, quiet: float = 0.1) -> None:
+        """Count the frames (and their records) in hand and still arriving, which close() loses.
 
-        They never reach the collector, which may never have heard of their senders (a relay
-        whose handshake it refused): the relay's stop line is where that loss shows.
+        Reads until nothing arrives for ``quiet`` seconds, at most ``seconds`` in all: ZeroMQ
+        queues only a few frames per connection (``RCVHWM``), the rest waits in the kernels,
+        so a bare look at the queue sees a fraction. They never reach the collector, which may
+        never have heard of their senders (a relay whose handshake it refused): the relay's
+        stop line is where that loss shows. Records come from each frame's envelope; a frame
+        whose envelope does not read counts as a frame only.
         """
         if self._held is not None:
-            self.unforwarded, self.unforwarded_bytes = 1, len(self._held)
+            self._note_unforwarded(self._held)
             self._held = None
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            received = self.receiver.recv(0)
+        while (left := deadline - time.monotonic()) > 0:
+            received = self.receiver.recv(min(quiet, left))
             if received is None:
                 break
-            self.unforwarded += 1
-            self.unforwarded_bytes += len(received[0])
+            self._note_unforwarded(received[0])
+
+    def _note_unforwarded(self, frame: bytes) -> None:
+        self.unforwarded += 1
+        self.unforwarded_bytes += len(frame)
+        try:
+            self.unforwarded_records += read_envelope(frame).records
+        except ValueError:
+            pass
 
     def snapshot(self) -> dict[str, Any]:
         """Frames and bytes forwarded, frames in hand, and the bind side's connection counts."""
@@ -123,6 +136,7 @@ class Relay:
             "held": int(self._held is not None),
             "unforwarded": self.unforwarded,
             "unforwarded_bytes": self.unforwarded_bytes,
+            "unforwarded_records": self.unforwarded_records,
             "connections": connections,
             "refused": sum(n for key, n in connections.items() if key.startswith("refused_")),
         }

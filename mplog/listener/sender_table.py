@@ -114,6 +114,9 @@ class SenderTable:
         # oldest fold first; bounded by DORMANT_PER_SLOT * max_senders.
         self._dormant: dict[str, tuple[int, int, bool, bytes]] = {}
         self._dormant_open = 0  # of those, senders that had not said goodbye
+        # Folded senders' gap ranges (SenderStats.missing), so that a late frame is booked the
+        # same whether its sender was folded meanwhile or not; forgotten with their places.
+        self._dormant_missing: dict[str, list[tuple[int, int]]] = {}
         # Called with the key of a folded sender whose place is forgotten: the acknowledging
         # listener drops its persisted mark (mplog.listener.ack_loop.MarksFile).
         self.on_forget: Callable[[str], None] | None = None
@@ -140,6 +143,7 @@ class SenderTable:
             self.owners[key] = owner
         back = self.add(key, sender, peer_key, room=room)
         back.next_seq, back.dropped, back.closed = next_seq, dropped, closed
+        back.missing = self._dormant_missing.pop(key, None)
         return back
 
     def add(self, key: str, sender: Sender, peer_key: str, *, room: bool = True) -> SenderStats:
@@ -236,6 +240,8 @@ class SenderTable:
             self._dormant_open -= not older[2]
         self._dormant[key] = (sender.next_seq, sender.dropped, sender.closed, self.owners.pop(key, b""))
         self._dormant_open += not sender.closed
+        if sender.missing:
+            self._dormant_missing[key] = sender.missing
         if self.on_fold is not None:
             self.on_fold(key, sender, folded["senders"])
         if forget:
@@ -248,6 +254,7 @@ class SenderTable:
         while len(self._dormant) > limit:
             oldest = next(iter(self._dormant))
             self._dormant_open -= not self._dormant.pop(oldest)[2]
+            self._dormant_missing.pop(oldest, None)
             folded["forgotten"] += 1
             if self.on_forget is not None:
                 self.on_forget(oldest)

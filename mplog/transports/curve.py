@@ -279,7 +279,13 @@ def client_keys(
             f"the client public key ({given}) does not belong to the client secret key ({secret_from}); "
             "give the NAME.key of the same pair, or leave it out"
         )
-    return ClientKeys(read_public_key(server), pair)
+    server_public = read_public_key(server)
+    if server_public == pair.public:  # e.g. this worker's own .key_secret given as the server key
+        given = _named(server, "curve_server_key" if server_key else ENV_SERVER_KEY)
+        raise ConfigError(
+            f"the server key ({given}) is this client's own public key; give the collector's public NAME.key"
+        )
+    return ClientKeys(server_public, pair)
 
 
 def _named(spec: str, source: str) -> str:

@@ -71,8 +71,8 @@ class BatchingHandler(logging.Handler):
     """Batches encoded records for the listener at ``endpoint``; MplogHandler adds the logging call."""
 
     def __init__(self, endpoint: str, options: WorkerOptions | None = None) -> None:
+        transport_of(endpoint)  # validates the scheme, before Handler.__init__ registers this handler for exit
         super().__init__()
-        transport_of(endpoint)  # validates the scheme
         self.endpoint = endpoint
         self.options = options or WorkerOptions()
         try:

@@ -424,8 +424,9 @@ def test_the_status_channel_refuses_oversized_and_unknown_requests_and_keeps_ans
             },
             "urgent_level",
         ),
+        ({"class": "mplog.handlers.ForwardHandler", "endpoint": "127.0.0.1:5140"}, "127.0.0.1:5140"),
     ],
-    ids=["relp-window", "rfc5424-facility", "smtp-urgent-level"],
+    ids=["relp-window", "rfc5424-facility", "smtp-urgent-level", "forward-endpoint"],
 )
 def test_listen_with_a_handler_option_refused_exits_2_with_one_line_and_no_traceback_at_exit(tmp_path, handler, named):
     # A handler whose __init__ refused an option was left half-built in logging's list, and the

@@ -251,6 +251,17 @@ def test_a_client_public_key_of_another_pair_names_both_sources(tmp_path, keys, 
     )
 
 
+def test_a_worker_given_its_own_secret_key_file_as_the_server_key_is_told_so(tmp_path, keys):
+    with pytest.raises(mplog.ConfigError) as raised:
+        mplog.setup_worker(
+            "tcp://127.0.0.1:9", curve_server_key=str(keys["good_secret"]), curve_secret_key=str(keys["good_secret"])
+        )
+    assert str(raised.value) == (
+        f"the server key (curve_server_key, file {keys['good_secret']}) is this client's own public key; "
+        "give the collector's public NAME.key"
+    )
+
+
 def test_keygen_writes_the_secret_key_0600_under_a_permissive_umask(tmp_path):
     proc = subprocess.run(
         ["sh", "-c", f"umask 000 && exec {sys.executable} -m mplog keygen {tmp_path / 'keys'} alpha beta"],

@@ -288,10 +288,13 @@ def test_a_relay_whose_key_the_collector_refuses_says_so_and_counts_what_it_coul
     assert stats["received"] == 0 and not stats["senders"]
     stop = lines[-1]
     found = re.fullmatch(
-        r"mplog: relay stopped; forwarded 0 frames \(0 bytes\), refused 0 connections; (\d+) frames \(\d+ bytes\) "
-        r"could not be passed on and are lost \(the collector shows them as gaps, or their senders as ended "
-        r"without a goodbye, if it ever heard of them\)",
+        r"mplog: relay stopped; forwarded 0 frames \(0 bytes\), refused 0 connections; (\d+) records in (\d+) "
+        r"frames \(\d+ bytes\) could not be passed on and are lost \(the collector shows them as gaps, or their "
+        r"senders as ended without a goodbye, if it ever heard of them\)",
         stop,
     )
     assert found, stop
-    assert int(found[1]) >= 2  # the worker's batches and its goodbye
+    # Every record the worker handed over, counted once: what the relay held, queued, and what
+    # still waited in the kernels (an outsider's relay counted 8 of 34 frames when it only
+    # looked at its queue).
+    assert int(found[1]) == 2000 and int(found[2]) >= 2  # the worker's batches and its goodbye

@@ -51,3 +51,14 @@ def test_records_the_server_refuses_count_as_errors_of_the_handler(tmp_path, htt
     assert len(http_sink.requests) == workers * per_worker - refused
     assert stats["handler_errors"] == {"http": refused}  # every refused record counted, nothing else
     assert stats["received"] == workers * per_worker
+
+
+def test_the_stdlib_http_handler_is_named_at_start_with_what_it_cannot_do(tmp_path, http_sink, capfd):
+    stdlib = {"class": "logging.handlers.HTTPHandler", "host": f"127.0.0.1:{http_sink.port}", "url": "/log"}
+    ours = {**stdlib, "class": "mplog.handlers.HTTPHandler", "timeout": 5.0}
+    config = {"version": 1, "handlers": {"plain": stdlib, "ours": ours}, "root": {"handlers": ["plain", "ours"]}}
+    with mplog.start_listener(config, route_parent=False):
+        pass
+    err = capfd.readouterr().err
+    assert err.count("is the stdlib logging.handlers.HTTPHandler") == 1, err
+    assert "mplog: handler 'plain' is the stdlib logging.handlers.HTTPHandler, which counts a record the server " in err
