@@ -55,6 +55,8 @@ class QueuedHandler(logging.Handler):
             ``maxsize`` times its own timeout).
     """
 
+    check_builds = True  # building opens nothing: mplog check builds and closes it (listener.handler_check)
+
     def __init__(
         self,
         handlers: list[str | logging.Handler],

@@ -105,6 +105,8 @@ class DaemonHandler(logging.Handler):
     say what "confirmed" means for :meth:`wait_confirmed`.
     """
 
+    check_builds = True  # building opens nothing: mplog check builds and closes it (listener.handler_check)
+
     wants_positions = True  # the listener sets mplog_sender and mplog_seq on each record (mplog.listener.dispatch)
     thread_name = "mplog-daemon"
 

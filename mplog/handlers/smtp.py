@@ -85,6 +85,8 @@ class BatchingSMTPHandler(logging.Handler):
         **options: fields of :class:`SMTPBatchOptions` (levels by name or number).
     """
 
+    check_builds = True  # building opens nothing: mplog check builds and closes it (listener.handler_check)
+
     def __init__(  # mirrors logging.handlers.SMTPHandler's positional arguments
         self,
         mailhost: str | tuple[str, int] | list[Any],

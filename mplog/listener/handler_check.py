@@ -3,9 +3,12 @@
 ``mplog check`` must catch what would stop ``mplog listen`` at start-up -- a handler
 given an argument its class does not take (``maxBytes`` on a ``FileHandler``), a log file
 in a directory that does not exist -- and must not create log files or open sockets
-while doing so. So no handler is built: each handler's arguments are bound to its
+while doing so. So handlers are not built: each handler's arguments are bound to its
 constructor's signature, as ``logging.config.dictConfig`` would pass them, and the
-file of a file handler is checked with ``stat`` and ``access`` only.
+file of a file handler is checked with ``stat`` and ``access`` only. The exception: a
+class that says building it opens nothing (``check_builds = True``: mplog's handlers that
+connect or start a thread only at their first record) is built and closed, so that its
+own checks of its options run.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def check_handlers(config: dict[str, Any]) -> None:
         bound = _bind(name, factory, arguments)
         if bound is not None and isinstance(factory, type) and issubclass(factory, logging.FileHandler):
             _check_file(name, bound.get("filename"))
+        if bound is not None and getattr(factory, "check_builds", False):
+            _build_and_close(name, factory, arguments)
 
 
 def _factory(resolver: logging.config.BaseConfigurator, spec: dict[str, Any]) -> Callable[..., Any] | None:
@@ -83,6 +88,19 @@ def _bind(name: str, factory: Callable[..., Any], arguments: dict[str, Any]) -> 
             f"handlers.{name}: {what} cannot be built with these arguments: {exc}; "
             f"remove or rename the argument (its arguments are: {_parameters(signature)})"
         ) from None
+
+
+def _build_and_close(name: str, factory: Callable[..., Any], arguments: dict[str, Any]) -> None:
+    """Build a handler whose class says building it opens nothing (``check_builds``), then close it.
+
+    Its options are checked where it checks them, by its own code: a misspelt option, a
+    value out of range (mplog's RFC5424Handler, RELPHandler, BatchingSMTPHandler, QueuedHandler).
+    """
+    try:
+        handler = factory(**arguments)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise ConfigError(f"handlers.{name}: {exc}") from None
+    handler.close()
 
 
 def _parameters(signature: inspect.Signature) -> str:

@@ -437,3 +437,36 @@ def test_listen_with_a_handler_option_refused_exits_2_with_one_line_and_no_trace
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("mplog: config error:") and named in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("handler", "named"),
+    [
+        ({"class": "mplog.handlers.RELPHandler", "address": ["127.0.0.1", 2514], "windw": 10}, "'windw'"),
+        ({"class": "mplog.handlers.RELPHandler", "address": ["127.0.0.1", 2514], "window": 0}, "window"),
+        ({"class": "mplog.handlers.RFC5424Handler", "address": ["127.0.0.1", 514], "transport": "relp"}, "transport"),
+        ({"class": "mplog.handlers.RFC5424Handler", "address": ["127.0.0.1", 514], "policy": "drop"}, "policy"),
+        (
+            {
+                "class": "mplog.handlers.BatchingSMTPHandler",
+                "mailhost": "localhost",
+                "fromaddr": "a@example.org",
+                "toaddrs": ["b@example.org"],
+                "subject": "s",
+                "interval": "30s",
+            },
+            "interval",
+        ),
+        ({"class": "mplog.handlers.QueuedHandler", "handlers": ["x"], "maxsize": 0}, "maxsize"),
+    ],
+    ids=["relp-misspelt", "relp-window", "rfc5424-transport", "rfc5424-policy", "smtp-interval", "queued-maxsize"],
+)
+def test_check_refuses_what_the_listener_would_refuse_in_mplog_handlers_options(tmp_path, handler, named):
+    # mplog check said OK to these and mplog listen then exited 2 (an outsider's run): check now
+    # builds (and closes) mplog's handlers that open nothing until their first record.
+    config = tmp_path / "collector.json"
+    config.write_text(json.dumps({"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"]}}))
+    result = run_mplog("check", str(config))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("mplog: config error: handlers.h: ") and named in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
