@@ -50,6 +50,9 @@ _BATCH_BYTES = 256 * 1024
 def parse_address(owner: str, address: Any, default_port: int) -> tuple[str, int]:
     """``[host, port]``, ``(host, port)`` or ``"host"`` as a (host, port) pair."""
     if isinstance(address, str):
+        host, colon, port = address.rpartition(":")
+        if colon and port.isdigit() and ":" not in host:  # "host:514" would be looked up as a host name
+            raise ConfigError(f"{owner} address {address!r} names a port: write it as [{host!r}, {port}]")
         return address, default_port
     if isinstance(address, (list, tuple)) and len(address) == 2:
         host, port = address

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mplog.exceptions import ConfigError
+from mplog.handlers.queued import QueuedHandler
 
 __all__ = ["check_handlers"]
 
@@ -50,6 +51,14 @@ def check_handlers(config: dict[str, Any]) -> None:
             _check_file(name, bound.get("filename"))
         if bound is not None and getattr(factory, "check_builds", False):
             _build_and_close(name, factory, arguments)
+        if factory is QueuedHandler:  # it resolves its targets when the listener starts: check them here
+            defined = config.get("handlers") or {}
+            for target in arguments.get("handlers") or ():
+                if isinstance(target, str) and target not in defined:
+                    raise ConfigError(
+                        f"handlers.{name}.handlers names {target!r}, which is not defined under 'handlers'; "
+                        f"define it or fix the name (defined: {', '.join(sorted(defined))})"
+                    )
 
 
 def _factory(resolver: logging.config.BaseConfigurator, spec: dict[str, Any]) -> Callable[..., Any] | None:

@@ -26,7 +26,7 @@ import threading
 from typing import Any
 
 from mplog.exceptions import ConfigError
-from mplog.handlers.queued import start_queue_listeners, stop_queue_listeners
+from mplog.handlers.queued import QueuedHandler, start_queue_listeners, stop_queue_listeners
 from mplog.listener.continuation import append_on_first_open, continues_earlier_run
 from mplog.listener.control_pipe import ControlPipe
 from mplog.listener.loop import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
@@ -56,8 +56,20 @@ def prepare_process(config: dict[str, Any], runtime: dict[str, Any], state_dir: 
     apply_nice(runtime)
     append_on_first_open(continues_earlier_run(state_dir, restarts))  # a continued run never truncates
     apply_logging_config(config)
+    _resolve_queued_targets()
     if not restarts:
         _warn_stdlib_http()
+
+
+def _resolve_queued_targets() -> None:
+    """Resolve every QueuedHandler's target names now (a missing one: ConfigError at start, not per record)."""
+    for ref in list(getattr(logging, "_handlerList", [])):
+        handler = ref()
+        if isinstance(handler, QueuedHandler) and handler.listener is None:
+            try:
+                handler.start()
+            except ConfigError as exc:
+                raise ConfigError(f"handlers.{handler.get_name() or '?'}: {exc}") from None
 
 
 def _warn_stdlib_http() -> None:

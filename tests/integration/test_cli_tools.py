@@ -457,16 +457,31 @@ def test_listen_with_a_handler_option_refused_exits_2_with_one_line_and_no_trace
             },
             "interval",
         ),
-        ({"class": "mplog.handlers.QueuedHandler", "handlers": ["x"], "maxsize": 0}, "maxsize"),
+        ({"class": "mplog.handlers.QueuedHandler", "handlers": ["h"], "maxsize": 0}, "maxsize"),
+        ({"class": "mplog.handlers.QueuedHandler", "handlers": ["nope"]}, "'nope'"),
+        ({"class": "mplog.handlers.RFC5424Handler", "address": "127.0.0.1:514"}, "['127.0.0.1', 514]"),
     ],
-    ids=["relp-misspelt", "relp-window", "rfc5424-transport", "rfc5424-policy", "smtp-interval", "queued-maxsize"],
+    ids=[
+        "relp-misspelt",
+        "relp-window",
+        "rfc5424-transport",
+        "rfc5424-policy",
+        "smtp-interval",
+        "queued-maxsize",
+        "queued-target",
+        "rfc5424-host-port",
+    ],
 )
 def test_check_refuses_what_the_listener_would_refuse_in_mplog_handlers_options(tmp_path, handler, named):
-    # mplog check said OK to these and mplog listen then exited 2 (an outsider's run): check now
-    # builds (and closes) mplog's handlers that open nothing until their first record.
+    # mplog check said OK to these and mplog listen then exited 2, or (a QueuedHandler's unknown
+    # target, a "host:port" address) started and failed every record (an outsider's runs):
+    # check now builds (and closes) mplog's handlers that open nothing until their first
+    # record, and checks a QueuedHandler's target names; the listener refuses both at start.
     config = tmp_path / "collector.json"
     config.write_text(json.dumps({"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"]}}))
     result = run_mplog("check", str(config))
     assert result.returncode == 2, result.stdout
-    assert result.stderr.startswith("mplog: config error: handlers.h: ") and named in result.stderr, result.stderr
+    assert result.stderr.startswith("mplog: config error: handlers.h") and named in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1
+    listen = run_mplog("listen", "--config", str(config), "--bind", f"ipc://{tmp_path}/c.sock")
+    assert listen.returncode == 2 and named in listen.stderr and len(listen.stderr.splitlines()) == 1, listen.stderr
