@@ -328,6 +328,8 @@ class Server:
         self.drain(quiet_for=0.0 if quiet_since is None else time.monotonic() - quiet_since)
         if ends is not None:  # while the receiver is still open: the final stats name them too
             self._note_connection_ends(ends)
+        if self.count_unwritten_at_stop:  # not in ack mode: there, unacknowledged frames stay with their workers
+            self.stats.flag_open_at_stop()
 
     def _note_connection_ends(self, ends: Callable[[], int]) -> None:
         """Flag the open senders whose connection ended, if one ended since the last look (mplog.listener.stats)."""

@@ -32,6 +32,10 @@ PROCESS_GONE = "process gone"  # SenderStats.unclosed: its process (on this host
 SILENT = "silent"  # SenderStats.unclosed: nothing from it for SILENT_AFTER seconds (a sender on another host)
 UNWRITTEN_AT_STOP = "unwritten_at_stop"  # Stats.reject reason: a valid frame a stop's drain had no time to write
 CONNECTION_ENDED = "connection ended"  # SenderStats.unclosed: its connection (mp://, the ack ROUTER) ended
+# SenderStats.unclosed: still open when this listener stopped; what it sent after the stop's
+# drain is lost with the listener's socket (uncounted), so its end is possible loss.
+OPEN_AT_STOP = "open at stop"
+_STICKY = (CONNECTION_ENDED, OPEN_AT_STOP)  # kept until the sender sends again or its process is gone
 SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
 # Gap ranges kept per sender for frames that arrive late (a connection dropped and made again
@@ -122,6 +126,8 @@ class Stats:
             table.owners[key] = origin.connection
             if sender.unclosed == CONNECTION_ENDED:  # back on a new connection (the check only when flagged)
                 sender.unclosed = ""
+        if sender.unclosed == OPEN_AT_STOP:  # it sends to a restarted listener: its end is ahead again
+            sender.unclosed = ""
         self.booked_key, self.booked = key, sender
         return sender
 
@@ -359,12 +365,27 @@ class Stats:
         with self._lock:
             return self._apply_end_verdicts(verdicts)
 
+    def flag_open_at_stop(self) -> int:
+        """Flag every sender still open when the stop's drain ended (``unclosed = "open at stop"``); return how many.
+
+        A sender that is still running may hand frames to its socket after the drain: they
+        are lost with the listener's socket and no gap will count them, so its end is
+        possible loss, as a sender whose process is gone.
+        """
+        with self._lock:
+            flagged = 0
+            for sender in self.senders.values():
+                if not sender.closed and not sender.unclosed:
+                    sender.unclosed = OPEN_AT_STOP
+                    flagged += 1
+            return flagged
+
     def _apply_end_verdicts(self, verdicts: dict[str, str]) -> int:
         """Set each sender's ``unclosed`` from ``verdicts``; return how many open senders are flagged (lock held)."""
         for key, verdict in verdicts.items():
             sender = self.senders.get(key)
-            # "connection ended" stays until the sender sends again, unless its process is gone.
-            if sender is not None and (sender.unclosed != CONNECTION_ENDED or verdict == PROCESS_GONE):
+            # "connection ended" and "open at stop" stay until the sender sends again, unless its process is gone.
+            if sender is not None and (sender.unclosed not in _STICKY or verdict == PROCESS_GONE):
                 sender.unclosed = verdict
         flagged = 0
         for sender in self.senders.values():

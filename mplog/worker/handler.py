@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 from mplog.delivery import ACK_CLOSE_TIMEOUT
-from mplog.exceptions import ConfigError
+from mplog.exceptions import ConfigError, report
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire.columns import PACKED, PACKED_PAD, ROW
 from mplog.wire.encode import encode_record, plain_fields
@@ -135,6 +135,18 @@ class MplogHandler(BatchingHandler):
         """Append ``record`` to the pending batch (sending the batch when it is due); never raises."""
         self._ship(record)
 
+    def _after_close(self) -> None:
+        """A record logged after close(): dropped, counted here, and said once (it never reaches the listener)."""
+        self._dropped += 1
+        if not self._late_said:
+            self._late_said = True
+            report(
+                f"mplog: a record was logged after this process's mplog handler closed (pid {os.getpid()}): it "
+                "and any after it are lost, counted only in this process's handler.counters['dropped'] (an "
+                "atexit hook registered before mplog was imported, or logging after logging.shutdown(); see "
+                "docs/pools-and-executors.md)"
+            )
+
     def _ship(self, record: logging.LogRecord) -> None:
         # A common record's fields are added to the pending batch as they are and packed
         # with the rest of it at flush (one call per column, see mplog.wire.columns); any
@@ -164,7 +176,7 @@ class MplogHandler(BatchingHandler):
             self._owner = me
             try:
                 if self._closed:
-                    self._dropped += 1
+                    self._after_close()
                     return
                 pending = self._pending
                 pending.extend(item)
@@ -218,7 +230,30 @@ def _install_exit_hooks() -> None:
     # multiprocessing children end with os._exit() after running these finalizers
     # (atexit does not run there); the registry is cleared at each child's start,
     # which is why this runs again on the first record of every new process.
-    multiprocessing.util.Finalize(None, _close_all, exitpriority=-100)
+    multiprocessing.util.Finalize(None, _close_at_finalizers, exitpriority=-100)
+
+
+def _close_at_finalizers() -> None:
+    """multiprocessing's finalizers: close, unless atexit still runs in this process (a spawned child).
+
+    A spawned child runs its finalizers, then ``sys.exit()``, which runs atexit: the
+    program's own atexit hooks (registered after mplog was imported) run before mplog's, and
+    may log; closing here would drop what they log (an outsider: every record logged from a
+    spawned child's atexit hook lost). Forked and forkserver children end with
+    ``os._exit()`` after the finalizers, so they close here.
+    """
+    if not _atexit_runs_later():
+        _close_all()
+
+
+def _atexit_runs_later() -> bool:
+    """True inside ``multiprocessing.spawn.spawn_main``, which calls ``sys.exit()`` once the child's work returns."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "spawn_main" and frame.f_globals.get("__name__") == "multiprocessing.spawn":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _after_fork_in_child() -> None:

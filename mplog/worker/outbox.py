@@ -133,6 +133,7 @@ class BatchingHandler(logging.Handler):
         self._closing = False  # close() has begun: it writes the stderr lines itself, in order
         self._closed = False
         self._refusal_said = False
+        self._late_said = False  # a record after close() said once on stderr (MplogHandler._ship)
         # Last: every other piece of state exists even when these raise (a bad key file).
         self._identity = _Identity()
         self._transport: Sender = self._open_transport()
