@@ -50,6 +50,10 @@ DISPATCH_ERROR = "(dispatch)"  # handler_errors key for an exception raised outs
 # Frames refused whole for being too large, charged to the sender their envelope names.
 _CHARGED = frozenset(("oversized", "over_limit"))
 _ENDS_EVERY = 1024  # frames between two looks for ended connections while frames keep coming
+# The socket monitor may report a connection's end before the socket has let go of it (the
+# ROUTER still accepts a send to its routing id), so after the count moves the open senders'
+# connections are looked at again, every _ENDS_RECHECK seconds for _ENDS_WINDOW seconds.
+_ENDS_RECHECK, _ENDS_WINDOW = 0.2, 3.0
 _UNWRITTEN_COUNT_TIME = 0.5  # seconds a drain that ran out of time spends counting what is still queued
 
 
@@ -95,6 +99,8 @@ class Server:
         # listener killed mid-stream is continued exactly (listener.progress; set by listener.process.resume).
         self.progress: ProgressFile | None = None
         self._ends_seen = 0  # the receiver's connection_ends() when last looked at
+        self._ends_until = 0.0  # looked at again until then (time.monotonic()), _ENDS_RECHECK apart
+        self._ends_next = 0.0
 
     # ------------------------------------------------------------ one frame
 
@@ -333,10 +339,14 @@ class Server:
 
     def _note_connection_ends(self, ends: Callable[[], int]) -> None:
         """Flag the open senders whose connection ended, if one ended since the last look (mplog.listener.stats)."""
-        count = ends()
+        count, now = ends(), time.monotonic()
         if count != self._ends_seen:
             self._ends_seen = count
-            self.stats.note_connection_ends(self.receiver.connected)
+            self._ends_until = now + _ENDS_WINDOW
+        elif now >= self._ends_until or now < self._ends_next:
+            return
+        self._ends_next = now + _ENDS_RECHECK
+        self.stats.note_connection_ends(self.receiver.connected)
 
     def _may_hold(self, data: bytes, watch: WorkerWatch) -> bool:
         head = _envelope(data)

@@ -303,3 +303,33 @@ def test_a_sender_belongs_to_its_connection_until_that_connection_no_longer_hold
     assert asked[0] == (b"c1", "host-a", 100)
     assert stats.accept(frame(B, 0, 1)) == 0  # a transport without connections (PULL) binds nothing
     assert stats.accept(frame(B, 1, 1), Origin(b"c9", "")) == 0
+
+
+def test_an_ended_connection_the_socket_still_holds_for_a_moment_is_looked_at_again(monkeypatch):
+    # The socket monitor counted the end before the ROUTER let go of the connection: the one
+    # look then found it connected, and the sender was never flagged (a full run under load:
+    # the ack case of test_unclosed_senders timed out waiting for the flag).
+    from mplog.listener import loop
+    from mplog.listener.loop import Server
+    from mplog.listener.stats import CONNECTION_ENDED
+
+    class Receiver:
+        ended = 0
+        answers = [True, False]  # still held at the first look, gone at the next
+
+        def connection_ends(self) -> int:
+            return self.ended
+
+        def connected(self, connection: bytes) -> bool:
+            return self.answers.pop(0) if self.answers else False
+
+    receiver = Receiver()
+    server = Server(receiver)  # type: ignore[arg-type]  # only the connection-end looks are used
+    server.stats.accept(frame(A, 0, 2), Origin(connection=b"conn-1", peer_key=""))
+    receiver.ended = 1
+    server._note_connection_ends(receiver.connection_ends)
+    assert server.stats.senders[A.key].unclosed == ""  # still held by the socket
+    monkeypatch.setattr(loop, "_ENDS_RECHECK", 0.0, raising=False)
+    server._ends_next = 0.0  # the next look is due now
+    server._note_connection_ends(receiver.connection_ends)
+    assert server.stats.senders[A.key].unclosed == CONNECTION_ENDED
