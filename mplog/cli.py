@@ -248,7 +248,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from mplog.exceptions import ListenerError
     from mplog.listener.status_channel import format_status, request_stats
 
-    endpoint = args.endpoint or os.environ.get(ENV_BIND) or default_collector_endpoint()
+    # $MPLOG_ENDPOINT too: inside a program that started its own listener (start_listener()
+    # exports it to its workers) the collector's socket is not the listener to ask.
+    endpoint = (
+        args.endpoint or os.environ.get(ENV_BIND) or os.environ.get("MPLOG_ENDPOINT") or default_collector_endpoint()
+    )
     try:
         stats = request_stats(endpoint, args.timeout, control=args.control or os.environ.get(ENV_CONTROL))
     except ListenerError as exc:
@@ -391,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     status = commands.add_parser("status", help="ask a running listener for its stats: a table per sender")
-    status.add_argument("endpoint", nargs="?", help="the listener's endpoint; default $MPLOG_BIND or the collector's")
+    status.add_argument(
+        "endpoint", nargs="?", help="the listener's endpoint; default $MPLOG_BIND, $MPLOG_ENDPOINT or the collector's"
+    )
     status.add_argument("--control", help="the status-channel endpoint, when not the one next to ENDPOINT")
     status.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer (default 2)")
     status.add_argument("--json", action="store_true", help="print the raw stats as JSON")

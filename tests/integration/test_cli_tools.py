@@ -485,3 +485,12 @@ def test_check_refuses_what_the_listener_would_refuse_in_mplog_handlers_options(
     assert len(result.stderr.splitlines()) == 1
     listen = run_mplog("listen", "--config", str(config), "--bind", f"ipc://{tmp_path}/c.sock")
     assert listen.returncode == 2 and named in listen.stderr and len(listen.stderr.splitlines()) == 1, listen.stderr
+
+
+def test_status_without_an_endpoint_asks_the_listener_named_by_MPLOG_ENDPOINT(tmp_path):
+    # Inside a program that started its own listener (start_listener() exports MPLOG_ENDPOINT to
+    # its workers), plain `mplog status` asked the per-user collector and found nothing.
+    with mplog.start_listener(file_config(tmp_path / "out.log"), route_parent=False, export_env=False) as listener:
+        result = run_mplog("status", env=_env(MPLOG_ENDPOINT=listener.endpoint))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"listener pid {listener.pid} at {listener.endpoint}: up ")
