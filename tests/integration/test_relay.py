@@ -195,12 +195,17 @@ def test_workers_behind_relays_reach_a_curve_collector_with_identity_sequence_an
     assert "forwarded" in edge_err
 
 
-@pytest.mark.timeout(60)
-def test_a_relay_holds_frames_while_the_collector_is_absent_and_delivers_them_when_it_binds(tmp_path, relays):
+def _unbound_endpoint() -> str:
+    """A loopback tcp:// endpoint where nothing listens yet (a collector that binds later)."""
     probe = zmq.Context.instance().socket(zmq.PULL)
     port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(0)
-    collector_endpoint = f"tcp://127.0.0.1:{port}"
+    return f"tcp://127.0.0.1:{port}"
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_holds_frames_while_the_collector_is_absent_and_delivers_them_when_it_binds(tmp_path, relays):
+    collector_endpoint = _unbound_endpoint()
     relay = relays(collector_endpoint)
     try:
         worker = start_worker(relay.endpoint, 0, 3000)
@@ -224,10 +229,7 @@ def test_workers_that_log_through_a_relay_while_the_collector_is_absent_for_seco
     # keep their receive windows shut for as long: backpressure, which must not cost a
     # connection (an outsider lost 14,535 of 30,000 records this way with a collector that
     # started 10 s after the workers, when TCP_MAXRT dropped a window shut for 3 s).
-    probe = zmq.Context.instance().socket(zmq.PULL)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(0)
-    collector_endpoint = f"tcp://127.0.0.1:{port}"
+    collector_endpoint = _unbound_endpoint()
     relay = relays(collector_endpoint)
     count = 40_000  # over about 8 s: more than the relay and the kernels hold while the collector is away
     try:

@@ -110,6 +110,13 @@ def collector_config(tmp_path: Path, secure: bool, flag: Path | None = None) -> 
 
 _started: list[subprocess.Popen] = []
 
+# Plaintext and CURVE with the default (no TCP_MAXRT), and plaintext with stall_timeout = 3 s.
+SECURE_OR_STALL_TIMEOUT = pytest.mark.parametrize(
+    ("secure", "stall_timeout"),
+    [(False, 0.0), (True, 0.0), (False, 3.0)],
+    ids=["plaintext", "curve", "stall-timeout-3s"],
+)
+
 
 @pytest.fixture(autouse=True)
 def _no_worker_left_behind():
@@ -187,11 +194,7 @@ def quiet(listener: mplog.Listener, seconds: float = 5.0) -> dict | None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.usefixtures("handlers_importable")
-@pytest.mark.parametrize(
-    ("secure", "stall_timeout"),
-    [(False, 0.0), (True, 0.0), (False, 3.0)],
-    ids=["plaintext", "curve", "stall-timeout-3s"],
-)
+@SECURE_OR_STALL_TIMEOUT
 def test_workers_that_close_while_a_slow_collector_has_not_read_their_tail_lose_nothing(
     tmp_path, secure, stall_timeout
 ):
@@ -249,11 +252,7 @@ def test_workers_that_close_while_their_collector_is_stopped_are_delivered_when_
 
 @pytest.mark.timeout(120)
 @pytest.mark.usefixtures("handlers_importable")
-@pytest.mark.parametrize(
-    ("secure", "stall_timeout"),
-    [(False, 0.0), (True, 0.0), (False, 3.0)],
-    ids=["plaintext", "curve", "stall-timeout-3s"],
-)
+@SECURE_OR_STALL_TIMEOUT
 def test_workers_that_keep_their_connection_while_their_collector_is_stopped_for_seconds_lose_nothing(
     tmp_path, secure, stall_timeout
 ):
