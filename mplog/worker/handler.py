@@ -246,12 +246,24 @@ def _close_at_finalizers() -> None:
         _close_all()
 
 
+# How a multiprocessing child ends once its work returns, by the nearest entry point on its
+# stack: a spawned child through sys.exit() (atexit runs), a forked or forkserver child
+# through os._exit() (it does not). Nearest, because a child forked from a spawned process
+# carries its parent's frames, spawn_main among them, under its own _launch.
+_ENDS_THROUGH_SYS_EXIT = {
+    ("multiprocessing.spawn", "spawn_main"): True,
+    ("multiprocessing.popen_fork", "_launch"): False,
+    ("multiprocessing.forkserver", "_serve_one"): False,
+}
+
+
 def _atexit_runs_later() -> bool:
-    """True inside ``multiprocessing.spawn.spawn_main``, which calls ``sys.exit()`` once the child's work returns."""
+    """True in a spawned multiprocessing child, whose ``spawn_main`` calls ``sys.exit()`` after the finalizers."""
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
-        if frame.f_code.co_name == "spawn_main" and frame.f_globals.get("__name__") == "multiprocessing.spawn":
-            return True
+        verdict = _ENDS_THROUGH_SYS_EXIT.get((str(frame.f_globals.get("__name__")), frame.f_code.co_name))
+        if verdict is not None:
+            return verdict
         frame = frame.f_back
     return False
 
