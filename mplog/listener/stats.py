@@ -40,7 +40,9 @@ SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose proce
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
 # Gap ranges kept per sender for frames that arrive late (a connection dropped and made again
 # while the old one still held frames: the listener reads both); older ranges are forgotten.
-MAX_MISSING_RANGES = 64
+# Few: a remade connection leaves one or two, and a collector that shares a sender's frames
+# with others sees every other frame as a gap (8 ranges x 10,000 senders: about 9 MB at most).
+MAX_MISSING_RANGES = 8
 
 _TOTALS = ("rejected", "dropped", "gaps", "duplicates")  # what snapshot() sums over senders, folded ones included
 
