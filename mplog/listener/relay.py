@@ -147,7 +147,7 @@ class Relay:
         The sender lingers for what is left of the drain time (at least its own ``linger``):
         the frames just passed on may be many, in one connection to a collector that is
         behind, and they carry the goodbyes of every worker that ended meanwhile. A stop
-        still takes at most ``drain_timeout`` + ``linger``.
+        still takes at most ``drain_timeout`` + ``linger``, after the count of what is lost (at most 2 s).
         """
         if self._closed:
             return
