@@ -114,11 +114,9 @@ def _losses_text(snap: dict[str, Any]) -> str:
         text += f", rejected {snap['rejected']}" + (f" ({unwritten} unwritten at stop)" if unwritten else "")
     if snap.get("refused"):
         text += f", refused {snap['refused']} connections"
-    drops: dict[str, int] = snap.get("handler_drops") or {}
-    if sum(drops.values()):
-        each = ", ".join(f"{name} {n}" for name, n in sorted(drops.items()) if n)
-        text += f", handler drops {sum(drops.values())} ({each})"
-    return text
+    from mplog.listener.stats_view import by_handler_text
+
+    return text + by_handler_text("handler drops", snap.get("handler_drops"))
 
 
 # Seconds past the drain that `mplog listen` gives its handlers to close on SIGTERM before it
@@ -247,12 +245,11 @@ def _check_references(config: dict[str, object]) -> None:
 def _cmd_status(args: argparse.Namespace) -> int:
     from mplog.exceptions import ListenerError
     from mplog.listener.status_channel import format_status, request_stats
+    from mplog.worker.env import ENV_ENDPOINT
 
     # $MPLOG_ENDPOINT too: inside a program that started its own listener (start_listener()
     # exports it to its workers) the collector's socket is not the listener to ask.
-    endpoint = (
-        args.endpoint or os.environ.get(ENV_BIND) or os.environ.get("MPLOG_ENDPOINT") or default_collector_endpoint()
-    )
+    endpoint = args.endpoint or os.environ.get(ENV_BIND) or os.environ.get(ENV_ENDPOINT) or default_collector_endpoint()
     try:
         stats = request_stats(endpoint, args.timeout, control=args.control or os.environ.get(ENV_CONTROL))
     except ListenerError as exc:

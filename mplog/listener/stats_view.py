@@ -240,19 +240,29 @@ def summary(stats: Mapping[str, Any]) -> str:
         line += f", unconfirmed {view.unconfirmed} frames"
     if view.out_of_order:  # acknowledged delivery: frames ahead of a gap, refused and resent
         line += f", out of order {view.out_of_order} frames (resent)"
-    if view.handler_drops:  # records that arrived but a buffering handler dropped, by handler
-        drops = view.get("handler_drops")
-        each = ", ".join(f"{name} {n}" for name, n in sorted(drops.items()) if n) if isinstance(drops, Mapping) else ""
-        line += f", handler drops {view.handler_drops}" + (f" ({each})" if each else "")
+    # records that arrived but a buffering handler dropped, by handler
+    line += by_handler_text("handler drops", view.get("handler_drops"))
     if view.killed_at_stop:
         line += ", killed at stop (what it still held is lost uncounted)"
-    if view.handler_errors:  # records that arrived but a handler could not write: last, by handler
-        errors = view.get("handler_errors")
-        each = (
-            ", ".join(f"{name} {n}" for name, n in sorted(errors.items()) if n) if isinstance(errors, Mapping) else ""
-        )
-        line += f", handler errors {view.handler_errors}" + (f" ({each})" if each else "")
+    # records that arrived but a handler could not write: last, by handler
+    line += by_handler_text("handler errors", view.get("handler_errors"))
     return line
+
+
+def by_handler_text(label: str, counts: Any) -> str:
+    """``, LABEL 501 (file 501)``: a count by handler name, to append to a summary line; '' when there is none.
+
+    ``counts`` is a snapshot's map of counts by handler (a bare number is shown without names).
+    """
+    if isinstance(counts, (int, float)) and not isinstance(counts, bool):
+        return f", {label} {int(counts)}" if math.isfinite(counts) and counts else ""
+    if not isinstance(counts, Mapping):
+        return ""
+    each = {str(k): int(n) for k, n in counts.items() if isinstance(n, (int, float)) and math.isfinite(n) and n}
+    if not each:
+        return ""
+    names = ", ".join(f"{name} {n}" for name, n in sorted(each.items()))
+    return f", {label} {sum(each.values())} ({names})"
 
 
 def json_safe(value: Any) -> Any:

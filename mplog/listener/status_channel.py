@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
-from mplog.listener.stats_view import summary
+from mplog.listener.stats_view import by_handler_text, summary
 from mplog.transports.base import check_bind_address
 from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
@@ -293,12 +293,7 @@ def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = 
 
 def handler_errors_text(stats: dict[str, Any]) -> str:
     """``, handler errors 501 (file 501)``: the failures of each handler, to append to a summary line; '' when none."""
-    errors: dict[str, int] = stats.get("handler_errors") or {}
-    total = sum(errors.values())
-    if not total:
-        return ""
-    each = ", ".join(f"{name} {count}" for name, count in sorted(errors.items()) if count)
-    return f", handler errors {total} ({each})"
+    return by_handler_text("handler errors", stats.get("handler_errors"))
 
 
 # A sender's RATE/S needs its frames this many seconds apart (a floor of 1 s showed a sender
