@@ -137,7 +137,7 @@ class MplogHandler(BatchingHandler):
 
     def _after_close(self) -> None:
         """A record logged after close(): dropped, counted here, and said once (it never reaches the listener)."""
-        self._dropped += 1
+        self._late += 1
         if not self._late_said:
             self._late_said = True
             report(
@@ -164,7 +164,10 @@ class MplogHandler(BatchingHandler):
             me = get_ident()
             if self._owner == me:
                 # Re-entered from a signal handler (or from inside a flush) on this thread:
-                # only append; the outer call sends it.
+                # only append; the outer call sends it (or, inside close(), counts it as lost).
+                if self._closed:
+                    self._after_close()
+                    return
                 self._pending.extend(item)
                 self._pending_bytes += size
                 return

@@ -300,6 +300,132 @@ def test_records_logged_from_a_signal_handler_while_the_main_thread_logs_arrive_
     assert extras == [n for n in range(report["signals"]) if n % 30 and n % 3 == 1]
 
 
+# ---------------------------------------------------------------- attack 2b: a re-entrant record at every instruction
+
+# A signal handler runs between two bytecodes of whatever the main thread was doing (and a
+# finalizer or a value's __repr__ may run at almost any of them). This worker makes that
+# happen at each instruction of the worker's buffer path in turn: a trace function watches
+# every bytecode of mplog.worker and mplog.wire.columns and, at the one it waits for, logs a
+# record (tracing is off while it runs, as a signal handler runs to its end). First over the
+# logging call and its flush, then over close(), one new handler per instruction.
+INSTRUCTIONS_WORKER = """
+from mplog.worker import handler as H, outbox as O
+from mplog.wire import columns as C
+
+handler = mplog.setup_worker(batch_records=3, flush_interval=30, wire_version={wire})
+codes = set()
+for module in (H, O, C):
+    for value in vars(module).values():
+        for f in vars(value).values() if isinstance(value, type) else [value]:
+            f = getattr(f, "fget", f)
+            if getattr(getattr(f, "__code__", None), "co_filename", None) == module.__file__:
+                codes.add(f.__code__)
+
+logged = dict.fromkeys("MSCD", 0)  # M, S: pass 1 (S logged by the trap); C, D: pass 2 (D by the trap)
+seen, trap = set(), [None, None, None]  # the instruction waited for; the stream and logger its record goes to
+fired = [0]
+
+def numbered(stream, logger, level=logging.INFO):
+    n = logged[stream]
+    logged[stream] += 1
+    logger.log(level, "%s:%d", stream, n)
+
+def on_opcode(frame, event, arg):
+    here = (frame.f_code, frame.f_lasti)
+    seen.add(here)
+    if trap[0] == here:
+        trap[0] = None
+        fired[0] += 1
+        numbered(trap[1], trap[2], logging.ERROR if fired[0] % 5 == 0 else logging.INFO)
+    return on_opcode
+
+def tracer(frame, event, arg):
+    if frame.f_code in codes:
+        frame.f_trace_opcodes = True
+        return on_opcode
+    return None
+
+def in_order(instructions):
+    return sorted(instructions, key=lambda here: (here[0].co_qualname, here[1]))
+
+# Pass 1: each instruction a logging call, its flush and flush_within() run.
+log = logging.getLogger("attack")
+sys.settrace(tracer)
+for k in range(30):
+    numbered("M", log, logging.ERROR if k % 7 == 6 else logging.INFO)
+handler.flush_within(5)
+sys.settrace(None)
+buffer_path = in_order(seen)
+for here in buffer_path:
+    trap[:] = [here, "S", log]
+    sys.settrace(tracer)
+    for k in range(8):
+        numbered("M", log, logging.ERROR if k % 7 == 6 else logging.INFO)
+        if trap[0] is None:
+            break
+    trap[0] = None
+    handler.flush_within(5)
+    sys.settrace(None)
+handler.flush_within(10)
+counters = handler.counters
+
+# Pass 2: each instruction close() runs, on a handler of its own each time (logger "close").
+closing = logging.getLogger("close")
+closing.propagate = False
+def close_one(here):
+    options = mplog.WorkerOptions(batch_records=3, flush_interval=30, wire_version={wire})
+    h = H.MplogHandler(os.environ["MPLOG_ENDPOINT"], options)
+    closing.handlers[:] = [h]
+    for k in range(2):
+        numbered("C", closing)
+    trap[:] = [here, "D", closing]
+    sys.settrace(tracer)
+    h.close()
+    sys.settrace(None)
+    trap[0] = None
+    return h.counters
+seen.clear()
+close_one(None)
+close_path = in_order(seen)
+close_dropped = 0
+for here in close_path:
+    c = close_one(here)
+    assert c["buffered"] == 0, c
+    close_dropped += c["dropped"]
+handler.close()
+done(counters=counters, logged=logged, fired=fired[0], buffer_path=len(buffer_path), close_path=len(close_path),
+     close_dropped=close_dropped)
+"""
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("wire", [2, 1])
+def test_a_record_logged_at_any_instruction_of_the_buffer_path_is_counted_once(tmp_path, wire):
+    """Attack 2b: a record logged re-entrantly at each bytecode of the logging call, its flush and
+    close(), in turn. Every record arrives exactly once or, logged after close() began, is
+    counted as dropped; the worker's counters balance. (Before: a record logged between the
+    pending batch's count and its swap went out uncounted; the next frame's number overlapped it
+    and the listener took one record of that frame for a duplicate: 11 of ~2,500 missing, the
+    counters one short for each. Seen once in CI as the signal test above failing.)"""
+    with mplog.start_listener(_config(tmp_path), route_parent=False) as listener:
+        report = _worker(INSTRUCTIONS_WORKER.format(wire=wire), timeout=120)
+        logged, counters = report["logged"], report["counters"]
+        assert counters["sent"] == logged["M"] + logged["S"], (counters, logged)
+        assert counters["dropped"] == counters["buffered"] == counters["errors"] == 0, counters
+        arrived = sum(logged.values()) - report["close_dropped"]
+        _settled(listener, arrived, timeout=40)
+        assert listener.stats()["received"] == arrived
+    assert report["buffer_path"] > 200 and report["close_path"] > 50, report  # the trace did reach the code
+    assert report["fired"] > 300, report
+    messages = _messages(tmp_path)
+    assert _numbers(messages, "M") == list(range(logged["M"]))
+    assert sorted(_numbers(messages, "S")) == list(range(logged["S"]))
+    assert _numbers(messages, "C") == list(range(logged["C"]))  # close() delivers what was logged before it
+    during = _numbers(messages, "D")
+    assert len(set(during)) == len(during) and len(during) + report["close_dropped"] == logged["D"]
+    assert len(messages) == arrived
+
+
 # ---------------------------------------------------------------- attack 3: many threads, odd batch sizes
 
 
