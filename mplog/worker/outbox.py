@@ -137,6 +137,7 @@ class BatchingHandler(logging.Handler):
         # Records logged after close() (dropped): a counter apart from _dropped, which close()
         # may be adding to when a signal handler logs (test_worker_batch_attacks.py, attack 2b).
         self._late = 0
+        self._successor: BatchingHandler | None = None  # the handler setup_worker() put in this one's place
         # Last: every other piece of state exists even when these raise (a bad key file).
         self._identity = _Identity()
         self._transport: Sender = self._open_transport()
@@ -468,6 +469,11 @@ class BatchingHandler(logging.Handler):
             if self._closed:
                 return
             self._closed = True
+            if self._pending and not self._outbox:
+                # Logged by other threads (or a signal handler) since the flush above took
+                # everything else: sent too, not counted as lost while the listener takes frames.
+                self._flush_locked(apply_policy=False)
+                delivered = self._send_outbox(self.options.close_timeout)
             lost = len(self._pending) // ROW + sum(entry[0] for entry in self._outbox)
             # Records never handed to the transport were never numbered: report them as
             # dropped in the goodbye frame so the listener's ledger can still balance.
