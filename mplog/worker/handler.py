@@ -173,7 +173,7 @@ class MplogHandler(BatchingHandler):
             me = get_ident()
             if self._owner == me:
                 # Re-entered from a signal handler (or from inside a flush) on this thread:
-                # only append; the outer call sends it (or, inside close(), counts it as lost).
+                # only append; the outer call sends it (once close() marked it closed, _after_close).
                 if self._closed:
                     self._after_close(record)
                     return
