@@ -336,7 +336,8 @@ class AckingSender:
                         # The listener is acknowledging, only slower than we sent: the bound
                         # is on time without progress, as for a worker's outbox (a fixed 10 s
                         # gave up on a slow listener's backlog, whose stop then wrote it nowhere
-                        # and counted nothing; test_a_worker_behind_a_slow_acknowledging_listener_waits_while_it_acknowledges).
+                        # and counted nothing; see test_faults.py,
+                        # test_a_worker_behind_a_slow_acknowledging_listener_waits_while_it_acknowledges).
                         acked = self._own.acked
                         deadline = time.monotonic() + self._close_timeout
                     self._resend_if_silent()

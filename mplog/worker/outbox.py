@@ -455,9 +455,9 @@ class BatchingHandler(logging.Handler):
             # What is buffered now; records logged from here on may go along, but are not waited for.
             goal = self._seq + sum(entry[0] for entry in self._outbox)
             while self._outbox and self._seq < goal:
-                remaining = deadline - time.monotonic()
-                sent_before = self._frames_sent
                 now = time.monotonic()
+                remaining = deadline - now
+                sent_before = self._frames_sent
                 if self._send_outbox(max(min(remaining, 0.05), 0.0), stop_at=now + _FLUSH_SLICE) or remaining <= 0:
                     break
                 if self._frames_sent != sent_before:
