@@ -575,9 +575,10 @@ def _all_handlers() -> list[logging.Handler]:
 def reopen_file_handlers() -> int:
     """Close and reopen the stream of every ``FileHandler`` (logrotate's ``postrotate`` SIGHUP).
 
-    A handler opened with mode ``'w'`` is reopened for appending, so that a HUP without
-    a rotation never truncates a file. A handler whose file cannot be reopened is left
-    closed; it opens the file again at its next record. Returns how many were reopened.
+    A handler opened with mode ``'w'`` is reopened for appending, and stays so, so that a
+    HUP without a rotation never truncates a file. A handler whose file cannot be reopened
+    is left closed; it opens the file again, for appending, at its next record. Returns how
+    many were reopened.
     """
     reopened = 0
     for handler in _all_handlers():
@@ -597,22 +598,22 @@ def _reopen(handler: logging.FileHandler) -> bool:
     if stream is None:  # delay=True and nothing written yet: opens at the next record
         return False
     handler.stream = None  # FileHandler reopens a None stream at its next record
-    try:
+    # Appending from now on: a stream left None below must not be reopened with 'w' at the
+    # next record (that would truncate a file no rotation moved away).
+    handler.mode = handler.mode.replace("w", "a")
+    # Closing flushes what the stream still buffers. On a full disk that flush fails and
+    # close() raises after closing the file: those bytes are the records whose write already
+    # failed and was counted in handler_errors, so they are given up here, not written later.
+    with contextlib.suppress(OSError, ValueError):
         stream.flush()
-    except (OSError, ValueError):
-        pass
-    finally:
+    with contextlib.suppress(OSError, ValueError):
         stream.close()
-    mode = handler.mode
-    handler.mode = mode.replace("w", "a")
     try:
         handler.stream = handler._open()
     except OSError as exc:
         with contextlib.suppress(Exception):
             sys.stderr.write(f"mplog: cannot reopen {handler.baseFilename!r}: {exc}\n")
         return False
-    finally:
-        handler.mode = mode
     return True
 
 
@@ -630,10 +631,17 @@ def install_sighup_reopen(stop: threading.Event) -> None:
         requested.set()
 
     def reopen_when_asked() -> None:
+        said = False
         while not stop.is_set():
             if requested.wait(0.25):
                 requested.clear()
-                reopen_file_handlers()
+                try:
+                    reopen_file_handlers()
+                except Exception as exc:  # the thread must outlive any one reopen: later HUPs still count
+                    if not said:
+                        said = True
+                        with contextlib.suppress(Exception):
+                            sys.stderr.write(f"mplog: a SIGHUP reopen failed: {type(exc).__name__}: {exc}\n")
 
     signal.signal(signal.SIGHUP, on_sighup)
     threading.Thread(target=reopen_when_asked, daemon=True, name="mplog-sighup").start()

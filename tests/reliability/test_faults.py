@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -181,6 +182,59 @@ def test_a_read_only_filesystem_is_counted_and_writing_resumes_when_it_is_writab
         assert stats["handler_errors"]["small"] == 100
         check_lines(read_lines(big), {0: 200}).assert_exact()
         assert sorted(check_lines(read_lines(small), {}).seen) == [(0, s) for s in range(100, 200)]
+    finally:
+        _umount(mnt)
+
+
+def _fds_to(pid: int, path: Path) -> int:
+    """How many of process ``pid``'s descriptors are open on the file ``path`` names (``' (deleted)'`` included)."""
+    found = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found += os.readlink(f"/proc/{pid}/fd/{fd}").removesuffix(" (deleted)") == str(path)
+    return found
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "small_options",
+    [{}, {"class": "logging.handlers.RotatingFileHandler", "maxBytes": 100_000_000}],
+    ids=["FileHandler", "RotatingFileHandler"],
+)
+def test_a_sighup_while_the_disk_is_full_does_not_stop_later_sighups_from_reopening_files(tmp_path, small_options):
+    """Found by an outsider: closing a stream whose buffer could not be flushed raised ENOSPC
+    in the reopen thread, which died; every later SIGHUP was ignored and the listener kept
+    writing into the file logrotate had moved away (and then deleted: 37,524 records lost
+    without a count). Before the fix the last rotation below was never reopened."""
+    mnt = tmp_path / "small"
+    _mount_tmpfs(mnt, "1m")
+    try:
+        small, big = mnt / "out.log", tmp_path / "all.log"
+        log = logging.getLogger("disk")
+        with mplog.start_listener(_two_files(small, big, **small_options)) as listener:
+            for seq in range(20_000):  # ~ 2 MB: twice what the tmpfs holds
+                log.info("%s", payload(0, seq, 80))
+            wait_for(lambda: listener.stats()["received"] == 20_000)
+            assert _settled_errors(listener).get("small", 0) > 0
+            os.rename(small, mnt / "out.log.1")  # logrotate while the disk is full, then its postrotate HUP
+            os.kill(listener.pid, signal.SIGHUP)
+            wait_for(small.exists, timeout=10)  # reopened, though the old stream could not be flushed
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+            for seq in range(20_000, 21_000):
+                log.info("%s", payload(0, seq, 80))
+            # Written, not only received (a frame counts as received before its records are written).
+            wait_for(lambda: payload(0, 20_999, 80) in small.read_text(encoding="utf-8"))
+            os.rename(small, mnt / "out.log.2")  # the next rotation, with room again
+            os.kill(listener.pid, signal.SIGHUP)
+            wait_for(lambda: small.exists() and _fds_to(listener.pid, mnt / "out.log.2") == 0, timeout=10)
+            for seq in range(21_000, 22_000):
+                log.info("%s", payload(0, seq, 80))
+            wait_for(lambda: listener.stats()["received"] == 22_000)
+            _settled_errors(listener)
+            assert _fds_to(listener.pid, small) == 1
+        check_lines(read_lines(big), {0: 22_000}).assert_exact()
+        assert sorted(check_lines(read_lines(small), {}).seen) == [(0, s) for s in range(21_000, 22_000)]
+        assert sorted(check_lines(read_lines(mnt / "out.log.2"), {}).seen) == [(0, s) for s in range(20_000, 21_000)]
     finally:
         _umount(mnt)
 
