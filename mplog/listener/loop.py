@@ -302,7 +302,7 @@ class Server:
 
     def _receive_loop(self) -> None:
         recv, handle = self.receiver.recv, self.handle_frame
-        stop = self.stop_event
+        stop, stats = self.stop_event, self.stats
         watch = None
         if self.yield_seconds > 0:
             watch = self.watch = self.watch or WorkerWatch()
@@ -316,6 +316,7 @@ class Server:
             received = recv(0.02)  # how soon a stop request is noticed
             if received is None:
                 catching_up = False
+                stats.idle_passes += 1  # nothing waiting: a gone sender's goodbye is not still queued
                 if quiet_since is None:
                     quiet_since = time.monotonic()
                 if ends is not None:

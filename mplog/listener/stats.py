@@ -38,6 +38,11 @@ OPEN_AT_STOP = "open at stop"
 _STICKY = (CONNECTION_ENDED, OPEN_AT_STOP)  # kept until the sender sends again or its process is gone
 SILENT_AFTER = 300.0  # seconds without a frame after which a sender whose process cannot be checked counts as ended
 SWEEP_INTERVAL = 1.0  # seconds between two looks for senders that ended without a goodbye
+# A sender whose process is gone may still have frames (its goodbye among them) queued in the
+# listener while it catches up: it is flagged only once the receive loop has found nothing
+# waiting since its process was first seen gone (Stats.idle_passes), or once nothing has come
+# from it for this many seconds (a receive loop that never reports idleness, a hold).
+GONE_QUIET = 10.0
 # Gap ranges kept per sender for frames that arrive late (a connection dropped and made again
 # while the old one still held frames: the listener reads both); older ranges are forgotten.
 # Few: a remade connection leaves one or two, and a collector that shares a sender's frames
@@ -98,6 +103,10 @@ class Stats:
         self.booked_key = ""
         self.booked: SenderStats | None = None
         self._swept = 0.0  # time.monotonic() of the last look for senders that ended without a goodbye
+        # How many times the receive loop found nothing waiting (mplog.listener.loop); and, for
+        # each open sender whose process was seen gone, that count when it was first seen so.
+        self.idle_passes = 0
+        self._gone_seen: dict[str, int] = {}
 
     def note_malformed(self, reason: str) -> None:
         with self._lock:
@@ -363,9 +372,32 @@ class Stats:
                 for key, s in self.senders.items()
                 if not s.closed and s.unclosed != PROCESS_GONE
             ]
+        idle = self.idle_passes  # read before the process checks: what was queued then has been read
         verdicts = _end_verdicts(candidates)  # outside the lock: process checks
         with self._lock:
+            if not now:
+                self._hold_back_queued(verdicts, {c[0]: c[4] for c in candidates}, idle)
             return self._apply_end_verdicts(verdicts)
+
+    def _hold_back_queued(self, verdicts: dict[str, str], last_seen: dict[str, float], idle: int) -> None:
+        """Turn PROCESS_GONE into "" for a sender whose frames may still be queued here (lock held).
+
+        Its process is gone, but the listener may be behind, its goodbye still waiting in a
+        queue (an outsider saw "ended without goodbye" 1 s after clean exits, the listener
+        still writing their records). It is flagged once the receive loop has come back empty
+        since its process was first seen gone, or after GONE_QUIET seconds without a frame.
+        """
+        seen, wall = self._gone_seen, time.time()
+        for key in [k for k in seen if verdicts.get(k) != PROCESS_GONE]:
+            del seen[key]  # closed, flagged, folded or alive: forgotten
+        for key, verdict in verdicts.items():
+            if verdict != PROCESS_GONE:
+                continue
+            first = seen.setdefault(key, idle)
+            if idle == first and wall - last_seen[key] < GONE_QUIET:
+                verdicts[key] = ""
+            else:
+                seen.pop(key, None)
 
     def flag_open_at_stop(self) -> int:
         """Flag every sender still open when the stop's drain ended (``unclosed = "open at stop"``); return how many.

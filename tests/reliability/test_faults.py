@@ -523,6 +523,39 @@ def test_records_a_stop_had_no_time_to_write_are_counted_and_their_senders_close
     assert f"{unwritten} records of 2 senders that had reached the listener were not written" in capfd.readouterr().err
 
 
+@pytest.mark.timeout(90)
+def test_workers_that_exited_while_the_listener_catches_up_are_not_flagged_as_possible_loss(
+    tmp_path, handlers_importable
+):
+    # An outsider: 1 s after every worker had exited cleanly, `mplog status` said "2 ended without
+    # goodbye (possible loss)" while the listener was still writing their queued frames (their
+    # goodbyes among them), and a metrics alert on mplog_senders_unclosed would have fired.
+    # A sender whose process is gone is flagged only once nothing has come from it for
+    # GONE_QUIET seconds (or at stop, once the drain is over).
+    out, flag = tmp_path / "out.log", tmp_path / "slow"
+    config = slow_sink_config(out, flag, delay=0.0005)
+    per = 4000
+    with mplog.start_listener(config, route_parent=False) as listener:
+        workers = [multiprocessing.get_context("fork").Process(target=log_numbered, args=(p, per)) for p in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0]
+        flagged, behind = [], []
+        while (stats := listener.stats())["received"] < 3 * per or not all(
+            s["closed"] for s in stats["senders"].values()
+        ):
+            flagged.append(stats["unclosed"])
+            behind.append(3 * per - len(read_lines(out)))
+            time.sleep(0.2)
+        assert max(behind) > 2000  # the listener was seconds behind workers that had exited
+        assert max(flagged) == 0, f"flagged while catching up: {flagged}"
+        stats = listener.stats()
+    check_lines(read_lines(out), dict.fromkeys(range(3), per)).assert_exact()
+    assert stats["unclosed"] == 0 and len(stats["senders"]) == 3
+
+
 @pytest.mark.timeout(60)
 def test_a_stop_that_must_kill_a_listener_held_by_a_handler_says_so_and_flags_its_open_senders(
     tmp_path, handlers_importable, capfd
