@@ -16,8 +16,9 @@ handler sees its records in the order they arrived.
 
 The output bytes are the same as the generic path's (``tests/unit/test_fastpath.py``
 compares them, exception text, stack info and extras included). A failed write
-counts one handler error per record of the batch, as the generic path would if every
-record's write had failed.
+counts one handler error per record of the batch whose line is not whole in the file
+(:mod:`mplog.listener.write_failures`: for a FileHandler's regular file the lines that
+reached it are known; for any other stream every record of the batch is counted).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mplog.listener.fast_guard import batch_refusal, default_formatter, handler_
 from mplog.listener.frame_lines import add_frame
 from mplog.listener.line_format import LineFormat
 from mplog.listener.logger_lookup import LoggerLookup
+from mplog.listener.write_failures import OUTAGES, file_offset, lines_written
 from mplog.wire import make_log_record
 from mplog.wire.schema import F_EXC_TEXT, F_LEVELNO, F_NAME, F_STACK_INFO
 
@@ -107,7 +109,7 @@ class _Sink:
         flush per record. Safe for a handler :func:`~mplog.listener.fast_guard.handler_refusal`
         accepted: no filters, the stock ``StreamHandler.emit`` (``stream.write(msg +
         terminator)`` then ``flush``), so the joined lines are the same bytes; the lock is
-        still taken, once. A write that fails is reported per record, as ``emit`` would.
+        still taken, once. A write that fails is reported per record not whole in the file.
         """
         handler, records = self.handler, self.records
         if not records:
@@ -120,11 +122,17 @@ class _Sink:
         terminator = handler.terminator
         handler.acquire()
         try:
+            start = file_offset(handler)  # one lseek per frame: what a failed write put in the file is then known
             handler.stream.write(terminator.join(lines) + terminator)
             handler.flush()
         except Exception:
-            for item in records:
+            # The records whose lines are whole in the file were written; each of the others is
+            # one handler error (the first one's handleError drops what the stream still holds).
+            for item in records[lines_written(handler, start, lines) :]:
                 handler.handleError(self._record(item))
+        else:
+            if OUTAGES.failing:
+                OUTAGES.written(handler)
         finally:
             handler.release()
 

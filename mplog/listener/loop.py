@@ -27,6 +27,7 @@ from mplog.listener.holding import CHECK_INTERVAL, HOLD_MAX_BYTES, WorkerWatch
 from mplog.listener.progress import ProgressFile
 from mplog.listener.stats import UNWRITTEN_AT_STOP, SenderLimits, Stats
 from mplog.listener.supervisor import live_local_senders, process_runs
+from mplog.listener.write_failures import OUTAGES, Outages, recover
 from mplog.transports import NO_ORIGIN, Origin, Receiver
 from mplog.wire import FLAG_URGENT, Envelope, Frame, Limits, check_records, decode_header, read_envelope
 from mplog.wire.decode import MAX_NAME_CHARS
@@ -514,44 +515,58 @@ def handler_drops() -> dict[str, int]:
 
 
 def install_handler_error_counter(stats: Stats, quiet_interval: float = 10.0) -> None:
-    """Count handler failures per handler; print at most one report per handler per interval.
+    """Count handler failures per handler; say so on stderr at most once per interval, and once when it writes again.
 
+    A failed write to a file leaves a clean stream behind it: what the stream still held is
+    dropped, never written behind the count (:func:`mplog.listener.write_failures.recover`).
     Runs only in the listener process, where every handler is mplog's to supervise.
     """
-    last_report: dict[str, float] = {}
+    outages = OUTAGES
+    outages.quiet_interval = quiet_interval
 
     def handle_error(self: logging.Handler, record: logging.LogRecord) -> None:
         name = self.get_name() or type(self).__name__
         stats.note_handler_error(name)
-        now = time.monotonic()
-        if now - last_report.get(name, -quiet_interval) >= quiet_interval:
-            last_report[name] = now
-            exc = sys.exc_info()[1]
-            with contextlib.suppress(Exception):
-                sys.stderr.write(f"mplog: handler {name!r} failed: {type(exc).__name__}: {exc}\n")
+        exc = sys.exc_info()[1]
+        # A failed batch write reports each of its records with its one exception: recovered once.
+        if exc is not None and exc is not outages.last_failure and _failed_write(self, exc):
+            outages.last_failure = exc
+            recover(self, _reopen)
+        outages.failed(self, name, exc)
 
     logging.Handler.handleError = handle_error  # type: ignore[method-assign]  # the listener process owns every handler
-    _guard_handle()
+    _guard_handle(outages)
 
 
-def _guard_handle() -> None:
+def _failed_write(handler: logging.Handler, exc: BaseException) -> bool:
+    """True when ``exc`` is a write of ``handler``'s stream that failed (an OSError, or the stream was closed)."""
+    return isinstance(exc, OSError) or getattr(getattr(handler, "stream", None), "closed", False) is True
+
+
+def _guard_handle(outages: Outages) -> None:
     """Route an exception escaping ``Handler.handle`` to ``handleError`` instead of the receive loop.
 
     Several stdlib handlers let errors escape ``emit`` (``FileHandler`` with ``delay=True``
     opening a file in a missing directory, ``WatchedFileHandler`` reopening one), which
     would otherwise end the listener (see
-    test_file_handler_in_a_missing_directory_is_counted_and_the_others_go_on).
+    test_file_handler_in_a_missing_directory_is_counted_and_the_others_go_on). A failing
+    handler that handles a record without an error ends its outage (``outages.written``).
     """
     original = logging.Handler.handle
     if getattr(original, "_mplog_guarded", False):
         return
 
     def handle(self: logging.Handler, record: logging.LogRecord) -> Any:
+        outage = outages.failing.get(self) if outages.failing else None  # nothing more while every handler writes
+        errors = outage.records if outage is not None else 0
         try:
-            return original(self, record)
+            handled = original(self, record)
         except Exception:
             self.handleError(record)
             return False
+        if outage is not None and handled and outage.records == errors:
+            outages.written(self)
+        return handled
 
     handle._mplog_guarded = True  # type: ignore[attr-defined]  # marks the wrapper so it is installed once
     logging.Handler.handle = handle  # type: ignore[method-assign]  # the listener process owns every handler
