@@ -19,7 +19,17 @@ from typing import Any
 import psutil
 import pytest
 from fault_handlers import slow_sink_config
-from helpers import PAYLOAD_RE, check_lines, file_config, log_numbered, payload, read_lines, wait_for
+from helpers import (
+    PAYLOAD_RE,
+    check_lines,
+    file_config,
+    log_numbered,
+    mount_tmpfs,
+    payload,
+    read_lines,
+    umount,
+    wait_for,
+)
 from ledger import build_ledger
 
 import mplog
@@ -100,15 +110,6 @@ def _two_files(small: Path, big: Path, **small_options: object) -> dict[str, obj
     return config
 
 
-def _mount_tmpfs(where: Path, size: str) -> None:
-    where.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-
-
 def _settled_errors(listener: mplog.Listener) -> dict[str, int]:
     """Handler errors once dispatch has caught up: ``received`` counts a frame before its
     records reach the handlers, so errors read right after it may still be growing."""
@@ -122,14 +123,10 @@ def _settled_errors(listener: mplog.Listener) -> dict[str, int]:
     return seen[-1]
 
 
-def _umount(where: Path) -> None:
-    subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
-
-
 @pytest.mark.timeout(60)
 def test_a_full_filesystem_is_counted_per_handler_the_other_handler_gets_everything_and_writing_resumes(tmp_path):
     mnt = tmp_path / "small"
-    _mount_tmpfs(mnt, "1m")
+    mount_tmpfs(mnt, "1m")
     try:
         small, big = mnt / "out.log", tmp_path / "all.log"
         log = logging.getLogger("disk")
@@ -156,13 +153,13 @@ def test_a_full_filesystem_is_counted_per_handler_the_other_handler_gets_everyth
         assert all(text.count(payload(0, seq, 80) + "\n") == 1 for seq in range(20_000, 21_000))
         assert errors_after == errors["small"]  # no new errors once there was room
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 @pytest.mark.timeout(60)
 def test_a_read_only_filesystem_is_counted_and_writing_resumes_when_it_is_writable_again(tmp_path):
     mnt = tmp_path / "ro"
-    _mount_tmpfs(mnt, "8m")
+    mount_tmpfs(mnt, "8m")
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         small, big = mnt / "out.log", tmp_path / "all.log"
@@ -182,7 +179,7 @@ def test_a_read_only_filesystem_is_counted_and_writing_resumes_when_it_is_writab
         check_lines(read_lines(big), {0: 200}).assert_exact()
         assert sorted(check_lines(read_lines(small), {}).seen) == [(0, s) for s in range(100, 200)]
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 @pytest.mark.timeout(30)
