@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mplog.listener.sender_table import DORMANT_PER_SLOT, SenderStats, SenderTable
+from mplog.listener.supervisor import say
 
 __all__ = ["OutputFiles", "Progress", "ProgressFile", "file_sizes", "progress_path", "read_progress"]
 
@@ -436,6 +437,7 @@ class ProgressFile:
         self._pending = 0  # offset of the slot whose frame is being dispatched (0: none)
         self._files = [h for h in files if _writes_a_file(h)][:_MAX_FILES]
         self._written = 0  # ring entries written
+        self._full = False  # the disk refused the last slot chunk or fold record (said once on stderr)
         self._folds = table.folded["senders"]
         self._pack = _LEDGER.pack_into
         self._pack_file = _FILE.pack_into
@@ -558,9 +560,23 @@ class ProgressFile:
         """Back the next chunk from ``start`` (not past ``end``) by the disk; False when it is full."""
         try:
             _allocate(self._fd, start, min(_CHUNK, end - start))
-        except OSError:
+        except OSError as exc:
+            self._note_full(exc)
             return False
+        self._note_full(None)
         return True
+
+    def _note_full(self, error: OSError | None) -> None:
+        """Say once on stderr that the disk refused a slot or a fold record, and once that it takes them again."""
+        if error is not None and not self._full:
+            say(
+                f"mplog: cannot grow {self.path} ({error.strerror or error}): until it can, new senders and folds "
+                "keep the checkpoint's numbers, so a listener killed mid-stream may count their records "
+                "written since the last checkpoint as gaps"
+            )
+        elif error is None and self._full:
+            say(f"mplog: {self.path} grows again")
+        self._full = error is not None
 
     def fold(self, key: str, sender: SenderStats, fold: int) -> None:
         """The table folded ``key`` as its fold number ``fold``: record its final ledger in the ring, free its slot."""
@@ -588,8 +604,11 @@ class ProgressFile:
         entry[_ENTRY_KEY : _ENTRY_KEY + len(raw)] = raw
         try:
             os.pwrite(self._fd, entry, self._ring_at + (self._written % self._ring) * _ENTRY)
-        except OSError:  # a full disk: no record
+        except OSError as exc:  # a full disk: no record
+            self._note_full(exc)
             return
+        if self._full:
+            self._note_full(None)
         self._written += 1
 
     def close(self) -> None:
