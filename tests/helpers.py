@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import re
+import subprocess
 import sys
 import sysconfig
 import time
@@ -116,6 +117,36 @@ def _source(predicate: Callable[[], Any]) -> str:
         return inspect.getsource(predicate).strip()
     except (OSError, TypeError):  # a builtin, or code typed into python -c
         return repr(predicate)
+
+
+def mount_tmpfs(where: Path, size: str, options: str = "") -> None:
+    """Mount a tmpfs of ``size`` at ``where`` (created here); skip the test where that cannot be done (not root).
+
+    Pair with :func:`umount` in a ``finally``.
+    """
+    import pytest  # only tests mount; workers that import these helpers do not need pytest
+
+    where.mkdir()
+    opts = f"size={size}" + (f",{options}" if options else "")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+
+
+def umount(where: Path) -> None:
+    """Unmount what :func:`mount_tmpfs` mounted (lazily: a process that still holds a file there lets go later)."""
+    subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill(directory: Path) -> None:
+    """Fill the file system of ``directory`` until it has no data block left (one file, ``filler``)."""
+    block = b"\0" * 4096
+    with (directory / "filler").open("wb", buffering=0) as f:
+        try:
+            while f.write(block):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
 
 
 def console_script(name: str = "mplog") -> str:

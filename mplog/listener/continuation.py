@@ -7,6 +7,10 @@ its ``mplog.state_dir``: the new listener continues the earlier one's stats, so
 truncating would silently throw away records the stats count as written (and, in ack
 mode, records already acknowledged to their workers).
 
+A state directory a listener has started on is marked used by an empty file (:func:`mark_used`),
+and one that holds any of a listener's files counts as used (:func:`was_used`): an empty
+file needs no data block, so a full disk cannot leave a used directory looking new.
+
 So a listener that continues an earlier run (:func:`continues_earlier_run`) calls
 :func:`append_on_first_open` before it applies the config: from then on, in that
 process, the first time each file handler opens its file it opens it for appending
@@ -34,21 +38,59 @@ import os
 from typing import Any
 
 from mplog.handlers.stream import FactoryStreamHandler
-from mplog.listener.supervisor import stats_path
 
-__all__ = ["append_on_first_open", "continues_earlier_run", "open_for_appending"]
+__all__ = [
+    "append_on_first_open",
+    "continues_earlier_run",
+    "mark_used",
+    "open_for_appending",
+    "used_path",
+    "was_used",
+]
 
 _original_open = logging.FileHandler._open
 _enabled = False
 
 
-def continues_earlier_run(state_dir: str | None, restarts: int = 0) -> bool:
-    """True for a supervised restart, or a listener whose state directory already holds a stats checkpoint.
+def used_path(state_dir: str) -> str:
+    """The empty file that marks ``state_dir`` as used by a listener (:func:`mark_used`)."""
+    return os.path.join(state_dir, "used")
 
-    A listener writes its first checkpoint as it starts (mplog.listener.supervisor.Checkpoint),
-    so a listener killed at any point after start-up leaves one behind.
+
+# The files a listener leaves in its state directory; any of them, even empty, marks it used.
+# (An earlier listener that met a full disk left only an empty stats.json.tmp: its successor
+# truncated the mode 'w' file and zeroed the stats. tests/reliability/test_state_dir_faults.py)
+_STATE_FILES = ("used", "stats.json", "stats.json.tmp", "progress.slots", "progress.slots.tmp", "acked.json")
+
+
+def was_used(state_dir: str) -> bool:
+    """Whether a listener has started on ``state_dir`` before (it holds one of a listener's files)."""
+    return any(os.path.lexists(os.path.join(state_dir, name)) for name in _STATE_FILES)
+
+
+def mark_used(state_dir: str) -> OSError | None:
+    """Mark ``state_dir`` as used with an empty file; the error if it cannot be created (None when it is).
+
+    An empty file needs an inode and no data block, so a directory on a full disk is
+    still marked: a listener started on it later continues it, whether or not a
+    checkpoint could be written.
     """
-    return restarts > 0 or bool(state_dir and os.path.exists(stats_path(state_dir)))
+    try:
+        fd = os.open(used_path(state_dir), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    return None
+
+
+def continues_earlier_run(state_dir: str | None, restarts: int = 0) -> bool:
+    """True for a supervised restart, or a listener whose state directory was used by an earlier one.
+
+    A listener marks its state directory used as it starts, before any record comes
+    (:func:`mark_used`, from mplog.listener.process.resume), so a listener killed at any
+    point after start-up, even on a full disk, leaves it marked.
+    """
+    return restarts > 0 or bool(state_dir and was_used(state_dir))
 
 
 def open_for_appending(mode: str) -> str:

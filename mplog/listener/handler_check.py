@@ -5,7 +5,9 @@ given an argument its class does not take (``maxBytes`` on a ``FileHandler``), a
 in a directory that does not exist -- and must not create log files or open sockets
 while doing so. So handlers are not built: each handler's arguments are bound to its
 constructor's signature, as ``logging.config.dictConfig`` would pass them, and the
-file of a file handler is checked with ``stat`` and ``access`` only. The exception: a
+file of a file handler is checked with ``stat``, ``access`` and an unnamed file that
+vanishes as it is closed (mplog.listener.write_errors), so that a read-only or full file
+system is named as such. The exception: a
 class that says building it opens nothing (``check_builds = True``: mplog's handlers that
 connect or start a thread only at their first record) is built and closed, so that its
 own checks of its options run.
@@ -13,6 +15,7 @@ own checks of its options run.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import logging.config
@@ -23,6 +26,7 @@ from typing import Any
 
 from mplog.exceptions import ConfigError
 from mplog.handlers.queued import QueuedHandler
+from mplog.listener.write_errors import cause_of, creation_error, open_error, space_error
 
 __all__ = ["check_handlers"]
 
@@ -117,7 +121,11 @@ def _parameters(signature: inspect.Signature) -> str:
 
 
 def _check_file(name: str, filename: Any) -> None:
-    """A file handler's file must be openable for writing by this user; nothing is created."""
+    """A file handler's file must be openable for writing by this user; nothing is created.
+
+    The cause is named from the errno (mplog.listener.write_errors): a read-only file
+    system, a full one, a missing permission.
+    """
     if not isinstance(filename, (str, os.PathLike)):
         return
     path = os.path.abspath(os.fspath(filename))
@@ -130,7 +138,12 @@ def _check_file(name: str, filename: Any) -> None:
     if os.path.isdir(path):
         raise ConfigError(f"{where} is a directory; name a file in it")
     if os.path.exists(path):
-        if not os.access(path, os.W_OK):
+        error = open_error(path)
+        if error is not None and error.errno in (errno.EACCES, errno.EPERM):
             raise ConfigError(f"{where} is not writable by this user; fix its permissions or choose another file")
-    elif not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError(f"{where}: this user cannot create files in {directory!r}; fix its permissions")
+    else:
+        error = creation_error(directory)
+    if error is None:
+        error = space_error(directory)
+    if error is not None:
+        raise ConfigError(f"{where}: {cause_of(error, directory)}")

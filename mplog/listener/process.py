@@ -23,11 +23,12 @@ import logging.handlers
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from mplog.exceptions import ConfigError
 from mplog.handlers.queued import QueuedHandler, start_queue_listeners, stop_queue_listeners
-from mplog.listener.continuation import append_on_first_open, continues_earlier_run
+from mplog.listener.continuation import append_on_first_open, continues_earlier_run, mark_used
 from mplog.listener.control_pipe import ControlPipe
 from mplog.listener.loop import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
 from mplog.listener.progress import OutputFiles, ProgressFile, progress_path, read_progress
@@ -39,7 +40,7 @@ from mplog.listener.settings import (
     worker_level,
     yield_seconds,
 )
-from mplog.listener.supervisor import Checkpoint, load_checkpoint, stats_path
+from mplog.listener.supervisor import Checkpoint, load_checkpoint, say, stats_path
 from mplog.transports import Receiver, open_receiver, transport_of
 
 __all__ = ["ListenerProcess", "build_listener", "build_receiver", "child_main", "prepare_process", "resume"]
@@ -188,11 +189,15 @@ def build_listener(
 def resume(server: Server, state_dir: str | None, restarts: int = 0) -> Checkpoint | None:
     """Continue from the state an earlier incarnation left in ``state_dir``; start checkpointing.
 
-    The stats checkpoint is restored first, then each sender's ledger as the progress
-    file (mplog.listener.progress) had it after the dead listener's last frame, then (acknowledged
-    delivery) the marks. A new checkpoint holding all of it is written before the
-    progress file is started afresh, so a listener killed during this start finds the
-    same inputs again.
+    The directory is marked used first (an empty file: mplog.listener.continuation), so a
+    listener started on it later never truncates what this one writes, even if no
+    checkpoint can be written. The stats checkpoint is restored, then each sender's
+    ledger as the progress file (mplog.listener.progress) had it after the dead
+    listener's last frame, then (acknowledged delivery) the marks. A new checkpoint
+    holding all of it is written before the progress file is started afresh, so a
+    listener killed during this start finds the same inputs again. If it cannot be
+    written (a full disk), the dead listener's progress file stays until one is: the
+    attempts go on (:class:`_StateFiles`).
 
     Returns:
         The running checkpoint thread, or None when the listener keeps no state.
@@ -200,44 +205,99 @@ def resume(server: Server, state_dir: str | None, restarts: int = 0) -> Checkpoi
     server.restarts = restarts
     if not state_dir:
         return None
+    used = continues_earlier_run(state_dir, restarts)
+    error = mark_used(state_dir)
+    if error is not None:
+        say(
+            f"mplog: cannot mark the state directory {state_dir} used ({error.strerror or error}): a listener "
+            "started on it later may truncate the mode 'w' files this one writes"
+        )
     path = stats_path(state_dir)
     state = load_checkpoint(path)
     if state is not None:
         server.stats.restore(state)
+    elif used:
+        say(
+            f"mplog: {state_dir} was used by an earlier listener but holds no stats checkpoint (it could not "
+            "write one): its files are appended to, and its stats start from zero"
+        )
     # Before anything is written: a file that grew since the dead listener measured it got its last frame.
     files = OutputFiles(server.output_handlers())
     ledgers, folds = read_progress(progress_path(state_dir), files if server.count_cut_frames else files.sizes)
     for cut in files.end_cut_lines():  # its last line was cut by the kill: the next record starts a line
-        with contextlib.suppress(Exception):
-            sys.stderr.write(f"mplog: the listener was killed while writing {cut}; its cut last line is ended\n")
+        say(f"mplog: the listener was killed while writing {cut}; its cut last line is ended")
     if ledgers or folds:
         counted = (state or {}).get("folded", {})
         server.stats.apply_progress(ledgers, folds, int(counted.get("senders", 0)) if isinstance(counted, dict) else 0)
     server.after_restore(state_dir)  # acknowledged delivery: the persisted marks
-    checkpoint = Checkpoint(path, server.snapshot)
-    if checkpoint.start():
-        _start_progress(server, progress_path(state_dir))
-    else:  # an older progress file must not overrule the checkpoints to come: none at all
-        with contextlib.suppress(OSError):
-            os.unlink(progress_path(state_dir))
+    keeper = _StateFiles(server, progress_path(state_dir))
+    checkpoint = Checkpoint(path, server.snapshot, after_write=keeper.after_checkpoint)
+    if not checkpoint.start():
+        keeper.fail(checkpoint.failing)
     return checkpoint
 
 
-def _start_progress(server: Server, path: str) -> None:
-    """Persist every sender's ledger with each frame from now on (listener.progress); without it if the file fails."""
+class _StateFiles:
+    """Starts the progress file once a checkpoint is written, and again after it could not be.
+
+    The progress file is started only after a checkpoint holding the same state, so that
+    an older progress file never overrules a newer checkpoint: until then the dead
+    listener's file stays (its ledgers are the only record of its last frames). A file
+    that cannot be created (a full disk) is removed, said once on stderr, and tried again
+    with later checkpoints, at most once a second, for the listener's whole life.
+    """
+
+    RETRY = 1.0  # seconds between attempts to create the progress file
+
+    def __init__(self, server: Server, path: str) -> None:
+        self.server = server
+        self.path = path
+        self.failing = False
+        self._next = 0.0
+
+    def fail(self, error: OSError | None) -> None:
+        """The progress file cannot be started (``error``; None: no checkpoint could be written first); said once."""
+        if not self.failing:
+            why = error.strerror or str(error) if error is not None else "no stats checkpoint written yet"
+            say(
+                f"mplog: cannot keep {self.path} ({why}): until it can, a listener killed mid-stream counts the "
+                "records written since its last checkpoint as gaps; retrying"
+            )
+        self.failing = True
+
+    def after_checkpoint(self) -> bool:
+        """Called after each checkpoint written; True when the progress file was just started (write one more)."""
+        if self.server.progress is not None or time.monotonic() < self._next:
+            return False
+        error = _start_progress(self.server, self.path)
+        if error is not None:
+            self._next = time.monotonic() + self.RETRY
+            self.fail(error)
+            return False
+        if self.failing:
+            self.failing = False
+            say(f"mplog: {self.path} is kept again")
+        return True
+
+
+def _start_progress(server: Server, path: str) -> OSError | None:
+    """Persist every sender's ledger with each frame from now on (listener.progress); the error if the file fails.
+
+    Runs on the checkpoint's thread once the listener receives: the receive loop picks the
+    file up at its next frame (it reads ``server.progress`` once per frame).
+    """
     stats = server.stats
     with stats._lock:
         table = stats.table
         try:
             progress = ProgressFile(path, table, server.output_handlers())
         except OSError as exc:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # an older one must not overrule the checkpoints to come
                 os.unlink(path)
-            with contextlib.suppress(Exception):  # the listener's own stderr, as its other complaints
-                sys.stderr.write(f"mplog: cannot keep {path} ({exc}): a crash may count records written as gaps\n")
-            return
+            return exc
         table.on_fold = progress.fold
     server.progress = progress
+    return None
 
 
 # ---------------------------------------------------------------- the child process entry

@@ -59,16 +59,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import mmap
 import os
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from mplog.listener.sender_table import DORMANT_PER_SLOT, SenderStats, SenderTable
+from mplog.listener.supervisor import say
 
 __all__ = ["OutputFiles", "Progress", "ProgressFile", "file_sizes", "progress_path", "read_progress"]
 
@@ -108,6 +110,7 @@ _MAX_ROOM = 1 << 20  # slots at most (288 MiB of address space), whatever max_se
 _MAX_RING = 1 << 21  # fold records at most (512 MiB, sparse)
 _NONE = 2  # in a copy's ``closed``: no ledger (the sender was not in the table before this frame)
 _CHUNK = 64 * 1024  # bytes of slots backed by the disk at a time, as they are first used
+_RING_CHUNK = 1 << 20  # bytes of the ring read at a time by a restart
 _MAX_COUNTED = 256 << 20  # bytes a restart reads to count a cut frame's lines; a file grown more was not cut
 
 FileSizes = dict[tuple[int, int], int]  # (st_dev, st_ino) -> size
@@ -215,19 +218,19 @@ def read_progress(path: str, sizes_now: FileSizes | OutputFiles | None = None) -
     its complete lines as received and the rest as gaps, and the files cut in the middle
     of a line are noted in ``cut``.
     """
-    try:
-        with open(path, "rb") as f:
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the parts never written are not read
-    except (OSError, ValueError):  # missing, or empty
-        return [], []
     files = sizes_now if isinstance(sizes_now, OutputFiles) else None
     sizes = sizes_now.sizes if isinstance(sizes_now, OutputFiles) else sizes_now or {}
-    with data:
-        return _read_file(data, sizes, files)
+    try:
+        # The header and the slots handed out are mapped; the ring is read where it holds data
+        # (_ring_data): the parts never written are never read.
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _read_file(data, f.fileno(), sizes, files)
+    except (OSError, ValueError):  # missing, or empty
+        return [], []
 
 
 def _read_file(
-    data: mmap.mmap, sizes_now: FileSizes, files: OutputFiles | None
+    data: mmap.mmap, fd: int, sizes_now: FileSizes, files: OutputFiles | None
 ) -> tuple[list[Progress], list[Progress]]:
     if len(data) < _HEADER or data[:8] != _MAGIC or struct.unpack_from("<I", data, 8)[0] != _VERSION:
         return [], []
@@ -257,20 +260,47 @@ def _read_file(
                 found = dataclasses.replace(found, records=found.records - lost, gaps=found.gaps + lost)
             ledgers.append(found)
     folds = []
-    for index in range(min(ring, max(len(data) - ring_at, 0) // _ENTRY)):
-        offset = ring_at + index * _ENTRY
-        state, _, length = struct.unpack_from("<BBH", data, offset)
-        if state != VALID or length > MAX_KEY:
-            continue
-        _, _, _, _, order, fold = _ENTRY_HEAD.unpack_from(data, offset)
-        found = _read(
-            data, offset + _ENTRY_LEDGER, offset + _ENTRY_KEY, length,
-            fold=fold, order=order, start_time=0.0, first_seen=0.0,
-        )  # fmt: skip
-        if found is not None:
-            folds.append(found)
+    for chunk in _ring_data(fd, ring_at, min(ring * _ENTRY, max(len(data) - ring_at, 0))):
+        for offset in range(0, len(chunk) - _ENTRY + 1, _ENTRY):
+            state, _, length = struct.unpack_from("<BBH", chunk, offset)
+            if state != VALID or length > MAX_KEY:
+                continue
+            _, _, _, _, order, fold = _ENTRY_HEAD.unpack_from(chunk, offset)
+            found = _read(
+                chunk, offset + _ENTRY_LEDGER, offset + _ENTRY_KEY, length,
+                fold=fold, order=order, start_time=0.0, first_seen=0.0,
+            )  # fmt: skip
+            if found is not None:
+                folds.append(found)
     folds.sort(key=lambda p: p.order)
     return ledgers, folds
+
+
+def _ring_data(fd: int, start: int, length: int) -> Iterator[bytes]:
+    """The parts of the ring (``length`` bytes from ``start``) that hold data, in chunks of whole entries.
+
+    Read with ``pread``, and only where the file holds data (``SEEK_DATA``): the ring is
+    sparse, and on a tmpfs a mapped read of a hole allocates a page, so a restart on a
+    small one died of SIGBUS (tests/reliability/test_state_dir_faults.py).
+    """
+    end = start + length
+    at = start
+    while at < end:
+        try:
+            at = os.lseek(fd, at, os.SEEK_DATA)
+            stop = min(os.lseek(fd, at, os.SEEK_HOLE), end)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data past ``at``
+                return
+            stop = end  # no SEEK_DATA here: read it all
+        at -= (at - start) % _ENTRY  # from the start of the entry the data begins in
+        stop += -(stop - start) % _ENTRY  # to the end of the entry it ends in
+        while at < min(stop, end):
+            chunk = os.pread(fd, min(_RING_CHUNK, min(stop, end) - at), at)
+            if len(chunk) < _ENTRY:
+                return
+            yield chunk
+            at += len(chunk) - len(chunk) % _ENTRY
 
 
 def _written(before: list[tuple[int, int, int]], files: OutputFiles, dispatched: int) -> int:
@@ -331,7 +361,15 @@ def _lines_between(path: str, identity: tuple[int, int], start: int, end: int) -
 
 
 def _read(
-    data: mmap.mmap, at: int, key_at: int, length: int, *, fold: int, order: int, start_time: float, first_seen: float
+    data: mmap.mmap | bytes,
+    at: int,
+    key_at: int,
+    length: int,
+    *,
+    fold: int,
+    order: int,
+    start_time: float,
+    first_seen: float,
 ) -> Progress | None:
     try:
         key = data[key_at : key_at + length].decode()
@@ -399,6 +437,7 @@ class ProgressFile:
         self._pending = 0  # offset of the slot whose frame is being dispatched (0: none)
         self._files = [h for h in files if _writes_a_file(h)][:_MAX_FILES]
         self._written = 0  # ring entries written
+        self._full = False  # the disk refused the last slot chunk or fold record (said once on stderr)
         self._folds = table.folded["senders"]
         self._pack = _LEDGER.pack_into
         self._pack_file = _FILE.pack_into
@@ -521,9 +560,23 @@ class ProgressFile:
         """Back the next chunk from ``start`` (not past ``end``) by the disk; False when it is full."""
         try:
             _allocate(self._fd, start, min(_CHUNK, end - start))
-        except OSError:
+        except OSError as exc:
+            self._note_full(exc)
             return False
+        self._note_full(None)
         return True
+
+    def _note_full(self, error: OSError | None) -> None:
+        """Say once on stderr that the disk refused a slot or a fold record, and once that it takes them again."""
+        if error is not None and not self._full:
+            say(
+                f"mplog: cannot grow {self.path} ({error.strerror or error}): until it can, new senders and folds "
+                "keep the checkpoint's numbers, so a listener killed mid-stream may count their records "
+                "written since the last checkpoint as gaps"
+            )
+        elif error is None and self._full:
+            say(f"mplog: {self.path} grows again")
+        self._full = error is not None
 
     def fold(self, key: str, sender: SenderStats, fold: int) -> None:
         """The table folded ``key`` as its fold number ``fold``: record its final ledger in the ring, free its slot."""
@@ -551,8 +604,11 @@ class ProgressFile:
         entry[_ENTRY_KEY : _ENTRY_KEY + len(raw)] = raw
         try:
             os.pwrite(self._fd, entry, self._ring_at + (self._written % self._ring) * _ENTRY)
-        except OSError:  # a full disk: no record
+        except OSError as exc:  # a full disk: no record
+            self._note_full(exc)
             return
+        if self._full:
+            self._note_full(None)
         self._written += 1
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from mplog.exceptions import ConfigError
+from mplog.listener.write_errors import cause_of, creation_error
 
 if TYPE_CHECKING:
     from mplog.listener.stats import Stats
@@ -44,6 +46,7 @@ __all__ = [
     "live_local_senders",
     "load_checkpoint",
     "process_runs",
+    "say",
     "stats_path",
 ]
 
@@ -82,11 +85,16 @@ def ensure_state_dir(state_dir: str) -> None:
     """Create the listener's state directory if it is missing: mode 0700, as ``mplog listen`` always did.
 
     An existing directory is used as it is (a service manager may have made it, e.g.
-    systemd's ``StateDirectory=``).
+    systemd's ``StateDirectory=``). It must let this user create a file, which needs an
+    inode and no data block: a listener marks the directory used with an empty file as it
+    starts (mplog.listener.continuation), so that a restart never truncates its files. A
+    directory that is only full still starts the listener, which says so and retries
+    (:class:`Checkpoint`).
 
     Raises:
-        ConfigError: it cannot be created, is not a directory, or cannot be written
-            (naming ``mplog.state_dir``): checkpoints there would fail, silently.
+        ConfigError: it cannot be created, is not a directory, or no file can be created
+            in it (naming ``mplog.state_dir`` and the cause: a read-only file system, no
+            inode left, a permission).
     """
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -95,8 +103,12 @@ def ensure_state_dir(state_dir: str) -> None:
             f"mplog.state_dir {state_dir!r} cannot be created ({exc.strerror or exc}); "
             "give a directory this user can create or write"
         ) from exc
-    if not os.access(state_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"mplog.state_dir {state_dir!r} is not writable by this user; give a directory it can write")
+    error = creation_error(state_dir)
+    if error is not None:
+        raise ConfigError(
+            f"mplog.state_dir: {cause_of(error, state_dir)} (a restart could not tell it continues this listener, "
+            "and would truncate its mode 'w' files)"
+        )
 
 
 def load_checkpoint(path: str) -> dict[str, Any] | None:
@@ -110,33 +122,49 @@ def load_checkpoint(path: str) -> dict[str, Any] | None:
 
 
 class Checkpoint:
-    """Writes ``snapshot()`` to ``path`` every ``interval`` seconds until :meth:`close`."""
+    """Writes ``snapshot()`` to ``path`` every ``interval`` seconds until :meth:`close`.
+
+    A write that fails (a full disk) is tried again at the next interval, whether or not
+    the stats changed, for the listener's whole life. The listener says once on stderr
+    that it cannot write its checkpoint and what that costs, and once that it can again
+    (tests/reliability/test_state_dir_faults.py).
+
+    Args:
+        path: the checkpoint file (``stats.json`` in the state directory).
+        snapshot: the stats to write.
+        interval: seconds between checkpoints (written only when something changed).
+        after_write: called on the checkpoint's thread after each checkpoint written;
+            returns True to have one more written at once (the listener starts its
+            progress file there once it can: mplog.listener.process).
+    """
 
     def __init__(
-        self, path: str, snapshot: Callable[[], dict[str, Any]], interval: float = CHECKPOINT_INTERVAL
+        self,
+        path: str,
+        snapshot: Callable[[], dict[str, Any]],
+        interval: float = CHECKPOINT_INTERVAL,
+        after_write: Callable[[], bool] | None = None,
     ) -> None:
         self.path = path
         self._snapshot = snapshot
         self._interval = interval
+        self._after_write = after_write
+        self.failing: OSError | None = None  # why the last write failed; None while they succeed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mplog-checkpoint", daemon=True)
 
     def start(self) -> bool:
         """Write the first checkpoint now, then one every ``interval`` while something changes.
 
-        The first one marks the state directory as used: a listener started on it later,
-        even after this one was killed at once, continues it and appends to its files
-        (mplog.listener.continuation).
+        A listener has marked its state directory used before this (an empty file:
+        mplog.listener.continuation), so a listener started on it later continues it and
+        appends to its files even when this first checkpoint cannot be written.
 
         Returns:
             Whether the first checkpoint was written (a full disk must not stop the
-            listener from starting: it goes on, and so do the attempts).
+            listener from starting: it goes on, says so, and the attempts go on).
         """
-        try:
-            self.write()
-            written = True
-        except Exception:
-            written = False
+        written = self._attempt()
         self._thread.start()
         return written
 
@@ -156,6 +184,29 @@ class Checkpoint:
             os.close(fd)
         os.replace(tmp, self.path)
 
+    def _attempt(self, snapshot: dict[str, Any] | None = None) -> bool:
+        """Write a checkpoint; say on stderr when writing starts or stops failing. Never raises."""
+        try:
+            self._write(self._snapshot() if snapshot is None else snapshot)
+        except OSError as exc:
+            if self.failing is None:
+                say(
+                    f"mplog: cannot write the stats checkpoint {self.path} ({exc.strerror or exc}): until it can, "
+                    "a listener killed or restarted on this state directory goes back to the stats of its last "
+                    "checkpoint there (zero if there is none; its files are still appended to, not truncated); "
+                    "retrying"
+                )
+            self.failing = exc
+            return False
+        except Exception:  # a snapshot that cannot be taken or encoded: tried again at the next interval
+            return False
+        if self.failing is not None:
+            self.failing = None
+            say(f"mplog: the stats checkpoint {self.path} is written again")
+        if self._after_write is not None and self._after_write():
+            return self._attempt()
+        return True
+
     def _run(self) -> None:
         last = None
         pause = self._interval
@@ -164,8 +215,7 @@ class Checkpoint:
             with contextlib.suppress(Exception):  # a full disk must not end the listener
                 snapshot = self._snapshot()
                 progress = (snapshot.get("frames"), snapshot.get("malformed_total"), snapshot.get("handler_errors"))
-                if progress != last:
-                    self._write(snapshot)
+                if (progress != last or self.failing is not None) and self._attempt(snapshot):
                     last = progress
             # A large sender table makes a checkpoint cost tens of milliseconds: at most a
             # tenth of the time goes to it, whatever the interval.
@@ -181,6 +231,13 @@ class Checkpoint:
         if final:
             with contextlib.suppress(Exception):
                 self.write()
+
+
+def say(line: str) -> None:
+    """One line on the listener's stderr, where its other complaints go; never raises."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class Backoff:

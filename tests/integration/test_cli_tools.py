@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, console_script, file_config, read_lines, wait_for
+from helpers import check_lines, console_script, file_config, fill, mount_tmpfs, read_lines, umount, wait_for
 
 import mplog
 
@@ -219,6 +219,39 @@ def test_check_rejects_a_bad_file_with_exit_code_2_and_names_the_key(tmp_path, n
     assert len(lines) == 1
     assert lines[0].startswith("mplog: config error: ")
     assert key in lines[0]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        ("read-only", "is on a read-only file system; remount it read-write or choose another directory"),
+        ("full", "is full (No space left on device); free space or choose another directory"),
+    ],
+    ids=["read-only", "full"],
+)
+def test_check_names_a_read_only_or_full_file_system_as_the_cause_not_permissions(tmp_path, fault, cause, existing):
+    mnt = tmp_path / "mnt"
+    mount_tmpfs(mnt, "1m")
+    try:
+        out = mnt / "out.log"
+        if existing:
+            out.write_text("a line from before\n")
+        fill(mnt)
+        if fault == "read-only":
+            (mnt / "filler").unlink()
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        path = tmp_path / "collector.json"
+        path.write_text(json.dumps(file_config(out)))
+        result = run_mplog("check", str(path))
+        # Before: "this user cannot create files in '…'; fix its permissions" for the read-only
+        # one (the listener then failed with EROFS), and OK for the full one.
+        assert result.returncode == 2, result.stdout
+        directory = "the file system of " + repr(str(mnt)) if fault == "full" else repr(str(mnt))
+        assert result.stderr == f"mplog: config error: handlers.file.filename {str(out)!r}: {directory} {cause}\n"
+        assert sorted(p.name for p in mnt.iterdir()) == sorted(["filler"] * (fault == "full") + ["out.log"] * existing)
+    finally:
+        umount(mnt)
 
 
 def test_check_of_a_missing_file_names_the_file(tmp_path):

@@ -21,7 +21,17 @@ from typing import Any
 import psutil
 import pytest
 from fault_handlers import slow_sink_config
-from helpers import PAYLOAD_RE, check_lines, file_config, log_numbered, payload, read_lines, wait_for
+from helpers import (
+    PAYLOAD_RE,
+    check_lines,
+    file_config,
+    log_numbered,
+    mount_tmpfs,
+    payload,
+    read_lines,
+    umount,
+    wait_for,
+)
 from ledger import build_ledger
 
 import mplog
@@ -102,15 +112,6 @@ def _two_files(small: Path, big: Path, **small_options: object) -> dict[str, obj
     return config
 
 
-def _mount_tmpfs(where: Path, size: str) -> None:
-    where.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-
-
 def _settled_errors(listener: mplog.Listener) -> dict[str, int]:
     """Handler errors once dispatch has caught up: ``received`` counts a frame before its
     records reach the handlers, so errors read right after it may still be growing."""
@@ -124,14 +125,10 @@ def _settled_errors(listener: mplog.Listener) -> dict[str, int]:
     return seen[-1]
 
 
-def _umount(where: Path) -> None:
-    subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
-
-
 @pytest.mark.timeout(60)
 def test_a_full_filesystem_is_counted_per_handler_the_other_handler_gets_everything_and_writing_resumes(tmp_path):
     mnt = tmp_path / "small"
-    _mount_tmpfs(mnt, "1m")
+    mount_tmpfs(mnt, "1m")
     try:
         small, big = mnt / "out.log", tmp_path / "all.log"
         log = logging.getLogger("disk")
@@ -158,13 +155,13 @@ def test_a_full_filesystem_is_counted_per_handler_the_other_handler_gets_everyth
         assert all(text.count(payload(0, seq, 80) + "\n") == 1 for seq in range(20_000, 21_000))
         assert errors_after == errors["small"]  # no new errors once there was room
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 @pytest.mark.timeout(60)
 def test_a_read_only_filesystem_is_counted_and_writing_resumes_when_it_is_writable_again(tmp_path):
     mnt = tmp_path / "ro"
-    _mount_tmpfs(mnt, "8m")
+    mount_tmpfs(mnt, "8m")
     try:
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         small, big = mnt / "out.log", tmp_path / "all.log"
@@ -184,7 +181,7 @@ def test_a_read_only_filesystem_is_counted_and_writing_resumes_when_it_is_writab
         check_lines(read_lines(big), {0: 200}).assert_exact()
         assert sorted(check_lines(read_lines(small), {}).seen) == [(0, s) for s in range(100, 200)]
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 def _fds_to(pid: int, path: Path) -> int:
@@ -208,7 +205,7 @@ def test_a_sighup_while_the_disk_is_full_does_not_stop_later_sighups_from_reopen
     writing into the file logrotate had moved away (and then deleted: 37,524 records lost
     without a count). Before the fix the last rotation below was never reopened."""
     mnt = tmp_path / "small"
-    _mount_tmpfs(mnt, "1m")
+    mount_tmpfs(mnt, "1m")
     try:
         small, big = mnt / "out.log", tmp_path / "all.log"
         log = logging.getLogger("disk")
@@ -237,7 +234,7 @@ def test_a_sighup_while_the_disk_is_full_does_not_stop_later_sighups_from_reopen
         assert sorted(check_lines(read_lines(small), {}).seen) == [(0, s) for s in range(21_000, 22_000)]
         assert sorted(check_lines(read_lines(mnt / "out.log.2"), {}).seen) == [(0, s) for s in range(20_000, 21_000)]
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 @pytest.mark.timeout(30)
@@ -291,7 +288,7 @@ def test_a_disk_that_fills_mid_frame_counts_exactly_the_records_not_whole_in_the
     # was glued to the cut line, and stderr named neither the file nor a count. Now: whole lines
     # + errors == logged, no record twice, none glued; stderr says when it fails and when it writes again.
     mnt = tmp_path / "full"
-    _mount_tmpfs(mnt, "1m")
+    mount_tmpfs(mnt, "1m")
     try:
         (mnt / "filler").write_bytes(b"\0" * 600_000)
         out = mnt / "out.log"
@@ -330,7 +327,7 @@ def test_a_disk_that_fills_mid_frame_counts_exactly_the_records_not_whole_in_the
         assert err.count(f"mplog: handler 'file' writes {out} again after ") == 1, err
         assert f"; {errors} records not written meanwhile (counted in handler_errors)" in err, err
     finally:
-        _umount(mnt)
+        umount(mnt)
 
 
 # ---------------------------------------------------------------- fork while another thread logs (B15)
