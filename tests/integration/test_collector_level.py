@@ -174,7 +174,13 @@ def test_an_explicit_level_wins_over_the_collectors(tmp_path, short_dir, options
     with _collector(_config(tmp_path / "c.json", out), f"ipc://{short_dir}/c.sock") as (collector, endpoint, _):
         report = _run_worker(endpoint, options, **env)
         assert report["counters"]["sent"] == shipped
-        stats = request_stats(endpoint)
+        # Once the collector has read the worker's goodbye (under load it may still be behind it).
+        stats = wait_for(
+            lambda: (s := request_stats(endpoint))["received"] >= shipped
+            and all(v["closed"] for v in s["senders"].values())
+            and s,
+            timeout=15,
+        )
         _stop(collector)
     assert stats["received"] == shipped
     # The collector still writes only what its handlers take: every INFO record that was sent, once.

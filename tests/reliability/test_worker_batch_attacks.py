@@ -893,7 +893,10 @@ def test_setup_worker_replacing_the_handler_while_threads_log_loses_nothing(tmp_
         assert listener.stats()["received"] == report["logged"]
     messages = _messages(tmp_path)
     for t in range(16):
-        assert _numbers(messages, f"R{t}") == list(range(2000)), t  # each thread's records, once, in order
+        # Each thread's records, once. Not necessarily in order across the replacement: the old
+        # handler's last batch and the new handler's first travel on two connections (a full run
+        # once had a thread's record 12 written before its 11).
+        assert sorted(_numbers(messages, f"R{t}")) == list(range(2000)), t
     assert "was logged after" not in report["stderr"], report["stderr"]
 
 
