@@ -176,9 +176,11 @@ def test_an_explicit_level_wins_over_the_collectors(tmp_path, short_dir, options
         assert report["counters"]["sent"] == shipped
         # Once the collector has read the worker's goodbye (under load it may still be behind it).
         stats = wait_for(
-            lambda: (s := request_stats(endpoint))["received"] >= shipped
-            and all(v["closed"] for v in s["senders"].values())
-            and s,
+            lambda: (
+                (s := request_stats(endpoint))["received"] >= shipped
+                and all(v["closed"] for v in s["senders"].values())
+                and s
+            ),
             timeout=15,
         )
         _stop(collector)
