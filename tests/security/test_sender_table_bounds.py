@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,13 @@ def _one_shot_frames(count: int) -> list[bytes]:
     ]
 
 
+# The listener's growth for the test below, table held at 10,000 senders: +37.3 MiB on CPython
+# 3.11.7, +40.5 on 3.13.0, +51.2 and +52.7 on 3.10.13, whose objects are larger (no inline
+# attribute values before 3.11). The bound keeps 3.11's ~25 % margin on each; unbounded, the
+# table grew by about 155 MB.
+_RSS_BOUND = (48 if sys.version_info >= (3, 11) else 64) * 2**20
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_100000_one_shot_senders_cost_a_bounded_rss_and_stats_stay_fast(tmp_path: Path) -> None:
@@ -246,7 +254,7 @@ def test_100000_one_shot_senders_cost_a_bounded_rss_and_stats_stay_fast(tmp_path
         f"100,000 one-shot senders: RSS +{grown / 2**20:.1f} MiB, stats() {stats_seconds * 1000:.0f} ms, "
         f"status {status_seconds * 1000:.0f} ms, table {len(stats['senders'])}, folded {stats['folded']}"
     )
-    assert grown < 48 * 2**20  # main: about +155 MB, never freed
+    assert grown < _RSS_BOUND  # main: about +155 MB, never freed
     assert stats_seconds < 1.0 and status_seconds < 1.0  # main: `mplog status` timed out (2 s)
     assert len(stats["senders"]) <= limit and len(status["senders"]) <= limit
     assert final["received"] == count and final["gaps"] == final["dropped"] == final["duplicates"] == 0

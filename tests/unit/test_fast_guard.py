@@ -75,7 +75,8 @@ def _tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
 
 
 # name -> (what to do to the logger and its handler, the refusal, which guard names it)
-Setup = Callable[[logging.Logger, logging.StreamHandler[Any]], None]
+# The handler's type as a str: logging.StreamHandler is subscriptable at run time from 3.11 on.
+Setup = Callable[[logging.Logger, "logging.StreamHandler[Any]"], None]
 
 
 def _instance_emit(logger: logging.Logger, handler: logging.StreamHandler[Any]) -> None:
