@@ -50,8 +50,10 @@ class Spooler:
         self.own: OwnSpool | None = None
         self.adopted: dict[str, tuple[AdoptedSpool, set[int]]] = {}  # path -> (file, its streams not yet closed)
         self.more = False  # the last adoption left files for later (its memory budget was spent)
+        self.ready = False  # the directory is there to adopt from (the own file may still be missing)
         try:
             prepare_dir(directory)
+            self.ready = True
             self.own = OwnSpool(directory, bound)
         except OSError as exc:
             self._failed(exc, directory)
@@ -86,10 +88,15 @@ class Spooler:
 
         Args:
             taken: stream ids the sender tracks already (a file naming one is left alone).
+
+        Adopting needs only reads and deletes: a worker whose own file could not be created
+        (a full disk) still adopts (see
+        ``test_a_worker_that_cannot_create_its_own_spool_on_a_full_disk_still_adopts_a_dead_workers_spool``).
         """
-        if self.own is None:
+        if not self.ready:
             return []
-        spools, problems, self.more = adopt_spools(self.directory, self.own.path, self.bound)
+        own = self.own.path if self.own is not None else ""
+        spools, problems, self.more = adopt_spools(self.directory, own, self.bound)
         for line in problems:
             report(f"mplog: {line}")
         result = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import file_config, log_numbered, payload, read_lines, wait_for
+from helpers import file_config, fill, log_numbered, mount_tmpfs, payload, read_lines, umount, wait_for
 from ledger import build_ledger
 
 import mplog
@@ -197,6 +197,38 @@ def test_a_torn_last_entry_is_ignored_and_the_whole_entries_before_it_are_adopte
     assert sorted(lines) == sorted(payload(0, seq) for seq in range(40))
     assert "torn last entry" in capfd.readouterr().err
     assert _spool_files(spool_dir) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_worker_that_cannot_create_its_own_spool_on_a_full_disk_still_adopts_a_dead_workers_spool(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # An outsider's runs: on a full spool_dir the new worker said "goes on without a spool" and
+    # left the dead worker's intact spool (12-14 frames) unadopted, 3 runs of 3.
+    out, mnt = tmp_path / "out.log", tmp_path / "full"
+    mount_tmpfs(mnt, "1m")
+    try:
+        spool_dir = mnt / "spool"
+        dead = Sender(socket.gethostname(), 4_000_003, 1.5, 0xF011)
+        path = _write_spool(spool_dir, _dead_frames(dead, 12, 10))
+        fill(mnt)
+        with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+            sender = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(spool_dir), close_timeout=20)
+            try:
+                assert sender.spool_errors == 1 and sender.spool_path is None  # its own file: no room
+                assert sender.unacked == 12
+                wait_for(lambda: not path.exists(), timeout=20)  # acknowledged, goodbye acknowledged, deleted
+            finally:
+                sender.close()
+            stats = listener.stats()
+        record = stats["senders"][dead.key]
+        assert (record["records"], record["next_seq"], record["closed"], record["gaps"]) == (120, 120, True, 0)
+        assert sorted(read_lines(out)) == sorted(payload(0, seq) for seq in range(120))
+        assert capfd.readouterr().err.count("goes on without a spool") == 1
+        assert _spool_files(spool_dir) == []
+    finally:
+        umount(mnt)
 
 
 @pytest.mark.integration
