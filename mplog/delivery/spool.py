@@ -39,8 +39,10 @@ class Spooler:
     """A sender's spool: its own file, and the dead workers' files it adopted.
 
     A failure to create or write the own file is counted in :attr:`errors`, reported
-    once, and ends spooling: the sender goes on with its memory buffer alone. Not
-    thread-safe: the sender calls it with its lock held.
+    once, and ends spooling: the sender goes on with its memory buffer alone. The whole
+    frames the file already holds stay there for an adopter, and their acknowledgements
+    are still recorded (:meth:`OwnSpool.stop`). Not thread-safe: the sender calls it with
+    its lock held.
     """
 
     def __init__(self, directory: str, bound: int) -> None:
@@ -65,22 +67,36 @@ class Spooler:
 
     def _failed(self, exc: OSError, where: str) -> None:
         self.errors += 1
-        if self.own is not None and self.errors == 1:
-            self.own.stop()
+        if self.own is None:
+            kept = 0
+        elif self.errors == 1:
+            kept = self.own.stop()
+        else:  # the acknowledgements of the frames stop() kept cannot be recorded: keep none
+            self.own.drop()
+            return
         if self.errors == 1:
+            in_file = (
+                f"the {kept} unacknowledged frames already in {where} stay there for a worker that adopts it, "
+                if kept
+                else ""
+            )
             report(
                 f"mplog: spool {where}: {exc}; acknowledged delivery goes on without a spool "
-                f"(unacknowledged frames are kept in memory only; pid {os.getpid()})"
+                f"({in_file}{'later' if kept else 'unacknowledged'} frames are kept in memory only; pid {os.getpid()})"
             )
 
     def call(self, method: str, *args: Any) -> Any:
-        """``OwnSpool.method(*args)``; None when not spooling or when it failed."""
-        if self.own is None or self.errors:
+        """``OwnSpool.method(*args)``; None when not spooling or when it failed.
+
+        After a failure only ``acknowledged`` goes on, while the file keeps frames.
+        """
+        own = self.own
+        if own is None or (self.errors and not (method == "acknowledged" and own.kept)):
             return None
         try:
-            return getattr(self.own, method)(*args)
+            return getattr(own, method)(*args)
         except OSError as exc:
-            self._failed(exc, self.own.path)
+            self._failed(exc, own.path)
             return None
 
     def adopt(self, taken: Container[int]) -> list[tuple[str, dict[int, AdoptedStream]]]:
@@ -148,7 +164,7 @@ class Spooler:
     def close(self, *, keep: bool) -> None:
         """Keep the own file (unacknowledged frames, for the next worker) or delete it."""
         if self.own is not None:
-            if keep and not self.errors:
+            if keep and (not self.errors or self.own.kept):
                 self.own.release()
             else:
                 self.own.remove()
