@@ -39,8 +39,10 @@ class Spooler:
     """A sender's spool: its own file, and the dead workers' files it adopted.
 
     A failure to create or write the own file is counted in :attr:`errors`, reported
-    once, and ends spooling: the sender goes on with its memory buffer alone. Not
-    thread-safe: the sender calls it with its lock held.
+    once, and ends spooling: the sender goes on with its memory buffer alone. The whole
+    frames the file already holds stay there for an adopter, and their acknowledgements
+    are still recorded (:meth:`OwnSpool.stop`). Not thread-safe: the sender calls it with
+    its lock held.
     """
 
     def __init__(self, directory: str, bound: int) -> None:
@@ -50,8 +52,10 @@ class Spooler:
         self.own: OwnSpool | None = None
         self.adopted: dict[str, tuple[AdoptedSpool, set[int]]] = {}  # path -> (file, its streams not yet closed)
         self.more = False  # the last adoption left files for later (its memory budget was spent)
+        self.ready = False  # the directory is there to adopt from (the own file may still be missing)
         try:
             prepare_dir(directory)
+            self.ready = True
             self.own = OwnSpool(directory, bound)
         except OSError as exc:
             self._failed(exc, directory)
@@ -63,22 +67,36 @@ class Spooler:
 
     def _failed(self, exc: OSError, where: str) -> None:
         self.errors += 1
-        if self.own is not None and self.errors == 1:
-            self.own.stop()
+        if self.own is None:
+            kept = 0
+        elif self.errors == 1:
+            kept = self.own.stop()
+        else:  # the acknowledgements of the frames stop() kept cannot be recorded: keep none
+            self.own.drop()
+            return
         if self.errors == 1:
+            in_file = (
+                f"the {kept} unacknowledged frames already in {where} stay there for a worker that adopts it, "
+                if kept
+                else ""
+            )
             report(
                 f"mplog: spool {where}: {exc}; acknowledged delivery goes on without a spool "
-                f"(unacknowledged frames are kept in memory only; pid {os.getpid()})"
+                f"({in_file}{'later' if kept else 'unacknowledged'} frames are kept in memory only; pid {os.getpid()})"
             )
 
     def call(self, method: str, *args: Any) -> Any:
-        """``OwnSpool.method(*args)``; None when not spooling or when it failed."""
-        if self.own is None or self.errors:
+        """``OwnSpool.method(*args)``; None when not spooling or when it failed.
+
+        After a failure only ``acknowledged`` goes on, while the file keeps frames.
+        """
+        own = self.own
+        if own is None or (self.errors and not (method == "acknowledged" and own.kept)):
             return None
         try:
-            return getattr(self.own, method)(*args)
+            return getattr(own, method)(*args)
         except OSError as exc:
-            self._failed(exc, self.own.path)
+            self._failed(exc, own.path)
             return None
 
     def adopt(self, taken: Container[int]) -> list[tuple[str, dict[int, AdoptedStream]]]:
@@ -86,10 +104,15 @@ class Spooler:
 
         Args:
             taken: stream ids the sender tracks already (a file naming one is left alone).
+
+        Adopting needs only reads and deletes: a worker whose own file could not be created
+        (a full disk) still adopts (see
+        ``test_a_worker_that_cannot_create_its_own_spool_on_a_full_disk_still_adopts_a_dead_workers_spool``).
         """
-        if self.own is None:
+        if not self.ready:
             return []
-        spools, problems, self.more = adopt_spools(self.directory, self.own.path, self.bound)
+        own = self.own.path if self.own is not None else ""
+        spools, problems, self.more = adopt_spools(self.directory, own, self.bound)
         for line in problems:
             report(f"mplog: {line}")
         result = []
@@ -141,7 +164,7 @@ class Spooler:
     def close(self, *, keep: bool) -> None:
         """Keep the own file (unacknowledged frames, for the next worker) or delete it."""
         if self.own is not None:
-            if keep and not self.errors:
+            if keep and (not self.errors or self.own.kept):
                 self.own.release()
             else:
                 self.own.remove()

@@ -22,13 +22,16 @@ from typing import NamedTuple
 
 from mplog.delivery.spool_format import (
     ENTRY,
+    FLAGS_AT,
     HEADER_SIZE,
     IDENT_AT,
     MARK_AT,
     MAX_IDENTITY,
     NO_IDENTITY,
+    STOPPED,
     SpoolContents,
     pack_entry,
+    pack_flags,
     pack_header,
     pack_identity,
     pack_mark,
@@ -176,9 +179,36 @@ class OwnSpool(_SpoolFile):
         self._fd = fd
         self._end = self._last = self._live_bytes = len(data)
 
-    def stop(self) -> None:
-        """Stop spooling after a write failure: keep the lock, leave no frame and no identity behind
-        (a worker adopting the file after this one died must not say goodbye at a stale position)."""
+    @property
+    def kept(self) -> int:
+        """Unacknowledged frames in the file (after :meth:`stop`: those it kept)."""
+        return len(self._live)
+
+    def stop(self) -> int:
+        """Stop appending after a write failure; keep the lock and the whole entries already written.
+
+        The torn entry is cut off (a shrink needs no room on a full disk) and the file is
+        marked STOPPED: a worker adopting it after this one died resends its frames but
+        says no goodbye after them, as this sender's stream goes on from memory (a goodbye
+        there would close it at a stale position). :meth:`acknowledged` still records
+        acknowledgements, so an adopter resends only what is not acknowledged. When that
+        cannot be done, nothing is kept (:meth:`drop`).
+
+        Returns:
+            How many frames the file keeps.
+        """
+        try:
+            os.ftruncate(self._fd, self._end)
+            if self._live:
+                _write_all(self._fd, pack_flags(STOPPED), FLAGS_AT)
+                return len(self._live)
+        except OSError:
+            pass
+        self.drop()
+        return 0
+
+    def drop(self) -> None:
+        """Keep nothing: no frame and no identity (an adopter must not say goodbye at a stale position)."""
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, HEADER_SIZE)
             _write_all(self._fd, NO_IDENTITY, IDENT_AT)
@@ -192,7 +222,7 @@ class AdoptedStream(NamedTuple):
     sender: bytes  # the dead sender's packed identity
     end_seq: int  # where its goodbye goes
     dropped: int  # its last reported policy drops
-    final: bool  # its own goodbye is among the frames
+    final: bool  # no goodbye to add: its own is among the frames, or its writer stopped spooling (STOPPED)
 
 
 class AdoptedSpool(_SpoolFile):
@@ -225,9 +255,9 @@ class AdoptedSpool(_SpoolFile):
                 head.sender,
                 max(old.end_seq, head.end_seq),
                 max(old.dropped, head.dropped),
-                bool(head.flags & FLAG_FINAL),
+                bool(head.flags & FLAG_FINAL) or self.contents.stopped,
             )
-        if not found and identity and mark is not None and mark[1]:
+        if not found and identity and mark is not None and mark[1] and not self.contents.stopped:
             try:
                 stream = read_sender(identity).stream
             except Exception as exc:

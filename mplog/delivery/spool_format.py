@@ -2,13 +2,16 @@
 
 A file is a 512-byte header, then entries::
 
-    header: b"MPLOGSPL", u32 version, u32 reserved,
+    header: b"MPLOGSPL", u32 version, u32 flags (STOPPED: the writer stopped appending),
             at 16: u64 stream, u64 next_seq, u32 crc32  (acknowledged progress)
             at 48: u16 length, u32 crc32, sender bytes  (the writer's identity)
     entry:  u32 length, u32 crc32 of the frame, frame
 
 all little-endian. A reader stops at the first entry that is short or fails its
-checksum: a write torn by SIGKILL or a full disk loses that frame only. Who writes,
+checksum: a write torn by SIGKILL or a full disk loses that frame only. A writer whose
+write failed cuts the torn entry off, sets STOPPED and appends nothing more: its stream
+goes on from memory, so the file's frames are only a prefix of it and an adopter resends
+them without saying goodbye after them. Who writes,
 locks and adopts these files is :mod:`mplog.delivery.spool_files`.
 """
 
@@ -22,16 +25,19 @@ from mplog.wire import FLAG_FINAL, build_frame
 
 __all__ = [
     "ENTRY",
+    "FLAGS_AT",
     "HEADER_SIZE",
     "IDENT_AT",
     "MAGIC",
     "MARK_AT",
     "MAX_IDENTITY",
     "NO_IDENTITY",
+    "STOPPED",
     "VERSION",
     "SpoolContents",
     "goodbye_frame",
     "pack_entry",
+    "pack_flags",
     "pack_header",
     "pack_identity",
     "pack_mark",
@@ -42,7 +48,9 @@ MAGIC = b"MPLOGSPL"
 VERSION = 1
 HEADER_SIZE = 512
 ENTRY = struct.Struct("<II")  # frame length, crc32 of the frame
-_PREAMBLE = struct.Struct("<8sII")  # magic, version, reserved
+_PREAMBLE = struct.Struct("<8sII")  # magic, version, flags
+FLAGS_AT = 12
+STOPPED = 1  # the writer stopped appending after a failed write (its stream went on from memory)
 _MARK = struct.Struct("<QQI")  # stream, next_seq, crc32 of the first 16 bytes
 MARK_AT = 16
 _IDENT = struct.Struct("<HI")  # length, crc32
@@ -59,6 +67,11 @@ def goodbye_frame(sender: bytes, next_seq: int, dropped: int) -> bytes:
 def pack_entry(frame: bytes) -> bytes:
     """One entry: the frame behind its length and checksum."""
     return ENTRY.pack(len(frame), zlib.crc32(frame)) + frame
+
+
+def pack_flags(flags: int) -> bytes:
+    """The header's flags, as they go at FLAGS_AT."""
+    return struct.pack("<I", flags)
 
 
 def pack_mark(stream: int, next_seq: int) -> bytes:
@@ -90,6 +103,7 @@ class SpoolContents(NamedTuple):
     mark: tuple[int, int] | None  # (stream, next_seq) acknowledged when the writer last recorded it
     identity: bytes  # the writer's packed sender, or b"" before its first frame
     torn: int  # bytes after the last whole entry (a torn write)
+    stopped: bool = False  # the writer stopped appending after a failed write: the frames are a prefix of its stream
 
 
 def parse_spool(data: bytes) -> SpoolContents:
@@ -100,7 +114,7 @@ def parse_spool(data: bytes) -> SpoolContents:
     """
     if len(data) < HEADER_SIZE:
         raise ValueError(f"{len(data)} bytes is shorter than a spool header")
-    magic, version, _ = _PREAMBLE.unpack_from(data, 0)
+    magic, version, flags = _PREAMBLE.unpack_from(data, 0)
     if magic != MAGIC or version != VERSION:
         raise ValueError("not an mplog spool file (magic or version)")
     stream, next_seq, crc = _MARK.unpack_from(data, MARK_AT)
@@ -118,4 +132,4 @@ def parse_spool(data: bytes) -> SpoolContents:
             break
         frames.append(frame)
         offset += ENTRY.size + length
-    return SpoolContents(frames, mark, identity, len(data) - offset)
+    return SpoolContents(frames, mark, identity, len(data) - offset, bool(flags & STOPPED))

@@ -41,6 +41,7 @@ from mplog.listener.settings import (
     yield_seconds,
 )
 from mplog.listener.supervisor import Checkpoint, load_checkpoint, say, stats_path
+from mplog.listener.write_failures import end_cut_lines_on_open
 from mplog.transports import Receiver, open_receiver, transport_of
 
 __all__ = ["ListenerProcess", "build_listener", "build_receiver", "child_main", "prepare_process", "resume"]
@@ -56,6 +57,7 @@ def prepare_process(config: dict[str, Any], runtime: dict[str, Any], state_dir: 
     # is per thread on Linux and a new thread inherits its creator's.
     apply_nice(runtime)
     append_on_first_open(continues_earlier_run(state_dir, restarts))  # a continued run never truncates
+    end_cut_lines_on_open()  # after it (it wraps its hook): a file left inside a line gets a line end first
     apply_logging_config(config)
     _resolve_queued_targets()
     if not restarts:
@@ -224,7 +226,7 @@ def resume(server: Server, state_dir: str | None, restarts: int = 0) -> Checkpoi
     # Before anything is written: a file that grew since the dead listener measured it got its last frame.
     files = OutputFiles(server.output_handlers())
     ledgers, folds = read_progress(progress_path(state_dir), files if server.count_cut_frames else files.sizes)
-    for cut in files.end_cut_lines():  # its last line was cut by the kill: the next record starts a line
+    for cut in files.cut:  # its handler's open gave it a line end to write first (end_cut_lines_on_open)
         say(f"mplog: the listener was killed while writing {cut}; its cut last line is ended")
     if ledgers or folds:
         counted = (state or {}).get("folded", {})

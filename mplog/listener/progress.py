@@ -42,7 +42,7 @@ at a page boundary once the signal is pending (measured here: 69 of 100 kills of
 that writes 30 KB at a time, every one ending on a 4096-byte boundary). The header also holds
 how many records the pending frame dispatches, so a restarted listener that finds a file
 grown to a page boundary with fewer complete lines than that counts the lines as written and
-the rest as gaps (:func:`read_progress`), and ends the line the kill cut (:class:`OutputFiles`).
+the rest as gaps (:func:`read_progress`); the line the kill cut is ended when its handler opens the file.
 
 What this leaves (docs/reliability.md): a pending frame that went to no file (only to
 syslog, say, or below every handler's level) counts as not written; one written partly
@@ -164,8 +164,8 @@ class OutputFiles:
 
     ``sizes``: each file's size by identity (st_dev, st_ino); ``paths``: where a
     FileHandler's file can be read (to count the lines a cut frame left); ``cut``: the
-    paths :func:`read_progress` found cut in the middle of a line, which
-    :meth:`end_cut_lines` ends.
+    paths :func:`read_progress` found cut in the middle of a line (the handler's open
+    ends that line: :func:`mplog.listener.write_failures.end_cut_lines_on_open`).
     """
 
     def __init__(self, handlers: Iterable[logging.Handler]) -> None:
@@ -187,24 +187,6 @@ class OutputFiles:
                 self.sizes[(st.st_dev, st.st_ino)] = st.st_size
                 if isinstance(handler, logging.FileHandler):
                     self.paths[(st.st_dev, st.st_ino)] = handler.baseFilename
-
-    def end_cut_lines(self) -> list[str]:
-        """End each line a kill cut with a newline, so the next record starts a line of its own; the paths ended."""
-        ended = []
-        for path in self.cut:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            except OSError:
-                continue
-            try:
-                os.write(fd, b"\n")
-                ended.append(path)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        self.cut = []
-        return ended
 
 
 def read_progress(path: str, sizes_now: FileSizes | OutputFiles | None = None) -> tuple[list[Progress], list[Progress]]:

@@ -11,9 +11,12 @@ writing a regular file:
   many of the batch's lines are whole in the file, from the file descriptor's offset
   before and after, the bytes in between compared with the lines encoded;
 - :func:`recover`: what the stream still holds is dropped (its descriptor is closed under
-  the buffer, so those bytes are never written), the file is reopened for appending, and
-  when it ends inside a line (where the disk filled) the next write begins with a line
-  end, so no record is glued behind the cut;
+  the buffer, so those bytes are never written) and the file is reopened for appending;
+- :func:`end_cut_lines_on_open`: every open of a FileHandler's file for appending (at
+  start, at the first record with ``delay=True``, after :func:`recover` or a SIGHUP
+  reopen) that finds the file ending inside a line (where a disk filled, or a kill cut a
+  write, in this listener or an earlier one) gives the stream a line end to write first,
+  so the fragment stays a line of its own and no record is glued behind it;
 - :class:`Outages`: stderr names the handler's file and the records not written, at most
   once per interval while it fails, and says once when it writes again.
 
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OUTAGES", "Outage", "Outages", "file_offset", "lines_written", "recover"]
+__all__ = ["OUTAGES", "Outage", "Outages", "end_cut_lines_on_open", "file_offset", "lines_written", "recover"]
 
 # A line end recover() left in a reopened stream's buffer, by handler: (that stream, the offset
 # it will be written at, its bytes); lines_written() finds it in front of a failed write.
@@ -120,8 +123,8 @@ def recover(handler: logging.Handler, reopen: Callable[[logging.FileHandler], bo
     a raw file): its raw file is closed first, so that the buffer's bytes cannot be
     written by anything after (the stream's own close, a flush, a later record); then
     ``reopen`` (the SIGHUP reopen, :func:`mplog.listener.loop._reopen`: append mode, never
-    truncating) opens it again. If the file then ends inside a line, the stream gets a
-    line end to write first (``test_a_disk_that_fills_mid_frame_counts_exactly_the_records_not_whole_in_the_file``).
+    truncating) opens it again; that open ends a cut line (:func:`end_cut_lines_on_open`,
+    ``test_a_disk_that_fills_mid_frame_counts_exactly_the_records_not_whole_in_the_file``).
 
     Returns:
         True when the stream was replaced.
@@ -133,17 +136,35 @@ def recover(handler: logging.Handler, reopen: Callable[[logging.FileHandler], bo
         return False
     with contextlib.suppress(OSError):
         raw.close()
-    if not reopen(handler):
-        return False
-    _end_cut_line(handler)
-    return True
+    return reopen(handler)
 
 
-def _end_cut_line(handler: logging.FileHandler) -> None:
-    """Give a freshly opened stream a line end to write first when its file ends inside a line."""
-    stream = handler.stream
-    if stream is None:
+def end_cut_lines_on_open() -> None:
+    """From now on in this process, each FileHandler's open for appending ends a line its file was left inside.
+
+    One hook on ``logging.FileHandler._open`` (over the one
+    :func:`mplog.listener.continuation.append_on_first_open` may have put there: call this
+    after it), so it covers every file handler of ``logging``, ``logging.handlers`` and
+    mplog, whenever it opens (see
+    ``test_a_listener_started_on_a_file_that_ends_inside_a_line_starts_its_first_record_on_a_line_of_its_own``).
+    """
+    inner = logging.FileHandler._open
+    if getattr(inner, "_mplog_ends_cut_lines", False):
         return
+
+    def _open(self: logging.FileHandler) -> Any:
+        stream = inner(self)
+        # The stream's mode, not the handler's: a continued run opens a mode 'w' handler for appending.
+        if "a" in getattr(stream, "mode", ""):
+            _end_cut_line(self, stream)
+        return stream
+
+    _open._mplog_ends_cut_lines = True  # type: ignore[attr-defined]  # marks the wrapper so it is installed once
+    logging.FileHandler._open = _open  # type: ignore[method-assign]  # the listener process owns every handler
+
+
+def _end_cut_line(handler: logging.FileHandler, stream: Any) -> None:
+    """Give ``handler``'s freshly opened ``stream`` a line end to write first when its file ends inside a line."""
     try:
         fd = stream.fileno()
         st = os.fstat(fd)

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import file_config, log_numbered, payload, read_lines, wait_for
+from helpers import file_config, fill, log_numbered, mount_tmpfs, payload, read_lines, umount, wait_for
 from ledger import build_ledger
 
 import mplog
 from mplog import WorkerOptions
 from mplog.delivery.ack_sender import AckingSender
-from mplog.delivery.spool_files import OwnSpool, prepare_dir
+from mplog.delivery.spool import Spooler
+from mplog.delivery.spool_files import AdoptedSpool, OwnSpool, prepare_dir
 from mplog.delivery.spool_format import HEADER_SIZE, goodbye_frame, parse_spool
 from mplog.exceptions import ConfigError
 from mplog.transports import TransportOptions
@@ -197,6 +198,38 @@ def test_a_torn_last_entry_is_ignored_and_the_whole_entries_before_it_are_adopte
     assert sorted(lines) == sorted(payload(0, seq) for seq in range(40))
     assert "torn last entry" in capfd.readouterr().err
     assert _spool_files(spool_dir) == []
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_worker_that_cannot_create_its_own_spool_on_a_full_disk_still_adopts_a_dead_workers_spool(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # An outsider's runs: on a full spool_dir the new worker said "goes on without a spool" and
+    # left the dead worker's intact spool (12-14 frames) unadopted, 3 runs of 3.
+    out, mnt = tmp_path / "out.log", tmp_path / "full"
+    mount_tmpfs(mnt, "1m")
+    try:
+        spool_dir = mnt / "spool"
+        dead = Sender(socket.gethostname(), 4_000_003, 1.5, 0xF011)
+        path = _write_spool(spool_dir, _dead_frames(dead, 12, 10))
+        fill(mnt)
+        with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+            sender = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(spool_dir), close_timeout=20)
+            try:
+                assert sender.spool_errors == 1 and sender.spool_path is None  # its own file: no room
+                assert sender.unacked == 12
+                wait_for(lambda: not path.exists(), timeout=20)  # acknowledged, goodbye acknowledged, deleted
+            finally:
+                sender.close()
+            stats = listener.stats()
+        record = stats["senders"][dead.key]
+        assert (record["records"], record["next_seq"], record["closed"], record["gaps"]) == (120, 120, True, 0)
+        assert sorted(read_lines(out)) == sorted(payload(0, seq) for seq in range(120))
+        assert capfd.readouterr().err.count("goes on without a spool") == 1
+        assert _spool_files(spool_dir) == []
+    finally:
+        umount(mnt)
 
 
 @pytest.mark.integration
@@ -443,6 +476,114 @@ def test_a_spool_write_failure_is_counted_and_reported_once_and_delivery_goes_on
     build_ledger(read_lines(out), {0: 1_000}, stats, {0: os.getpid()}).assert_balanced()
     assert not Path(path).exists()  # removed at a clean end, as when it was written
     assert handler.counters["errors"] == 0
+
+
+def _worker_on_a_filling_disk(spool_dir: str, conn: Any, warmup: int, count: int) -> None:
+    """Get ``warmup`` records acknowledged; once the disk is nearly full and the listener stopped, log the rest."""
+    handler = mplog.setup_worker(ack=True, spool_dir=spool_dir, batch_records=10)
+    _log_range(0, 0, warmup, 100)
+    _hand_everything(handler)
+    wait_for(lambda: handler._transport.unacked == 0, timeout=20)
+    conn.send(handler._transport.spool_path)
+    conn.recv()  # the disk has room for a few frames only, and the listener is stopped
+    _log_range(0, warmup, count, 100)
+    conn.send(_hand_everything(handler))
+    time.sleep(60)  # SIGKILLed here
+
+
+@pytest.mark.integration
+@pytest.mark.serial
+@pytest.mark.timeout(120)
+def test_a_short_write_to_a_spool_keeps_the_whole_frames_before_it_for_the_worker_that_adopts_the_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # An outsider's runs: after "short write to a spool file (3786 of 8546 bytes)" the worker
+    # emptied its spool, whole frames included; SIGKILLed later, those records were lost
+    # without a count (11 frames, 1,100 records).
+    out, mnt = tmp_path / "out.log", tmp_path / "small"
+    warmup, count = 20, 400
+    mount_tmpfs(mnt, "1m")
+    conn, child = SPAWN.Pipe()
+    worker = SPAWN.Process(target=_worker_on_a_filling_disk, args=(str(mnt / "spool"), child, warmup, count))
+    try:
+        with mplog.start_listener(file_config(out), ack=True, route_parent=False) as listener:
+            stopped = listener.pid
+            try:
+                worker.start()
+                assert conn.poll(30)
+                path = Path(conn.recv())
+                fill(mnt)
+                filler = mnt / "filler"
+                os.truncate(filler, filler.stat().st_size - 3 * 4096)  # room for about 9 frames of ~1.3 kB
+                os.kill(stopped, signal.SIGSTOP)
+                conn.send("go")
+                assert conn.poll(60)
+                counters = conn.recv()
+                worker.kill()
+                worker.join(10)
+                # The frames already in the listener's socket die with it (as in a crash of both);
+                # the supervisor starts a new one on the same endpoint.
+                os.kill(stopped, signal.SIGKILL)
+                wait_for(lambda: listener.stats()["restarts"] == 1, timeout=30)
+            finally:
+                _resume(stopped)
+            kept = parse_spool(path.read_bytes())
+            assert counters["spool_errors"] == 1 and counters["unacked"] > len(kept.frames) > 0
+            assert kept.torn == 0 and kept.stopped  # the torn entry cut off; no goodbye after these
+            frames = len(kept.frames)
+            filler.unlink()
+            sender = AckingSender(listener.endpoint, TransportOptions(), spool_dir=str(mnt / "spool"), close_timeout=20)
+            try:
+                assert sender.unacked == frames
+                wait_for(lambda: not path.exists(), timeout=20)  # acknowledged, then deleted
+            finally:
+                sender.close()
+            stats = listener.stats()
+        (record,) = [s for s in stats["senders"].values() if s["pid"] == worker.pid]
+        written = warmup + 10 * frames  # every record of the frames the file kept, once
+        assert (record["records"], record["next_seq"], record["gaps"], record["duplicates"]) == (written, written, 0, 0)
+        assert not record["closed"]  # the rest of its stream died with it in memory: no goodbye hides that
+        assert sorted(read_lines(out)) == sorted(payload(0, seq, 100) for seq in range(written))
+        err = capfd.readouterr().err
+        assert f"the {frames} unacknowledged frames already in {path} stay there" in err, err
+    finally:
+        _reap(worker)
+        umount(mnt)
+
+
+@pytest.mark.timeout(30)
+def test_a_spool_stopped_by_a_short_write_still_records_acknowledgements_so_an_adopter_resends_only_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = Sender("host-a", 4243, 1.5, 0xC0FFEF)
+    frames = _dead_frames(dead, 6, 10)
+    spooler = Spooler(str(tmp_path), 1 << 20)
+    assert spooler.own is not None
+    path = Path(spooler.own.path)
+    for frame in frames[:4]:
+        assert spooler.call("append", frame, read_envelope(frame))
+    real = os.pwrite
+    # The disk fills: a new entry's write is cut short (what goes into the header's page still fits).
+    monkeypatch.setattr(
+        os,
+        "pwrite",
+        lambda fd, data, offset: real(fd, data[: len(data) // 2] if offset >= HEADER_SIZE else data, offset),
+    )
+    assert spooler.call("append", frames[4], read_envelope(frames[4])) is None  # a short write: spooling stops
+    monkeypatch.undo()
+    assert spooler.errors == 1 and spooler.call("append", frames[5], read_envelope(frames[5])) is None
+    contents = parse_spool(path.read_bytes())
+    assert (contents.frames, contents.torn, contents.stopped) == (frames[:4], 0, True)  # the torn entry cut off
+    spooler.call("acknowledged", 0xC0FFEF, 20)  # frames 0 and 1
+    adopted = AdoptedSpool(str(path), -1, parse_spool(path.read_bytes())).streams()
+    assert [end for end, _ in adopted[0xC0FFEF].frames] == [30, 40] and adopted[0xC0FFEF].final  # no goodbye to add
+    spooler.call("acknowledged", 0xC0FFEF, 60)  # everything, frames sent from memory included
+    assert (
+        path.stat().st_size == HEADER_SIZE
+        and AdoptedSpool(str(path), -1, parse_spool(path.read_bytes())).streams() == {}
+    )
+    spooler.close(keep=False)
+    assert not path.exists()
 
 
 @pytest.mark.timeout(30)

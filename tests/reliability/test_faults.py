@@ -330,6 +330,76 @@ def test_a_disk_that_fills_mid_frame_counts_exactly_the_records_not_whole_in_the
         umount(mnt)
 
 
+# ---------------------------------------------------------------- a file that ends inside a line
+
+_FRAGMENT = "P9:00000002:00040:XXXXXXXXXX"  # a record a full disk (or a kill) cut short
+
+
+def _log_numbered_in_a_worker(count: int) -> None:
+    mplog.setup_worker()
+    log_numbered(0, count, 20)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("delay", [False, True], ids=["opened-at-start", "delay"])
+@pytest.mark.parametrize("state", [False, True], ids=["no-state-dir", "state-dir"])
+def test_a_listener_started_on_a_file_that_ends_inside_a_line_starts_its_first_record_on_a_line_of_its_own(
+    tmp_path, delay, state
+):
+    # An outsider's runs: a listener (re)started on a log a full disk had cut inside a line glued
+    # its first record behind the fragment (neither a whole line nor counted in handler_errors).
+    out = tmp_path / "out.log"
+    out.write_text("P9:00000001:00010:XXXXXXXXXX\n" + _FRAGMENT, encoding="utf-8")
+    config = file_config(out, delay=delay)
+    if state:
+        config["mplog"] = {"state_dir": str(tmp_path / "state")}
+    with mplog.start_listener(config, route_parent=False) as listener:
+        p = SPAWN.Process(target=_log_numbered_in_a_worker, args=(50,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        wait_for(lambda: listener.stats()["received"] == 50, timeout=30)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[:2] == ["P9:00000001:00010:XXXXXXXXXX", _FRAGMENT]  # the fragment stays a line of its own
+    assert lines[2:] == [payload(0, seq, 20) for seq in range(50)]  # every record whole, in order, nothing between
+
+
+def _reopened(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open at its end (a reopen for appending seeks there), as /proc says."""
+    size = path.stat().st_size
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                return f"pos:\t{size}\n" in info
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_a_sighup_reopen_of_a_file_another_writer_left_inside_a_line_starts_the_next_record_on_a_line_of_its_own(
+    tmp_path,
+):
+    out = tmp_path / "out.log"
+    with mplog.start_listener(file_config(out), route_parent=False) as listener:
+        p = SPAWN.Process(target=_log_numbered_in_a_worker, args=(10,))
+        p.start()
+        p.join(30)
+        wait_for(lambda: listener.stats()["received"] == 10, timeout=30)
+        wait_for(lambda: len(read_lines(out)) == 10, timeout=10)
+        with out.open("a", encoding="utf-8") as f:  # another writer, cut short
+            f.write(_FRAGMENT)
+        os.kill(listener.pid, signal.SIGHUP)
+        wait_for(lambda: _reopened(listener.pid, out), timeout=10)
+        p = SPAWN.Process(target=_log_numbered_in_a_worker, args=(10,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        wait_for(lambda: listener.stats()["received"] == 20, timeout=30)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    expected = [payload(0, seq, 20) for seq in range(10)]
+    assert lines == [*expected, _FRAGMENT, *expected]
+
+
 # ---------------------------------------------------------------- fork while another thread logs (B15)
 
 FORKER = textwrap.dedent(

@@ -18,6 +18,7 @@ import pytest
 from mplog.listener.loop import Server
 from mplog.listener.progress import OutputFiles, ProgressFile, file_sizes, progress_path, read_progress
 from mplog.listener.stats import SenderLimits, Stats
+from mplog.listener.write_failures import end_cut_lines_on_open
 from mplog.wire import FLAG_FINAL, Frame, Limits, Sender, build_frame, encode_record, encode_sender
 
 TOTALS = ("received", "frames", "gaps", "dropped", "duplicates", "rejected")
@@ -164,7 +165,7 @@ def _up_to_a_page_boundary(line: bytes, *, mid_line: bool) -> bytes:
 
 @pytest.mark.parametrize("mid_line", [True, False])
 def test_a_frame_a_kill_cut_short_counts_its_whole_lines_as_received_and_the_rest_as_gaps(
-    tmp_path: Path, mid_line: bool
+    tmp_path: Path, mid_line: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written = _up_to_a_page_boundary(b"x" * 30 + b"\n", mid_line=mid_line)  # as the kernel cuts a write at a SIGKILL
     restarted, _, files, out = _cut_frame(tmp_path, written)
@@ -175,9 +176,13 @@ def test_a_frame_a_kill_cut_short_counts_its_whole_lines_as_received_and_the_res
     assert (snap["received"], snap["gaps"]) == (10 + whole, 300 - whole)
     assert restarted.table.place("host-0/1000/00000000")[0] == 310  # the sender's next frame follows on
     assert files.cut == ([str(out)] if mid_line else [])
-    assert files.end_cut_lines() == ([str(out)] if mid_line else [])
-    text = out.read_bytes()  # the cut line ended: the next record starts a line of its own
-    assert text.endswith(b"\n") and text.count(b"\n") == 1 + whole + mid_line
+    monkeypatch.setattr(logging.FileHandler, "_open", logging.FileHandler._open)  # restored after the test
+    end_cut_lines_on_open()
+    handler = logging.FileHandler(out, encoding="utf-8")  # the restarted listener's: its open ends the cut line
+    handler.handle(logging.makeLogRecord({"msg": "the next record"}))
+    handler.close()
+    text = out.read_bytes()  # the next record starts a line of its own
+    assert text.endswith(b"\nthe next record\n") and text.count(b"\n") == 1 + whole + mid_line + 1
 
 
 def test_a_frame_written_whole_to_a_page_boundary_counts_as_received(tmp_path: Path) -> None:
