@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-__all__ = ["FileState", "IntentFile", "Recovery", "file_handlers", "measure", "read_intent", "roll_back"]
+__all__ = ["FileState", "IntentFile", "Recovery", "file_handlers", "measure", "read_intent", "reserve", "roll_back"]
 
 _MAGIC = b"MPLOGWAI"
 _HEADER = 16  # magic, u32 state (1: a frame is being written), u32 body length
@@ -195,35 +195,107 @@ def read_intent(path: str) -> tuple[str, int, int, list[FileState]] | None:
         return None
 
 
+def reserve(fd: int, start: int, length: int) -> None:
+    """Have the disk back ``length`` bytes from ``start`` of ``fd`` before they are stored into through a map.
+
+    A store into a mapped page of a sparse file that a full disk cannot back kills the
+    process with SIGBUS; reserving first fails with ENOSPC instead (test_ack_disk_full).
+    Pages already backed cost nothing and succeed on a full disk.
+
+    Raises:
+        OSError: the disk has no room (ENOSPC) or refused otherwise.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)  # not on macOS: pages are backed there as they are written
+    if fallocate is not None and length > 0:
+        fallocate(fd, start, length)
+
+
 class IntentFile:
     """The memory-mapped intent: opened empty, written before each frame, cleared after it.
 
     Like the marks, a store into it is a store into the page cache: no system call for a
     SIGKILL to interrupt. The body is written first and the state word last, so a listener
     killed while writing it leaves no intent (and had written nothing yet).
+
+    On a full disk the file is not rewritten: the one a dead listener left is reused in
+    place (its pages are backed), and without one the intent is kept in memory until
+    :meth:`retry` can create the file (:attr:`failure` says why; a crash meanwhile cannot
+    be undone, so its frame may be written twice). A body larger than the disk lets the
+    file grow is not recorded (:attr:`unrecorded`).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_MAGIC + struct.pack("<II", 0, 0))
-            f.truncate(_PAGE)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        self._fd = os.open(path, os.O_RDWR)
-        self._size = _PAGE
-        self._map = mmap.mmap(self._fd, self._size)
         self.open = False
+        self.unrecorded = 0  # frames handled without an intent: the disk refused to grow the file
+        self.failure: OSError | None = None  # why the intent is only in memory (None: in the file)
+        try:
+            self._fd = self._create(path)
+        except OSError as exc:
+            self._fd = self._reuse(path)
+            if self._fd < 0:
+                self.failure = exc
+        self._size = _PAGE if self._fd < 0 else os.fstat(self._fd).st_size
+        self._map = mmap.mmap(self._fd, self._size)
+        struct.pack_into("<I", self._map, _STATE, 0)
+
+    @staticmethod
+    def _create(path: str) -> int:
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_MAGIC + struct.pack("<II", 0, 0))
+                f.truncate(_PAGE)
+                reserve(f.fileno(), 0, _PAGE)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return os.open(path, os.O_RDWR)
+
+    @staticmethod
+    def _reuse(path: str) -> int:
+        """The intent file a dead listener left, if it is whole and every page of it is backed; else -1 (memory)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return -1
+        try:
+            size = os.fstat(fd).st_size
+            if size < _PAGE or size % _PAGE or os.pread(fd, 8, 0) != _MAGIC:
+                raise OSError(f"{path} is not an intent file")
+            reserve(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            return -1
+        return fd
+
+    def retry(self) -> bool:
+        """Between frames, while the intent is only in memory: move it into a new file. True once it is there."""
+        if self._fd >= 0:
+            return True
+        try:
+            fd = self._create(self.path)
+        except OSError as exc:
+            self.failure = exc
+            return False
+        self._map.close()
+        self._fd, self._size, self.failure = fd, _PAGE, None
+        self._map = mmap.mmap(fd, _PAGE)
+        return True
 
     def begin(self, key: str, first: int, end: int, files: list[FileState]) -> None:
         """Record that ``key``'s records ``first`` .. ``end - 1`` are about to be written to ``files``."""
         body = msgpack.packb([key, first, end, [f.pack() for f in files]])
         if self.open:
             struct.pack_into("<I", self._map, _STATE, 0)
+            self.open = False
         need = _HEADER + len(body)
-        if need > self._size:
-            self._grow(need)
+        if need > self._size and not self._grow(need):
+            self.unrecorded += 1  # no intent: a crash during this frame cannot be undone
+            return
         self._map[_HEADER:need] = body
         struct.pack_into("<I", self._map, _LENGTH, len(body))
         struct.pack_into("<I", self._map, _STATE, _OPEN)
@@ -234,15 +306,27 @@ class IntentFile:
         struct.pack_into("<I", self._map, _STATE, 0)
         self.open = False
 
-    def _grow(self, need: int) -> None:
+    def _grow(self, need: int) -> bool:
         size = -(-need // _PAGE) * _PAGE
-        os.ftruncate(self._fd, size)
+        if self._fd < 0:
+            self._map.resize(size)
+            self._size = size
+            return True
+        try:
+            os.ftruncate(self._fd, size)
+            reserve(self._fd, self._size, size - self._size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            return False
         self._map.close()
         self._map = mmap.mmap(self._fd, size)
         self._size = size
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._map.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)

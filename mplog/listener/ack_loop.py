@@ -17,16 +17,26 @@ import time
 from typing import Any
 
 from mplog.delivery.ack_format import encode_ack
-from mplog.delivery.intent import FileState, IntentFile, Recovery, file_handlers, measure, read_intent, roll_back
+from mplog.delivery.intent import (
+    FileState,
+    IntentFile,
+    Recovery,
+    file_handlers,
+    measure,
+    read_intent,
+    reserve,
+    roll_back,
+)
 from mplog.listener.loop import Server, _all_handlers
 from mplog.listener.sender_table import SenderLimits, ledger_key
-from mplog.listener.supervisor import load_checkpoint, stats_path
+from mplog.listener.supervisor import load_checkpoint, say, stats_path
 from mplog.transports import NO_ORIGIN, Origin
 from mplog.transports.zeromq_ack import RouterReceiver
 from mplog.wire import Envelope, Frame, Limits, read_envelope
 
 __all__ = ["AckServer", "MarksFile", "marks_path"]
 
+_PAGE = 4096
 UNKNOWN_SENDER_GRACE = 1.5  # seconds a restarted listener waits for an unknown sender's earlier frames
 
 
@@ -66,20 +76,86 @@ class MarksFile:
         self._slots: dict[str, int] = {}  # key -> offset of its slot
         self._used = 0  # slots handed out (the header's count)
         self._free: list[int] = []  # slots of senders that said goodbye (or were forgotten), to reuse
+        self._backed = 0  # bytes from the file's start that the disk has reserved (stores below never SIGBUS)
+        self._unslotted: set[str] = set()  # keys whose slot the disk refused: their marks are only in memory
+        self.slots_refused = 0  # slots the full disk refused (each retried, at most once a second)
+        self._retry_at = 0.0
+        self.failure: OSError | None = None  # why the marks are only in memory (None: in the file)
+        self._said: str | None = None  # what is off, as last said on stderr (None: nothing)
         capacity = 256
         while capacity < 2 * len(self.marks):
             capacity *= 2
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:  # rewritten compact: closed senders and torn slots left behind
-            f.write(self._MAGIC + struct.pack("<II", 1, 0))
-            f.truncate(self._HEADER + capacity * self._SLOT)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-        self._fd = os.open(path, os.O_RDWR)
+        self._fd = -1
         self._capacity = capacity
-        self._map = mmap.mmap(self._fd, self._HEADER + capacity * self._SLOT)
-        for key, next_seq in self.marks.items():
-            self.set(key, next_seq)
+        try:
+            self._fd = self._create(path, capacity)
+        except OSError as exc:  # a full disk: the file a dead listener left is used in place, else memory
+            adopted = self._adopt(path)
+            if not adopted:
+                self.failure = exc
+                self._map = mmap.mmap(-1, self._HEADER + capacity * self._SLOT)  # until retry() can create the file
+        else:
+            adopted = False
+            self._map = mmap.mmap(self._fd, self._HEADER + capacity * self._SLOT)
+        if not adopted:  # an adopted file holds them already
+            for key, next_seq in self.marks.items():
+                self.set(key, next_seq)
+        self._note()
+
+    @classmethod
+    def _create(cls, path: str, capacity: int) -> int:
+        """A new, compact file (closed senders and torn slots left behind) replacing ``path``; its descriptor."""
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(cls._MAGIC + struct.pack("<II", 1, 0))
+                f.truncate(cls._HEADER + capacity * cls._SLOT)
+                reserve(f.fileno(), 0, _PAGE)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return os.open(path, os.O_RDWR)
+
+    def _adopt(self, path: str) -> bool:
+        """Use the marks file a dead listener left as it is: its open senders keep their slots, the rest are free.
+
+        Nothing is moved, so a kill meanwhile finds a file as whole as before. False when
+        there is none, or it is damaged, or its used pages are not all backed.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, self._HEADER, 0)
+            (used,) = struct.unpack_from("<I", head, 12) if len(head) == self._HEADER else (0,)
+            capacity = (size - self._HEADER) // self._SLOT
+            if head[:8] != self._MAGIC or capacity < 1 or used > capacity:
+                raise OSError(f"{path} is not a marks file")
+            backed = -(-(self._HEADER + used * self._SLOT) // _PAGE) * _PAGE
+            reserve(fd, 0, min(backed, size))
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd, self._capacity, self._used, self._backed = fd, capacity, used, min(backed, size)
+        self._map = mmap.mmap(fd, self._HEADER + capacity * self._SLOT)
+        data = self._map
+        for i in range(used):
+            offset = self._HEADER + i * self._SLOT
+            _, state, length = struct.unpack_from("<QBH", data, offset)
+            key = bytes(data[offset + 11 : offset + 11 + length]).decode(errors="replace")
+            if state == 1 and length <= self._MAX_KEY and key in self.marks and key not in self._slots:
+                self._slots[key] = offset
+            else:
+                self._free.append(offset)
+        for key in list(self.marks):  # a key _read kept from a later slot than the one adopted: store it there too
+            if key in self._slots:
+                struct.pack_into("<Q", data, self._slots[key], self.marks[key])
+        return True
 
     @classmethod
     def _read(cls, path: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -126,29 +202,120 @@ class MarksFile:
         else:
             index = self._used
             if index >= self._capacity:
-                self._capacity *= 2
-                size = self._HEADER + self._capacity * self._SLOT
-                os.ftruncate(self._fd, size)
-                self._map.close()
-                self._map = mmap.mmap(self._fd, size)
+                capacity = self._capacity * 2
+                size = self._HEADER + capacity * self._SLOT
+                if self._fd < 0:
+                    self._map.resize(size)
+                else:
+                    try:
+                        os.ftruncate(self._fd, size)
+                    except OSError as exc:
+                        self._refuse(key, exc)
+                        return None
+                    self._map.close()
+                    self._map = mmap.mmap(self._fd, size)
+                self._capacity = capacity
             offset = self._HEADER + index * self._SLOT
+            end = offset + self._SLOT
+            if self._fd >= 0 and end > self._backed:
+                # A store into a page the disk cannot back is SIGBUS (test_ack_disk_full): reserve it first.
+                backed = -(-end // _PAGE) * _PAGE
+                try:
+                    reserve(self._fd, self._backed, backed - self._backed)
+                except OSError as exc:
+                    self._refuse(key, exc)
+                    return None
+                self._backed = backed
             self._used = index + 1
         struct.pack_into("<QBH", self._map, offset, 0, 0, len(raw))
         self._map[offset + 11 : offset + 11 + len(raw)] = raw
         self._map[offset + 8] = 1  # the slot becomes valid only once its key is complete
         struct.pack_into("<I", self._map, 12, self._used)
         self._slots[key] = offset
+        if key in self._unslotted:
+            self._unslotted.discard(key)
+            self._note()
         return offset
+
+    def _refuse(self, key: str, error: OSError) -> None:
+        """The disk has no room for ``key``'s slot: its mark stays in memory, and a slot is asked for again later."""
+        self.slots_refused += 1
+        self._retry_at = time.monotonic() + self.RETRY
+        if key not in self._unslotted:
+            self._unslotted.add(key)
+            self._note(error)
+
+    RETRY = 1.0  # seconds between attempts at a slot (or the file) the disk refused
 
     def set(self, key: str, next_seq: int) -> None:
         """Record that every record of ``key`` below ``next_seq`` reached the handlers."""
         offset = self._slots.get(key)
         if offset is None:
+            if key in self._unslotted and time.monotonic() < self._retry_at:
+                self.marks[key] = next_seq  # the disk refused its slot: in memory until one is given
+                return
             offset = self._allocate(key)
             if offset is None:
+                self.marks[key] = next_seq
                 return
         struct.pack_into("<Q", self._map, offset, next_seq)
         self.marks[key] = next_seq
+
+    @property
+    def degraded(self) -> bool:
+        """True while some marks (or the intent) are only in memory: :meth:`retry` may bring them back."""
+        return self._fd < 0 or bool(self._unslotted) or self._intent.failure is not None
+
+    def retry(self) -> None:
+        """Between frames (no intent open), at most once a second: move what is only in memory onto the disk."""
+        now = time.monotonic()
+        if now < self._retry_at or self._intent.open:
+            return
+        self._retry_at = now + self.RETRY
+        self._intent.retry()
+        if self._fd < 0:
+            try:
+                fd = self._create(self.path, self._capacity)
+            except OSError as exc:
+                self.failure = exc
+            else:
+                memory = self._map
+                self._fd, self.failure, self._used, self._backed = fd, None, 0, 0
+                self._map = mmap.mmap(fd, self._HEADER + self._capacity * self._SLOT)
+                memory.close()
+                self._slots, self._free = {}, []
+                self._unslotted = set(self.marks)
+        for key in list(self._unslotted):
+            self._retry_at = 0.0
+            self.set(key, self.marks[key])
+            if key in self._unslotted:
+                break  # still full
+        self._retry_at = now + self.RETRY
+        self._note()
+
+    def _note(self, error: OSError | None = None) -> None:
+        """Say on stderr, once, what the full disk turned off, and once that it works again."""
+        error = error or self.failure or self._intent.failure
+        off = []
+        if self._fd < 0:
+            off.append(f"the marks are kept in memory, not in {self.path}")
+        elif self._unslotted:
+            off.append(f"{self.path} has no room for a new sender's slot: those marks are kept in memory")
+        if self._intent.failure is not None:
+            off.append(f"the write-ahead intent is kept in memory, not in {self._intent.path}")
+        line = "; ".join(off) or None
+        if line == self._said:
+            return
+        if line is None:
+            say(f"mplog: {self.path} and its intent are on the disk again: acknowledged delivery is exactly once")
+        elif self._said is None:
+            reason = f" ({error.strerror or error})" if error is not None else ""
+            say(
+                f"mplog: the state directory is full{reason}: {line}. Until there is room, a listener killed "
+                "meanwhile may write those senders' last frames twice (at least once, not exactly once); "
+                "retried every second"
+            )
+        self._said = line
 
     def forget(self, key: str) -> None:
         """The sender said goodbye (or was forgotten): its slot keeps its last mark until reused.
@@ -161,6 +328,7 @@ class MarksFile:
             self._map[offset + 8] = 2
             self._free.append(offset)
         self.marks.pop(key, None)
+        self._unslotted.discard(key)  # a mark only in memory is not needed past the goodbye
 
     def begin_intent(self, key: str, first: int, end: int, files: list[FileState]) -> None:
         """Before ``key``'s records ``first`` .. ``end - 1`` reach the handlers: ``files`` as they are now."""
@@ -179,8 +347,9 @@ class MarksFile:
         self._intent.close()
         with contextlib.suppress(Exception):
             self._map.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
 
 _SELF_FLUSHING = (
@@ -236,6 +405,12 @@ class AckServer(Server):
         self._unknown: dict[str, float] = {}  # ledger key -> when its first out-of-order frame came
         self._started = time.monotonic()
         self.stats.table.on_forget = self._forget_mark
+
+    def tend(self) -> None:
+        """Move marks (or the intent) the full disk kept in memory back into their files, once it has room."""
+        marks = self.marks
+        if marks is not None and marks.degraded:
+            marks.retry()
 
     def _forget_mark(self, key: str) -> None:
         """A folded sender silent so long that the stats forgot its place: its mark goes too (bounded state)."""

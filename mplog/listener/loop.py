@@ -207,6 +207,9 @@ class Server:
             progress.commit()
         return frame
 
+    def tend(self) -> None:
+        """Between frames, when idle and every few hundred frames when busy: upkeep that may not wait for a stop."""
+
     def after_restore(self, state_dir: str) -> None:
         """Called by :func:`mplog.listener.process.resume` once the stats are restored; AckServer loads its marks."""
 
@@ -322,6 +325,7 @@ class Server:
                     quiet_since = time.monotonic()
                 if ends is not None:
                     self._note_connection_ends(ends)
+                self.tend()
                 continue
             quiet_since = None
             if watch is not None and not catching_up and self._may_hold(received[0], watch):
@@ -333,6 +337,7 @@ class Server:
                 countdown = _ENDS_EVERY
                 if ends is not None:
                     self._note_connection_ends(ends)
+                self.tend()
         self.drain(quiet_for=0.0 if quiet_since is None else time.monotonic() - quiet_since)
         if ends is not None:  # while the receiver is still open: the final stats name them too
             self._note_connection_ends(ends)
