@@ -27,9 +27,10 @@ from mplog.delivery.intent import (
     reserve,
     roll_back,
 )
-from mplog.listener.loop import Server, _all_handlers
+from mplog.listener.loop import Server, _all_handlers, _reopen
 from mplog.listener.sender_table import SenderLimits, ledger_key
 from mplog.listener.supervisor import load_checkpoint, say, stats_path
+from mplog.listener.write_failures import recover
 from mplog.transports import NO_ORIGIN, Origin
 from mplog.transports.zeromq_ack import RouterReceiver
 from mplog.wire import Envelope, Frame, Limits, read_envelope
@@ -352,6 +353,21 @@ class MarksFile:
                 os.close(self._fd)
 
 
+def _forget_line_ends(paths: list[str]) -> None:
+    """Reopen the file handlers of ``paths``, which the roll-back cut back after they were opened.
+
+    A file the kill left inside a line gave its handler's stream a line end to write first
+    when it was opened (mplog.listener.write_failures); the roll-back then cut the file back
+    to the frame's start, a line end, where that buffered line end would be an empty line.
+    Nothing else was written yet: the stream is dropped and the file opened again, which
+    looks at its end afresh (test_a_frame_cut_inside_a_line_by_the_kill_is_cut_back_without_leaving_an_empty_line).
+    """
+    cut = {os.path.abspath(path) for path in paths}
+    for handler in _all_handlers():
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None and handler.baseFilename in cut:
+            recover(handler, _reopen)
+
+
 _SELF_FLUSHING = (
     logging.StreamHandler.emit,
     logging.FileHandler.emit,
@@ -461,6 +477,7 @@ class AckServer(Server):
         recovery = self.marks.recovery
         if recovery is not None and not recovery.complete:
             self._undo_accounting(recovery)
+            _forget_line_ends([line.rsplit(": ", 1)[0] for line in recovery.truncated])
 
     def _undo_accounting(self, recovery: Recovery) -> None:
         """The frame being written at the crash is not written: its sender resends it from ``first``."""

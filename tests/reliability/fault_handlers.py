@@ -73,15 +73,22 @@ class KillsItsListenerMidFrame(logging.FileHandler):
     (same config) does not kill itself again.
     """
 
-    def __init__(self, filename: str, marker: str, after: int, *, before: bool = False) -> None:
+    def __init__(self, filename: str, marker: str, after: int, *, before: bool = False, torn: bool = False) -> None:
         super().__init__(filename, encoding="utf-8")
         self.marker = marker
         self.after = after
         self.before = before  # kill instead of writing the after-th record
+        self.torn = torn  # kill after writing half of the after-th record's line (a write cut by the kill)
         self.written = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.before and self.written + 1 == self.after:
+            self._die()
+        if self.torn and self.written + 1 == self.after and not os.path.exists(self.marker):
+            line = self.format(record)
+            assert self.stream is not None
+            self.stream.write(line[: len(line) // 2])
+            self.stream.flush()
             self._die()
         super().emit(record)
         self.written += 1

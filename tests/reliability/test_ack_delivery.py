@@ -89,7 +89,7 @@ def test_a_listener_killed_mid_stream_and_restarted_writes_each_of_100k_records_
     assert stats["received"] == workers * per  # resent copies were recognised: counted as duplicates, not written
 
 
-def _kill_mid_frame_config(out: Path, also: Path, marker: Path, after: int) -> dict[str, Any]:
+def _kill_mid_frame_config(out: Path, also: Path, marker: Path, after: int, **killer: Any) -> dict[str, Any]:
     """The first listener dies right after writing its ``after``-th record; a second file handler (delayed) too."""
     config = file_config(out)
     config["handlers"] = {
@@ -99,6 +99,7 @@ def _kill_mid_frame_config(out: Path, also: Path, marker: Path, after: int) -> d
             "marker": str(marker),
             "after": after,
             "formatter": "f",
+            **killer,
         },
         "also": {"class": "logging.FileHandler", "filename": str(also), "delay": True, "formatter": "f"},
     }
@@ -131,6 +132,26 @@ def test_a_listener_killed_after_writing_part_of_a_frame_is_followed_by_one_that
         build_ledger(lines, dict.fromkeys(range(workers), per), stats, pids).assert_balanced()
     assert stats["received"] == workers * per
     assert stats["gaps"] == stats["dropped"] == stats["malformed_total"] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+@pytest.mark.usefixtures("fault_handlers_importable")
+def test_a_frame_cut_inside_a_line_by_the_kill_is_cut_back_without_leaving_an_empty_line(tmp_path):
+    # The kill cut the frame's last write inside a line: the restarted listener's file ends
+    # inside a line when its handler opens it, so the open gives the stream a line end to write
+    # first; the roll-back then cuts the file back to the frame's start (a line end). That
+    # buffered line end must not be written there as an empty line.
+    out, also, marker = tmp_path / "out.log", tmp_path / "also.log", tmp_path / "killed"
+    workers, per = 2, 5_000
+    config = _kill_mid_frame_config(out, also, marker, after=3_000 + 77, torn=True)
+    stats, _ = _run_ack_listener_with_workers(config, workers, per)
+    assert marker.exists() and stats["restarts"] == 1
+    assert (stats["rolled_back"], stats["rollback_skipped"]) == (1, 0)
+    text = out.read_text(encoding="utf-8")
+    assert "\n\n" not in text and not text.startswith("\n"), "an empty line where the frame was cut back"
+    check_lines(read_lines(out), dict.fromkeys(range(workers), per)).assert_exact()
+    assert len(read_lines(out)) == workers * per
 
 
 @pytest.mark.integration
