@@ -5,6 +5,7 @@ Importable from spawn/forkserver children (tests/ is on sys.path via conftest an
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -14,7 +15,7 @@ import sys
 import sysconfig
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,22 @@ class CaptureTransport:
 
     def close(self, linger: float | None = None) -> None:
         pass
+
+
+@contextlib.contextmanager
+def running_listen(config: Path, endpoint: str, stderr: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``mplog listen --config CONFIG --bind ENDPOINT`` with its stderr in a file, until it says it listens.
+
+    Fails (naming its exit code and stderr) if it exits first; killed and reaped at the end.
+    """
+    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint]
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        wait_for(lambda: "listening on" in stderr.read_text() or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, f"exit {proc.returncode}: {stderr.read_text()}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

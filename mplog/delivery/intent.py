@@ -29,7 +29,17 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-__all__ = ["FileState", "IntentFile", "Recovery", "file_handlers", "measure", "read_intent", "reserve", "roll_back"]
+__all__ = [
+    "FileState",
+    "IntentFile",
+    "Recovery",
+    "create_replacing",
+    "file_handlers",
+    "measure",
+    "read_intent",
+    "reserve",
+    "roll_back",
+]
 
 _MAGIC = b"MPLOGWAI"
 _HEADER = 16  # magic, u32 state (1: a frame is being written), u32 body length
@@ -210,6 +220,28 @@ def reserve(fd: int, start: int, length: int) -> None:
         fallocate(fd, start, length)
 
 
+def create_replacing(path: str, head: bytes, size: int) -> int:
+    """A new file of ``size`` bytes starting with ``head`` (mode 0600) in place of ``path``; its descriptor (O_RDWR).
+
+    Written beside it and renamed over it, its first page reserved (:func:`reserve`), so a
+    full disk fails here with ENOSPC and never later as SIGBUS; nothing is left behind on
+    failure.
+    """
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            f.truncate(size)
+            reserve(f.fileno(), 0, min(size, _PAGE))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return os.open(path, os.O_RDWR)
+
+
 class IntentFile:
     """The memory-mapped intent: opened empty, written before each frame, cleared after it.
 
@@ -241,19 +273,7 @@ class IntentFile:
 
     @staticmethod
     def _create(path: str) -> int:
-        tmp = f"{path}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_MAGIC + struct.pack("<II", 0, 0))
-                f.truncate(_PAGE)
-                reserve(f.fileno(), 0, _PAGE)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return os.open(path, os.O_RDWR)
+        return create_replacing(path, _MAGIC + struct.pack("<II", 0, 0), _PAGE)
 
     @staticmethod
     def _reuse(path: str) -> int:

@@ -21,6 +21,7 @@ from mplog.delivery.intent import (
     FileState,
     IntentFile,
     Recovery,
+    create_replacing,
     file_handlers,
     measure,
     read_intent,
@@ -106,19 +107,7 @@ class MarksFile:
     @classmethod
     def _create(cls, path: str, capacity: int) -> int:
         """A new, compact file (closed senders and torn slots left behind) replacing ``path``; its descriptor."""
-        tmp = f"{path}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(cls._MAGIC + struct.pack("<II", 1, 0))
-                f.truncate(cls._HEADER + capacity * cls._SLOT)
-                reserve(f.fileno(), 0, _PAGE)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return os.open(path, os.O_RDWR)
+        return create_replacing(path, cls._MAGIC + struct.pack("<II", 1, 0), cls._HEADER + capacity * cls._SLOT)
 
     def _adopt(self, path: str) -> bool:
         """Use the marks file a dead listener left as it is: its open senders keep their slots, the rest are free.

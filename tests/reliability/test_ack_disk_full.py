@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import check_lines, file_config, fill, mount_tmpfs, read_lines, umount, wait_for
+from helpers import check_lines, file_config, fill, mount_tmpfs, read_lines, running_listen, umount, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
@@ -53,20 +53,9 @@ def _config(tmp_path: Path, out: Path, state: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _listen(config: Path, endpoint: str, stderr: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``mplog listen`` in ack mode with its stderr in a file; killed and reaped at the end."""
-    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint]
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=_env())
-    try:
-        wait_for(lambda: "listening on" in stderr.read_text() or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, f"exit {proc.returncode}: {stderr.read_text()}"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+def _listen(config: Path, endpoint: str, stderr: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``mplog listen`` (this file's config) with its stderr in a file; killed and reaped at the end."""
+    return running_listen(config, endpoint, stderr, _env())
 
 
 @contextlib.contextmanager

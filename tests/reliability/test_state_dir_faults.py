@@ -14,12 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import check_lines, file_config, fill, mount_tmpfs, read_lines, umount, wait_for
+from helpers import check_lines, file_config, fill, mount_tmpfs, read_lines, running_listen, umount, wait_for
 
 import mplog
 from mplog.listener.supervisor import load_checkpoint
@@ -42,20 +41,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def _listen(config: Path, endpoint: str, stderr: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``mplog listen`` with its stderr in a file, until it says it listens; killed and reaped at the end."""
-    argv = [sys.executable, "-m", "mplog", "listen", "--config", str(config), "--bind", endpoint]
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=_env())
-    try:
-        wait_for(lambda: "listening on" in stderr.read_text() or proc.poll() is not None, timeout=30)
-        assert proc.poll() is None, stderr.read_text()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+def _listen(config: Path, endpoint: str, stderr: Path) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``mplog listen`` (this file's config) with its stderr in a file; killed and reaped at the end."""
+    return running_listen(config, endpoint, stderr, _env())
 
 
 def _log(endpoint: str, producer: int, count: int) -> None:
