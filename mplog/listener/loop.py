@@ -561,15 +561,23 @@ def _guard_handle(outages: Outages) -> None:
     if getattr(original, "_mplog_guarded", False):
         return
 
-    def handle(self: logging.Handler, record: logging.LogRecord) -> Any:
-        outage = outages.failing.get(self) if outages.failing else None  # nothing more while every handler writes
-        errors = outage.records if outage is not None else 0
+    def guarded(self: logging.Handler, record: logging.LogRecord) -> Any:
         try:
-            handled = original(self, record)
+            return original(self, record)
         except Exception:
             self.handleError(record)
             return False
-        if outage is not None and handled and outage.records == errors:
+
+    def handle(self: logging.Handler, record: logging.LogRecord) -> Any:
+        failing = outages.failing
+        if not failing:  # every handler writes: the guard alone, one check more per record
+            return guarded(self, record)
+        outage = failing.get(self)
+        if outage is None:
+            return guarded(self, record)
+        errors = outage.records
+        handled = guarded(self, record)
+        if handled and outage.records == errors:
             outages.written(self)
         return handled
 
