@@ -71,6 +71,8 @@ def test_the_in_process_micro_benchmark_runs_and_reports_both_hot_paths() -> Non
     call = r"^call +\d+\.\d+ us +\(null handler \d+\.\d+ us, \d+\.\d+x\); "
     call += r"thread CPU \d+\.\d+ us \(null \d+\.\d+ us, \d+\.\d+x\)$"
     assert re.search(call, proc.stdout, re.M)
+    paired = r"^ +median of 1 paired rounds: \d+\.\d+x wall-clock, \d+\.\d+x thread CPU$"
+    assert re.search(paired, proc.stdout, re.M)
     assert re.search(r"^listener +\d+\.\d+ us per record", proc.stdout, re.M)
 
 
