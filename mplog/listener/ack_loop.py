@@ -252,6 +252,11 @@ class MarksFile:
         self.marks[key] = next_seq
 
     @property
+    def in_memory(self) -> int:
+        """How many senders' marks are only in memory now (the disk refused their file or slot)."""
+        return len(self.marks) if self._fd < 0 else len(self._unslotted)
+
+    @property
     def degraded(self) -> bool:
         """True while some marks (or the intent) are only in memory: :meth:`retry` may bring them back."""
         return self._fd < 0 or bool(self._unslotted) or self._intent.failure is not None
@@ -496,6 +501,14 @@ class AckServer(Server):
         snap["rollback_skipped"] = self.rollback_skipped
         snap["unconfirmed"] = self.unconfirmed
         snap["out_of_order"] = self.refused
+        marks = self.marks
+        if marks is not None:  # what a full state directory turned off (see docs/reliability.md)
+            snap["state_on_disk"] = {
+                "marks_in_memory": marks.in_memory,
+                "intent_in_memory": int(marks._intent.failure is not None),
+                "slots_refused": marks.slots_refused,
+                "frames_without_intent": marks._intent.unrecorded,
+            }
         return snap
 
     def _confirmed(self) -> bool:

@@ -254,6 +254,8 @@ def test_acknowledged_delivery_exports_unconfirmed_and_out_of_order_frames(tmp_p
     assert samples[("mplog_ack_unconfirmed_total", ())] == 1  # the handler never confirms: not acknowledged
     assert samples[("mplog_ack_out_of_order_total", ())] == 1  # an unknown sender starting at 7: refused, resent
     assert samples[("mplog_ack_rolled_back_total", ())] == samples[("mplog_ack_rollback_skipped_total", ())] == 0
+    for name in ("ack_marks_in_memory", "ack_intent_in_memory", "ack_slots_refused_total"):
+        assert samples[(f"mplog_{name}", ())] == 0  # nothing kept in memory by a full state directory
     assert samples[("mplog_records_received_total", ())] == 5
     assert "unconfirmed 1 frames" in str(stats) and "out of order 1 frames (resent)" in str(stats)
 

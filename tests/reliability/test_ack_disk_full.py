@@ -154,3 +154,47 @@ def test_twenty_senders_while_the_ack_state_dir_is_full_keep_the_listener_up_and
         assert "No space left on device" in full[0], full[0]
     finally:
         umount(mnt)
+
+
+def _state_on_disk(endpoint: str) -> dict[str, int]:
+    """The listener's ``stats()["state_on_disk"]``, read as an operator does (``mplog status --json``)."""
+    argv = [sys.executable, "-m", "mplog", "status", "--json", "--timeout", "10", endpoint]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=_env(), check=False)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout)["state_on_disk"])
+
+
+@pytest.mark.timeout(240)
+def test_marks_a_full_state_dir_kept_in_memory_go_back_to_the_file_and_a_restart_after_a_kill_resumes_from_them(
+    tmp_path,
+):
+    mnt, out = tmp_path / "small", tmp_path / "out.log"
+    mount_tmpfs(mnt, "1m")
+    try:
+        state = mnt / "state"
+        state.mkdir()
+        config = _config(tmp_path, out, state)
+        endpoint = f"ipc://{tmp_path}/c.sock"
+        first_err, second_err = tmp_path / "first.err", tmp_path / "second.err"
+        senders, go = 20, tmp_path / "go"
+        with _listen(config, endpoint, first_err) as first:
+            fill(mnt)  # acked.json backs its first page (15 slots): 5 of the 20 senders get none
+            with _workers(endpoint, dict.fromkeys(range(senders), 2_000), tmp_path, hold=go) as procs:
+                wait_for(lambda: len(read_lines(out)) == senders, timeout=120)
+                wait_for(lambda: _state_on_disk(endpoint)["marks_in_memory"] == 5, timeout=30)
+                degraded = _state_on_disk(endpoint)
+                assert degraded["slots_refused"] >= 5, degraded
+                (mnt / "filler").unlink()  # room again: the retry (once a second) stores the 5 marks in the file
+                wait_for(lambda: _said(first_err, "on the disk again"), timeout=30)
+                assert _state_on_disk(endpoint)["marks_in_memory"] == 0
+                first.kill()  # the 20 marks are now only in acked.json
+                first.wait(10)
+                with _listen(config, endpoint, second_err) as second:
+                    go.touch()
+                    assert [p.wait(120) for p in procs] == [0] * senders, second_err.read_text()
+                    second.send_signal(signal.SIGTERM)
+                    assert second.wait(20) == 0, second_err.read_text()
+        check_lines(read_lines(out), dict.fromkeys(range(senders), 2_000)).assert_exact()
+        assert "Traceback" not in first_err.read_text() + second_err.read_text()
+    finally:
+        umount(mnt)
