@@ -413,6 +413,9 @@ class AckServer(Server):
         self.unconfirmed = 0  # acknowledgements withheld: a handler had not confirmed delivery in time
         self._files: list[logging.StreamHandler[Any]] | None = None  # candidates for the intent
         self._unknown: dict[str, float] = {}  # ledger key -> when its first out-of-order frame came
+        # ledger key -> the seq of the first frame refused since its last accepted one (see _out_of_order)
+        self._refused_first: dict[str, int] = {}
+        self._behind_said = False
         self._started = time.monotonic()
         self.stats.table.on_forget = self._forget_mark
 
@@ -430,7 +433,26 @@ class AckServer(Server):
     def _out_of_order(self, key: str, env: Envelope) -> bool:
         next_seq = self.stats.next_seq_of(key)
         if next_seq is not None:
-            return env.seq > next_seq
+            refused = self._refused_first
+            if env.seq <= next_seq:
+                refused.pop(key, None)
+                return False
+            refused_at = refused.get(key)
+            if refused_at is None or env.seq > refused_at:
+                if refused_at is None:
+                    if len(refused) >= self.stats.limits.max_senders:
+                        refused.pop(next(iter(refused)))
+                    refused[key] = env.seq
+                return True
+            # The sender answered the refusal with a resend round, which starts with the oldest
+            # frame it holds, and that is still past next_seq: what lies between was acknowledged
+            # to it earlier, so this listener's marks are older than what it acknowledged (a
+            # state directory restored from a copy, or one that lost its last writes with the
+            # host). Refusing again would refuse this sender for good; its frame is accepted and
+            # the records between counted as a gap.
+            del refused[key]
+            self._say_behind(key, next_seq, env.seq)
+            return False
         if env.seq == 0:
             return False
         # An unknown sender starting past 0: its first frames may have died with the last
@@ -444,6 +466,16 @@ class AckServer(Server):
             return True
         del unknown[key]
         return False  # accepted: the records before it are counted as a gap
+
+    def _say_behind(self, key: str, next_seq: int, seq: int) -> None:
+        if self._behind_said:
+            return
+        self._behind_said = True
+        say(
+            f"mplog: sender {key} resent from record {seq}, but this listener's marks expected record {next_seq}: "
+            "its state directory is older than what it acknowledged (restored from a copy, or its last writes "
+            f"lost with the host). Records {next_seq}..{seq - 1} are counted as a gap; said once for all senders"
+        )
 
     def _forget_unknown(self, now: float) -> None:
         """Keep the unknown senders waited for bounded: drop those past their grace, else the oldest."""
