@@ -135,6 +135,13 @@ def _check_level(where: str, value: Any) -> None:
     raise ConfigError(f"{where} must be a level name such as 'INFO' or a number, got {value!r}")
 
 
+def _level_in_place(where: str, entry: dict[str, Any], key: str = "level") -> None:
+    """Check ``entry[key]``; a name in another case (``"info"``) becomes the upper-case name logging knows."""
+    _check_level(f"{where}.{key}", entry[key])
+    if isinstance(entry[key], str):
+        entry[key] = entry[key].upper()
+
+
 def _check_section(config: dict[str, Any], name: str) -> dict[str, Any]:
     section = config.get(name, {})
     if not isinstance(section, dict):
@@ -147,7 +154,7 @@ def _check_section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _check_logger(where: str, logger: dict[str, Any], handlers: dict[str, Any], filters: dict[str, Any]) -> None:
     if "level" in logger:
-        _check_level(f"{where}.level", logger["level"])
+        _level_in_place(where, logger)
     for key in ("handlers", "filters"):
         names = logger.get(key, [])
         if not isinstance(names, list):
@@ -199,7 +206,7 @@ def _check_handler(
     if "class" not in handler and "()" not in handler:
         raise ConfigError(f"handlers.{name} needs a 'class' (e.g. 'logging.FileHandler') or a '()' factory")
     if "level" in handler:
-        _check_level(f"handlers.{name}.level", handler["level"])
+        _level_in_place(f"handlers.{name}", handler)
     formatter = handler.get("formatter")
     if formatter is not None and formatter not in formatters:
         raise ConfigError(f"handlers.{name}.formatter names {formatter!r}, which is not defined under 'formatters'")

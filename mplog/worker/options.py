@@ -72,6 +72,9 @@ class WorkerOptions:
             else:
                 choices = sorted(set(known) | nested["limits"] | nested["transport"])
                 raise ConfigError(f"setup_worker() got an unknown option {key!r}; known options: {', '.join(choices)}")
+        for name in ("level", "flush_level"):
+            if name in top:
+                top[name] = _level_number(name, top[name])
         opts = cls(**top)
         if sub["limits"]:
             opts = replace(opts, limits=replace(opts.limits, **sub["limits"]))
@@ -104,3 +107,16 @@ class WorkerOptions:
             value = getattr(self.transport, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+
+
+def _level_number(name: str, value: Any) -> Any:
+    """A level option as a number: a name in any case ("info") becomes one; ConfigError naming ``name`` else."""
+    if value is None and name == "level":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        number = logging.getLevelName(value.strip().upper())
+        if isinstance(number, int):
+            return number
+    raise ConfigError(f"{name} must be a level name such as 'INFO' or a number, got {value!r}")

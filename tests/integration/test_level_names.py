@@ -1,0 +1,50 @@
+"""Level names in any case ("info") work wherever mplog takes a level, as `mplog check` already said they do."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+
+import pytest
+from helpers import file_config, read_lines, wait_for
+
+import mplog
+from mplog.exceptions import ConfigError
+
+pytestmark = pytest.mark.integration
+
+
+def _log_each_level() -> None:
+    mplog.setup_worker()
+    for name in ("debug", "info", "warning", "error"):
+        logging.getLogger("app").log(logging.getLevelName(name.upper()), "%s", name)
+        logging.getLogger("other").log(logging.getLevelName(name.upper()), "%s", f"other {name}")
+
+
+@pytest.mark.timeout(60)
+def test_a_listener_whose_config_names_levels_in_lower_case_starts_and_applies_them(tmp_path):
+    out = tmp_path / "out.log"
+    config = file_config(out, level="info")
+    config["handlers"]["file"]["level"] = "Debug"
+    config["loggers"] = {"app": {"level": "warning"}}
+    # Before: mplog check said OK, and the start failed: "Unknown level: 'info'".
+    with mplog.start_listener(config, endpoint=f"ipc://{tmp_path}/l.sock", route_parent=False) as listener:
+        proc = multiprocessing.get_context("spawn").Process(target=_log_each_level)
+        proc.start()
+        proc.join(30)
+        assert proc.exitcode == 0
+        wait_for(lambda: listener.stats()["received"] == 6)  # debug stays in the worker (root: info)
+    assert sorted(read_lines(out)) == sorted(["warning", "error", "other info", "other warning", "other error"])
+
+
+def test_setup_worker_takes_level_names_in_any_case_and_names_a_bad_one():
+    handler = mplog.setup_worker("ipc:///nonexistent/mplog-levels.sock", level="info", flush_level="Warning")
+    try:
+        assert logging.getLogger().level == logging.INFO
+        assert handler.options.flush_level == logging.WARNING
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    # Before: a bare ValueError ("Unknown level: 'loud'") from logging.
+    with pytest.raises(ConfigError, match=r"level must be a level name such as 'INFO' or a number, got 'loud'"):
+        mplog.setup_worker("ipc:///nonexistent/mplog-levels.sock", level="loud")
