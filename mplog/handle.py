@@ -27,7 +27,8 @@ from mplog.listener.stats_view import ListenerStats
 from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
 from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
-from mplog.worker import MplogHandler, setup_worker
+from mplog.worker import MplogHandler
+from mplog.worker.handler import route_root
 from mplog.worker.children import route_children
 from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, export_setting, inherited_setting
 from mplog.worker.outbox import open_handlers
@@ -121,9 +122,12 @@ class Listener:
         if self._route_parent:
             root = logging.getLogger()
             self._saved_root = (list(root.handlers), root.level)
-            self._handler = setup_worker(
-                self.endpoint, level=worker_level(self._config), flush_on_sigterm=False, ack=self._runtime.ack
-            )
+            # Another listener's handler on the root logger (listeners nested in one program) is
+            # taken off open and put back at this one's stop. Before, it was closed, and put back
+            # closed: what the process logged to the outer listener after the inner one stopped
+            # was dropped.
+            options = {"level": worker_level(self._config), "flush_on_sigterm": False, "ack": self._runtime.ack}
+            self._handler = route_root(self.endpoint, options, keep_others_open=True)
         if self._supervise:
             self._supervisor = Supervisor(self._poll_child, self._relaunch, self._lock).start()
         return self
@@ -286,7 +290,9 @@ class Listener:
                 if self._saved_root is not None:
                     handlers, level = self._saved_root
                     for handler in handlers:
-                        root.addHandler(handler)
+                        # An outer listener that stopped first closed its handler: not put back.
+                        if not (isinstance(handler, MplogHandler) and handler._closed):
+                            root.addHandler(handler)
                     root.setLevel(level)
             self._handler = None
         for key, value in self._saved_env.items():
@@ -359,7 +365,9 @@ def start_listener(
         config: a dictConfig dict, a path to a .toml/.json/.yaml file, or None (stderr).
         endpoint: where to bind; default a private ``ipc://`` (or ``mp://``) socket.
         transport: ``"zmq"`` (default) or ``"multiprocessing"``.
-        route_parent: also send this process's own logging through the listener.
+        route_parent: also send this process's own logging through the listener; the root
+            logger's handlers and level come back at its stop (another listener's handler too,
+            when listeners are nested).
         export_env: set ``MPLOG_ENDPOINT`` (and ``MPLOG_LEVEL``) for child processes, and
             route every process multiprocessing starts meanwhile (mplog.worker.children).
         supervise: restart the listener process on the same endpoint if it dies (mplog.listener.supervisor).

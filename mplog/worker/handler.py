@@ -450,10 +450,16 @@ def setup_worker(endpoint: str | None = None, **options: Any) -> MplogHandler:
     Raises:
         ConfigError: no endpoint is known, or an option is wrong.
     """
+    return route_root(endpoint, options)
+
+
+def route_root(endpoint: str | None, options: dict[str, Any], *, keep_others_open: bool = False) -> MplogHandler:
+    """:func:`setup_worker`'s body; ``keep_others_open``: the mplog handlers the root logger had are taken off
+    it open, not closed (a listener started while another one's handler routes this process puts it back)."""
     endpoint = _endpoint_to_use(endpoint)
     opts = _worker_options(options)
     env_level = _level_from_env() if opts.level is None else None
-    handler = _root_handler(endpoint, opts, replace_options=bool(options))
+    handler = _root_handler(endpoint, opts, replace_options=bool(options), keep_others_open=keep_others_open)
     # The level: level= wins, then $MPLOG_LEVEL (start_listener exports its own); without
     # either, the listener is asked what its handlers accept (mplog.worker.level).
     if opts.level is not None:
@@ -504,7 +510,9 @@ def _worker_options(options: dict[str, Any]) -> WorkerOptions:
     return opts
 
 
-def _root_handler(endpoint: str, opts: WorkerOptions, *, replace_options: bool) -> MplogHandler:
+def _root_handler(
+    endpoint: str, opts: WorkerOptions, *, replace_options: bool, keep_others_open: bool = False
+) -> MplogHandler:
     """The root logger's one handler for ``endpoint``: the one it has when it can serve, else a new one."""
     root = logging.getLogger()
     current = [h for h in root.handlers if isinstance(h, MplogHandler)]
@@ -525,6 +533,9 @@ def _root_handler(endpoint: str, opts: WorkerOptions, *, replace_options: bool) 
     # an outsider lost ~30,000 of 32,000 records logged by 32 threads during the close below).
     # A thread still holding the old list logs into a closed handler, which hands the record on.
     olds = root.handlers
+    if keep_others_open:  # they stay open, each taking what a thread still holding the old list logs
+        root.handlers = [handler]
+        return handler
     for old in olds:
         if isinstance(old, MplogHandler):
             old._successor = handler
