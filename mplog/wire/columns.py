@@ -226,7 +226,7 @@ def columns_frame(obj: list[Any], limits: Limits) -> Frame:
     if type(columns) is not list or len(columns) != N_FIELDS:
         raise FrameError("bad_header", f"columns must be an array of {N_FIELDS} items")
     full: list[list[Any]] = []
-    given_once = []  # fields sent as one value: checked once, not per record
+    given_once: list[int] = []  # fields sent as one value: checked once, not per record
     for i, column in enumerate(columns):
         if type(column) is list:
             if len(column) != count:
@@ -240,6 +240,60 @@ def columns_frame(obj: list[Any], limits: Limits) -> Frame:
             full.append([column] * count)
     if not count:
         return Frame(identity, seq, dropped, flags, [])
+    if count > 1 and given_once:
+        _check_what_one_values_stand_for(columns, given_once, count, limits)
     rows = list(map(list, zip(*full, strict=True)))
     passed = all(value_passes(i, columns[i]) for i in given_once) and columns_pass(full, count, frozenset(given_once))
     return Frame(identity, seq, dropped, flags, rows, full if passed else None)
+
+
+def _check_what_one_values_stand_for(columns: list[Any], given_once: list[int], count: int, limits: Limits) -> None:
+    """Refuse a frame whose one-value columns stand for more than a version 1 frame may carry.
+
+    A column sent as one value is every record's: 100 KB of message in one value of a
+    100 KB frame stood for 11,000 messages, 1.1 GB of lines written and 3.2 GB of listener
+    memory (a hostile sender, 2 of 2 runs). The records a version 2 frame stands for may
+    take no more than ``max_frame_bytes`` more than the frame (what the version 1 frame of
+    the same records could hold), nor more than ``max_items`` values. A worker folds only
+    the fields that are the same for a whole batch (logger name, path, process, ...), so its
+    frames stand for a few bytes per record more than they hold.
+
+    Raises:
+        FrameError: ``over_limit``.
+    """
+    extra_bytes = extra_items = 0
+    for i in given_once:
+        value = columns[i]
+        kind = type(value)
+        if kind is str:
+            size = len(value) if value.isascii() else 4 * len(value)
+        elif kind is dict or kind is list or kind is bytes:
+            try:
+                size = len(msgpack.packb(value, use_bin_type=True))
+            except (TypeError, ValueError, OverflowError):
+                size = limits.max_frame_bytes  # it does not pack back (a key the packer refuses): the most
+            if kind is not bytes:
+                extra_items += _values_in(value) * (count - 1)
+        else:
+            continue  # a number, a bool or None: a few bytes a record, within the item budget
+        extra_bytes += size * (count - 1)
+    if extra_bytes > limits.max_frame_bytes or count * _ITEMS_PER_RECORD + extra_items > limits.max_items:
+        raise FrameError(
+            "over_limit",
+            f"columns sent as one value stand for {extra_bytes} bytes and {extra_items} values more than the frame "
+            f"holds ({count} records): more than max_frame_bytes or max_items allow",
+        )
+
+
+def _values_in(value: Any) -> int:
+    """How many values a decoded container holds, itself included (it was decoded, so this is bounded)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if type(item) is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return count

@@ -255,6 +255,49 @@ def test_a_version_2_frame_over_max_items_is_charged_to_its_sender_as_a_version_
     assert v2_written == v1_written
 
 
+def _one_value_columns(count: int, **one: Any) -> list[Any]:
+    """Columns of ``count`` good records, the fields named in ``one`` sent as that one value."""
+    columns: list[Any] = [list(column) for column in zip(*_good(count), strict=True)]
+    for name, value in one.items():
+        columns[RECORD_FIELDS.index(name)] = value
+    return columns
+
+
+@pytest.mark.parametrize(
+    ("count", "one"),
+    [
+        (11_000, {"message": "A" * 100_000}),  # an outsider's: 100 KB of frame, 1.1 GB of lines
+        (11_000, {"message": "é" * 400}),  # 4.4 M characters, up to 4 bytes each
+        (5_000, {"extra": {f"k{i}": "v" * 8 for i in range(256)}}),  # a copy of 256 extras per record
+        (2_000, {"extra": {f"k{i}": i for i in range(120)}}),  # 241 values a record: past max_items
+        (11_000, {"name": {"x": "y" * 1000}}),  # a map where a name goes: repaired, a repr per record
+    ],
+    ids=["message", "non-ascii", "extras-bytes", "extras-items", "map-as-name"],
+)
+def test_a_version_2_frame_whose_one_value_columns_stand_for_more_than_the_limits_is_refused_whole(
+    tmp_path: Path, count: int, one: dict[str, Any]
+) -> None:
+    # Before: accepted, each record got the value (a 100 KB frame wrote 1.1 GB and took the
+    # listener to 3.2 GB of RSS in an outsider's run).
+    data = _v2_raw(count, _one_value_columns(count, **one))
+    assert len(data) < Limits().max_frame_bytes
+    written, counts = _serve(tmp_path / "one", [data, _v2(_good(2), seq=count)])
+    assert counts["malformed"] == {"over_limit": 1}
+    assert counts["rejected"] == count  # charged to its sender, as any refused frame is
+    assert counts["received"] == 2
+    assert written["plain.log"].decode().splitlines() == [payload(1, i, 10) for i in range(2)]
+
+
+def test_a_version_2_frame_whose_one_value_columns_stand_for_what_a_version_1_frame_may_hold_is_written() -> None:
+    # A worker folds the fields a whole batch shares; at the edge of the limits, still accepted.
+    count = 4_000
+    limits = Limits()
+    message = "m" * (limits.max_frame_bytes // (count - 1) - 8)  # with the extras' 5 bytes a record
+    frame = decode_frame(_v2_raw(count, _one_value_columns(count, message=message, extra={"k": "v"})))
+    assert len(frame.records) == count
+    assert frame.records[-1][RECORD_FIELDS.index("message")] == message
+
+
 @pytest.mark.parametrize("count", [0, 1, 15, 16, 127, 128, 512, 65_535, 65_536])
 def test_the_frame_around_a_body_says_version_1_for_a_records_array_and_2_for_a_count_in_any_int_encoding(
     count: int,
