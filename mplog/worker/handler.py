@@ -88,6 +88,15 @@ class MplogHandler(BatchingHandler):
         if level is None:
             self.setLevel(logging.NOTSET)
         self._idle_timeout = collector_level.REFRESH_INTERVAL
+        # The flusher thread asks again. Started now, not at the first record: a worker whose
+        # every record was below the listener's old level never sent one, so never started it,
+        # and kept that level for good after the collector was restarted with a lower one.
+        self._ensure_thread()
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        if self._follower is not None and not self._closed:
+            self._ensure_thread()  # a forked child that never logs still follows the listener's level
 
     def pin_level(self, level: int, *, handler_too: bool) -> None:
         """Stop following the listener: the root logger at ``level``; the handler too, or at NOTSET."""

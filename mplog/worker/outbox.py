@@ -362,10 +362,14 @@ class BatchingHandler(logging.Handler):
     # ------------------------------------------------------------ the flusher thread
 
     def _kick(self) -> None:
+        self._ensure_thread()
+        self._wake.set()
+
+    def _ensure_thread(self) -> None:
+        """Start the flusher thread if this process has none running."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="mplog-flusher", daemon=True)
             self._thread.start()
-        self._wake.set()
 
     def _run(self) -> None:
         # Signals sent to the process must reach the main thread: delivered to this

@@ -196,7 +196,8 @@ import mplog.worker.level
 mplog.worker.level.REFRESH_INTERVAL = 0.2  # ask again often: the test has not got 30 s
 handler = mplog.setup_worker()
 root = logging.getLogger()
-logging.getLogger("app").warning("%s", helpers.payload(2, 0))  # the flusher thread runs from here on
+if sys.argv[2] == "one warning":
+    logging.getLogger("app").warning("%s", helpers.payload(2, 0))
 print(root.level, flush=True)
 sys.stdin.readline()  # the test has replaced the collector
 deadline = time.monotonic() + 30
@@ -209,14 +210,17 @@ print(json.dumps({"root": root.level, "counters": handler.counters}), flush=True
 """
 
 
-def test_a_worker_follows_a_collector_restarted_with_another_level(tmp_path, short_dir):
+@pytest.mark.parametrize("before", ["one warning", "nothing"])
+def test_a_worker_follows_a_collector_restarted_with_another_level(tmp_path, short_dir, before):
+    # "nothing": every record the worker logs is below the first collector's level, so it never
+    # sends one. Before, its flusher thread (which asks again) never started: the level stayed.
     bind = f"ipc://{short_dir}/c.sock"
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     worker = None
     try:
         with _collector(_config(tmp_path / "a.json", first, root="WARNING"), bind) as (collector, endpoint, _):
             worker = subprocess.Popen(
-                [sys.executable, "-c", FOLLOWER_CODE, str(DEBUG_RECORDS)],
+                [sys.executable, "-c", FOLLOWER_CODE, str(DEBUG_RECORDS), before],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -225,7 +229,8 @@ def test_a_worker_follows_a_collector_restarted_with_another_level(tmp_path, sho
             )
             assert worker.stdout is not None and worker.stdin is not None
             assert worker.stdout.readline().strip() == str(logging.WARNING)
-            wait_for(lambda: request_stats(endpoint)["received"] == 1)
+            sent = 1 if before == "one warning" else 0
+            wait_for(lambda: request_stats(endpoint)["received"] == sent)
             _stop(collector)
         config = _config(tmp_path / "b.json", second, root="DEBUG")
         with _collector(config, bind) as (collector, endpoint, _):
@@ -233,7 +238,7 @@ def test_a_worker_follows_a_collector_restarted_with_another_level(tmp_path, sho
             worker.stdin.flush()
             report = json.loads(worker.stdout.readline())
             assert report["root"] == logging.DEBUG
-            assert report["counters"]["sent"] == 1 + DEBUG_RECORDS
+            assert report["counters"]["sent"] == sent + DEBUG_RECORDS
             assert worker.wait(30) == 0
             assert worker.stderr is not None and worker.stderr.read() == ""
             _stop(collector)
@@ -245,7 +250,7 @@ def test_a_worker_follows_a_collector_restarted_with_another_level(tmp_path, sho
             for stream in (worker.stdin, worker.stdout, worker.stderr):
                 if stream is not None:
                     stream.close()
-    assert read_lines(first) == ["WARNING P2:00000000:00000:"]
+    assert read_lines(first) == (["WARNING P2:00000000:00000:"] if sent else [])
     lines = read_lines(second)
     assert all(line.startswith("DEBUG ") for line in lines)
     check_lines(lines, {0: DEBUG_RECORDS}).assert_exact()
