@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mplog.exceptions import ConfigError
 from mplog.listener.metrics import parse_address
@@ -174,11 +174,17 @@ def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) 
         )
     if config.get("version") != 1:
         raise ConfigError(f"version must be 1 (the dictConfig schema version), got {config.get('version')!r}")
+    _check_switches_of_dictconfig(config)
     formatters = _check_section(config, "formatters")
     filters = _check_section(config, "filters")
     handlers = _check_section(config, "handlers")
+    for name, formatter in formatters.items():
+        _check_formatter(name, formatter)
     for name, handler in handlers.items():
         _check_handler(name, handler, formatters, filters, allow_pickle_forwarding=allow_pickle_forwarding)
+        _check_handler_references(name, handler, handlers)
+    for section in ("formatters", "filters", "handlers"):
+        _check_factory_paths(section, config.get(section))
     for name, logger in _check_section(config, "loggers").items():
         _check_logger(f"loggers.{name}", logger, handlers, filters)
     root = config.get("root", {})
@@ -192,6 +198,59 @@ def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) 
             f"the config must hold only plain values (strings, numbers, lists, tables) because it is applied "
             f"in the listener process; use 'ext://module.name' or a '()' factory path for objects ({exc})"
         ) from None
+
+
+def _check_switches_of_dictconfig(config: dict[str, Any]) -> None:
+    """``disable_existing_loggers`` is true or false; ``incremental`` is false (the listener configures once)."""
+    if not isinstance(config["disable_existing_loggers"], bool):
+        value = config["disable_existing_loggers"]
+        raise ConfigError(f"disable_existing_loggers must be true or false, got {value!r}")
+    incremental = config.get("incremental", False)
+    if not isinstance(incremental, bool):
+        raise ConfigError(f"incremental must be true or false, got {incremental!r}")
+    if incremental:
+        # dictConfig then only changes the levels of handlers an earlier call built; the
+        # listener process applies its config once, to a logging that has none.
+        raise ConfigError(
+            "incremental = true changes handlers an earlier configuration built, but the listener process applies "
+            "its config once, from nothing; remove incremental (to change a running listener's config, restart it)"
+        )
+
+
+_Style = Literal["%", "{", "$"]
+_STYLE_FIELDS: dict[_Style, str] = {"%": "%(message)s", "{": "{message}", "$": "${message}"}
+
+
+def _check_formatter(name: str, formatter: dict[str, Any]) -> None:
+    """A ``logging.Formatter``'s format must be written in its style, checked as dictConfig will build it."""
+    if "()" in formatter or formatter.get("class", "logging.Formatter") != "logging.Formatter":
+        return  # another class reads its arguments its own way, when the listener builds it
+    style = formatter.get("style", "%")
+    if style not in _STYLE_FIELDS:
+        raise ConfigError(f"formatters.{name}.style must be '%', '{{' or '$', got {style!r}")
+    fmt, datefmt = formatter.get("format"), formatter.get("datefmt")
+    if fmt is not None and not isinstance(fmt, str):
+        raise ConfigError(f"formatters.{name}.format must be a string, got {fmt!r}")
+    if datefmt is not None and not isinstance(datefmt, str):
+        raise ConfigError(f"formatters.{name}.datefmt must be a string, got {datefmt!r}")
+    try:
+        logging.Formatter(fmt, datefmt, style, validate=formatter.get("validate", True) is not False)
+    except ValueError as exc:
+        written_in = [other for other in _STYLE_FIELDS if other != style and _fits_style(fmt, other)]
+        fix = (
+            f"it is written in the {written_in[0]!r} style: set formatters.{name}.style = {written_in[0]!r}"
+            if written_in
+            else f"write its fields as {_STYLE_FIELDS[style]} (style {style!r})"
+        )
+        raise ConfigError(f"formatters.{name}.format {fmt!r} does not fit style {style!r} ({exc}); {fix}") from None
+
+
+def _fits_style(fmt: str | None, style: _Style) -> bool:
+    try:
+        logging.Formatter(fmt, None, style, validate=True)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_handler(
@@ -223,13 +282,65 @@ def _check_handler(
         handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
 
 
-def _sends_pickles(path: Any) -> bool:
-    """True for logging.handlers.SocketHandler, DatagramHandler and subclasses already imported."""
+def _is_class(path: Any, base: type) -> bool:
+    """True when ``path`` names ``base`` or a subclass of it, in a module already imported (nothing is imported)."""
     if not isinstance(path, str):
         return False
     module, _, attr = path.removeprefix("ext://").rpartition(".")
     found = getattr(sys.modules.get(module), attr, None)
-    return isinstance(found, type) and issubclass(found, logging.handlers.SocketHandler)
+    return isinstance(found, type) and issubclass(found, base)
+
+
+def _sends_pickles(path: Any) -> bool:
+    """True for logging.handlers.SocketHandler, DatagramHandler and subclasses already imported."""
+    return _is_class(path, logging.handlers.SocketHandler)
+
+
+def _check_handler_references(name: str, handler: dict[str, Any], handlers: dict[str, Any]) -> None:
+    """What dictConfig resolves by name or only from 3.12 on: a MemoryHandler's target, a QueueHandler's keys."""
+    cls = handler.get("class")
+    target = handler.get("target")
+    if _is_class(cls, logging.handlers.MemoryHandler) and isinstance(target, str) and target not in handlers:
+        raise ConfigError(
+            f"handlers.{name}.target names {target!r}, which is not defined under 'handlers'; "
+            f"define it or fix the name (defined: {', '.join(sorted(handlers))})"
+        )
+    if sys.version_info < (3, 12) and _is_class(cls, logging.handlers.QueueHandler):
+        # Before 3.12 dictConfig passes these on to QueueHandler(), which takes none of them.
+        for key in ("listener", "handlers"):
+            if key in handler:
+                raise ConfigError(
+                    f"handlers.{name}.{key}: a QueueHandler's {key!r} key needs Python 3.12 or later (this is Python "
+                    f"{sys.version_info.major}.{sys.version_info.minor}); remove it, or use "
+                    "mplog.handlers.QueuedHandler, whose 'handlers' works on every Python"
+                )
+        if isinstance(handler.get("queue"), dict):
+            raise ConfigError(
+                f"handlers.{name}.queue: a table for a QueueHandler's queue needs Python 3.12 or later; "
+                "name a queue object with 'ext://module.name' instead"
+            )
+
+
+def _check_factory_paths(where: str, value: Any) -> None:
+    """No class, factory or ``ext://`` object named in ``__main__``: in the listener it is not the user's script."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_factory_paths(f"{where}.{key}" if where else str(key), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_factory_paths(f"{where}[{index}]", item)
+    elif isinstance(value, str) and value.removeprefix("ext://").startswith("__main__."):
+        raise ConfigError(main_module_message(where, value))
+
+
+def main_module_message(where: str, path: str) -> str:
+    """Why ``__main__.Name`` cannot be found by the listener, and where to put ``Name`` instead."""
+    attr = path.removeprefix("ext://").removeprefix("__main__.")
+    return (
+        f"{where} names {path!r}, but the config is applied in the listener process, where __main__ is not your "
+        f"script; put {attr} in a module the listener can import (one on its sys.path, e.g. myapp/logfilters.py) "
+        f"and name it by that module ('myapp.logfilters.{attr}')"
+    )
 
 
 def _check_handler_class(name: str, handler: dict[str, Any], *, allow_pickle_forwarding: bool = False) -> None:
