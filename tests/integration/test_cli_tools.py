@@ -254,6 +254,65 @@ def test_check_names_a_read_only_or_full_file_system_as_the_cause_not_permission
         umount(mnt)
 
 
+def _one_handler(**handler: object) -> dict[str, object]:
+    return {"handlers": {"c": {"class": "logging.StreamHandler", **handler}}, "root": {"handlers": ["c"]}}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            _one_handler(stream="ext://sys.stdot"),
+            "handlers.c.stream: cannot resolve 'ext://sys.stdot' (Cannot resolve 'sys.stdot': No module named "
+            "'sys.stdot'; 'sys' is not a package); check the spelling (e.g. 'ext://sys.stdout') and that its module "
+            "is installed where the listener runs",
+        ),
+        (
+            {
+                "handlers": {"mem": {"class": "logging.handlers.MemoryHandler", "capacity": 10, "target": "nofile"}},
+                "root": {"handlers": ["mem"]},
+            },
+            "handlers.mem.target names 'nofile', which is not defined under 'handlers'; define it or fix the name "
+            "(defined: mem)",
+        ),
+        (
+            {**_one_handler(), "incremental": True},
+            "incremental = true changes handlers an earlier configuration built, but the listener process applies "
+            "its config once, from nothing; remove incremental (to change a running listener's config, restart it)",
+        ),
+        (
+            {**_one_handler(formatter="f"), "formatters": {"f": {"format": "{message}", "style": "%"}}},
+            "formatters.f.format '{message}' does not fit style '%' (Invalid format '{message}' for '%' style); "
+            "it is written in the '{' style: set formatters.f.style = '{'",
+        ),
+        (
+            {**_one_handler(formatter="f"), "formatters": {"f": {"format": "%(message)s", "style": "x"}}},
+            "formatters.f.style must be '%', '{' or '$', got 'x'",
+        ),
+        (
+            {**_one_handler(), "disable_existing_loggers": "no"},
+            "disable_existing_loggers must be true or false, got 'no'",
+        ),
+        (
+            {**_one_handler(filters=["even"]), "filters": {"even": {"()": "__main__.OnlyEven"}}},
+            "filters.even.() names '__main__.OnlyEven', but the config is applied in the listener process, where "
+            "__main__ is not your script; put OnlyEven in a module the listener can import (one on its sys.path, "
+            "e.g. myapp/logfilters.py) and name it by that module ('myapp.logfilters.OnlyEven')",
+        ),
+    ],
+    ids=["ext-typo", "memory-target", "incremental", "format-style", "bad-style", "disable-str", "main"],
+)
+def test_check_refuses_what_the_listener_refused_at_start_naming_the_key_and_the_fix(tmp_path, config, message):
+    # A newcomer's configs (outsider-newbie/mistakes): mplog check said OK to each, and the
+    # listener then refused it at start ("Cannot resolve 'sys.stdot'", "No handler found with
+    # name 'c'").
+    path = tmp_path / "collector.json"
+    path.write_text(json.dumps(config))
+    result = run_mplog("check", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"mplog: config error: {message}\n"
+
+
 def test_check_of_a_missing_file_names_the_file(tmp_path):
     result = run_mplog("check", str(tmp_path / "absent.toml"))
     assert result.returncode == 2
