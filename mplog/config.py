@@ -19,7 +19,7 @@ from typing import Any, Literal
 from mplog.exceptions import ConfigError
 from mplog.listener.metrics import parse_address
 from mplog.listener.settings import sender_limits_for, transport_options_for
-from mplog.transports import transport_of
+from mplog.transports import check_endpoint
 from mplog.worker.options import WorkerOptions
 
 __all__ = [
@@ -425,7 +425,7 @@ def _check_places(settings: RuntimeSettings) -> None:
             raise ConfigError(
                 f"mplog.endpoint must be a string such as 'tcp://127.0.0.1:5140', got {settings.endpoint!r}"
             )
-        transport_of(settings.endpoint)  # names the known schemes
+        check_endpoint(settings.endpoint, "mplog.endpoint")  # a known scheme, a port, an ipc path that fits
 
 
 def _check_tables(settings: RuntimeSettings) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import mplog
 from mplog.config import DEFAULT_CONFIG, RuntimeSettings, load_config
 from mplog.exceptions import ConfigError
 from mplog.listener.settings import limits_for, transport_options_for, worker_level
@@ -333,6 +334,26 @@ def test_each_misconfiguration_names_the_key_and_the_fix(config, words):
         ({"insecure": "yes"}, ["mplog.insecure must be true or false", "'yes'"]),
         ({"endpoint": 5140}, ["mplog.endpoint must be a string", "tcp://127.0.0.1:5140", "5140"]),
         ({"endpoint": "http://127.0.0.1:80"}, ["'http://127.0.0.1:80' has no known scheme", "ipc://PATH"]),
+        (
+            {"endpoint": "tcp://127.0.0.1"},
+            ["mplog.endpoint 'tcp://127.0.0.1': no port; add one, e.g. 'tcp://127.0.0.1:5170'"],
+        ),
+        (
+            {"endpoint": "tcp://[::1]"},
+            ["mplog.endpoint 'tcp://[::1]': no port; add one, e.g. 'tcp://[::1]:5170'"],
+        ),
+        (
+            {"endpoint": "tcp://127.0.0.1:99999"},
+            ["mplog.endpoint 'tcp://127.0.0.1:99999': the port '99999' is not a number from 0 to 65535"],
+        ),
+        (
+            {"endpoint": "ipc:///tmp/s.sock, tcp://127.0.0.1"},
+            ["mplog.endpoint 'tcp://127.0.0.1': no port"],
+        ),
+        (
+            {"endpoint": "ipc:///tmp/" + "d" * 120 + "/x.sock"},
+            ["mplog.endpoint 'ipc:///tmp/ddd", "its path is 132 bytes, more than the", "choose a shorter path"],
+        ),
         ({"limits": {"max_frame": 10}}, ["mplog.limits has an unknown key", "max_frame_bytes", "max_depth"]),
         ({"limits": {"max_depth": "8"}}, ["mplog.limits.max_depth must be a positive int", "'8'"]),
         ({"limits": {"max_records": 0}}, ["mplog.limits.max_records must be a positive int", "got 0"]),
@@ -388,4 +409,17 @@ def test_a_queue_handler_listener_or_handlers_key_before_python_3_12_names_the_k
     assert str(info.value) == (
         f"handlers.q.{key}: a QueueHandler's {key!r} key needs Python 3.12 or later (this is Python {version}); "
         "remove it, or use mplog.handlers.QueuedHandler, whose 'handlers' works on every Python"
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:0", "tcp://*:5140", "tcp://[::1]:5140", "ipc:///tmp/a.sock"])
+def test_an_endpoint_that_can_be_bound_is_accepted(endpoint):
+    assert load_config(with_changes(mplog={"endpoint": endpoint}))[1].endpoint == endpoint
+
+
+def test_start_listener_names_an_endpoint_argument_without_a_port_before_any_process_starts():
+    with pytest.raises(ConfigError) as info:
+        mplog.Listener(endpoint="tcp://127.0.0.1")
+    assert str(info.value) == (
+        "endpoint 'tcp://127.0.0.1': no port; add one, e.g. 'tcp://127.0.0.1:5170' (or ':*' for any free port)"
     )
