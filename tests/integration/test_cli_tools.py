@@ -328,6 +328,36 @@ def test_check_refuses_what_the_listener_refused_at_start_naming_the_key_and_the
     assert result.stderr == f"mplog: config error: {message}\n"
 
 
+KERNEL_FILE_SYSTEMS = Path("/proc/self").is_dir() and Path("/sys/kernel").is_dir()
+
+
+@pytest.mark.skipif(not KERNEL_FILE_SYSTEMS, reason="needs Linux /proc and /sys")
+@pytest.mark.parametrize(
+    ("filename", "cause"),
+    [
+        (
+            "/proc/a.log",
+            "'/proc' is on a proc file system, a kernel interface where no file can be created (opening "
+            "one fails: No such file or directory, for root too); choose a directory on a disk",
+        ),
+        (
+            "/sys/a.log",
+            "'/sys' is on a sysfs file system, a kernel interface where no file can be created (opening "
+            "one fails: Permission denied, for root too); choose a directory on a disk",
+        ),
+    ],
+)
+def test_check_names_a_log_file_on_a_kernel_file_system_which_no_user_can_create(tmp_path, filename, cause):
+    # As root, access() said /proc and /sys were writable and they have no O_TMPFILE: check
+    # said OK, and the listener failed with FileNotFoundError / PermissionError.
+    path = tmp_path / "collector.json"
+    path.write_text(json.dumps(file_config(Path(filename))))
+    result = run_mplog("check", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"mplog: config error: handlers.file.filename {filename!r}: {cause}\n"
+    assert not Path(filename).exists()
+
+
 def test_a_listener_given_an_ipc_path_too_long_names_it_once_and_the_limit(tmp_path):
     # Before: libzmq's message, with the path three times; the listener's bind now says why first.
     result = run_mplog("listen", "--bind", LONG_IPC)
