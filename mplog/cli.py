@@ -235,7 +235,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_references(config: dict[str, object]) -> None:
-    """Import every class and factory the config names, as the listener will."""
+    """Import every class and factory the config names, and resolve every ``ext://`` value, as the listener will."""
     resolver = logging.config.BaseConfigurator({})
     for section in ("formatters", "filters", "handlers"):
         entries = config.get(section, {})
@@ -252,6 +252,25 @@ def _check_references(config: dict[str, object]) -> None:
                         f"{section}.{name}.{key} names {target!r}, which cannot be imported ({exc}); "
                         "check the spelling and that its package is installed where the listener runs"
                     ) from None
+        _check_external_objects(resolver, section, entries)
+
+
+def _check_external_objects(resolver: logging.config.BaseConfigurator, where: str, value: object) -> None:
+    """Resolve each ``ext://`` value at any depth, as dictConfig does wherever it finds one."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_external_objects(resolver, f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_external_objects(resolver, f"{where}[{index}]", item)
+    elif isinstance(value, str) and value.startswith("ext://"):
+        try:
+            resolver.resolve(value[len("ext://") :])
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"{where}: cannot resolve {value!r} ({exc}); check the spelling (e.g. 'ext://sys.stdout') "
+                "and that its module is installed where the listener runs"
+            ) from None
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

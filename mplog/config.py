@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
-import logging.handlers
 import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mplog.dictconfig import check_level, validate_dictconfig
 from mplog.exceptions import ConfigError
 from mplog.listener.metrics import parse_address
 from mplog.listener.settings import sender_limits_for, transport_options_for
-from mplog.transports import transport_of
+from mplog.transports import check_endpoint
 from mplog.worker.options import WorkerOptions
 
 __all__ = [
@@ -39,16 +38,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "root": {"level": "INFO", "handlers": ["stderr"]},
 }
 
-_DICTCONFIG_KEYS = {
-    "version",
-    "formatters",
-    "filters",
-    "handlers",
-    "loggers",
-    "root",
-    "incremental",
-    "disable_existing_loggers",
-}
 _RUNTIME_KEYS = {
     "endpoint",
     "transport",
@@ -127,127 +116,6 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_level(where: str, value: Any) -> None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return
-    if isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
-        return
-    raise ConfigError(f"{where} must be a level name such as 'INFO' or a number, got {value!r}")
-
-
-def _level_in_place(where: str, entry: dict[str, Any], key: str = "level") -> None:
-    """Check ``entry[key]``; a name in another case (``"info"``) becomes the upper-case name logging knows."""
-    _check_level(f"{where}.{key}", entry[key])
-    if isinstance(entry[key], str):
-        entry[key] = entry[key].upper()
-
-
-def _check_section(config: dict[str, Any], name: str) -> dict[str, Any]:
-    section = config.get(name, {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"{name} must be a table of named entries, got {type(section).__name__}")
-    for key, value in section.items():
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}.{key} must be a table, got {type(value).__name__}")
-    return section
-
-
-def _check_logger(where: str, logger: dict[str, Any], handlers: dict[str, Any], filters: dict[str, Any]) -> None:
-    if "level" in logger:
-        _level_in_place(where, logger)
-    for key in ("handlers", "filters"):
-        names = logger.get(key, [])
-        if not isinstance(names, list):
-            raise ConfigError(f"{where}.{key} must be a list of names, got {names!r}")
-        known = handlers if key == "handlers" else filters
-        for item in names:
-            if item not in known:
-                raise ConfigError(f"{where}.{key} names {item!r}, which is not defined under '{key}'")
-
-
-def _validate(config: dict[str, Any], *, allow_pickle_forwarding: bool = False) -> None:
-    unknown = set(config) - _DICTCONFIG_KEYS
-    if unknown:
-        raise ConfigError(
-            f"unknown top-level key {sorted(unknown)[0]!r}; dictConfig keys are {', '.join(sorted(_DICTCONFIG_KEYS))}"
-            " (runtime settings go under 'mplog')"
-        )
-    if config.get("version") != 1:
-        raise ConfigError(f"version must be 1 (the dictConfig schema version), got {config.get('version')!r}")
-    formatters = _check_section(config, "formatters")
-    filters = _check_section(config, "filters")
-    handlers = _check_section(config, "handlers")
-    for name, handler in handlers.items():
-        _check_handler(name, handler, formatters, filters, allow_pickle_forwarding=allow_pickle_forwarding)
-    for name, logger in _check_section(config, "loggers").items():
-        _check_logger(f"loggers.{name}", logger, handlers, filters)
-    root = config.get("root", {})
-    if not isinstance(root, dict):
-        raise ConfigError(f"root must be a table, got {type(root).__name__}")
-    _check_logger("root", root, handlers, filters)
-    try:
-        json.dumps(config)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"the config must hold only plain values (strings, numbers, lists, tables) because it is applied "
-            f"in the listener process; use 'ext://module.name' or a '()' factory path for objects ({exc})"
-        ) from None
-
-
-def _check_handler(
-    name: str,
-    handler: dict[str, Any],
-    formatters: dict[str, Any],
-    filters: dict[str, Any],
-    *,
-    allow_pickle_forwarding: bool,
-) -> None:
-    """Check ``handlers.<name>``: its class, level, formatter and filters; a ``flushLevel`` name becomes its number."""
-    if "class" not in handler and "()" not in handler:
-        raise ConfigError(f"handlers.{name} needs a 'class' (e.g. 'logging.FileHandler') or a '()' factory")
-    if "level" in handler:
-        _level_in_place(f"handlers.{name}", handler)
-    formatter = handler.get("formatter")
-    if formatter is not None and formatter not in formatters:
-        raise ConfigError(f"handlers.{name}.formatter names {formatter!r}, which is not defined under 'formatters'")
-    handler_filters = handler.get("filters", [])
-    if not isinstance(handler_filters, list):
-        raise ConfigError(f"handlers.{name}.filters must be a list of names, got {handler_filters!r}")
-    for item in handler_filters:
-        if isinstance(item, str) and item not in filters:
-            raise ConfigError(f"handlers.{name}.filters names {item!r}, which is not defined under 'filters'")
-    _check_handler_class(name, handler, allow_pickle_forwarding=allow_pickle_forwarding)
-    if isinstance(handler.get("flushLevel"), str):
-        # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.13 on.
-        _check_level(f"handlers.{name}.flushLevel", handler["flushLevel"])
-        handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
-
-
-def _sends_pickles(path: Any) -> bool:
-    """True for logging.handlers.SocketHandler, DatagramHandler and subclasses already imported."""
-    if not isinstance(path, str):
-        return False
-    module, _, attr = path.removeprefix("ext://").rpartition(".")
-    found = getattr(sys.modules.get(module), attr, None)
-    return isinstance(found, type) and issubclass(found, logging.handlers.SocketHandler)
-
-
-def _check_handler_class(name: str, handler: dict[str, Any], *, allow_pickle_forwarding: bool = False) -> None:
-    cls = handler.get("class", "")
-    if not allow_pickle_forwarding and (_sends_pickles(cls) or _sends_pickles(handler.get("()"))):
-        raise ConfigError(
-            f"handlers.{name}: {cls or handler.get('()')} sends pickled records, which the receiving end must "
-            "unpickle (unsafe with any peer it does not fully trust); use mplog.handlers.ForwardHandler to forward "
-            "msgpack frames to another mplog listener, or set mplog.allow_pickle_forwarding = true to send "
-            "pickles anyway"
-        )
-    if isinstance(cls, str) and cls.endswith("NTEventLogHandler") and sys.platform != "win32":
-        raise ConfigError(
-            f"handlers.{name}: NTEventLogHandler writes to the Windows event log and works only on Windows; "
-            "use logging.handlers.SysLogHandler on this system"
-        )
-
-
 def _runtime(section: Any) -> RuntimeSettings:
     """The ``mplog`` table as RuntimeSettings, every key checked (in this order: the first bad one is named)."""
     if section is None:
@@ -314,7 +182,7 @@ def _check_places(settings: RuntimeSettings) -> None:
             raise ConfigError(
                 f"mplog.endpoint must be a string such as 'tcp://127.0.0.1:5140', got {settings.endpoint!r}"
             )
-        transport_of(settings.endpoint)  # names the known schemes
+        check_endpoint(settings.endpoint, "mplog.endpoint")  # a known scheme, a port, an ipc path that fits
 
 
 def _check_tables(settings: RuntimeSettings) -> None:
@@ -345,7 +213,7 @@ def _check_yield(settings: RuntimeSettings) -> None:
 def _check_worker(section: dict[str, Any]) -> None:
     """``mplog.worker`` holds setup_worker() options; an unknown key or bad value is named here."""
     if section.get("level") is not None:
-        _check_level("mplog.worker.level", section["level"])
+        check_level("mplog.worker.level", section["level"])
     try:
         WorkerOptions.from_kwargs(**section)
     except ConfigError as exc:
@@ -376,5 +244,5 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> tuple
     runtime = _runtime(data.pop("mplog", None))
     data.setdefault("version", 1)
     data.setdefault("disable_existing_loggers", False)
-    _validate(data, allow_pickle_forwarding=runtime.allow_pickle_forwarding)
+    validate_dictconfig(data, allow_pickle_forwarding=runtime.allow_pickle_forwarding)
     return data, runtime

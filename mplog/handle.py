@@ -25,7 +25,7 @@ from mplog.listener.control_pipe import ControlPipe
 from mplog.listener.settings import worker_level
 from mplog.listener.stats_view import ListenerStats
 from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
-from mplog.transports import default_endpoint, transport_of
+from mplog.transports import check_endpoint, default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
 from mplog.worker import MplogHandler
 from mplog.worker.children import route_children
@@ -58,6 +58,8 @@ class Listener:
         if self._runtime.ack and (transport or self._runtime.transport) != "zmq":
             raise ConfigError("acknowledged delivery (ack=True) needs the ZeroMQ transport, not 'multiprocessing'")
         self._transport = transport or self._runtime.transport
+        if endpoint is not None:
+            check_endpoint(endpoint, "endpoint")  # mplog.endpoint was checked by load_config
         self._requested_endpoint = endpoint or self._runtime.endpoint
         if self._requested_endpoint and transport and transport_of(self._requested_endpoint) != transport:
             raise ConfigError(f"endpoint {self._requested_endpoint!r} does not belong to transport {transport!r}")
@@ -109,6 +111,8 @@ class Listener:
             if kind == "config":
                 raise ConfigError(f"the listener could not apply the config: {message}")
             if kind == "transport":
+                # The receiver's own message names the endpoint too: say it once.
+                message = message.removeprefix(f"TransportError: cannot bind {endpoint!r}: ")
                 raise TransportError(f"the listener could not bind {endpoint!r}: {message}")
             raise ListenerError(message)
         self.endpoint = reply["endpoint"]

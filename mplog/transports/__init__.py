@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 
 from mplog.exceptions import ConfigError
-from mplog.transports.base import NO_ORIGIN, Origin, Receiver, Sender, TransportOptions, make_private_dir
+from mplog.transports.base import (
+    NO_ORIGIN,
+    Origin,
+    Receiver,
+    Sender,
+    TransportOptions,
+    endpoint_problem,
+    make_private_dir,
+)
 
 __all__ = [
     "NO_ORIGIN",
@@ -19,6 +27,7 @@ __all__ = [
     "Receiver",
     "Sender",
     "TransportOptions",
+    "check_endpoint",
     "default_endpoint",
     "open_receiver",
     "open_sender",
@@ -38,6 +47,19 @@ def transport_of(endpoint: str) -> str:
     raise ConfigError(
         f"endpoint {endpoint!r} has no known scheme; use ipc://PATH or tcp://HOST:PORT (ZeroMQ) or mp://PATH"
     )
+
+
+def check_endpoint(endpoint: str, key: str) -> None:
+    """Check that ``endpoint`` (each of its comma-separated parts) can be bound as written.
+
+    Raises:
+        ConfigError: naming ``key``, the endpoint and the fix.
+    """
+    transport_of(endpoint)
+    for part in (part.strip() for part in endpoint.split(",")):
+        problem = endpoint_problem(part) if part else None
+        if problem is not None:
+            raise ConfigError(f"{key} {part!r}: {problem}")
 
 
 def default_endpoint(transport: str) -> tuple[str, str]:

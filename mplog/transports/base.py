@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "TransportOptions",
     "check_bind_address",
     "default_collector_endpoint",
+    "endpoint_problem",
     "ensure_private_dir",
     "local_collector",
     "make_private_dir",
@@ -227,6 +229,33 @@ def local_collector() -> str | None:
         except OSError as exc:
             return endpoint if exc.errno == errno.EPROTOTYPE else None
     return None  # a datagram socket: not a collector
+
+
+# The longest ipc:// path in bytes: sockaddr_un.sun_path less its terminating NUL (libzmq's IPC_PATH_MAX_LEN).
+IPC_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why libzmq would refuse to bind the ``tcp://`` or ``ipc://`` ``endpoint``, with the fix; None if it would not.
+
+    Said before the bind, which answers only "Invalid argument" for a missing port and
+    repeats a too long path three times.
+    """
+    if endpoint.startswith("tcp://"):
+        host, colon, port = endpoint[len("tcp://") :].rpartition(":")
+        if not colon or not host or "]" in port:
+            address = endpoint[len("tcp://") :] or "127.0.0.1"
+            return f"no port; add one, e.g. 'tcp://{address}:5170' (or ':*' for any free port)"
+        if port != "*" and not (port.isdigit() and int(port) <= 65535):
+            return f"the port {port!r} is not a number from 0 to 65535 (or '*', any free port)"
+    elif endpoint.startswith("ipc://"):
+        size = len(os.fsencode(endpoint[len("ipc://") :]))
+        if size > IPC_PATH_MAX:
+            return (
+                f"its path is {size} bytes, more than the {IPC_PATH_MAX} a Unix socket address holds; "
+                "choose a shorter path (e.g. in /tmp or /run)"
+            )
+    return None
 
 
 def check_bind_address(endpoint: str, *, secure: bool, insecure_ok: bool) -> None:

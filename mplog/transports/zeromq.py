@@ -50,6 +50,7 @@ from mplog.transports.base import (
     Origin,
     TransportOptions,
     check_bind_address,
+    endpoint_problem,
     ensure_private_dir,
     receive_hwm,
     transport_max_bytes,
@@ -521,6 +522,9 @@ class BoundReceiver:
         self._curve = keys is not None
         parts = _split(endpoint)
         for part in parts:
+            problem = endpoint_problem(part)
+            if problem is not None:
+                raise TransportError(f"cannot bind {part!r}: {problem}")
             if not part.startswith("ipc://"):
                 check_bind_address(part, secure=secure or self._curve, insecure_ok=options.insecure)
         self._ctx: zmq.Context[Any] = zmq.Context(io_threads=1)

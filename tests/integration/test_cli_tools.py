@@ -262,6 +262,120 @@ def test_check_names_a_read_only_or_full_file_system_as_the_cause_not_permission
         umount(mnt)
 
 
+LONG_IPC = "ipc:///tmp/" + "d" * 120 + "/x.sock"
+
+
+def _one_handler(**handler: object) -> dict[str, object]:
+    return {"handlers": {"c": {"class": "logging.StreamHandler", **handler}}, "root": {"handlers": ["c"]}}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            _one_handler(stream="ext://sys.stdot"),
+            "handlers.c.stream: cannot resolve 'ext://sys.stdot' (Cannot resolve 'sys.stdot': No module named "
+            "'sys.stdot'; 'sys' is not a package); check the spelling (e.g. 'ext://sys.stdout') and that its module "
+            "is installed where the listener runs",
+        ),
+        (
+            {
+                "handlers": {"mem": {"class": "logging.handlers.MemoryHandler", "capacity": 10, "target": "nofile"}},
+                "root": {"handlers": ["mem"]},
+            },
+            "handlers.mem.target names 'nofile', which is not defined under 'handlers'; define it or fix the name "
+            "(defined: mem)",
+        ),
+        (
+            {**_one_handler(), "incremental": True},
+            "incremental = true changes handlers an earlier configuration built, but the listener process applies "
+            "its config once, from nothing; remove incremental (to change a running listener's config, restart it)",
+        ),
+        (
+            {**_one_handler(formatter="f"), "formatters": {"f": {"format": "{message}", "style": "%"}}},
+            "formatters.f.format '{message}' does not fit style '%' (Invalid format '{message}' for '%' style); "
+            "it is written in the '{' style: set formatters.f.style = '{'",
+        ),
+        (
+            {**_one_handler(formatter="f"), "formatters": {"f": {"format": "%(message)s", "style": "x"}}},
+            "formatters.f.style must be '%', '{' or '$', got 'x'",
+        ),
+        (
+            {**_one_handler(), "disable_existing_loggers": "no"},
+            "disable_existing_loggers must be true or false, got 'no'",
+        ),
+        (
+            {**_one_handler(filters=["even"]), "filters": {"even": {"()": "__main__.OnlyEven"}}},
+            "filters.even.() names '__main__.OnlyEven', but the config is applied in the listener process, where "
+            "__main__ is not your script; put OnlyEven in a module the listener can import (one on its sys.path, "
+            "e.g. myapp/logfilters.py) and name it by that module ('myapp.logfilters.OnlyEven')",
+        ),
+        (
+            {**_one_handler(), "mplog": {"endpoint": "tcp://127.0.0.1"}},
+            "mplog.endpoint 'tcp://127.0.0.1': no port; add one, e.g. 'tcp://127.0.0.1:5170' (or ':*' for any free "
+            "port)",
+        ),
+        (
+            {**_one_handler(), "mplog": {"endpoint": LONG_IPC}},
+            f"mplog.endpoint {LONG_IPC!r}: its path is 132 bytes, more than the 107 a Unix socket address holds; "
+            "choose a shorter path (e.g. in /tmp or /run)",
+        ),
+    ],
+    ids=["ext-typo", "memory-target", "incremental", "format-style", "bad-style", "disable-str", "main", "tcp", "ipc"],
+)
+def test_check_refuses_what_the_listener_refused_at_start_naming_the_key_and_the_fix(tmp_path, config, message):
+    # A newcomer's configs (outsider-newbie/mistakes): mplog check said OK to each, and the
+    # listener then refused it at start ("Cannot resolve 'sys.stdot'", "No handler found with
+    # name 'c'", "Invalid argument", an ipc path repeated three times).
+    if sys.platform != "linux" and "ipc:" in message:
+        pytest.skip("the ipc path limit is 107 bytes on Linux")
+    path = tmp_path / "collector.json"
+    path.write_text(json.dumps(config))
+    result = run_mplog("check", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"mplog: config error: {message}\n"
+
+
+KERNEL_FILE_SYSTEMS = Path("/proc/self").is_dir() and Path("/sys/kernel").is_dir()
+
+
+@pytest.mark.skipif(not KERNEL_FILE_SYSTEMS, reason="needs Linux /proc and /sys")
+@pytest.mark.parametrize(
+    ("filename", "cause"),
+    [
+        (
+            "/proc/a.log",
+            "'/proc' is on a proc file system, a kernel interface where no file can be created (opening "
+            "one fails: No such file or directory, for root too); choose a directory on a disk",
+        ),
+        (
+            "/sys/a.log",
+            "'/sys' is on a sysfs file system, a kernel interface where no file can be created (opening "
+            "one fails: Permission denied, for root too); choose a directory on a disk",
+        ),
+    ],
+)
+def test_check_names_a_log_file_on_a_kernel_file_system_which_no_user_can_create(tmp_path, filename, cause):
+    # As root, access() said /proc and /sys were writable and they have no O_TMPFILE: check
+    # said OK, and the listener failed with FileNotFoundError / PermissionError.
+    path = tmp_path / "collector.json"
+    path.write_text(json.dumps(file_config(Path(filename))))
+    result = run_mplog("check", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"mplog: config error: handlers.file.filename {filename!r}: {cause}\n"
+    assert not Path(filename).exists()
+
+
+def test_a_listener_given_an_ipc_path_too_long_names_it_once_and_the_limit(tmp_path):
+    # Before: libzmq's message, with the path three times; the listener's bind now says why first.
+    result = run_mplog("listen", "--bind", LONG_IPC)
+    assert result.returncode == 3
+    assert result.stderr == (
+        f"mplog: cannot bind {LONG_IPC!r}: its path is 132 bytes, more than the 107 a Unix socket address holds; "
+        "choose a shorter path (e.g. in /tmp or /run)\n"
+    )
+
+
 def test_check_of_a_missing_file_names_the_file(tmp_path):
     result = run_mplog("check", str(tmp_path / "absent.toml"))
     assert result.returncode == 2

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import mplog
 from mplog.config import DEFAULT_CONFIG, RuntimeSettings, load_config
 from mplog.exceptions import ConfigError
 from mplog.listener.settings import limits_for, transport_options_for, worker_level
@@ -261,6 +262,58 @@ def test_a_config_of_the_wrong_type_names_what_is_accepted():
             ),
             ["handlers.ev", "NTEventLogHandler", "works only on Windows", "use logging.handlers.SysLogHandler"],
         ),
+        # Each of these passed mplog check and the listener then refused it at start.
+        (
+            with_changes(disable_existing_loggers="no"),
+            ["disable_existing_loggers must be true or false, got 'no'"],
+        ),
+        (
+            with_changes(incremental=True),
+            ["incremental = true", "the listener process applies its config once", "remove incremental"],
+        ),
+        (with_changes(incremental="yes"), ["incremental must be true or false, got 'yes'"]),
+        (
+            with_changes(
+                handlers={"mem": {"class": "logging.handlers.MemoryHandler", "capacity": 10, "target": "nofile"}},
+                root={},
+                loggers={},
+            ),
+            ["handlers.mem.target names 'nofile', which is not defined under 'handlers'", "(defined: mem)"],
+        ),
+        (
+            with_changes(formatters={"f": {"format": "{message}", "style": "%"}}),
+            [
+                "formatters.f.format '{message}' does not fit style '%'",
+                "Invalid format '{message}' for '%' style",
+                "it is written in the '{' style: set formatters.f.style = '{'",
+            ],
+        ),
+        (
+            with_changes(formatters={"f": {"format": "%(message", "style": "%"}}),
+            ["formatters.f.format '%(message' does not fit style '%'", "write its fields as %(message)s"],
+        ),
+        (
+            with_changes(formatters={"f": {"format": "%(message)s", "style": "x"}}),
+            ["formatters.f.style must be '%', '{' or '$', got 'x'"],
+        ),
+        (
+            with_changes(filters={"even": {"()": "__main__.OnlyEven"}}, handlers={}, root={}, loggers={}),
+            [
+                "filters.even.() names '__main__.OnlyEven'",
+                "applied in the listener process, where __main__ is not your script",
+                "put OnlyEven in a module the listener can import",
+            ],
+        ),
+        (
+            with_changes(
+                handlers={"c": {"class": "logging.StreamHandler", "stream": "ext://__main__.out"}}, root={}, loggers={}
+            ),
+            ["handlers.c.stream names 'ext://__main__.out'", "where __main__ is not your script"],
+        ),
+        (
+            with_changes(formatters={"plain": {"()": "__main__.Json"}}),
+            ["formatters.plain.() names '__main__.Json'", "put Json in a module the listener can import"],
+        ),
     ],
     ids=lambda value: None if isinstance(value, dict) else "-".join(value)[:60],
 )
@@ -281,6 +334,26 @@ def test_each_misconfiguration_names_the_key_and_the_fix(config, words):
         ({"insecure": "yes"}, ["mplog.insecure must be true or false", "'yes'"]),
         ({"endpoint": 5140}, ["mplog.endpoint must be a string", "tcp://127.0.0.1:5140", "5140"]),
         ({"endpoint": "http://127.0.0.1:80"}, ["'http://127.0.0.1:80' has no known scheme", "ipc://PATH"]),
+        (
+            {"endpoint": "tcp://127.0.0.1"},
+            ["mplog.endpoint 'tcp://127.0.0.1': no port; add one, e.g. 'tcp://127.0.0.1:5170'"],
+        ),
+        (
+            {"endpoint": "tcp://[::1]"},
+            ["mplog.endpoint 'tcp://[::1]': no port; add one, e.g. 'tcp://[::1]:5170'"],
+        ),
+        (
+            {"endpoint": "tcp://127.0.0.1:99999"},
+            ["mplog.endpoint 'tcp://127.0.0.1:99999': the port '99999' is not a number from 0 to 65535"],
+        ),
+        (
+            {"endpoint": "ipc:///tmp/s.sock, tcp://127.0.0.1"},
+            ["mplog.endpoint 'tcp://127.0.0.1': no port"],
+        ),
+        (
+            {"endpoint": "ipc:///tmp/" + "d" * 120 + "/x.sock"},
+            ["mplog.endpoint 'ipc:///tmp/ddd", "its path is 132 bytes, more than the", "choose a shorter path"],
+        ),
         ({"limits": {"max_frame": 10}}, ["mplog.limits has an unknown key", "max_frame_bytes", "max_depth"]),
         ({"limits": {"max_depth": "8"}}, ["mplog.limits.max_depth must be a positive int", "'8'"]),
         ({"limits": {"max_records": 0}}, ["mplog.limits.max_records must be a positive int", "got 0"]),
@@ -303,3 +376,50 @@ def test_each_bad_runtime_setting_names_the_key_and_the_fix(section, words):
         load_config(config)
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_formatter_that_turns_validation_off_or_has_its_own_class_is_not_checked_against_a_style():
+    config = with_changes(
+        formatters={
+            "plain": {"format": "%(message)s"},
+            "free": {"format": "{message}", "validate": False},
+            "own": {"()": "mplog.formatters.JSONFormatter", "format": "{message}"},
+        }
+    )
+    assert load_config(config)[0]["formatters"] == config["formatters"]
+
+
+def test_a_memory_handler_whose_target_is_defined_is_accepted():
+    handlers = {
+        "console": {"class": "logging.StreamHandler"},
+        "mem": {"class": "logging.handlers.MemoryHandler", "capacity": 10, "target": "console"},
+    }
+    assert load_config(with_changes(handlers=handlers, root={}, loggers={}))[0]["handlers"] == handlers
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="dictConfig takes a QueueHandler's listener and handlers")
+@pytest.mark.parametrize("key", ["listener", "handlers"])
+def test_a_queue_handler_listener_or_handlers_key_before_python_3_12_names_the_key_and_the_version(key):
+    queue_handler: dict[str, Any] = {"class": "logging.handlers.QueueHandler", "queue": "ext://queue.Queue"}
+    queue_handler[key] = "logging.handlers.QueueListener" if key == "listener" else ["console"]
+    config = with_changes(handlers={"console": {"class": "logging.StreamHandler"}, "q": queue_handler})
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert str(info.value) == (
+        f"handlers.q.{key}: a QueueHandler's {key!r} key needs Python 3.12 or later (this is Python {version}); "
+        "remove it, or use mplog.handlers.QueuedHandler, whose 'handlers' works on every Python"
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:0", "tcp://*:5140", "tcp://[::1]:5140", "ipc:///tmp/a.sock"])
+def test_an_endpoint_that_can_be_bound_is_accepted(endpoint):
+    assert load_config(with_changes(mplog={"endpoint": endpoint}))[1].endpoint == endpoint
+
+
+def test_start_listener_names_an_endpoint_argument_without_a_port_before_any_process_starts():
+    with pytest.raises(ConfigError) as info:
+        mplog.Listener(endpoint="tcp://127.0.0.1")
+    assert str(info.value) == (
+        "endpoint 'tcp://127.0.0.1': no port; add one, e.g. 'tcp://127.0.0.1:5170' (or ':*' for any free port)"
+    )
