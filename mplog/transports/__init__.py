@@ -49,15 +49,18 @@ def transport_of(endpoint: str) -> str:
     )
 
 
-def check_endpoint(endpoint: str, key: str) -> None:
-    """Check that ``endpoint`` (each of its comma-separated parts) can be bound as written.
+def check_endpoint(endpoint: str, key: str, *, connect: bool = False) -> None:
+    """Check that ``endpoint`` (each of its comma-separated parts) can be bound (``connect``: connected to) as written.
 
     Raises:
         ConfigError: naming ``key``, the endpoint and the fix.
     """
-    transport_of(endpoint)
+    try:
+        transport_of(endpoint)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
     for part in (part.strip() for part in endpoint.split(",")):
-        problem = endpoint_problem(part) if part else None
+        problem = endpoint_problem(part, connect=connect) if part else None
         if problem is not None:
             raise ConfigError(f"{key} {part!r}: {problem}")
 

@@ -235,8 +235,9 @@ def local_collector() -> str | None:
 IPC_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 
 
-def endpoint_problem(endpoint: str) -> str | None:
-    """Why libzmq would refuse to bind the ``tcp://`` or ``ipc://`` ``endpoint``, with the fix; None if it would not.
+def endpoint_problem(endpoint: str, *, connect: bool = False) -> str | None:
+    """Why libzmq would refuse to bind (``connect``: to connect to) the ``tcp://`` or ``ipc://`` ``endpoint``,
+    with the fix; None if it would not.
 
     Said before the bind, which answers only "Invalid argument" for a missing port and
     repeats a too long path three times.
@@ -245,7 +246,11 @@ def endpoint_problem(endpoint: str) -> str | None:
         host, colon, port = endpoint[len("tcp://") :].rpartition(":")
         if not colon or not host or "]" in port:
             address = endpoint[len("tcp://") :] or "127.0.0.1"
+            if connect:
+                return f"no port; add the listener's, e.g. 'tcp://{address}:5170'"
             return f"no port; add one, e.g. 'tcp://{address}:5170' (or ':*' for any free port)"
+        if connect and port in ("*", "0"):
+            return f"a worker connects to the listener's port, not {port!r}; name it (see the listener's first line)"
         if port != "*" and not (port.isdigit() and int(port) <= 65535):
             return f"the port {port!r} is not a number from 0 to 65535 (or '*', any free port)"
     elif endpoint.startswith("ipc://"):

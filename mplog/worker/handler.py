@@ -34,6 +34,7 @@ from typing import Any
 
 from mplog.delivery import ACK_CLOSE_TIMEOUT
 from mplog.exceptions import ConfigError, report
+from mplog.transports import check_endpoint
 from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
 from mplog.wire.columns import PACKED, PACKED_PAD, ROW
 from mplog.wire.encode import encode_record, plain_fields
@@ -483,13 +484,20 @@ def route_root(endpoint: str | None, options: dict[str, Any], *, keep_others_ope
 
 def _endpoint_to_use(endpoint: str | None) -> str:
     """``endpoint``, else ``$MPLOG_ENDPOINT``, else this user's local collector; ConfigError without any."""
-    endpoint = endpoint or inherited_setting(ENV_ENDPOINT) or local_collector()
+    key = "setup_worker(endpoint=...)"
+    if not endpoint:
+        endpoint, key = (inherited_setting(ENV_ENDPOINT) or "").strip(), ENV_ENDPOINT
+    if not endpoint:
+        endpoint, key = local_collector() or "", "the local collector's endpoint"
     if not endpoint:
         raise ConfigError(
             f"setup_worker() has no endpoint: pass one, or set {ENV_ENDPOINT} "
             "(mplog.start_listener() sets it for the processes it starts); no local collector "
             f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
         )
+    # One that can never connect (no port, an ipc path longer than a socket address holds):
+    # said now, not as "could not be delivered" at exit (a newcomer's three endpoints).
+    check_endpoint(endpoint, key, connect=True)
     return endpoint
 
 

@@ -1,4 +1,4 @@
-"""Level names in any case ("info") work wherever mplog takes a level, as `mplog check` already said they do."""
+"""What a newcomer writes: level names in any case work everywhere; an endpoint that cannot work is named at setup."""
 
 from __future__ import annotations
 
@@ -48,3 +48,35 @@ def test_setup_worker_takes_level_names_in_any_case_and_names_a_bad_one():
     # Before: a bare ValueError ("Unknown level: 'loud'") from logging.
     with pytest.raises(ConfigError, match=r"level must be a level name such as 'INFO' or a number, got 'loud'"):
         mplog.setup_worker("ipc:///nonexistent/mplog-levels.sock", level="loud")
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "words"),
+    [
+        ("tcp://127.0.0.1", None, "setup_worker(endpoint=...) 'tcp://127.0.0.1': no port; add the listener's"),
+        (None, "tcp://127.0.0.1", "MPLOG_ENDPOINT 'tcp://127.0.0.1': no port"),
+        ("tcp://127.0.0.1:*", None, "a worker connects to the listener's port, not '*'"),
+        (None, "tpc://127.0.0.1:5170", "MPLOG_ENDPOINT: endpoint 'tpc://127.0.0.1:5170' has no known scheme"),
+        ("ipc:///tmp/" + "d" * 120 + "/x.sock", None, "more than the 107 a Unix socket address holds"),
+    ],
+)
+def test_setup_worker_names_an_endpoint_it_could_never_connect_to_and_where_it_came_from(
+    monkeypatch, given, env, words
+):
+    # Before: accepted; the records were counted "could not be delivered" at exit, the cause unsaid.
+    monkeypatch.delenv("MPLOG_ENDPOINT", raising=False)
+    if env is not None:
+        monkeypatch.setenv("MPLOG_ENDPOINT", env)
+    with pytest.raises(ConfigError) as raised:
+        mplog.setup_worker(given)
+    assert words in str(raised.value)
+
+
+def test_setup_worker_takes_mplog_endpoint_with_spaces_around_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("MPLOG_ENDPOINT", f"  ipc://{tmp_path}/l.sock \n")
+    handler = mplog.setup_worker()
+    try:
+        assert handler.endpoint == f"ipc://{tmp_path}/l.sock"
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
