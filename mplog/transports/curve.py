@@ -243,7 +243,10 @@ def server_keys(curve: dict[str, Any], where: str = "mplog.curve") -> ServerKeys
             f"{where} needs authorized_keys (a directory of client NAME.key files) or, to admit any client that "
             "knows the server key, allow_any = true"
         )
-    pair = read_key_pair(secret_file)
+    try:
+        pair = read_key_pair(secret_file)
+    except ConfigError as exc:  # the file's problem, and which setting named it
+        raise ConfigError(f"{where}.server_secret_key: {exc}") from None
     return ServerKeys(pair, None if allow_any else read_authorized_keys(str(directory)))
 
 

@@ -219,6 +219,14 @@ def test_a_server_secret_key_readable_by_others_refuses_to_start(tmp_path, keys)
         start(curve_config(tmp_path / "out.log", keys))
 
 
+def test_a_server_secret_key_file_that_cannot_be_read_names_the_setting(tmp_path, keys):
+    # Before: "cannot read secret key file '/etc/...'", the setting that named it unsaid.
+    config = curve_config(tmp_path / "out.log", keys)
+    config["mplog"]["curve"]["server_secret_key"] = str(tmp_path / "missing.key_secret")
+    with pytest.raises(mplog.ConfigError, match=r"^mplog\.curve\.server_secret_key: cannot read secret key file"):
+        start(config)
+
+
 def test_a_worker_secret_key_readable_by_others_fails_setup_worker(tmp_path, keys):
     os.chmod(keys["good_secret"], 0o644)
     with pytest.raises(mplog.ConfigError, match="accessible by other users"):
