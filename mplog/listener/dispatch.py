@@ -52,6 +52,8 @@ class _Frame(NamedTuple):
     sinks: dict[int, _Sink]  # id(handler) -> its sink
     make: _Maker
     on_error: Callable[[], None] | None
+    written: Callable[[int], None] | None  # the progress mark (BatchDispatcher.dispatch)
+    at: int  # the frame's records before the run being added
 
 
 class _Sink:
@@ -184,6 +186,7 @@ class BatchDispatcher:
         sender: str | None = None,
         first_seq: int | None = None,
         columns: list[list[Any]] | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         """Hand every record (validated field lists) to its logger's handlers.
 
@@ -197,13 +200,16 @@ class BatchDispatcher:
             first_seq: the sequence number of ``records[0]`` when the records are consecutive.
             columns: ``records`` as columns (``check_records`` gives them for a frame it
                 passed whole): the frame's lines may then be built at once (mplog.listener.frame_lines).
+            written: told ``n`` once the first ``n`` records are in their files (after each record
+                a handler wrote at once, with every line collected before it), and -1 before the
+                lines collected for the rest are written (mplog.listener.progress).
         """
         self._loggers.refresh()
         if self.positions is None:
             self.positions = _handlers_want_positions()
         make = self._maker(records, host, peer, sender, first_seq)
         if not self.fast:
-            self._dispatch_generic(records, make, on_error)
+            self._dispatch_generic(records, make, on_error, written)
             return
         routes: dict[str, list[_Sink] | None] = {}
         sinks: dict[int, _Sink] = {}
@@ -216,19 +222,28 @@ class BatchDispatcher:
                 and add_frame(self, records, columns, routes=routes, sinks=sinks, make=make)
             ):
                 return  # every line is in its sink: written below
+            at = 0  # the frame's records before this run
             for name, same_logger in groupby(records, _NAME):
                 run = list(same_logger)
                 logger = self.logger(name)
-                if len(run) > 1 and self._add_run(run, name, logger, routes=routes, sinks=sinks, make=make):
-                    continue
-                self._add_records(run, name, logger, _Frame(routes, sinks, make, on_error))
+                if not (len(run) > 1 and self._add_run(run, name, logger, routes=routes, sinks=sinks, make=make)):
+                    self._add_records(run, name, logger, _Frame(routes, sinks, make, on_error, written, at))
+                at += len(run)
         finally:
+            if written is not None:
+                written(-1)
             for sink in sinks.values():
                 sink.write()
 
-    def _dispatch_generic(self, records: list[list[Any]], make: _Maker, on_error: Callable[[], None] | None) -> None:
+    def _dispatch_generic(
+        self,
+        records: list[list[Any]],
+        make: _Maker,
+        on_error: Callable[[], None] | None,
+        written: Callable[[int], None] | None,
+    ) -> None:
         """Every record to its logger's ``handle()``, as ``logging`` would (``fast=False``)."""
-        for fields in records:
+        for index, fields in enumerate(records, 1):
             logger = self.logger(fields[F_NAME])
             if logger.isEnabledFor(fields[F_LEVELNO]):
                 try:
@@ -236,11 +251,16 @@ class BatchDispatcher:
                 except Exception:
                     if on_error is not None:
                         on_error()
+                    continue
+                if written is not None:
+                    written(index)
+        if written is not None:
+            written(-1)
 
     def _add_records(self, run: list[list[Any]], name: str, logger: logging.Logger, frame: _Frame) -> None:
         """The records of ``run`` (one logger's) one by one: to its sinks, or off the fast path to ``logger.handle``."""
         routes, sinks, make = frame.routes, frame.sinks, frame.make
-        for fields in run:
+        for index, fields in enumerate(run, 1):
             levelno = fields[F_LEVELNO]
             if not logger.isEnabledFor(levelno):
                 continue
@@ -248,6 +268,8 @@ class BatchDispatcher:
                 route = routes[name] if name in routes else routes.setdefault(name, self._route(logger, sinks, make))
                 if route is None:
                     _handle_alone(logger, make(fields), sinks)
+                    if frame.written is not None:  # it, and every line collected before it, is in its file
+                        frame.written(frame.at + index)
                     continue
                 built: logging.LogRecord | None = None  # only for a sink whose format needs a record
                 for sink in route:

@@ -146,7 +146,7 @@ class Server:
             progress.store(stats.booked_key, stats.booked)  # type: ignore[arg-type]  # accept() booked it
         else:
             # The ledger with this frame, pending until its records are written (mplog.listener.progress).
-            progress.begin(stats.booked_key, stats.booked, len(records))  # type: ignore[arg-type]  # accept() booked it
+            progress.begin(stats.booked_key, stats.booked, len(records), marked=self.count_cut_frames)  # type: ignore[arg-type]  # accept() booked it
             self.dispatch(frame, records, origin=origin, columns=columns)
             progress.commit()
         return frame
@@ -201,7 +201,7 @@ class Server:
             if not kept:  # nothing to write: kept at once, as in handle_frame
                 progress.store(stats.booked_key, stats.booked)
                 return frame
-            progress.begin(stats.booked_key, stats.booked, len(kept))
+            progress.begin(stats.booked_key, stats.booked, len(kept), marked=self.count_cut_frames)
         self.dispatch(frame, kept, first=frame.seq + skip, origin=origin)
         if progress is not None:
             progress.commit()
@@ -256,6 +256,7 @@ class Server:
             sender=frame.sender.key,
             first_seq=start if len(records) == end - start else None,
             columns=columns,
+            written=self.progress.mark_written if self.progress is not None and self.count_cut_frames else None,
         )
 
     def _still_owned(self, connection: bytes, host: str, pid: int, start_time: float) -> bool:

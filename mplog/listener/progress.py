@@ -87,6 +87,10 @@ _RECORDS_AT = 28
 _FILES_AT = 32
 _FILE = struct.Struct("<QQq")
 _MAX_FILES = (_HEADER - _FILES_AT) // _FILE.size
+# u32 in the header's last bytes (after the files): 1 + how many of the pending frame's records
+# were written when the record path stopped (the dispatcher's mark, ProgressFile.mark_written);
+# 0 when it is past the record path or not on it (and in a file of an earlier version).
+_DONE_AT = _FILES_AT + _MAX_FILES * _FILE.size
 MAX_KEY = 96  # bytes of a ledger key (UTF-8) that fit in a slot or a ring entry
 # next_seq, records, frames, rejected, repaired, dropped, gaps, duplicates, closed; last_seen
 _LEDGER = struct.Struct("<9Qd")
@@ -217,6 +221,7 @@ def _read_file(
     if len(data) < _HEADER or data[:8] != _MAGIC or struct.unpack_from("<I", data, 8)[0] != _VERSION:
         return [], []
     used, measured, room, ring, dispatched = struct.unpack_from("<IIIII", data, 12)
+    (done,) = struct.unpack_from("<I", data, _DONE_AT)
     before = [_FILE.unpack_from(data, _FILES_AT + i * _FILE.size) for i in range(min(measured, _MAX_FILES))]
     grew = any(sizes_now.get((dev, ino), -1) > size for dev, ino, size in before)
     slots_at, ring_at = _HEADER, _ring_at(room)
@@ -229,8 +234,7 @@ def _read_file(
         lost = 0
         if pending and pending - 1 != valid and grew:
             valid = pending - 1  # the frame reached a file: its ledger is the one being written
-            if files is not None and dispatched:
-                lost = dispatched - _written(before, files, dispatched)
+            lost = _unwritten(done, dispatched, before, files)
         start_time, first_seen, opened = _IDENT.unpack_from(data, offset + 8)
         found = _read(
             data, offset + _COPIES[valid], offset + _SLOT_KEY, length,
@@ -283,6 +287,15 @@ def _ring_data(fd: int, start: int, length: int) -> Iterator[bytes]:
                 return
             yield chunk
             at += len(chunk) - len(chunk) % _ENTRY
+
+
+def _unwritten(done: int, dispatched: int, before: list[tuple[int, int, int]], files: OutputFiles | None) -> int:
+    """How many of the pending frame's ``dispatched`` records did not reach their files (gaps, not received)."""
+    if not dispatched or files is None:
+        return 0  # not known (a file of an earlier version), or not to be counted (acknowledged delivery)
+    if done:  # killed on the record path: the records after the dispatcher's mark were not written
+        return max(dispatched - (done - 1), 0)
+    return dispatched - _written(before, files, dispatched)
 
 
 def _written(before: list[tuple[int, int, int]], files: OutputFiles, dispatched: int) -> int:
@@ -432,11 +445,12 @@ class ProgressFile:
 
     # ------------------------------------------------------------ per frame
 
-    def begin(self, key: str, sender: SenderStats, records: int = 0) -> None:
+    def begin(self, key: str, sender: SenderStats, records: int = 0, *, marked: bool = False) -> None:
         """Before a frame of ``key`` is dispatched: its ledger *with* the frame, pending until :meth:`commit`.
 
         ``records``: how many records the frame dispatches (0: not known), so that a restart
         can tell a frame the kill cut short from one written whole (:func:`read_progress`).
+        ``marked``: the dispatcher marks its progress through the frame (:meth:`mark_written`).
         """
         offset = self._slots.get(key)
         if offset is None:
@@ -462,8 +476,21 @@ class ProgressFile:
             count += 1
         struct.pack_into("<I", m, 16, count)
         struct.pack_into("<I", m, _RECORDS_AT, min(records, 0xFFFFFFFF))
+        struct.pack_into("<I", m, _DONE_AT, 1 if marked else 0)  # none written yet
         m[offset + 2] = copy + 1  # pending, and in which copy: written last
         self._pending = offset
+
+    def mark_written(self, records: int) -> None:
+        """The dispatcher's progress through the pending frame: its first ``records`` are in their files.
+
+        Called on the record path after each record a handler wrote at once (a rotating or
+        timed file, say: each record is its own ``write``), and with -1 once the frame is past
+        that path (the lines collected for a whole frame are then written). A listener killed
+        in between leaves the frame's tail unwritten, and its successor counts that tail as a
+        gap (:func:`read_progress`), where it used to count the whole frame as written.
+        """
+        if self._pending:
+            struct.pack_into("<I", self._map, _DONE_AT, 0 if records < 0 else min(records, 0xFFFFFFFE) + 1)
 
     def commit(self) -> None:
         """After the frame was dispatched: its ledger becomes the valid one."""

@@ -146,6 +146,7 @@ def _cut_frame(tmp_path: Path, written: bytes) -> tuple[Stats, dict[str, Any], O
     checkpoint = stats.snapshot()
     stats.accept(_frame(0, 10, 300))
     progress.begin(stats.booked_key, stats.booked, 300)  # type: ignore[arg-type]
+    progress.mark_written(-1)  # as the dispatcher does before it writes a frame's collected lines
     handler.stream.write(written.decode())  # then the kill: no commit()
     handler.flush()
     files = OutputFiles([handler])  # the restarted listener's handler: the same file, measured before it writes
