@@ -28,9 +28,9 @@ from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpo
 from mplog.transports import default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
 from mplog.worker import MplogHandler
-from mplog.worker.handler import route_root
 from mplog.worker.children import route_children
 from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, export_setting, inherited_setting
+from mplog.worker.handler import route_root
 from mplog.worker.outbox import open_handlers
 
 __all__ = ["Listener", "start_listener"]
