@@ -34,7 +34,7 @@ from typing import Any
 
 from mplog.delivery import ACK_CLOSE_TIMEOUT
 from mplog.exceptions import ConfigError, report
-from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
+from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, foreign_dir_problem, local_collector
 from mplog.wire.columns import PACKED, PACKED_PAD, ROW
 from mplog.wire.encode import encode_record, plain_fields
 from mplog.worker import level as collector_level
@@ -476,10 +476,13 @@ def _endpoint_to_use(endpoint: str | None) -> str:
     """``endpoint``, else ``$MPLOG_ENDPOINT``, else this user's local collector; ConfigError without any."""
     endpoint = endpoint or inherited_setting(ENV_ENDPOINT) or local_collector()
     if not endpoint:
+        default = default_collector_endpoint()
+        # Say why the directory disqualified it: a collector's refusal there names the same cause.
+        problem = foreign_dir_problem(os.path.dirname(default[len("ipc://") :]))
         raise ConfigError(
             f"setup_worker() has no endpoint: pass one, or set {ENV_ENDPOINT} "
             "(mplog.start_listener() sets it for the processes it starts); no local collector "
-            f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
+            f"(mplog listen) was found at its default endpoint {default}" + (f": {problem}" if problem else "")
         )
     return endpoint
 
