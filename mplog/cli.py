@@ -162,7 +162,9 @@ def _report_unclosed(snap: dict[str, object]) -> None:
         return
     gone = [s for s in senders.values() if s.get("unclosed") and not s.get("closed")]
     if gone:
-        names = ", ".join(f"{s['host']}/{s['pid']} ({s['unclosed']})" for s in gone[:10])
+        from mplog.listener.stats_view import printable  # a sender's own words: no line breaks, no terminal controls
+
+        names = ", ".join(f"{printable(s['host'])}/{printable(s['pid'])} ({s['unclosed']})" for s in gone[:10])
         more = f" and {len(gone) - 10} more" if len(gone) > 10 else ""
         print(
             f"mplog: {len(gone)} senders ended without a goodbye; their last records may be lost, uncounted: "

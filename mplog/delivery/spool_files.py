@@ -37,6 +37,7 @@ from mplog.delivery.spool_format import (
     pack_mark,
     parse_spool,
 )
+from mplog.transports.base import foreign_dir_problem
 from mplog.wire import FLAG_FINAL, Envelope, read_envelope, read_sender
 
 __all__ = ["SUFFIX", "AdoptedSpool", "AdoptedStream", "OwnSpool", "adopt_spools", "prepare_dir"]
@@ -52,9 +53,14 @@ def prepare_dir(path: str) -> None:
     """Create ``path`` private to this user (0700), or check that an existing one is.
 
     Raises:
-        OSError: it cannot be created, or other users could read or plant files in it.
+        OSError: it cannot be created, or other users could read or plant files in it (a
+            directory, or a symbolic link to one, that another user owns: its owner can
+            replace what is in it).
     """
     os.makedirs(path, mode=0o700, exist_ok=True)
+    problem = foreign_dir_problem(path, "spool_dir", "another spool_dir")
+    if problem is not None:
+        raise PermissionError(problem)
     st = os.stat(path)
     if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise PermissionError(

@@ -30,6 +30,7 @@ from mplog.delivery.intent import (
 )
 from mplog.listener.loop import Server, _all_handlers, _reopen
 from mplog.listener.sender_table import SenderLimits, ledger_key
+from mplog.listener.stats_view import printable
 from mplog.listener.supervisor import load_checkpoint, say, stats_path
 from mplog.listener.write_failures import recover
 from mplog.transports import NO_ORIGIN, Origin
@@ -472,7 +473,8 @@ class AckServer(Server):
             return
         self._behind_said = True
         say(
-            f"mplog: sender {key} resent from record {seq}, but this listener's marks expected record {next_seq}: "
+            f"mplog: sender {printable(key)} resent from record {seq}, "
+            f"but this listener's marks expected record {next_seq}: "
             "its state directory is older than what it acknowledged (restored from a copy, or its last writes "
             f"lost with the host). Records {next_seq}..{seq - 1} are counted as a gap; said once for all senders"
         )
@@ -519,7 +521,7 @@ class AckServer(Server):
         self.rollback_skipped += len(recovery.skipped)
         if not recovery.skipped:
             self.rolled_back += 1
-        what = f"records {first}..{end - 1} of {key}"
+        what = f"records {first}..{end - 1} of {printable(key)}"
         lines = [f"mplog: undoing the unacknowledged frame the last listener was writing when it died ({what})"]
         lines += [f"mplog:   cut back {line}" for line in recovery.truncated]
         lines += [f"mplog:   could not undo {line}; {what} may be written twice" for line in recovery.skipped]

@@ -15,7 +15,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ListenerStats", "SenderCounts", "json_safe", "summary"]
+__all__ = ["ListenerStats", "SenderCounts", "json_safe", "printable", "summary"]
+
+
+def printable(value: object) -> str:
+    """``value`` as text fit for a terminal line: control and other unprintable characters escaped.
+
+    Every string a sender chose (its host, process or logger name, its ledger key) goes
+    through this before ``mplog status`` or the listener's stderr print it: a host name of
+    ``"web1\\n..."`` with ANSI/OSC escapes used to add fake rows to the status table and
+    send control sequences to the operator's terminal (test_format_status_puts_a_forged_host_on_one_row_escaped).
+    ESC is shown as ``\\x1b``, a newline as ``\\n``, as Python's ``repr`` writes them.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _int(mapping: Mapping[str, Any], key: str) -> int:
@@ -80,8 +95,8 @@ class SenderCounts(dict[str, Any]):
     def __str__(self) -> str:
         state = "closed" if self.closed else (f"no goodbye, {self.unclosed}" if self.unclosed else "open")
         return (
-            f"{self.host}/{self.pid}: {self.records} records, dropped {self.dropped}, gaps {self.gaps}, "
-            f"duplicates {self.duplicates}, {state}"
+            f"{printable(self.host)}/{printable(self.pid)}: {self.records} records, dropped {self.dropped}, "
+            f"gaps {self.gaps}, duplicates {self.duplicates}, {state}"
         )
 
 

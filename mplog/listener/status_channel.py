@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from mplog.exceptions import ConfigError, ListenerError, TransportError
-from mplog.listener.stats_view import by_handler_text, summary
+from mplog.listener.stats_view import by_handler_text, printable, summary
 from mplog.transports.base import check_bind_address
 from mplog.transports.claim import SocketClaim
 from mplog.transports.zeromq import bind_private_ipc
@@ -322,8 +322,8 @@ def format_status(stats: dict[str, Any], now: float | None = None) -> str:
         window = sender["last_seen"] - sender["first_seen"]
         rows.append(
             (
-                sender["host"],
-                str(sender["pid"]),
+                printable(sender["host"]),  # a sender's own words: one row per sender, no terminal controls
+                printable(sender["pid"]),
                 str(sender["records"]),
                 f"{sender['records'] / window:.1f}" if window >= _RATE_WINDOW else "-",
                 str(sender["dropped"]),

@@ -33,6 +33,7 @@ import psutil
 
 from mplog.exceptions import ConfigError
 from mplog.listener.write_errors import cause_of, creation_error
+from mplog.transports.base import check_private_dir
 
 if TYPE_CHECKING:
     from mplog.listener.stats import Stats
@@ -85,14 +86,16 @@ def ensure_state_dir(state_dir: str) -> None:
     """Create the listener's state directory if it is missing: mode 0700, as ``mplog listen`` always did.
 
     An existing directory is used as it is (a service manager may have made it, e.g.
-    systemd's ``StateDirectory=``). It must let this user create a file, which needs an
+    systemd's ``StateDirectory=``) if it is this user's (or root's) and others cannot write
+    to it: its owner could rewrite the marks a restart trusts. It must let this user create a file, which needs an
     inode and no data block: a listener marks the directory used with an empty file as it
     starts (mplog.listener.continuation), so that a restart never truncates its files. A
     directory that is only full still starts the listener, which says so and retries
     (:class:`Checkpoint`).
 
     Raises:
-        ConfigError: it cannot be created, is not a directory, or no file can be created
+        ConfigError: it cannot be created, is not a directory, belongs to another user, others
+            can write to it, or no file can be created
             in it (naming ``mplog.state_dir`` and the cause: a read-only file system, no
             inode left, a permission).
     """
@@ -103,6 +106,8 @@ def ensure_state_dir(state_dir: str) -> None:
             f"mplog.state_dir {state_dir!r} cannot be created ({exc.strerror or exc}); "
             "give a directory this user can create or write"
         ) from exc
+    # Its owner could rewrite the marks and checkpoints a restart trusts (docs/security.md).
+    check_private_dir(state_dir, "mplog.state_dir", "another mplog.state_dir")
     error = creation_error(state_dir)
     if error is not None:
         raise ConfigError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -27,9 +28,12 @@ __all__ = [
     "Sender",
     "TransportOptions",
     "check_bind_address",
+    "check_private_dir",
+    "check_socket_dir",
     "default_collector_endpoint",
     "endpoint_problem",
     "ensure_private_dir",
+    "foreign_dir_problem",
     "local_collector",
     "make_private_dir",
     "receive_hwm",
@@ -180,21 +184,86 @@ def make_private_dir() -> str:
     return tempfile.mkdtemp(prefix="mplog-")  # mkdtemp creates it 0700 whatever the umask
 
 
+def _user(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` where the system knows no name for it."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (KeyError, OSError):
+        return f"uid {uid}"
+
+
+def foreign_dir_problem(
+    directory: str, what: str = "endpoint directory", instead: str = "another endpoint"
+) -> str | None:
+    """Why ``directory`` may not hold this user's sockets or files, or None (also when it does not exist).
+
+    It must belong to this user (the effective uid) or to root, and others may not write
+    to it unless its sticky bit keeps them from replacing what they do not own. The owner of
+    a directory can always rename or remove what is in it: a user who made ``/tmp/mplog-0``
+    before root's collector started could move root's socket away and bind their own, and
+    receive root's records (test_a_listener_refuses_an_endpoint_directory_owned_by_another_user). A symbolic
+    link is judged by its own owner as well as by the directory it leads to, since whoever
+    owns the link can point it elsewhere.
+    """
+    try:
+        link = os.lstat(directory)
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{what} {directory!r} cannot be examined ({exc.strerror or exc})"
+    euid = os.geteuid()
+    fix = f"remove it (rm -r {directory!r}) or choose {instead}"
+    for entry, kind in ((link, "a symbolic link that belongs to"), (st, "a directory that belongs to")):
+        if entry.st_uid not in (euid, 0):
+            return (
+                f"{what} {directory!r} is {kind} another user, {_user(entry.st_uid)}, not to this user "
+                f"{_user(euid)}: its owner could replace what is put in it; {fix}"
+            )
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{what} {directory!r} is not a directory; {fix}"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        return (
+            f"{what} {directory!r} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            "use a directory only you can write, e.g. one made with mode 0700"
+        )
+    return None
+
+
+def check_private_dir(directory: str, what: str = "endpoint directory", instead: str = "another endpoint") -> None:
+    """Raise ConfigError when ``directory`` exists and is not this user's own (:func:`foreign_dir_problem`)."""
+    problem = foreign_dir_problem(directory, what, instead)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def ensure_private_dir(path: str) -> None:
-    """Make sure the directory holding an ipc/unix socket exists and is private to the user."""
+    """Make sure the directory holding an ipc/unix socket exists, is this user's and no one else can write it.
+
+    Raises:
+        TransportError: it cannot be created.
+        ConfigError: it belongs to another user, or others can write to it (:func:`foreign_dir_problem`).
+    """
     directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
+    if not os.path.lexists(directory):
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise TransportError(f"cannot create socket directory {directory!r}: {exc}") from exc
         os.chmod(directory, 0o700)
-    mode = os.stat(directory).st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
-        raise ConfigError(
-            f"endpoint directory {directory!r} is writable by other users (mode {stat.S_IMODE(mode):o}); "
-            "use a directory only you can write, e.g. one made with mode 0700"
-        )
+    check_private_dir(directory)
+
+
+def check_socket_dir(endpoint: str) -> None:
+    """A sender's check of an ``ipc://`` or ``mp://`` endpoint's directory, where it exists already.
+
+    Raises:
+        ConfigError: another user owns it (or can write to it), so the socket there may be theirs.
+    """
+    for part in endpoint.split(","):
+        scheme, sep, path = part.strip().partition("://")
+        if sep and scheme in ("ipc", "mp") and path and not path.startswith("@"):
+            check_private_dir(os.path.dirname(path) or ".")
 
 
 def default_collector_endpoint() -> str:

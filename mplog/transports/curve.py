@@ -28,6 +28,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from mplog.exceptions import ConfigError
+from mplog.transports.base import check_private_dir
 
 __all__ = [
     "ENV_CLIENT_KEY",
@@ -127,7 +128,7 @@ def generate_key_pair(directory: str | os.PathLike[str], name: str, *, force: bo
     if not re.match(r"^[A-Za-z0-9_.-]+$", name) or name.startswith("."):
         raise ConfigError(f"key name {name!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_key_dir(folder)
     public_path, secret_path = folder / f"{name}{PUBLIC_SUFFIX}", folder / f"{name}{SECRET_SUFFIX}"
     if not force and (public_path.exists() or secret_path.exists()):
         raise ConfigError(f"{str(secret_path)!r} already exists; choose another name or pass --force")
@@ -140,6 +141,28 @@ def generate_key_pair(directory: str | os.PathLike[str], name: str, *, force: bo
     )
     _write(public_path, f'{header}public-key = "{public}"\n', 0o644)
     return public_path, secret_path
+
+
+def _make_key_dir(folder: Path) -> None:
+    """Create ``folder`` (and missing parents) mode 0700 whatever the umask, or check an existing one.
+
+    Under umask 000 it used to be made 0777: the secret file was 0600, but any user could
+    replace the files in the directory (test_keygen_makes_its_directory_0700_under_umask_000).
+
+    Raises:
+        ConfigError: it cannot be created, or an existing one belongs to another user or
+            others can write to it.
+    """
+    if not os.path.lexists(folder):
+        old_umask = os.umask(0o077)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create key directory {str(folder)!r}: {exc}") from exc
+        finally:
+            os.umask(old_umask)
+        os.chmod(folder, 0o700)
+    check_private_dir(str(folder), "key directory", "another key directory")
 
 
 def _write(path: Path, text: str, mode: int) -> None:

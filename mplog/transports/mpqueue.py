@@ -24,7 +24,13 @@ from collections import Counter, deque
 from multiprocessing import connection as mpc
 
 from mplog.exceptions import TransportError
-from mplog.transports.base import Origin, TransportOptions, ensure_private_dir, transport_max_bytes
+from mplog.transports.base import (
+    Origin,
+    TransportOptions,
+    check_socket_dir,
+    ensure_private_dir,
+    transport_max_bytes,
+)
 from mplog.transports.claim import claim_socket_path
 
 __all__ = ["MpReceiver", "MpSender"]
@@ -51,6 +57,7 @@ class MpSender:
     """This process's own connection to the listener; reopened after fork."""
 
     def __init__(self, endpoint: str, options: TransportOptions) -> None:
+        check_socket_dir(endpoint)  # a socket in another user's directory may be theirs (docs/security.md)
         self.endpoint = endpoint
         self._path = _path_of(endpoint)
         self._options = options

@@ -50,6 +50,7 @@ from mplog.transports.base import (
     Origin,
     TransportOptions,
     check_bind_address,
+    check_socket_dir,
     endpoint_problem,
     ensure_private_dir,
     receive_hwm,
@@ -112,6 +113,7 @@ class ZmqSender:
     role = "worker"  # who the refusal line names ("relay" for mplog relay's sender)
 
     def __init__(self, endpoint: str, options: TransportOptions) -> None:
+        check_socket_dir(endpoint)  # a socket in another user's directory may be theirs (docs/security.md)
         self.endpoint = endpoint
         self._endpoints = _split(endpoint)
         self._options = options

@@ -2,9 +2,10 @@
 
 :func:`plain_columns` decides what checking each record of a frame would decide (every
 field of the type the wire allows, the three time fields finite, ``created`` within
-``0 <= t < 2**40``) for the common frame with no extras, in a few calls into C per field
-instead of work per record in Python, and hands back the frame's columns (one list per
-field) so that the dispatch can format a whole frame from them (:mod:`mplog.listener.frame_lines`):
+``0 <= t < 2**40``, ``msecs`` within ``0 <= msecs < 1000``) for the common frame with no
+extras, in a few calls into C per field instead of work per record in Python, and hands
+back the frame's columns (one list per field) so that the dispatch can format a whole
+frame from them (:mod:`mplog.listener.frame_lines`):
 
 - the transposition is one flatten and 20 strided slices;
 - a ``str`` column is accepted by one ``str.join`` (TypeError for anything that is not a
@@ -13,7 +14,7 @@ field) so that the dispatch can format a whole frame from them (:mod:`mplog.list
 - a column that one call does not accept is checked exactly as before, by its set of types;
 - the three number columns by their sums (``sum`` raises TypeError for anything but int,
   float and bool among what msgpack gives, and a NaN or an infinity makes the sum
-  non-finite), then ``min``/``max`` for the bounds of ``created``.
+  non-finite), then ``min``/``max`` for the bounds of ``created`` and ``msecs``.
 
 None means "look at each record" (:func:`mplog.wire.decode.check_records` then does),
 never "bad". ``tests/unit/test_wire.py`` and ``tests/unit/test_frame_columns.py`` hold it
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
-from mplog.wire.schema import F_CREATED, F_EXTRA, F_MSECS, F_RELATIVE_CREATED, FIELD_TYPES, N_FIELDS
+from mplog.wire.schema import F_CREATED, F_EXTRA, F_MSECS, F_RELATIVE_CREATED, FIELD_TYPES, MSECS_END, N_FIELDS
 
 __all__ = ["all_int", "all_str", "columns_pass", "plain_columns", "value_passes"]
 
@@ -123,15 +124,18 @@ def columns_pass(columns: list[list[Any]], n: int, checked: frozenset[int] = fro
 
 
 def _times_pass(columns: list[list[Any]], checked: frozenset[int]) -> bool:
-    """The three number columns: numbers, finite, and ``0 <= created < 2**40``.
+    """The three number columns: numbers, finite, ``0 <= created < 2**40`` and ``0 <= msecs < 1000``.
 
-    A non-number raises TypeError; a NaN or an infinity makes a sum non-finite; a finite
-    sum too large for a float raises OverflowError (then each record is looked at).
+    A non-number raises TypeError; a NaN or an infinity makes a sum non-finite (``min`` and
+    ``max`` can step over a NaN, so the sum stays); a finite sum too large for a float raises
+    OverflowError (then each record is looked at). ``min``/``max`` bound ``created`` and
+    ``msecs``: an msecs of -1e300 or 2**64 - 1 used to pass here and be written as it came
+    (test_out_of_range_msecs_is_repaired).
     """
-    created = columns[_CREATED]
+    created, msecs = columns[_CREATED], columns[_MSECS]
     return (
         (_CREATED in checked or (math.isfinite(sum(created)) and min(created) >= 0 and max(created) < _TIME_END))
-        and (_MSECS in checked or math.isfinite(sum(columns[_MSECS])))
+        and (_MSECS in checked or (math.isfinite(sum(msecs)) and min(msecs) >= 0 and max(msecs) < MSECS_END))
         and (_RELATIVE in checked or math.isfinite(sum(columns[_RELATIVE])))
     )
 
@@ -144,6 +148,8 @@ def value_passes(i: int, value: Any) -> bool:
         return not value
     if i == _CREATED:
         return math.isfinite(value) and 0 <= value < _TIME_END
-    if i in (_MSECS, _RELATIVE):
+    if i == _MSECS:
+        return bool(0 <= value < MSECS_END)  # False for a NaN and the infinities too
+    if i == _RELATIVE:
         return math.isfinite(value)
     return True

@@ -36,6 +36,7 @@ from mplog.wire.schema import (
     F_MSECS,
     F_RELATIVE_CREATED,
     FIELD_TYPES,
+    MSECS_END,
     N_FIELDS,
     RECORD_FIELDS,
     Frame,
@@ -113,9 +114,10 @@ def check_record(rec: Any, limits: Limits) -> None:
             _GOOD_SIGNATURES.add(signature)
     if not math.isfinite(rec[F_CREATED]) or not 0 <= rec[F_CREATED] < 2**40:
         raise FrameError("bad_field", "created must be a finite timestamp")
-    # %(msecs)d would raise in every Formatter
-    if not (math.isfinite(rec[F_MSECS]) and math.isfinite(rec[F_RELATIVE_CREATED])):
-        raise FrameError("bad_field", "msecs and relativeCreated must be finite")
+    # A NaN msecs makes %(msecs)d raise in every Formatter; one out of range (-1e300, 2**64 - 1)
+    # was written as a timestamp with hundreds of digits (test_out_of_range_msecs_is_repaired).
+    if not (0 <= rec[F_MSECS] < MSECS_END and math.isfinite(rec[F_RELATIVE_CREATED])):
+        raise FrameError("bad_field", "msecs must be 0 <= msecs < 1000 and relativeCreated finite")
     extra = rec[F_EXTRA]
     if extra:
         if len(extra) > limits.max_extra_fields:

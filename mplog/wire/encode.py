@@ -32,9 +32,11 @@ from mplog.wire.schema import (
     F_CREATED,
     F_LEVELNAME,
     F_LEVELNO,
+    F_MSECS,
     F_NAME,
     FIELD_DEFAULTS,
     FIELD_TYPES,
+    MSECS_END,
     N_FIELDS,
     NUMBER_TYPES,
     RECORD_FIELDS,
@@ -327,7 +329,11 @@ def conform_fields(
     for i, (value, kind) in enumerate(zip(head, FIELD_TYPES, strict=False)):
         fits = isinstance(value, kind)
         if fits and kind is NUMBER_TYPES:  # created, msecs, relativeCreated
-            fits = math.isfinite(value) and (i != F_CREATED or 0 <= value < 2**40)
+            fits = (
+                math.isfinite(value)
+                and (i != F_CREATED or 0 <= value < 2**40)
+                and (i != F_MSECS or 0 <= value < MSECS_END)
+            )
         elif fits and i == F_NAME and max_name is not None:
             fits = len(value) <= max_name
         if not fits:

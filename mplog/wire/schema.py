@@ -42,6 +42,7 @@ __all__ = [
     "F_THREAD_NAME",
     "Frame",
     "Limits",
+    "MSECS_END",
     "NUMBER_TYPES",
     "N_FIELDS",
     "RECORD_FIELDS",
@@ -89,6 +90,7 @@ F_LEVELNAME = _AT["levelname"]
 F_MESSAGE = _AT["message"]
 F_CREATED = _AT["created"]
 F_MSECS = _AT["msecs"]
+MSECS_END = 1000  # msecs is 0 <= msecs < MSECS_END (docs/wire-format.md)
 F_RELATIVE_CREATED = _AT["relativeCreated"]
 F_PATHNAME = _AT["pathname"]
 F_FILENAME = _AT["filename"]

@@ -35,7 +35,7 @@ from typing import Any
 from mplog.delivery import ACK_CLOSE_TIMEOUT
 from mplog.exceptions import ConfigError, report
 from mplog.transports import check_endpoint
-from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, local_collector
+from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, foreign_dir_problem, local_collector
 from mplog.wire.columns import PACKED, PACKED_PAD, ROW
 from mplog.wire.encode import encode_record, plain_fields
 from mplog.worker import level as collector_level
@@ -490,10 +490,13 @@ def _endpoint_to_use(endpoint: str | None) -> str:
     if not endpoint:
         endpoint, key = local_collector() or "", "the local collector's endpoint"
     if not endpoint:
+        default = default_collector_endpoint()
+        # Say why the directory disqualified it: a collector's refusal there names the same cause.
+        problem = foreign_dir_problem(os.path.dirname(default[len("ipc://") :]))
         raise ConfigError(
             f"setup_worker() has no endpoint: pass one, or set {ENV_ENDPOINT} "
             "(mplog.start_listener() sets it for the processes it starts); no local collector "
-            f"(mplog listen) was found at its default endpoint {default_collector_endpoint()}"
+            f"(mplog listen) was found at its default endpoint {default}" + (f": {problem}" if problem else "")
         )
     # One that can never connect (no port, an ipc path longer than a socket address holds):
     # said now, not as "could not be delivered" at exit (a newcomer's three endpoints).
