@@ -43,10 +43,13 @@ that writes 30 KB at a time, every one ending on a 4096-byte boundary). The head
 how many records the pending frame dispatches, so a restarted listener that finds a file
 grown to a page boundary with fewer complete lines than that counts the lines as written and
 the rest as gaps (:func:`read_progress`); the line the kill cut is ended when its handler opens the file.
+A handler that writes a record at a time is followed record by record: the dispatcher stores,
+after each such record, how many of the frame's records are in their files
+(:meth:`ProgressFile.mark_written`), and a restart counts the rest as gaps.
 
 What this leaves (docs/reliability.md): a pending frame that went to no file (only to
 syslog, say, or below every handler's level) counts as not written; one written partly
-between two handlers, or between two records on the record-by-record path, counts as
+between two handlers on the frame path counts as
 written; one cut short counts a line as a record (a record of several lines as several);
 the counts by reason (``malformed``, ``repaired``, ``handler_errors``) and
 ``claims_refused`` come from the checkpoint, one interval behind at most; a sender whose
