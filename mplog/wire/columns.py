@@ -225,23 +225,24 @@ def columns_frame(obj: list[Any], limits: Limits) -> Frame:
         raise FrameError("over_limit", f"{count} records: more than max_records or max_items allow")
     if type(columns) is not list or len(columns) != N_FIELDS:
         raise FrameError("bad_header", f"columns must be an array of {N_FIELDS} items")
-    full: list[list[Any]] = []
     given_once: list[int] = []  # fields sent as one value: checked once, not per record
     for i, column in enumerate(columns):
+        if type(column) is not list:
+            given_once.append(i)
+        elif len(column) != count:
+            raise FrameError("bad_header", f"column {i} has {len(column)} values for {count} records")
+    if not count:
+        return Frame(identity, seq, dropped, flags, [])
+    if count > 1 and given_once:  # before any value is repeated for the records
+        _check_what_one_values_stand_for(columns, given_once, count, limits)
+    full: list[list[Any]] = []
+    for i, column in enumerate(columns):
         if type(column) is list:
-            if len(column) != count:
-                raise FrameError("bad_header", f"column {i} has {len(column)} values for {count} records")
             full.append(column)
-            continue
-        given_once.append(i)
-        if i == _EXTRA and type(column) is dict and column:
+        elif i == _EXTRA and type(column) is dict and column:
             full.append([dict(column) for _ in range(count)])  # each record's own extras, as version 1 has
         else:
             full.append([column] * count)
-    if not count:
-        return Frame(identity, seq, dropped, flags, [])
-    if count > 1 and given_once:
-        _check_what_one_values_stand_for(columns, given_once, count, limits)
     rows = list(map(list, zip(*full, strict=True)))
     passed = all(value_passes(i, columns[i]) for i in given_once) and columns_pass(full, count, frozenset(given_once))
     return Frame(identity, seq, dropped, flags, rows, full if passed else None)
