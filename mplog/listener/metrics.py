@@ -214,29 +214,21 @@ def _acknowledged(snap: dict[str, Any]) -> Iterator[Any]:
         ("ack_rollback_skipped", "rollback_skipped", "Files such a frame reached that could not be cut back."),
     ):
         yield CounterMetricFamily(f"mplog_{name}", text, value=snap.get(key, 0))
-    state = snap.get("state_on_disk", {})
     from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415  # optional
 
-    yield GaugeMetricFamily(
-        "mplog_ack_marks_in_memory",
-        "Senders whose acknowledged marks a full state directory keeps in memory only (exactly once is off for them).",
-        value=state.get("marks_in_memory", 0),
-    )
-    yield GaugeMetricFamily(
-        "mplog_ack_intent_in_memory",
-        "1 while a full state directory keeps the write-ahead intent in memory only (a crash may repeat a frame).",
-        value=state.get("intent_in_memory", 0),
-    )
-    yield CounterMetricFamily(
-        "mplog_ack_slots_refused",
-        "New senders' slots in acked.json that a full state directory refused (each retried).",
-        value=state.get("slots_refused", 0),
-    )
-    yield CounterMetricFamily(
-        "mplog_ack_frames_without_intent",
-        "Frames handled without a stored intent because the state directory could not grow the intent file.",
-        value=state.get("frames_without_intent", 0),
-    )
+    # What a full state directory keeps off the disk (mplog.listener.ack_loop.MarksFile).
+    state = snap.get("state_on_disk", {})
+    for family, name, key, text in (
+        (GaugeMetricFamily, "ack_marks_in_memory", "marks_in_memory",
+         "Senders whose marks a full state directory keeps in memory only (exactly once is off for them)."),
+        (GaugeMetricFamily, "ack_intent_in_memory", "intent_in_memory",
+         "1 while a full state directory keeps the write-ahead intent in memory only (a crash may repeat a frame)."),
+        (CounterMetricFamily, "ack_slots_refused", "slots_refused",
+         "New senders' slots in acked.json that a full state directory refused (each retried)."),
+        (CounterMetricFamily, "ack_frames_without_intent", "frames_without_intent",
+         "Frames handled without a stored intent because the state directory could not grow the intent file."),
+    ):  # fmt: skip
+        yield family(f"mplog_{name}", text, value=state.get(key, 0))
 
 
 _POLL_INTERVAL = 0.02  # how soon close() is noticed (socketserver's default, 0.5 s, made mplog listen slow to stop)
