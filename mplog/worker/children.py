@@ -27,7 +27,7 @@ import multiprocessing.util
 import os
 import sys
 
-from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, inherited_setting
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, ack_setting, inherited_setting
 from mplog.worker.handler import MplogHandler, setup_worker
 
 __all__ = ["route_children"]
@@ -78,7 +78,7 @@ def _route(settings: dict[str, str]) -> None:
     setup_worker(
         settings[ENV_ENDPOINT],
         level=level if isinstance(level, int) else None,
-        ack=settings.get(ENV_ACK) == "1",
+        ack=ack_setting(settings.get(ENV_ACK)),
     )
 
 

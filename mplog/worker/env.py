@@ -9,7 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-__all__ = ["ENV_ACK", "ENV_ENDPOINT", "ENV_LEVEL", "export_setting", "inherited_setting"]
+from mplog.exceptions import ConfigError
+
+__all__ = ["ENV_ACK", "ENV_ENDPOINT", "ENV_LEVEL", "ack_setting", "export_setting", "inherited_setting"]
 
 ENV_ENDPOINT = "MPLOG_ENDPOINT"
 ENV_LEVEL = "MPLOG_LEVEL"
@@ -29,6 +31,21 @@ def inherited_setting(key: str) -> str | None:
     config = getattr(multiprocessing.current_process(), "_config", None)
     value = config.get(f"mplog:{key}") if isinstance(config, dict) else None
     return value if isinstance(value, str) else os.environ.get(key)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def ack_setting(value: str | None) -> bool:
+    """``MPLOG_ACK`` as a bool: 1/true/yes/on or 0/false/no/off (any case), unset is off.
+
+    Raises:
+        ConfigError: anything else (before, "yes" was read as off without a word).
+    """
+    text = (value or "").strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{ENV_ACK} must be 1 or 0 (or true/false, yes/no, on/off), got {value!r}")
 
 
 def export_setting(key: str, value: str | None) -> None:

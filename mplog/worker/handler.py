@@ -39,7 +39,7 @@ from mplog.transports.base import ASYNC_SIGNALS, default_collector_endpoint, for
 from mplog.wire.columns import PACKED, PACKED_PAD, ROW
 from mplog.wire.encode import encode_record, plain_fields
 from mplog.worker import level as collector_level
-from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, ENV_WIRE_VERSION, inherited_setting
+from mplog.worker.env import ENV_ACK, ENV_ENDPOINT, ENV_LEVEL, ENV_WIRE_VERSION, ack_setting, inherited_setting
 from mplog.worker.level import LevelFollower
 from mplog.worker.options import WorkerOptions
 from mplog.worker.outbox import BatchingHandler, _handlers
@@ -519,7 +519,7 @@ def _worker_options(options: dict[str, Any]) -> WorkerOptions:
         options = {**options, "wire_version": _env_int(ENV_WIRE_VERSION)}
     opts = WorkerOptions.from_kwargs(**options)
     if opts.ack is None:  # an acknowledging listener exports MPLOG_ACK=1 (its ROUTER cannot talk to PUSH)
-        opts = replace(opts, ack=inherited_setting(ENV_ACK) == "1")
+        opts = replace(opts, ack=ack_setting(inherited_setting(ENV_ACK)))
     if opts.spool_dir and not opts.ack:
         raise ConfigError(
             "setup_worker(spool_dir=...) needs acknowledged delivery: pass ack=True, or start the listener "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import subprocess
+import sys
 
 import pytest
 from helpers import file_config, read_lines, wait_for
@@ -80,3 +83,24 @@ def test_setup_worker_takes_mplog_endpoint_with_spaces_around_it(monkeypatch, tm
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+@pytest.mark.parametrize(("value", "ack"), [("1", True), ("yes", True), (" True ", True), ("0", False), ("off", False)])
+def test_mplog_ack_takes_the_usual_spellings_of_on_and_off(value, ack):
+    # In a process of its own, which leaves at once: an acknowledging handler's close waits for its goodbye.
+    env = {**os.environ, "MPLOG_ACK": value}
+    code = "import os, sys, mplog; print(mplog.setup_worker(sys.argv[1]).options.ack, flush=True); os._exit(0)"
+    argv = [sys.executable, "-c", code, "ipc:///tmp/mplog-ack-test/l.sock"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert result.stdout.strip() == str(ack), result.stderr
+
+
+def test_mplog_ack_that_is_no_spelling_of_on_or_off_is_named():
+    # Before: "sure" (or "yes") was read as off, without a word.
+    env = {**os.environ, "MPLOG_ACK": "sure", "MPLOG_ENDPOINT": "ipc:///tmp/mplog-ack-test/l.sock"}
+    code = "import mplog; mplog.setup_worker()"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode != 0
+    assert "MPLOG_ACK must be 1 or 0 (or true/false, yes/no, on/off), got 'sure'" in result.stderr
