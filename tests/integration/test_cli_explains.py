@@ -355,7 +355,8 @@ def test_listener_stats_print_as_one_line_and_still_index_like_a_dict(tmp_path):
     out = tmp_path / "out.log"
     with mplog.start_listener(file_config(out), route_parent=False) as listener:
         send_frames(listener.endpoint, 3, records=5)
-        wait_for(lambda: listener.stats()["received"] == 15)
+        # Every goodbye read too: the last one may come after the 15th record (a full run saw "2 closed").
+        wait_for(lambda: (s := listener.stats())["received"] == 15 and all(x["closed"] for x in s["senders"].values()))
         stats = listener.stats()
         status = run_mplog("status", listener.endpoint)
     final = listener.stop()
