@@ -232,13 +232,38 @@ def read_authorized_keys(directory: str | os.PathLike[str]) -> frozenset[str]:
     folder = Path(directory)
     if not folder.is_dir():
         raise ConfigError(f"authorized_keys {str(folder)!r} is not a directory of client NAME.key files")
-    keys = frozenset(_parse(p)["public-key"] for p in sorted(folder.glob(f"*{PUBLIC_SUFFIX}")) if p.is_file())
+    # Whoever can write the directory or a key file in it decides who may connect, as sshd's
+    # StrictModes holds for authorized_keys (test_authorized_keys_another_user_can_change_is_refused).
+    check_private_dir(str(folder), "authorized_keys directory", "a directory that only you (or root) can write")
+    files = [p for p in sorted(folder.glob(f"*{PUBLIC_SUFFIX}")) if p.is_file()]
+    for path in files:
+        _check_key_file_owner(path)
+    keys = frozenset(_parse(p)["public-key"] for p in files)
     if not keys:
         raise ConfigError(
             f"authorized_keys {str(folder)!r} holds no NAME.key file, so no client could connect; copy the workers' "
             "public keys there, or set allow_any = true to admit any client that knows the server key"
         )
     return keys
+
+
+def _check_key_file_owner(path: Path) -> None:
+    """Refuse an authorized key another user could replace.
+
+    The file, and a link to it, must be this user's or root's and writable by no one else.
+    """
+    euid = os.geteuid()
+    for entry in (os.lstat(path), os.stat(path)):
+        if entry.st_uid not in (euid, 0):
+            raise ConfigError(
+                f"authorized key {str(path)!r} belongs to another user (uid {entry.st_uid}), who could replace it "
+                f"with their own key; run: chown {euid} {path}  (or remove it)"
+            )
+        if stat.S_ISREG(entry.st_mode) and entry.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(
+                f"authorized key {str(path)!r} is writable by other users (mode {stat.S_IMODE(entry.st_mode):04o}); "
+                f"run: chmod 644 {path}"
+            )
 
 
 def server_keys(curve: dict[str, Any], where: str = "mplog.curve") -> ServerKeys:

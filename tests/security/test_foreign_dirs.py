@@ -158,3 +158,73 @@ def test_a_directory_of_this_user_or_of_root_is_still_taken(sockets):
         None, endpoint=f"ipc://{sockets}/l.sock", route_parent=False, export_env=False
     ) as listener:
         assert listener.running
+
+
+def _authorized(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A server key pair and an authorized_keys directory (this user's, 0700) holding one worker's key."""
+    from mplog.transports import curve
+
+    _, server_secret = curve.generate_key_pair(tmp_path / "server", "collector")
+    worker_public, _ = curve.generate_key_pair(tmp_path / "authorized", "worker")
+    (tmp_path / "authorized" / "worker.key_secret").unlink()  # only public keys belong there
+    return server_secret, tmp_path / "authorized", worker_public
+
+
+def test_authorized_keys_another_user_can_change_is_refused(tmp_path):
+    # Whoever can write the directory, or a key file in it, decides who may connect.
+    from mplog.transports.curve import server_keys
+
+    server_secret, authorized, worker_key = _authorized(tmp_path)
+    curve = {"server_secret_key": str(server_secret), "authorized_keys": str(authorized)}
+    assert len(server_keys(curve).authorized or ()) == 1  # this user's own: taken
+
+    os.chown(worker_key, OTHER_UID, OTHER_UID)
+    foreign = rf"authorized key '{worker_key}' belongs to another user \(uid {OTHER_UID}\)"
+    with pytest.raises(ConfigError, match=foreign):
+        server_keys(curve)
+    os.chown(worker_key, os.geteuid(), os.getegid())
+
+    os.chmod(worker_key, 0o666)
+    with pytest.raises(ConfigError, match=r"is writable by other users \(mode 0666\); run: chmod 644"):
+        server_keys(curve)
+    os.chmod(worker_key, 0o644)
+
+    elsewhere = _foreign(tmp_path / "elsewhere")
+    (elsewhere / "evil.key").write_text((worker_key).read_text())
+    os.chown(elsewhere / "evil.key", OTHER_UID, OTHER_UID)
+    (authorized / "evil.key").symlink_to(elsewhere / "evil.key")  # a link to a key another user owns
+    with pytest.raises(ConfigError, match=r"belongs to another user"):
+        server_keys(curve)
+    (authorized / "evil.key").unlink()
+
+    os.chown(authorized, OTHER_UID, OTHER_UID)
+    with pytest.raises(ConfigError) as refused:
+        server_keys(curve)
+    assert "authorized_keys directory" in str(refused.value)
+    _says_foreign(str(refused.value), authorized)
+
+
+def test_mplog_listen_refuses_authorized_keys_owned_by_another_user(tmp_path):
+    server_secret, authorized, _ = _authorized(tmp_path)
+    os.chown(authorized, OTHER_UID, OTHER_UID)
+    listen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mplog",
+            "listen",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--curve-secret-key",
+            str(server_secret),
+            "--authorized-keys",
+            str(authorized),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=30,
+        check=False,
+    )
+    assert listen.returncode == EXIT_CONFIG, listen.stderr
+    _says_foreign(listen.stderr, authorized)
