@@ -73,12 +73,15 @@ class KillsItsListenerMidFrame(logging.FileHandler):
     (same config) does not kill itself again.
     """
 
-    def __init__(self, filename: str, marker: str, after: int, *, before: bool = False, torn: bool = False) -> None:
+    def __init__(
+        self, filename: str, marker: str, after: int, *, before: bool = False, torn: bool = False, pause: float = 0.0
+    ) -> None:
         super().__init__(filename, encoding="utf-8")
         self.marker = marker
         self.after = after
         self.before = before  # kill instead of writing the after-th record
         self.torn = torn  # kill after writing half of the after-th record's line (a write cut by the kill)
+        self.pause = pause  # seconds stuck before the kill (a hung emit: the stats checkpoint goes on meanwhile)
         self.written = 0
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -97,6 +100,7 @@ class KillsItsListenerMidFrame(logging.FileHandler):
 
     def _die(self) -> None:
         if not os.path.exists(self.marker):
+            time.sleep(self.pause)
             with open(self.marker, "w"):
                 pass
             os.kill(os.getpid(), signal.SIGKILL)

@@ -237,6 +237,13 @@ def _frame(seq: int, count: int, flags: int = 0) -> bytes:
         # timed and watched files do): before, the frame counted as written whole, and its 50
         # records past the kill were lost without a count (an operator outsider: 40-136 a kill).
         ("after 250", [*range(250), *range(300, 600)], (549, 51)),
+        # Stuck for 0.5 s before a frame's first record (a hung emit), then killed: the stats
+        # checkpoint, written meanwhile, counted the frame as received. Its sender's first
+        # frame: before, the restart kept the checkpoint's 100 records received, none written
+        # and no gap (an observability outsider: 245 records so, also through `mplog listen`'s
+        # give-up exit).
+        ("before 0 stuck", list(range(100, 600)), (500, 100)),
+        ("before 300 stuck", [*range(300), *range(400, 600)], (500, 100)),
     ],
 )
 def test_a_listener_killed_between_writing_a_frame_and_its_next_step_counts_what_it_wrote(
@@ -246,7 +253,7 @@ def test_a_listener_killed_between_writing_a_frame_and_its_next_step_counts_what
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([RELIABILITY, TESTS, os.environ.get("PYTHONPATH", "")]))
     out, state, marker = tmp_path / "out.log", tmp_path / "state", tmp_path / "killed"
     config = _config(out, state)
-    when, at = kill.split()
+    when, at, *stuck = kill.split()
     before = when == "before"
     config["handlers"]["file"] = {
         "()": "fault_handlers.KillsItsListenerMidFrame",
@@ -254,6 +261,7 @@ def test_a_listener_killed_between_writing_a_frame_and_its_next_step_counts_what
         "marker": str(marker),
         "after": int(at) + 1 if before else int(at),  # killed before record `at`, or after record `at` - 1
         "before": before,
+        "pause": 0.5 if stuck else 0.0,
         "formatter": "f",
     }
     sent_before_kill = int(at) // 100 + 1 if before else -(-int(at) // 100)  # up to the frame it dies in
