@@ -158,7 +158,9 @@ def _holding_and_start(snap: dict[str, Any]) -> Iterator[Any]:
         value=held.get("held_frames", 0),
     )
     yield _counter("held_seconds", "Time spent holding frames for busy workers.", held.get("held_seconds", 0.0))
-    start = time.time() - float(snap.get("uptime", 0.0))
+    # The moment the stats began, as taken then: now - uptime moved by a little at every scrape,
+    # and a changing value reads as a restart (an observability outsider: 5 values in 5 scrapes).
+    start = float(snap.get("started") or time.time() - float(snap.get("uptime", 0.0)))
     yield GaugeMetricFamily(
         "mplog_start_time_seconds", "When this listener's stats began, seconds since the epoch.", value=start
     )

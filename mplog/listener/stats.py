@@ -86,7 +86,8 @@ class Stats:
         self._lock = threading.Lock()
         self.limits = limits or SenderLimits()
         self._still_owned = still_owned or _never_owned
-        self.started = time.time()
+        self.started = time.time()  # the epoch time shown (mplog_start_time_seconds): fixed once taken
+        self._started_at = time.monotonic()  # uptime: a step of the wall clock neither shrinks nor stretches it
         self.frames = 0
         self.records = 0
         self.malformed: Counter[str] = Counter()
@@ -471,7 +472,8 @@ class Stats:
             handler_errors = dict(self.handler_errors)
             frames, records = self.frames, self.records
         return {
-            "uptime": time.time() - self.started,
+            "uptime": time.monotonic() - self._started_at,
+            "started": self.started,
             "frames": frames,
             "received": records,
             "malformed": malformed,

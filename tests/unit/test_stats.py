@@ -333,3 +333,17 @@ def test_an_ended_connection_the_socket_still_holds_for_a_moment_is_looked_at_ag
     server._ends_next = 0.0  # the next look is due now
     server._note_connection_ends(receiver.connection_ends)
     assert server.stats.senders[A.key].unclosed == CONNECTION_ENDED
+
+
+def test_uptime_follows_the_monotonic_clock_and_the_start_time_stays_put(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An operator's clock step (NTP, a VM resumed) made `mplog status` show a negative uptime,
+    # and mplog_start_time_seconds (now - uptime) moved at every scrape.
+    import time
+
+    stats = Stats()
+    started = stats.snapshot()["started"]
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall - 3600.0)  # the wall clock stepped back an hour
+    snap = stats.snapshot()
+    assert 0.0 <= snap["uptime"] < 60.0
+    assert snap["started"] == started
