@@ -307,10 +307,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- across hosts: keys and relays
 
 
-def _add_server_key_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "CURVE on the bind side (mplog listen: overrides the config's mplog.curve section)"
-    )
+def _add_server_key_flags(parser: argparse.ArgumentParser, title: str = "CURVE on the bind side") -> None:
+    group = parser.add_argument_group(title)
     group.add_argument("--curve-secret-key", metavar="FILE", help="this server's NAME.key_secret (mplog keygen)")
     group.add_argument("--authorized-keys", metavar="DIR", help="directory of the client NAME.key files allowed in")
     group.add_argument(
@@ -434,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (mplog.metrics)"
     )
-    _add_server_key_flags(listen)
+    _add_server_key_flags(listen, "CURVE on the bind side (overrides the config's mplog.curve section)")
     listen.set_defaults(func=_cmd_listen)
 
     check = commands.add_parser("check", help="validate a config file and print what the listener would build")

@@ -474,7 +474,8 @@ class Server:
             report(
                 f"mplog: the stop's drain ran out after {self.drain_timeout:g} s: {unwritten} records of "
                 f"{len(senders)} senders that had reached the listener were not written (counted as "
-                f"unwritten_at_stop; Listener.stop(timeout=...) or a quicker handler lets them through)"
+                f"unwritten_at_stop; a quicker handler lets them through, as does a longer drain where the "
+                f"listener was started from Python: Listener.stop(timeout=...))"
             )
 
 

@@ -243,6 +243,8 @@ def summary(stats: Mapping[str, Any]) -> str:
         f"dropped {view.dropped}, gaps {view.gaps}, duplicates {view.duplicates}, "
         f"malformed {view.malformed}, repaired {view.repaired}"
     )
+    if view.rejected:  # records of frames refused whole (oversized, over a limit, unwritten at stop)
+        line += f", rejected {view.rejected}"
     if view.refused:
         line += f", refused {view.refused} connections"
     if view.claims_refused:  # frames that claimed a sender they may not write to (docs/security.md)

@@ -47,6 +47,9 @@ def test_str_is_one_line_naming_every_kind_of_loss():
     )
     assert str(ListenerStats(SNAPSHOT)) == summary(SNAPSHOT) == line
     assert summary({**SNAPSHOT, "refused": 4}) == line.replace(", handler", ", refused 4 connections, handler")
+    # Records of frames refused whole: mplog status and print(stats) left them out, so a sender's
+    # rows did not add up (an observability outsider: 13 received + 5 gaps of 20 logged).
+    assert summary({**SNAPSHOT, "rejected": 2}) == line.replace(", handler", ", rejected 2, handler")
     crowded = {**SNAPSHOT, "claims_refused_total": 2, "folded": {"senders": 9, "returned": 1}}
     assert summary(crowded) == line.replace("2 senders", "2 senders (+8 folded)").replace(
         ", handler", ", refused claims 2, handler"
