@@ -18,6 +18,7 @@ thread-safe: :class:`mplog.listener.stats.Stats` holds its lock around every cal
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 DORMANT_PER_SLOT = 4  # folded senders whose place in their stream is remembered, per table slot
+# Places kept past that bound while their connection (mp://, the acknowledging ROUTER) still
+# speaks for them, per connection: a worker's connection carries one stream, or a few.
+KEPT_PER_CONNECTION = 16
+_RECHECKED = 4  # kept places looked at again when they are max_senders already
 # Per-sender counts that only grow: a folded sender adds its own to the totals.
 ADDITIVE = ("records", "frames", "rejected", "repaired", "gaps", "duplicates")
 _Z85_KEY_CHARS = 40  # a CURVE public key in Z85
@@ -123,6 +128,15 @@ class SenderTable:
         # Called with a folded sender's key, its final ledger and the fold's number
         # (folded["senders"] after it): its slot in the progress file (mplog.listener.progress) is retired.
         self.on_fold: Callable[[str, SenderStats, int], None] | None = None
+        # Whether a folded sender's connection still speaks for it (ledger key, connection), set
+        # by Stats. A place due to be forgotten is kept instead while it does, at most
+        # KEPT_PER_CONNECTION per connection and max_senders in all (_kept): forgetting it let
+        # another connection claim a live worker's identity on mp:// and the acknowledging
+        # ROUTER (a churn outsider flooded 55,000 one-shot identities through one connection,
+        # then wrote as the quiet worker, whose own later records were lost).
+        self.still_owned: Callable[[str, bytes], bool] | None = None
+        self._kept: dict[str, tuple[int, int, bool, bytes]] = {}
+        self._kept_by: Counter[bytes] = Counter()
 
     def find(self, key: str, sender: Sender, peer_key: str, *, room: bool = True) -> SenderStats | None:
         """The ledger under ``key``, brought back into the table if it was folded; None for a new sender.
@@ -132,7 +146,7 @@ class SenderTable:
         found = self.senders.get(key)
         if found is not None:
             return found
-        entry = self._dormant.pop(key, None)
+        entry = self._dormant.pop(key, None) or self._unkeep(key)
         if entry is None:
             return None
         next_seq, dropped, closed, owner = entry
@@ -160,7 +174,8 @@ class SenderTable:
 
     def places(self) -> list[list[Any]]:
         """The folded senders' places, oldest fold first: ``[key, next_seq, dropped, closed]`` (for the checkpoint)."""
-        return [[key, next_seq, dropped, closed] for key, (next_seq, dropped, closed, _) in self._dormant.items()]
+        places = (*self._kept.items(), *self._dormant.items())
+        return [[key, next_seq, dropped, closed] for key, (next_seq, dropped, closed, _) in places]
 
     def restore_places(self, places: list[list[Any]], *, forget: bool = True) -> None:
         """Remember the places :meth:`places` listed (a restart: connections are new, so no owners).
@@ -173,7 +188,7 @@ class SenderTable:
             key, next_seq, dropped, closed = item
             if key in self.senders or not isinstance(next_seq, int) or not isinstance(dropped, int):
                 continue
-            old = self._dormant.pop(key, None)
+            old = self._dormant.pop(key, None) or self._unkeep(key)
             if old is not None:
                 self._dormant_open -= not old[2]
             self._dormant[key] = (next_seq, dropped, bool(closed), b"")
@@ -186,12 +201,12 @@ class SenderTable:
         sender = self.senders.get(key)
         if sender is not None:
             return sender.next_seq, self.owners.get(key, b""), (sender.host, sender.pid, sender.start_time)
-        next_seq, _, _, owner = self._dormant.get(key, (0, 0, False, b""))
+        next_seq, _, _, owner = self._dormant.get(key) or self._kept.get(key) or (0, 0, False, b"")
         _, host, pid, _ = split_ledger_key(key)
         return next_seq, owner, (host, pid, 0.0)  # a folded sender's start time is not kept: its pid alone
 
     def known(self, key: str) -> bool:
-        return key in self.senders or key in self._dormant
+        return key in self.senders or key in self._dormant or key in self._kept
 
     def all_closed(self) -> bool:
         return not self._dormant_open and all(sender.closed for sender in self.senders.values())
@@ -200,7 +215,7 @@ class SenderTable:
         """The folded totals, every name present, with ``dormant``: the places remembered now."""
         counts = dict.fromkeys((*ADDITIVE, "dropped", "senders", "returned", "forgotten"), 0)
         counts.update(self.folded)
-        counts["dormant"] = len(self._dormant)
+        counts["dormant"] = len(self._dormant) + len(self._kept)
         return counts
 
     def trim(self) -> None:
@@ -235,7 +250,7 @@ class SenderTable:
             folded[name] += getattr(sender, name)
         folded["dropped"] += sender.dropped
         folded["senders"] += 1
-        older = self._dormant.pop(key, None)  # (a restore may fold a sender whose older place it remembers)
+        older = self._dormant.pop(key, None) or self._unkeep(key)  # (a restore may fold one whose place it has)
         if older is not None:
             self._dormant_open -= not older[2]
         self._dormant[key] = (sender.next_seq, sender.dropped, sender.closed, self.owners.pop(key, b""))
@@ -248,16 +263,55 @@ class SenderTable:
             self._forget_beyond()
 
     def _forget_beyond(self) -> None:
-        """Forget the oldest places past ``DORMANT_PER_SLOT * max_senders``."""
-        folded = self.folded
+        """Forget the oldest places past ``DORMANT_PER_SLOT * max_senders`` (keeping those still owned, see _keep)."""
         limit = DORMANT_PER_SLOT * self.limits.max_senders
         while len(self._dormant) > limit:
             oldest = next(iter(self._dormant))
-            self._dormant_open -= not self._dormant.pop(oldest)[2]
-            self._dormant_missing.pop(oldest, None)
-            folded["forgotten"] += 1
-            if self.on_forget is not None:
-                self.on_forget(oldest)
+            entry = self._dormant.pop(oldest)
+            if not self._keep(oldest, entry):
+                self._forget(oldest, entry)
+
+    def _keep(self, key: str, entry: tuple[int, int, bool, bytes]) -> bool:
+        """Keep the place of a sender whose connection still speaks for it, within the bounds; True if kept."""
+        owner, closed = entry[3], entry[2]
+        if not owner or closed or self.still_owned is None or self._kept_by[owner] >= KEPT_PER_CONNECTION:
+            return False
+        if not self.still_owned(key, owner):
+            return False
+        if len(self._kept) >= self.limits.max_senders:
+            # Full: the oldest few are looked at again (a few each time, so that a flood costs
+            # no pass over them all). Those whose connection ended are forgotten; the others go
+            # to the back. Still full: this one is not kept. First come keeps, so a flood keeps
+            # nothing of a worker's that was kept before it (docs/security.md).
+            for other in list(itertools.islice(self._kept, _RECHECKED)):
+                kept = self._unkeep(other)
+                assert kept is not None
+                if self.still_owned(other, kept[3]):
+                    self._kept[other] = kept
+                    self._kept_by[kept[3]] += 1
+                else:
+                    self._forget(other, kept)
+            if len(self._kept) >= self.limits.max_senders:
+                return False
+        self._kept[key] = entry
+        self._kept_by[owner] += 1
+        return True
+
+    def _unkeep(self, key: str) -> tuple[int, int, bool, bytes] | None:
+        entry = self._kept.pop(key, None)
+        if entry is not None:
+            owner = entry[3]
+            self._kept_by[owner] -= 1
+            if not self._kept_by[owner]:
+                del self._kept_by[owner]
+        return entry
+
+    def _forget(self, key: str, entry: tuple[int, int, bool, bytes]) -> None:
+        self._dormant_open -= not entry[2]
+        self._dormant_missing.pop(key, None)
+        self.folded["forgotten"] += 1
+        if self.on_forget is not None:
+            self.on_forget(key)
 
 
 def _fold_order(item: tuple[str, SenderStats]) -> tuple[bool, float]:

@@ -94,6 +94,7 @@ class Stats:
         self.repaired: Counter[str] = Counter()  # records delivered after a repair, by reason
         self.handler_errors: Counter[str] = Counter()
         self.table = SenderTable(self.limits)
+        self.table.still_owned = self._place_still_owned
         self.senders = self.table.senders  # the ledgers by ledger key (those not folded)
         # Frames whose claim on a sender was refused, by why (taken, seq_jump), and their records.
         self.claims_refused: Counter[str] = Counter()
@@ -142,6 +143,11 @@ class Stats:
             sender.unclosed = ""
         self.booked_key, self.booked = key, sender
         return sender
+
+    def _place_still_owned(self, key: str, connection: bytes) -> bool:
+        """Whether ``connection`` still speaks for the folded sender under ``key`` (its place is then kept)."""
+        _, host, pid, _ = split_ledger_key(key)
+        return self._still_owned(connection, host, pid, 0.0)
 
     def _refusal(self, next_seq: int, owner: bytes, seq: int, connection: bytes, who: tuple[str, int, float]) -> str:
         """Why a frame starting at ``seq`` from ``connection`` may not be booked to sender ``who``, or ""; lock held."""

@@ -319,3 +319,69 @@ def test_a_worker_that_reconnects_after_its_connection_ended_keeps_its_ledger(tm
     check_lines(read_lines(out), {0: 20}).assert_exact()
     assert (stats["senders"][key]["records"], stats["senders"][key]["gaps"]) == (20, 0)
     assert stats["claims_refused"]["taken"] >= 1
+
+
+# ---------------------------------------------------------------- a flood that folds the victim away
+
+FLOOD_TABLE = 10  # mplog.limits.max_senders: 40 folded places remembered
+FLOOD = 200  # one-shot identities, through one connection: the victim is folded, then due to be forgotten
+
+
+def _flood_frames() -> list[bytes]:
+    made = logging.LogRecord("flood", logging.INFO, __file__, 1, "FORGED flood", None, None)
+    return [
+        build_frame(encode_sender(Sender("flood-host", 100_000 + i, 1.7e9, i)), 0, 0, 0, [encode_record(made)])
+        for i in range(FLOOD)
+    ]
+
+
+@pytest.mark.parametrize("ack", [False, True], ids=["mp", "router"])
+def test_a_flood_of_new_identities_cannot_fold_a_connected_worker_away_and_take_its_identity(
+    tmp_path: Path, ack: bool
+) -> None:
+    # A churn outsider folded a quiet, connected worker out of the table and out of the places
+    # remembered with 55,000 one-shot identities (26 s), then wrote as that worker from a second
+    # connection: the forgeries were written as its records, and its own later records were
+    # booked as duplicates (mp://) or refused as "taken" for good (ack): lost, the ledger wrong.
+    out = tmp_path / "out.log"
+    config = file_config(out)
+    config["mplog"] = {"limits": {"max_senders": FLOOD_TABLE}}
+    endpoint = f"mp://{tmp_path}/l.sock" if not ack else f"ipc://{tmp_path}/l.sock"
+    with mplog.start_listener(config, endpoint=endpoint, ack=ack, route_parent=False, export_env=False) as listener:
+        run = _Run(listener, out, {"ack": ack})
+        ctx: zmq.Context[Any] = zmq.Context()
+        try:
+            if ack:
+                flooder, forger = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+                for sock in (flooder, forger):
+                    sock.linger = 0
+                    sock.connect(endpoint)
+                send_flood, send_forged = flooder.send, forger.send
+            else:
+                path = endpoint[len("mp://") :]
+                mp_flooder, mp_forger = Client(path, family="AF_UNIX"), Client(path, family="AF_UNIX")
+                send_flood, send_forged = mp_flooder.send_bytes, mp_forger.send_bytes
+            for frame in _flood_frames():
+                send_flood(frame)
+            wait_for(lambda: listener.stats()["received"] == PHASE + FLOOD, timeout=30)
+            folded = listener.stats()["folded"]
+            assert run.key not in listener.stats()["senders"] and folded["forgotten"] > 0  # the scenario holds
+            send_forged(_forged_frame(run.identity, "next_seq"))
+            run.handled()
+            stats = run.finish()
+        finally:
+            if ack:
+                flooder.close(0)
+                forger.close(0)
+            else:
+                mp_flooder.close()
+                mp_forger.close()
+            ctx.term()
+    victim = [line for line in read_lines(out) if not line.startswith("FORGED")]
+    check_lines(victim, {0: 2 * PHASE}).assert_exact()  # every real record, each once
+    assert sum(line == "FORGED flood" for line in read_lines(out)) == FLOOD
+    assert not [line for line in read_lines(out) if line.startswith("FORGED") and line != "FORGED flood"]
+    assert stats["claims_refused"] == {"taken": 1}
+    sender = stats["senders"][run.key]  # back in the table where it was: no gap, no duplicate
+    assert (sender["next_seq"], sender["gaps"], sender["duplicates"], sender["closed"]) == (2 * PHASE, 0, 0, True)
+    assert stats["received"] == 2 * PHASE + FLOOD and stats["gaps"] == stats["duplicates"] == 0

@@ -261,3 +261,31 @@ def test_100000_one_shot_senders_cost_a_bounded_rss_and_stats_stay_fast(tmp_path
     folded = final["folded"]
     assert folded["senders"] - folded["returned"] == count - len(final["senders"])
     assert folded["records"] + sum(s["records"] for s in final["senders"].values()) == count
+
+
+def test_places_kept_for_open_connections_are_bounded_per_connection_and_in_all() -> None:
+    # A folded sender whose connection still speaks for it keeps its place past the places'
+    # bound (test_ledger_identity.py), but never more than 16 per connection nor max_senders in
+    # all, and one whose connection ended is forgotten when the kept places are looked at again.
+    from mplog.transports import Origin
+
+    open_connections = {b"victim", b"flood"}
+    stats = Stats(SenderLimits(max_senders=10), lambda conn, host, pid, start: conn in open_connections)
+    victim = Sender("vm", 1, 1.7e9, 1)
+    stats.accept(_frame(victim, 0, 5), Origin(b"victim", ""))
+    for i in range(200):
+        stats.accept(_frame(Sender("flood", 2, 1.7e9, i), 0, 1), Origin(b"flood", ""))
+    table = stats.table
+    kept = dict(table._kept_by)
+    assert kept[b"victim"] == 1 and kept[b"flood"] <= 16 and sum(kept.values()) <= 10
+    assert table.place(victim.key)[0] == 5  # first come keeps: the flood did not push it out
+    snap = stats.snapshot()
+    assert snap["folded"]["dormant"] == 40 + sum(kept.values()) and snap["received"] == 205
+    # Both connections end: their places are forgotten as the kept ones are looked at again,
+    # which a place due to be kept for another open connection does.
+    open_connections.clear()
+    open_connections.add(b"later")
+    for i in range(200, 300):
+        stats.accept(_frame(Sender("later", 3, 1.7e9, i), 0, 1), Origin(b"later", ""))
+    assert not table.known(victim.key) and set(table._kept_by) == {b"later"}
+    assert stats.snapshot()["received"] == 305
