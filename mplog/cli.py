@@ -102,13 +102,21 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     snap = listener.run()
     _report_unclosed(snap)
     print(
-        f"mplog: stopped; received {snap['received']} records from {len(snap['senders'])} senders, "
+        f"mplog: stopped; received {snap['received']} records from {_senders_text(snap)}, "
         f"malformed {snap['malformed_total']}, repaired {snap['repaired_total']}, gaps {snap['gaps']}, "
         f"dropped {snap['dropped']}{_losses_text(snap)}{handler_errors_text(snap)}",
         file=sys.stderr,
         flush=True,
     )
     return EXIT_OK
+
+
+def _senders_text(snap: dict[str, Any]) -> str:
+    """``N senders``, and ``(+M folded)`` past ``mplog.limits.max_senders``, as ``mplog status`` says it."""
+    from mplog.listener.stats_view import ListenerStats
+
+    folded = ListenerStats(snap).folded
+    return f"{len(snap.get('senders') or {})} senders" + (f" (+{folded} folded)" if folded else "")
 
 
 def _losses_text(snap: dict[str, Any]) -> str:
@@ -146,7 +154,7 @@ def _give_up(server: object, why: str) -> None:
     open_ = sum(1 for s in senders.values() if not s.get("closed"))
     print(
         f"mplog: gave up stopping ({why}: a handler that blocks in emit or close?); exiting without closing the "
-        f"handlers; received {snap['received']} records from {len(senders)} senders ({open_} not closed: possible "
+        f"handlers; received {snap['received']} records from {_senders_text(snap)} ({open_} not closed: possible "
         f"loss), gaps {snap['gaps']}, dropped {snap['dropped']}{_losses_text(snap)}; what the listener still held "
         "is lost uncounted",
         file=sys.stderr,

@@ -413,6 +413,21 @@ def test_status_shows_a_row_per_sender_with_exact_counts_and_sigterm_exits_0(tmp
     assert not (tmp_path / "l.sock.ctl").exists()
 
 
+def test_the_stop_line_counts_folded_senders_as_status_does(tmp_path):
+    # A churn outsider: "received 604000 records from 9002 senders" at the stop, where
+    # `mplog status` said "9002 senders (+591000 folded)".
+    log_file = tmp_path / "app.log"
+    config = write_toml(tmp_path / "logging.toml", log_file, "[mplog.limits]\nmax_senders = 2\n")
+    with listening("-c", str(config), "--bind", f"ipc://{tmp_path}/l.sock") as running:
+        for producer in (1, 2, 3):
+            log_from_child(running.endpoint, producer, 10)
+        head = run_mplog("status", running.endpoint).stdout.splitlines()[0]
+        assert "received 30 records from 2 senders (+1 folded)" in head, head
+        assert running.stop(signal.SIGTERM) == 0
+    stop_line = running.stderr[-1]
+    assert stop_line.startswith("mplog: stopped; received 30 records from 2 senders (+1 folded), "), stop_line
+
+
 def test_status_exits_1_with_a_clear_message_when_nothing_answers(tmp_path):
     port = free_port()
     started = time.monotonic()
