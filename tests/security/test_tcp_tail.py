@@ -284,6 +284,12 @@ def test_workers_that_keep_their_connection_while_their_collector_is_stopped_for
         # The counts after the drain: with stall_timeout, frames of a dropped connection can be
         # read after the goodbye came on the new one (4,512 records once in a full run).
         stats = listener.stop()
+    # Shown if an assertion below fails: one full run lost all 30,000 records of one worker
+    # whose counters said sent 30,000, dropped 0; not seen again in 88 runs of the plaintext
+    # and CURVE cases, up to 4 at a time on 2 CPUs.
+    print("worker counters", results)
+    print("listener", json.dumps({k: v for k, v in stats.items() if k != "senders"}, default=str))
+    print("senders", json.dumps(stats["senders"], default=str))
     assert [(r["sent"], r["dropped"]) for r in results] == [(count, 0)] * WORKERS
     check = check_lines(read_lines(tmp_path / "out.log"), dict.fromkeys(range(WORKERS), count))
     if stall_timeout:
