@@ -137,6 +137,28 @@ def test_a_listener_killed_after_writing_part_of_a_frame_is_followed_by_one_that
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 @pytest.mark.usefixtures("fault_handlers_importable")
+def test_a_listener_killed_while_a_handler_hangs_in_a_senders_first_frame_takes_the_resent_frame(tmp_path):
+    # The stats checkpoint, written while the handler hung, counted the first frame as
+    # received; the restarted listener must not take the resent copy for a duplicate. (This
+    # held before as well, through the marks; it guards the change that restores such a
+    # sender with nothing received, test_restart_appends.py "before 0 stuck".)
+    out, also, marker = tmp_path / "out.log", tmp_path / "also.log", tmp_path / "killed"
+    workers, per = 2, 5_000
+    config = _kill_mid_frame_config(out, also, marker, after=1, before=True, pause=0.5)
+    stats, procs = _run_ack_listener_with_workers(config, workers, per)
+    assert marker.exists() and stats["restarts"] == 1
+    pids = {i: p.pid for i, p in enumerate(procs)}
+    for path in (out, also):
+        lines = read_lines(path)
+        check_lines(lines, dict.fromkeys(range(workers), per)).assert_exact()
+        build_ledger(lines, dict.fromkeys(range(workers), per), stats, pids).assert_balanced()
+    assert stats["received"] == workers * per
+    assert stats["gaps"] == stats["dropped"] == stats["malformed_total"] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+@pytest.mark.usefixtures("fault_handlers_importable")
 def test_a_frame_cut_inside_a_line_by_the_kill_is_cut_back_without_leaving_an_empty_line(tmp_path):
     # The kill cut the frame's last write inside a line: the restarted listener's file ends
     # inside a line when its handler opens it, so the open gives the stream a line end to write
