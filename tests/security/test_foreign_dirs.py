@@ -121,14 +121,7 @@ def test_mplog_listen_refuses_a_state_dir_owned_by_another_user(tmp_path, socket
     state = _foreign(tmp_path / "state", 0o700)
     config = tmp_path / "collector.json"
     config.write_text(json.dumps({"version": 1, "mplog": {"state_dir": str(state)}}))
-    listen = subprocess.run(
-        listen_argv(config, f"ipc://{sockets}/c.sock"),
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=30,
-        check=False,
-    )
+    listen = _listen(listen_argv(config, f"ipc://{sockets}/c.sock"))
     assert listen.returncode == EXIT_CONFIG, listen.stderr
     assert "mplog.state_dir" in listen.stderr and "choose another mplog.state_dir" in listen.stderr
     _says_foreign(listen.stderr, state)
@@ -207,24 +200,12 @@ def test_authorized_keys_another_user_can_change_is_refused(tmp_path):
 def test_mplog_listen_refuses_authorized_keys_owned_by_another_user(tmp_path):
     server_secret, authorized, _ = _authorized(tmp_path)
     os.chown(authorized, OTHER_UID, OTHER_UID)
-    listen = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mplog",
-            "listen",
-            "--bind",
-            "tcp://127.0.0.1:0",
-            "--curve-secret-key",
-            str(server_secret),
-            "--authorized-keys",
-            str(authorized),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=30,
-        check=False,
-    )
+    keys = ["--curve-secret-key", str(server_secret), "--authorized-keys", str(authorized)]
+    listen = _listen([sys.executable, "-m", "mplog", "listen", "--bind", "tcp://127.0.0.1:0", *keys])
     assert listen.returncode == EXIT_CONFIG, listen.stderr
     _says_foreign(listen.stderr, authorized)
+
+
+def _listen(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``mplog listen`` as given, expected to refuse its config at once."""
+    return subprocess.run(argv, capture_output=True, text=True, env=cli_env(), timeout=30, check=False)
