@@ -193,7 +193,7 @@ def _user(uid: int) -> str:
 
 
 def foreign_dir_problem(
-    directory: str, what: str = "endpoint directory", instead: str = "another endpoint"
+    directory: str, what: str = "endpoint directory", instead: str = "another endpoint", fix: str = ""
 ) -> str | None:
     """Why ``directory`` may not hold this user's sockets or files, or None (also when it does not exist).
 
@@ -213,7 +213,7 @@ def foreign_dir_problem(
     except OSError as exc:
         return f"{what} {directory!r} cannot be examined ({exc.strerror or exc})"
     euid = os.geteuid()
-    fix = f"remove it (rm -r {directory!r}) or choose {instead}"
+    fix = fix or f"remove it (rm -r {directory!r}) or choose {instead}"
     for entry, kind in ((link, "a symbolic link that belongs to"), (st, "a directory that belongs to")):
         if entry.st_uid not in (euid, 0):
             return (
@@ -230,9 +230,14 @@ def foreign_dir_problem(
     return None
 
 
-def check_private_dir(directory: str, what: str = "endpoint directory", instead: str = "another endpoint") -> None:
-    """Raise ConfigError when ``directory`` exists and is not this user's own (:func:`foreign_dir_problem`)."""
-    problem = foreign_dir_problem(directory, what, instead)
+def check_private_dir(
+    directory: str, what: str = "endpoint directory", instead: str = "another endpoint", fix: str = ""
+) -> None:
+    """Raise ConfigError when ``directory`` exists and is not this user's own (:func:`foreign_dir_problem`).
+
+    ``fix``: the advice for a directory of another user, in place of "remove it or choose ``instead``".
+    """
+    problem = foreign_dir_problem(directory, what, instead, fix)
     if problem is not None:
         raise ConfigError(problem)
 

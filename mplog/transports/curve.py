@@ -234,7 +234,11 @@ def read_authorized_keys(directory: str | os.PathLike[str]) -> frozenset[str]:
         raise ConfigError(f"authorized_keys {str(folder)!r} is not a directory of client NAME.key files")
     # Whoever can write the directory or a key file in it decides who may connect, as sshd's
     # StrictModes holds for authorized_keys (test_authorized_keys_another_user_can_change_is_refused).
-    check_private_dir(str(folder), "authorized_keys directory", "a directory that only you (or root) can write")
+    check_private_dir(
+        str(folder),
+        "authorized_keys directory",
+        fix="give it to this user or to root (chown) or choose another authorized_keys directory",
+    )
     files = [p for p in sorted(folder.glob(f"*{PUBLIC_SUFFIX}")) if p.is_file()]
     for path in files:
         _check_key_file_owner(path)

@@ -193,8 +193,7 @@ def test_authorized_keys_another_user_can_change_is_refused(tmp_path):
     os.chown(authorized, OTHER_UID, OTHER_UID)
     with pytest.raises(ConfigError) as refused:
         server_keys(curve)
-    assert "authorized_keys directory" in str(refused.value)
-    _says_foreign(str(refused.value), authorized)
+    _says_foreign_keys(str(refused.value), authorized)
 
 
 def test_mplog_listen_refuses_authorized_keys_owned_by_another_user(tmp_path):
@@ -203,7 +202,13 @@ def test_mplog_listen_refuses_authorized_keys_owned_by_another_user(tmp_path):
     keys = ["--curve-secret-key", str(server_secret), "--authorized-keys", str(authorized)]
     listen = _listen([sys.executable, "-m", "mplog", "listen", "--bind", "tcp://127.0.0.1:0", *keys])
     assert listen.returncode == EXIT_CONFIG, listen.stderr
-    _says_foreign(listen.stderr, authorized)
+    _says_foreign_keys(listen.stderr, authorized)
+
+
+def _says_foreign_keys(text: str, directory: Path) -> None:
+    """The refusal of an authorized_keys directory: its owner, and a fix that is not "remove it"."""
+    assert f"authorized_keys directory {str(directory)!r}" in text and f"uid {OTHER_UID}" in text, text
+    assert "give it to this user or to root (chown)" in text and "rm -r" not in text, text
 
 
 def _listen(argv: list[str]) -> subprocess.CompletedProcess[str]:
