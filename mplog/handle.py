@@ -24,6 +24,7 @@ from mplog.exceptions import ConfigError, ListenerError, TransportError
 from mplog.listener.control_pipe import ControlPipe
 from mplog.listener.settings import worker_level
 from mplog.listener.stats_view import ListenerStats
+from mplog.listener.status_channel import port_in_use_hint
 from mplog.listener.supervisor import Supervisor, ensure_state_dir, load_checkpoint, stats_path
 from mplog.transports import check_endpoint, default_endpoint, transport_of
 from mplog.transports.base import make_private_dir
@@ -111,9 +112,12 @@ class Listener:
             if kind == "config":
                 raise ConfigError(f"the listener could not apply the config: {message}")
             if kind == "transport":
+                # Which other use of a tcp port it probably is, as `mplog listen` says it (a newcomer
+                # outsider got only "Address already in use" here).
+                hint = port_in_use_hint(message)
                 # The receiver's own message names the endpoint too: say it once.
                 message = message.removeprefix(f"TransportError: cannot bind {endpoint!r}: ")
-                raise TransportError(f"the listener could not bind {endpoint!r}: {message}")
+                raise TransportError(f"the listener could not bind {endpoint!r}: {message}{hint}")
             raise ListenerError(message)
         self.endpoint = reply["endpoint"]
         self.pid = reply["pid"]

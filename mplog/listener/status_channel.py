@@ -227,10 +227,17 @@ def port_in_use_hint(message: str, timeout: float = 0.3, *, own_status: bool = F
     if not port:
         return ""
     if own_status:
+        holder = "another program holds it, such as an mplog relay bound there"
+        if port < 65535:  # an mplog listener bound there answers on its own status channel, port + 1
+            try:
+                stats = request_stats("", timeout, control=f"tcp://127.0.0.1:{port + 1}")
+            except (ListenerError, ConfigError):
+                stats = {}
+            if urlsplit(str(stats.get("endpoint", ""))).port == port:
+                holder = f"the mplog listener at {stats['endpoint']} (pid {stats.get('pid', '?')}) is bound there"
         return (
-            f"; port {port} is this listener's status channel (PORT+1) and another program holds it, "
-            f"such as an mplog relay bound there: keep PORT+1 free (mplog's examples use even ports), "
-            "or name another status channel with --control (mplog.control)"
+            f"; port {port} is this listener's status channel (PORT+1) and {holder}: keep PORT+1 free "
+            "(mplog's examples use even ports), or name another status channel with --control (mplog.control)"
         )
     for asked, relation in ((port, "status"), (port + 1, "endpoint")):
         if asked > 65535:

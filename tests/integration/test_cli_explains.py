@@ -27,6 +27,7 @@ import zmq
 from helpers import console_script, file_config, read_lines, wait_for
 
 import mplog
+from mplog.exceptions import TransportError
 from mplog.listener.status_channel import ControlServer, request_stats
 from mplog.transports import curve as security
 from mplog.wire import FLAG_FINAL, Sender, build_frame, encode_record, encode_sender
@@ -346,6 +347,56 @@ def test_a_listener_whose_status_port_a_relay_holds_says_so(tmp_path):
         relay.wait(20)
         assert relay.stderr is not None
         relay.stderr.close()
+
+
+def test_a_listener_whose_status_port_another_listener_holds_names_that_listener(tmp_path):
+    # The holder of PORT+1 was "another program" even when it was an mplog listener, which
+    # answers on its own status channel at PORT+2.
+    port = free_port_pair()
+    while not _free(port + 2):
+        port = free_port_pair()
+    with listening("--bind", f"tcp://127.0.0.1:{port + 1}") as (first, first_endpoint, _):
+        with listening("--bind", f"tcp://127.0.0.1:{port}") as (second, _, lines):
+            warning = next(line for line in lines if "no status channel" in line)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(20) == 0
+        assert warning.endswith(
+            f"; port {port + 1} is this listener's status channel (PORT+1) and the mplog listener at "
+            f"{first_endpoint} (pid {first.pid}) is bound there: keep PORT+1 free (mplog's examples use even "
+            "ports), or name another status channel with --control (mplog.control)"
+        ), warning
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+
+
+def test_start_listener_on_a_taken_tcp_port_says_whose_it_is_as_mplog_listen_does(tmp_path):
+    # A newcomer outsider got only "Address already in use" from start_listener().
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(TransportError) as taken:
+            mplog.start_listener(None, endpoint=f"tcp://127.0.0.1:{port}", route_parent=False, export_env=False)
+    assert f"; another program holds port {port}." in str(taken.value), taken.value
+    first = mplog.start_listener(None, endpoint="tcp://127.0.0.1:0", route_parent=False, export_env=False)
+    try:
+        with pytest.raises(TransportError) as again:
+            mplog.start_listener(None, endpoint=first.endpoint, route_parent=False, export_env=False)
+    finally:
+        first.stop()
+    assert str(again.value).endswith(
+        f"; the mplog listener at {first.endpoint} (pid {first.pid}) is bound there already "
+        f"(mplog status {first.endpoint})"
+    ), again.value
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- stats that print as one line
