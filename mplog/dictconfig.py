@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
 from typing import Any, Literal
 
@@ -91,6 +92,7 @@ def validate_dictconfig(config: dict[str, Any], *, allow_pickle_forwarding: bool
     for name, handler in handlers.items():
         _check_handler(name, handler, formatters, filters, allow_pickle_forwarding=allow_pickle_forwarding)
         _check_handler_references(name, handler, handlers)
+    _check_shared_files(handlers)
     for section in ("formatters", "filters", "handlers"):
         _check_factory_paths(section, config.get(section))
     for name, logger in _check_section(config, "loggers").items():
@@ -188,6 +190,41 @@ def _check_handler(
         # MemoryHandler compares flushLevel with numbers; dictConfig converts a name only from 3.13 on.
         check_level(f"handlers.{name}.flushLevel", handler["flushLevel"])
         handler["flushLevel"] = logging.getLevelName(handler["flushLevel"].upper())
+
+
+def _check_shared_files(handlers: dict[str, Any]) -> None:
+    """Refuse two handlers on one file when one of them rotates it.
+
+    Each rotating handler renames the file away under the other, which goes on writing to the
+    renamed file (or rotates it again): records end in a backup, out of place, and are deleted
+    with it sooner than ``backupCount`` says. Two plain handlers on one file (each line
+    appended whole) are let be.
+    """
+    writers: dict[str, list[str]] = {}
+    for name, handler in handlers.items():
+        filename = handler.get("filename")
+        if isinstance(filename, str) and filename:
+            writers.setdefault(os.path.realpath(os.path.expanduser(filename)), []).append(name)
+    for path, names in writers.items():
+        rotating = [n for n in names if _rotates(handlers[n])]
+        if len(names) > 1 and rotating:
+            others = [n for n in names if n != rotating[0]]
+            raise ConfigError(
+                f"handlers.{rotating[0]} and handlers.{others[0]} both write {path!r}, and handlers.{rotating[0]} "
+                "rotates it: each rollover renames the file away from the other handler, which goes on writing to "
+                "the renamed file (a backup), so its records land out of place and are deleted with the backups "
+                "sooner than backupCount says; give each handler its own filename, or use one handler"
+            )
+
+
+def _rotates(handler: dict[str, Any]) -> bool:
+    path = handler.get("class", handler.get("()"))
+    if _is_class(path, logging.handlers.BaseRotatingHandler):
+        return True
+    return isinstance(path, str) and path.removeprefix("ext://").rsplit(".", 1)[-1] in _ROTATING_NAMES
+
+
+_ROTATING_NAMES = frozenset({"RotatingFileHandler", "TimedRotatingFileHandler"})
 
 
 def _is_class(path: Any, base: type) -> bool:

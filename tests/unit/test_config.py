@@ -397,6 +397,34 @@ def test_a_memory_handler_whose_target_is_defined_is_accepted():
     assert load_config(with_changes(handlers=handlers, root={}, loggers={}))[0]["handlers"] == handlers
 
 
+@pytest.mark.parametrize(
+    "second",
+    ["logging.FileHandler", "logging.handlers.TimedRotatingFileHandler", "logging.handlers.WatchedFileHandler"],
+)
+def test_two_handlers_on_one_file_are_refused_when_one_rotates_it(tmp_path, second):
+    # An operator outsider's config (left open at an earlier stop): the rollover of one renames
+    # the file away from the other, which goes on writing to the renamed backup.
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "logs")
+    handlers = {
+        "all": {"class": "logging.handlers.RotatingFileHandler", "filename": str(tmp_path / "logs" / "app.log")},
+        "errors": {"class": second, "filename": str(tmp_path / "link" / "." / "app.log"), "level": "ERROR"},
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_config(with_changes(handlers=handlers, root={"handlers": ["all", "errors"]}, loggers={}))
+    text = str(refused.value)
+    assert "handlers.all and handlers.errors both write" in text and repr(str(tmp_path / "logs" / "app.log")) in text
+    assert "give each handler its own filename, or use one handler" in text
+
+
+def test_two_plain_file_handlers_on_one_file_are_still_taken(tmp_path):
+    handlers = {
+        "all": {"class": "logging.FileHandler", "filename": str(tmp_path / "app.log")},
+        "errors": {"class": "logging.FileHandler", "filename": str(tmp_path / "app.log"), "level": "ERROR"},
+    }
+    assert load_config(with_changes(handlers=handlers, root={"handlers": ["all", "errors"]}, loggers={}))
+
+
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="dictConfig takes a QueueHandler's listener and handlers")
 @pytest.mark.parametrize("key", ["listener", "handlers"])
 def test_a_queue_handler_listener_or_handlers_key_before_python_3_12_names_the_key_and_the_version(key):
