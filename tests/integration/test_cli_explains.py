@@ -333,10 +333,7 @@ def test_a_listener_whose_status_port_a_relay_holds_says_so(tmp_path):
     try:
         assert relay.stderr is not None
         assert "relaying" in relay.stderr.readline()
-        with listening("--bind", f"tcp://127.0.0.1:{port}") as (collector, _, lines):
-            warning = next(line for line in lines if "no status channel" in line)
-            collector.send_signal(signal.SIGTERM)
-            assert collector.wait(20) == 0
+        warning = _status_channel_warning(port)
         assert warning.endswith(
             f"; port {port + 1} is this listener's status channel (PORT+1) and another program holds it, such as "
             "an mplog relay bound there: keep PORT+1 free (mplog's examples use even ports), or name another "
@@ -356,10 +353,7 @@ def test_a_listener_whose_status_port_another_listener_holds_names_that_listener
     while not _free(port + 2):
         port = free_port_pair()
     with listening("--bind", f"tcp://127.0.0.1:{port + 1}") as (first, first_endpoint, _):
-        with listening("--bind", f"tcp://127.0.0.1:{port}") as (second, _, lines):
-            warning = next(line for line in lines if "no status channel" in line)
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(20) == 0
+        warning = _status_channel_warning(port)
         assert warning.endswith(
             f"; port {port + 1} is this listener's status channel (PORT+1) and the mplog listener at "
             f"{first_endpoint} (pid {first.pid}) is bound there: keep PORT+1 free (mplog's examples use even "
@@ -388,6 +382,15 @@ def test_start_listener_on_a_taken_tcp_port_says_whose_it_is_as_mplog_listen_doe
         f"; the mplog listener at {first.endpoint} (pid {first.pid}) is bound there already "
         f"(mplog status {first.endpoint})"
     ), again.value
+
+
+def _status_channel_warning(port: int) -> str:
+    """What ``mplog listen --bind tcp://127.0.0.1:PORT`` says when it gets no status channel (then stopped)."""
+    with listening("--bind", f"tcp://127.0.0.1:{port}") as (collector, _, lines):
+        warning = next(line for line in lines if "no status channel" in line)
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    return warning
 
 
 def _free(port: int) -> bool:
