@@ -32,6 +32,7 @@ from mplog.listener.status_channel import format_status, request_stats
 from mplog.listener.supervisor import load_checkpoint, stats_path
 from mplog.wire import FLAG_FINAL, Frame, Sender, build_frame, encode_record, encode_sender
 
+_STATUS_TIMEOUT = 2.0  # `mplog status --timeout`'s default
 QUIET = {"version": 1, "handlers": {"null": {"class": "logging.NullHandler"}}, "root": {"handlers": ["null"]}}
 TOTALS = ("received", "frames", "gaps", "dropped", "duplicates", "rejected")
 
@@ -246,7 +247,7 @@ def test_100000_one_shot_senders_cost_a_bounded_rss_and_stats_stay_fast(tmp_path
         stats = listener.stats()
         stats_seconds = time.monotonic() - started
         started = time.monotonic()
-        status = request_stats(endpoint, timeout=5.0)  # what `mplog status` asks
+        status = request_stats(endpoint, timeout=_STATUS_TIMEOUT)  # what `mplog status` asks, as patient
         status_seconds = time.monotonic() - started
         final = listener.stop()
     limit = SenderLimits().max_senders
@@ -255,7 +256,10 @@ def test_100000_one_shot_senders_cost_a_bounded_rss_and_stats_stay_fast(tmp_path
         f"status {status_seconds * 1000:.0f} ms, table {len(stats['senders'])}, folded {stats['folded']}"
     )
     assert grown < _RSS_BOUND  # main: about +155 MB, never freed
-    assert stats_seconds < 1.0 and status_seconds < 1.0  # main: `mplog status` timed out (2 s)
+    # The user-facing failure was `mplog status` timing out (its default, 2 s) with such a table.
+    # Answering within that is the test; the times are printed, not held to a tighter bound
+    # (a shared 2-CPU machine measured 0.35-1.2 s for stats() on one day, 0.16 s on another).
+    assert stats_seconds < _STATUS_TIMEOUT and status_seconds < _STATUS_TIMEOUT
     assert len(stats["senders"]) <= limit and len(status["senders"]) <= limit
     assert final["received"] == count and final["gaps"] == final["dropped"] == final["duplicates"] == 0
     folded = final["folded"]
