@@ -80,7 +80,14 @@ class TransportOptions:
     # is then given up by the kernel after about 15 minutes (tcp_retries2).
     stall_timeout: float = 0.0
     reconnect_ivl_max: float = 2.0
-    handshake_ivl: float = 2.0
+    # Seconds a connection may take to complete its ZMTP handshake at the listener. libzmq runs
+    # its due timers before the events waiting after a SIGSTOP/SIGCONT (epoll_wait returns EINTR),
+    # so a listener paused longer than this while a worker's handshake was half done dropped
+    # that connection, with the records the worker had already sent on it (its own side of the
+    # handshake was complete): all of them, silently (test_tcp_tail.py). 30 s (libzmq's own
+    # default; it was 2 s) makes that take a pause of over 30 s at that moment; the trade: a
+    # peer that connects and never greets holds a descriptor for up to 30 s.
+    handshake_ivl: float = 30.0
     insecure: bool = False  # allow a plaintext bind to a non-loopback address
     # CURVE (ZeroMQ only; see mplog.transports.curve and docs/deployment.md). Keys are file paths
     # (or Z85 text); a sender with no server key falls back to $MPLOG_SERVER_KEY on tcp://.

@@ -817,7 +817,7 @@ def test_documented_transport_defaults():
     options = TransportOptions()
     assert (options.max_frame_bytes, options.sndhwm, options.rcvhwm) == (4 * 1024 * 1024, 8, 1000)
     assert options.max_queued_bytes == 32 * 1024 * 1024
-    assert (options.linger, options.write_timeout, options.handshake_ivl) == (1.0, 1.0, 2.0)
+    assert (options.linger, options.write_timeout, options.handshake_ivl) == (1.0, 1.0, 30.0)
     assert (options.heartbeat_ivl, options.heartbeat_timeout, options.reconnect_ivl_max) == (1.0, 3.0, 2.0)
     assert options.stall_timeout == 0.0  # no TCP_MAXRT: a slow collector's shut window keeps its connections
     assert options.insecure is False
