@@ -218,13 +218,7 @@ def _check_shared_files(handlers: dict[str, Any]) -> None:
 
 
 def _rotates(handler: dict[str, Any]) -> bool:
-    path = handler.get("class", handler.get("()"))
-    if _is_class(path, logging.handlers.BaseRotatingHandler):
-        return True
-    return isinstance(path, str) and path.removeprefix("ext://").rsplit(".", 1)[-1] in _ROTATING_NAMES
-
-
-_ROTATING_NAMES = frozenset({"RotatingFileHandler", "TimedRotatingFileHandler"})
+    return _is_class(handler.get("class", handler.get("()")), logging.handlers.BaseRotatingHandler)
 
 
 def _is_class(path: Any, base: type) -> bool:

@@ -284,13 +284,11 @@ class SenderTable:
             # to the back. Still full: this one is not kept. First come keeps, so a flood keeps
             # nothing of a worker's that was kept before it (docs/security.md).
             for other in list(itertools.islice(self._kept, _RECHECKED)):
-                kept = self._unkeep(other)
-                assert kept is not None
-                if self.still_owned(other, kept[3]):
-                    self._kept[other] = kept
-                    self._kept_by[kept[3]] += 1
+                if self.still_owned(other, self._kept[other][3]):
+                    self._kept[other] = self._kept.pop(other)  # to the back
                 else:
-                    self._forget(other, kept)
+                    self._forget(other, self._kept[other])
+                    self._unkeep(other)
             if len(self._kept) >= self.limits.max_senders:
                 return False
         self._kept[key] = entry

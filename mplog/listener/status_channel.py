@@ -228,23 +228,16 @@ def port_in_use_hint(message: str, timeout: float = 0.3, *, own_status: bool = F
         return ""
     if own_status:
         holder = "another program holds it, such as an mplog relay bound there"
-        if port < 65535:  # an mplog listener bound there answers on its own status channel, port + 1
-            try:
-                stats = request_stats("", timeout, control=f"tcp://127.0.0.1:{port + 1}")
-            except (ListenerError, ConfigError):
-                stats = {}
-            if urlsplit(str(stats.get("endpoint", ""))).port == port:
-                holder = f"the mplog listener at {stats['endpoint']} (pid {stats.get('pid', '?')}) is bound there"
+        stats = _status_at(port + 1, timeout)  # an mplog listener bound there answers on port + 1
+        if urlsplit(str(stats.get("endpoint", ""))).port == port:
+            holder = f"the mplog listener at {stats['endpoint']} (pid {stats.get('pid', '?')}) is bound there"
         return (
             f"; port {port} is this listener's status channel (PORT+1) and {holder}: keep PORT+1 free "
             "(mplog's examples use even ports), or name another status channel with --control (mplog.control)"
         )
     for asked, relation in ((port, "status"), (port + 1, "endpoint")):
-        if asked > 65535:
-            continue
-        try:
-            stats = request_stats("", timeout, control=f"tcp://127.0.0.1:{asked}")
-        except (ListenerError, ConfigError):
+        stats = _status_at(asked, timeout)
+        if not stats:
             continue
         owner = f"the mplog listener at {stats.get('endpoint', '?')} (pid {stats.get('pid', '?')})"
         if relation == "status":
@@ -259,6 +252,16 @@ def port_in_use_hint(message: str, timeout: float = 0.3, *, own_status: bool = F
         f"status channel (PORT+1, loopback): bind another port (mplog's examples use even ports), or move that "
         "listener's status channel with --control"
     )
+
+
+def _status_at(port: int, timeout: float) -> dict[str, Any]:
+    """The stats of an mplog listener whose status channel is loopback ``port``, or {} (none answers)."""
+    if port > 65535:
+        return {}
+    try:
+        return request_stats("", timeout, control=f"tcp://127.0.0.1:{port}")
+    except (ListenerError, ConfigError):
+        return {}
 
 
 def request_stats(endpoint: str, timeout: float = 2.0, *, control: str | None = None) -> dict[str, Any]:
