@@ -35,7 +35,7 @@ import termios
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -129,12 +129,16 @@ class ZmqSender:
         self._ctx: zmq.Context[Any] | None = None
         self._sock: zmq.Socket[Any] | None = None
         self._closed = False
-        # A refused handshake is seen only by a socket monitor: read off the logging call's
-        # path (refusal(), from the flusher thread and at close), said once.
-        self._watch = self._curve is not None or any(e.startswith("tcp://") for e in self._endpoints)
+        # A refused handshake, and a connection ended in its handshake because the two ends'
+        # sockets do not match, are seen only by a socket monitor: read off the logging call's
+        # path (refusal(): from the flusher thread, with a frame's send at most every
+        # _DRAIN_EVERY seconds, and at close), said once.
         self._monitor: zmq.Socket[Any] | None = None
         self._monitor_lock = threading.Lock()
         self._refusal: str | None = None
+        self._greeted: set[str] = set()  # endpoints whose connection has had a handshake event
+        self._stranded: dict[str, float] = {}  # endpoint -> when to connect it again (see _note)
+        self._drained_at = 0.0
         self._keys = _describe_keys(options, use_env=all(e.startswith("tcp://") for e in self._endpoints))
         self._tcp_ports = {_port_of(e) for e in self._endpoints if e.startswith("tcp://")} - {0}
         self._max_rt = 0  # TCP_MAXRT (ms) of this sender's connections; 0: not set
@@ -168,6 +172,7 @@ class ZmqSender:
         if self._sock is not None:  # inherited from the parent by fork
             _abandoned.append((self._ctx, self._sock, self._monitor))
             self._monitor, self._refusal = None, None
+            self._greeted, self._stranded = set(), {}
         opts = self._options
         try:
             ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
@@ -175,7 +180,7 @@ class ZmqSender:
             sock.setsockopt(zmq.LINGER, int(opts.linger * 1000))
             sock.setsockopt(zmq.SNDHWM, opts.sndhwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
             if self._tcp_ports or self._ipc_paths:
                 # Whatever this process holds now is not this sender's (a parent's connection,
@@ -185,8 +190,7 @@ class ZmqSender:
                 self._watch_peer(sock)
             if self._curve is not None:
                 security.configure_client(sock, self._curve)
-            if self._watch:
-                self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+            self._monitor = sock.get_monitor_socket(_WATCHED)
             for endpoint in self._endpoints:
                 sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -195,20 +199,66 @@ class ZmqSender:
         return sock
 
     def refusal(self) -> str | None:
-        """The first refused handshake, as a sentence naming the endpoint and the keys (None: none seen).
+        """The first refused handshake, as a sentence naming the endpoint and the cause (None: none seen).
 
-        Reads the socket monitor without waiting; thread-safe; nothing to read after close.
+        Reads every event the socket monitor holds, without waiting; thread-safe; nothing
+        to read after close. Every event is read, not only up to the first refusal: libzmq
+        sends monitor events with a blocking send, so once about 1,000 unread ones filled
+        the monitor's queue its I/O thread stopped (no reconnection any more) and closing
+        the monitor at exit waited for it for ever (see
+        test_a_sender_refused_thousands_of_times_still_reconnects_and_closes).
         """
         with self._monitor_lock:
             monitor = self._monitor
-            if self._refusal is None and monitor is not None and self._pid == os.getpid():
+            if monitor is not None and self._pid == os.getpid():
+                self._drained_at = time.monotonic()
                 try:
-                    while self._refusal is None:
-                        event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-                        self._refusal = _refusal_text(event, self._keys, self._curve, self.role)
+                    while True:
+                        self._note(parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK)))
                 except (zmq.Again, zmq.ZMQError):
                     pass
             return self._refusal
+
+    def _note(self, event: Mapping[str, Any]) -> None:
+        """Take one monitor event (under ``_monitor_lock``).
+
+        A connection that ends with no handshake event at all ended in a protocol error
+        libzmq does not report: in practice, the other end's socket type does not match
+        (an acknowledging listener and a worker without acknowledged delivery, or the
+        reverse; a relay in front of an acknowledging listener). libzmq then never connects
+        to that endpoint again, so a worker whose listener was restarted in the right mode
+        would have stayed cut off until it exited: the endpoint is connected again
+        ``reconnect_ivl_max`` seconds later, with the next frame's send.
+        """
+        kind = event["event"]
+        endpoint = event.get("endpoint", b"").decode(errors="replace")
+        if kind == zmq.EVENT_DISCONNECTED:
+            if endpoint in self._greeted:
+                self._greeted.discard(endpoint)
+                return
+            if endpoint in self._endpoints:
+                self._stranded[endpoint] = time.monotonic() + self._options.reconnect_ivl_max
+            if self._refusal is None:
+                self._refusal = _mismatch_text(endpoint, self.socket_type, self.role, self._options.reconnect_ivl_max)
+            return
+        self._greeted.add(endpoint)
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._stranded.pop(endpoint, None)
+        elif self._refusal is None:
+            self._refusal = _refusal_text(event, self._keys, self._curve, self.role)
+
+    def _rejoin(self, sock: zmq.Socket[Any]) -> None:
+        """Connect again the endpoints whose connection a socket mismatch ended, when they are due (see _note)."""
+        now = time.monotonic()
+        with self._monitor_lock:
+            due = [endpoint for endpoint, at in self._stranded.items() if at <= now]
+            for endpoint in due:
+                del self._stranded[endpoint]
+        for endpoint in due:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disconnect(endpoint)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.connect(endpoint)
 
     def _close_monitor(self) -> None:
         self.refusal()  # what it saw before the socket goes
@@ -224,6 +274,10 @@ class ZmqSender:
             return False
         sock = self._sock if self._pid == os.getpid() else self._open()
         assert sock is not None
+        if time.monotonic() - self._drained_at >= _DRAIN_EVERY:
+            self.refusal()  # keeps the monitor's queue short (see refusal())
+        if self._stranded:
+            self._rejoin(sock)
         try:
             sock.send(frame, zmq.NOBLOCK)
             return True
@@ -282,6 +336,36 @@ class ZmqSender:
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+# What a sender's monitor reports: two events per connection (its handshake's outcome, its end).
+_WATCHED = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_RECONNECT_IVL_MS = 100  # ZeroMQ RECONNECT_IVL of a sender: the first retry; it backs off to reconnect_ivl_max
+_DRAIN_EVERY = 1.0  # seconds: a sender reads its monitor with a frame's send at most this often
+
+
+def _mismatch_text(endpoint: str, socket_type: int, role: str, every: float) -> str:
+    """The line a sender says once when the collector ended its connection in the handshake (see ZmqSender._note)."""
+    head = (
+        f"mplog: the collector at {endpoint or '?'} ended this {role}'s connection during the ZeroMQ handshake "
+        "without refusing a key: the two ends' sockets do not match. "
+    )
+    if socket_type == zmq.DEALER:
+        cause = (
+            "This worker uses acknowledged delivery (ack=True or MPLOG_ACK=1) and the collector probably does "
+            "not: a listener without ack = true, or an mplog relay, which cannot carry it. Start that listener "
+            "with ack = true and connect the worker to it directly, or start the worker without ack"
+        )
+    elif role == "relay":
+        cause = (
+            "The collector probably uses acknowledged delivery (ack = true), which a relay cannot carry: connect "
+            "the workers straight to it with ack=True or MPLOG_ACK=1, or run it without ack"
+        )
+    else:
+        cause = (
+            "The collector probably uses acknowledged delivery (ack = true) and this worker does not: give the "
+            "worker ack=True or MPLOG_ACK=1 (the workers that listener starts get it), or run the listener "
+            "without ack"
+        )
+    return f"{head}{cause}; this {role} connects again every {every:g} s, and what it sends waits meanwhile"
 
 
 def _describe_keys(options: TransportOptions, *, use_env: bool) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import zmq
-from helpers import console_script, file_config, read_lines, wait_for
+from helpers import check_lines, console_script, file_config, read_lines, wait_for
 
 import mplog
 from mplog.exceptions import TransportError
@@ -280,6 +280,117 @@ def test_a_plaintext_worker_of_a_curve_collector_is_told_it_needs_curve(curve_co
         lines[0],
     )
     assert lines[1].startswith("mplog: 501 records could not be delivered")
+
+
+# ---------------------------------------------------------------- a collector in the other delivery mode
+
+
+MISMATCHED_WORKER = """
+import logging, os, sys, time, mplog, helpers
+mplog.setup_worker(sys.argv[1], ack=sys.argv[2] == "1", close_timeout=10)
+log = logging.getLogger("mismatch")
+for seq in range(100):
+    log.info("%s", helpers.payload(1, seq))
+deadline = time.monotonic() + 40
+while not os.path.exists(sys.argv[3]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+for seq in range(100, 200):
+    log.info("%s", helpers.payload(1, seq))
+"""
+
+MISMATCH = "ended this worker's connection during the ZeroMQ handshake without refusing a key"
+
+
+def _mode_config(path: Path, out: Path, *, ack: bool) -> Path:
+    path.write_text(json.dumps({**file_config(out), "mplog": {"ack": ack}}), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+@pytest.mark.parametrize("worker_ack", [True, False], ids=["ack-worker", "plain-worker"])
+def test_a_worker_whose_collector_runs_in_the_other_delivery_mode_is_told_and_delivers_once_it_is_fixed(
+    tmp_path, transport, worker_ack
+):
+    # The two ends' ZeroMQ sockets do not match (DEALER against PULL, PUSH against ROUTER): libzmq
+    # ends the connection in its handshake without an event that says why, and never connects to
+    # that endpoint again. The worker used to say only "200 records could not be delivered" at
+    # exit, and stayed cut off from a collector restarted in the right mode: 0 of 200 arrived.
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}" if transport == "tcp" else f"ipc://{tmp_path / 'run' / 'log.sock'}"
+    if transport == "ipc":
+        (tmp_path / "run").mkdir(mode=0o700)
+    out = tmp_path / "out.log"
+    wrong = _mode_config(tmp_path / "wrong.json", tmp_path / "wrong.log", ack=not worker_ack)
+    right = _mode_config(tmp_path / "right.json", out, ack=worker_ack)
+    go, worker_err = tmp_path / "go", tmp_path / "worker.err"
+    with listening("--config", str(wrong), "--bind", endpoint) as (collector, _, _):
+        with worker_err.open("w") as err:
+            worker = subprocess.Popen(
+                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, "1" if worker_ack else "0", str(go)],
+                stderr=err,
+                env=_env(),
+            )
+        try:
+            wait_for(lambda: MISMATCH in worker_err.read_text(), timeout=20, what="the worker's mismatch line")
+            collector.send_signal(signal.SIGTERM)
+            assert collector.wait(20) == 0
+            with listening("--config", str(right), "--bind", endpoint) as (fixed, _, fixed_err):
+                go.touch()
+                assert worker.wait(60) == 0
+                fixed.send_signal(signal.SIGTERM)
+                assert fixed.wait(20) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+    check_lines(read_lines(out), {1: 200}).assert_exact()
+    assert read_lines(tmp_path / "wrong.log") == []
+    assert any("received 200 records from 1 senders" in line for line in fixed_err), fixed_err
+    said = worker_err.read_text().splitlines()
+    assert len(said) == 1, said
+    mode = (
+        "This worker uses acknowledged delivery (ack=True or MPLOG_ACK=1) and the collector probably does not"
+        if worker_ack
+        else "The collector probably uses acknowledged delivery (ack = true) and this worker does not: give the "
+        "worker ack=True or MPLOG_ACK=1"
+    )
+    head = f"mplog: the collector at {endpoint} {MISMATCH}: the two ends' sockets do not match. "
+    assert said[0].startswith(head), said
+    assert mode in said[0]
+    assert said[0].endswith("this worker connects again every 2 s, and what it sends waits meanwhile")
+
+
+def test_a_relay_in_front_of_an_acknowledging_collector_names_the_cause(tmp_path):
+    config = _mode_config(tmp_path / "ack.json", tmp_path / "out.log", ack=True)
+    with listening("--config", str(config), "--bind", f"tcp://127.0.0.1:{free_port_pair()}") as (collector, target, _):
+        relay_at = f"tcp://127.0.0.1:{free_port_pair()}"
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "mplog", "relay", "--bind", relay_at, "--connect", target],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        try:
+            code = (
+                f"import mplog, helpers\nmplog.setup_worker({relay_at!r}, close_timeout=5)\n"
+                "helpers.log_numbered(1, 50)\n"
+            )
+            subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=30)
+            relay.send_signal(signal.SIGTERM)
+            _, err = relay.communicate(timeout=30)
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+                relay.wait(10)
+        collector.send_signal(signal.SIGTERM)
+        assert collector.wait(20) == 0
+    said = [line for line in err.splitlines() if "handshake" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith(
+        f"mplog: the collector at {target} ended this relay's connection during the ZeroMQ handshake without "
+        "refusing a key: the two ends' sockets do not match. The collector probably uses acknowledged delivery "
+        "(ack = true), which a relay cannot carry"
+    ), said
+    assert "50 records in" in err and "could not be passed on and are lost" in err, err
 
 
 # ---------------------------------------------------------------- ports

@@ -821,3 +821,47 @@ def test_documented_transport_defaults():
     assert (options.heartbeat_ivl, options.heartbeat_timeout, options.reconnect_ivl_max) == (1.0, 3.0, 2.0)
     assert options.stall_timeout == 0.0  # no TCP_MAXRT: a slow collector's shut window keeps its connections
     assert options.insecure is False
+
+
+def test_a_sender_refused_thousands_of_times_still_reconnects_and_closes(monkeypatch):
+    # libzmq sends its monitor events with a blocking send: a sender that stopped reading them
+    # after the first refusal had its I/O thread stop once ~1,000 more were queued (no reconnection
+    # any more, so a collector that later admitted it was never reached) and close() wait for it for
+    # ever. At the default intervals that took about an hour of refusals; here a peer that accepts
+    # and drops every connection at once, retried every millisecond, gets there in seconds.
+    from mplog.transports import zeromq as zeromq_transport
+
+    monkeypatch.setattr(zeromq_transport, "_RECONNECT_IVL_MS", 1)
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(512)
+    server.settimeout(0.2)
+    accepted = [0]
+    stop = threading.Event()
+
+    def drop_every_connection() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.close()
+            accepted[0] += 1
+
+    dropper = threading.Thread(target=drop_every_connection, daemon=True)
+    dropper.start()
+    sender = ZmqSender(f"tcp://127.0.0.1:{server.getsockname()[1]}", TransportOptions(reconnect_ivl_max=0.001))
+    try:
+        assert sender.send(b"frame") is False  # opens the socket; nothing admits it
+        # The worker's flusher thread reads the monitor like this while frames wait.
+        wait_for(lambda: sender.refusal() is not None and accepted[0] > 3000, timeout=60, interval=0.02)
+        assert "refused this worker's handshake" in (sender.refusal() or "")
+        closer = threading.Thread(target=sender.close, args=(0.0,), daemon=True)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "close() hung on the monitor"
+    finally:
+        stop.set()
+        dropper.join(5)
+        server.close()
