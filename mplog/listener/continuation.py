@@ -29,18 +29,27 @@ factory) is outside this rule; docs/reliability.md says so.
 Appending is also what the ack mode's write-ahead intent needs (mplog.delivery.intent): the
 restarted listener cuts a half-written frame off the end of each file, and appended
 writes then land at that end.
+
+A state directory belongs to one live listener at a time (:func:`claim_state_dir`): two
+listeners on one directory (one config started twice with different endpoints) would write
+over each other's stats checkpoint, senders' progress and acknowledged marks, and whichever
+restarted next would continue a mix of both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 from typing import Any
 
+from mplog.exceptions import ConfigError
 from mplog.handlers.stream import FactoryStreamHandler
 
 __all__ = [
     "append_on_first_open",
+    "claim_state_dir",
     "continues_earlier_run",
     "mark_used",
     "open_for_appending",
@@ -81,6 +90,62 @@ def mark_used(state_dir: str) -> OSError | None:
         return exc
     os.close(fd)
     return None
+
+
+CLAIM_FILE = "listener.lock"
+_claims: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) of a state directory -> the lock this process holds
+
+
+def _drop_claims_in_child() -> None:
+    # A process forked by a listener must not keep its state directory once the listener is gone.
+    for fd in _claims.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _claims.clear()
+
+
+os.register_at_fork(after_in_child=_drop_claims_in_child)
+
+
+def claim_state_dir(state_dir: str) -> None:
+    """Hold ``state_dir`` for this process's life: an exclusive ``flock`` on ``state_dir/listener.lock``.
+
+    The kernel drops the lock when the process ends, however it ends, so a supervised
+    restart or a listener started after a kill finds it free. A directory whose lock file
+    cannot be made (no inode left, no permission) is not claimed: :func:`mark_used` says
+    what that costs.
+
+    Raises:
+        ConfigError: another live listener holds it (its pid named).
+    """
+    try:
+        st = os.stat(state_dir)
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) in _claims:
+        return
+    path = os.path.join(state_dir, CLAIM_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"mplog.state_dir {state_dir!r} is in use by another running listener (pid {pid}): two listeners on one "
+            "state directory write over each other's stats checkpoint, senders' progress and acknowledged marks; "
+            "give each listener its own state_dir, or stop the other one first"
+        ) from None
+    except OSError:
+        os.close(fd)
+        return
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _claims[(st.st_dev, st.st_ino)] = fd
 
 
 def continues_earlier_run(state_dir: str | None, restarts: int = 0) -> bool:
