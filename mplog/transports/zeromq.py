@@ -138,6 +138,8 @@ class ZmqSender:
         self._refusal: str | None = None
         self._greeted: set[str] = set()  # endpoints whose connection has had a handshake event
         self._stranded: dict[str, float] = {}  # endpoint -> when to connect it again (see _note)
+        self._failed: dict[str, Mapping[str, Any]] = {}  # endpoint -> its connection's failed handshake
+        self._broken: dict[str, int] = {}  # endpoint -> handshakes broken in a row (NO_DETAIL)
         self._drained_at = 0.0
         self._keys = _describe_keys(options, use_env=all(e.startswith("tcp://") for e in self._endpoints))
         self._tcp_ports = {_port_of(e) for e in self._endpoints if e.startswith("tcp://")} - {0}
@@ -172,7 +174,7 @@ class ZmqSender:
         if self._sock is not None:  # inherited from the parent by fork
             _abandoned.append((self._ctx, self._sock, self._monitor))
             self._monitor, self._refusal = None, None
-            self._greeted, self._stranded = set(), {}
+            self._greeted, self._stranded, self._failed, self._broken = set(), {}, {}, {}
         opts = self._options
         try:
             ctx: zmq.Context[Any] = zmq.Context(io_threads=1)
@@ -222,33 +224,51 @@ class ZmqSender:
     def _note(self, event: Mapping[str, Any]) -> None:
         """Take one monitor event (under ``_monitor_lock``).
 
-        A connection that ends with no handshake event at all ended in a protocol error
-        libzmq does not report: in practice, the other end's socket type does not match
-        (an acknowledging listener and a worker without acknowledged delivery, or the
-        reverse; a relay in front of an acknowledging listener). libzmq then never connects
-        to that endpoint again, so a worker whose listener was restarted in the right mode
-        would have stayed cut off until it exited: the endpoint is connected again
-        ``reconnect_ivl_max`` seconds later, with the next frame's send.
+        How a connection that never completed its handshake ended decides what follows:
+
+        - a refused handshake (HANDSHAKE_FAILED_AUTH: a key not allowed in;
+          HANDSHAKE_FAILED_PROTOCOL: CURVE on one side only, a wrong mechanism), or no
+          handshake event at all (a protocol error libzmq does not report: in practice the
+          two ends' socket types do not match, an acknowledging listener and a worker
+          without acknowledged delivery, or the reverse). libzmq then never connects to
+          that endpoint again, so a worker whose collector was restarted with its key
+          allowed, or in the right mode, stayed cut off until it exited: the endpoint is
+          connected again ``reconnect_ivl_max`` seconds later, with the next frame's send;
+        - HANDSHAKE_FAILED_NO_DETAIL: the connection broke during the handshake (the
+          collector died or closed it; a wrong server key looks like this too). libzmq
+          connects again by itself; it is said only after _SAID_AFTER of them in a row,
+          since one is what a collector killed at that moment gives.
         """
         kind = event["event"]
         endpoint = event.get("endpoint", b"").decode(errors="replace")
-        if kind == zmq.EVENT_DISCONNECTED:
-            if endpoint in self._greeted:
-                self._greeted.discard(endpoint)
-                return
-            if endpoint in self._endpoints:
-                self._stranded[endpoint] = time.monotonic() + self._options.reconnect_ivl_max
-            if self._refusal is None:
-                self._refusal = _mismatch_text(endpoint, self.socket_type, self.role, self._options.reconnect_ivl_max)
-            return
-        self._greeted.add(endpoint)
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._greeted.add(endpoint)
             self._stranded.pop(endpoint, None)
-        elif self._refusal is None:
-            self._refusal = _refusal_text(event, self._keys, self._curve, self.role)
+            self._broken.pop(endpoint, None)
+            return
+        if kind != zmq.EVENT_DISCONNECTED:  # a failed handshake; its connection's end follows
+            self._failed[endpoint] = event
+            return
+        if endpoint in self._greeted:
+            self._greeted.discard(endpoint)
+            return
+        failure = self._failed.pop(endpoint, None)
+        if failure is not None and failure["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            self._broken[endpoint] = times = self._broken.get(endpoint, 0) + 1
+            if times >= _SAID_AFTER and self._refusal is None:
+                self._refusal = _refusal_text(failure, self._keys, self._curve, self.role)
+            return
+        if endpoint in self._endpoints:
+            self._stranded[endpoint] = time.monotonic() + self._options.reconnect_ivl_max
+        if self._refusal is None:
+            self._refusal = (
+                _mismatch_text(endpoint, self.socket_type, self.role, self._options.reconnect_ivl_max)
+                if failure is None
+                else _refusal_text(failure, self._keys, self._curve, self.role)
+            )
 
     def _rejoin(self, sock: zmq.Socket[Any]) -> None:
-        """Connect again the endpoints whose connection a socket mismatch ended, when they are due (see _note)."""
+        """Connect again the endpoints libzmq gave up after a refused or mismatched handshake, when due (see _note)."""
         now = time.monotonic()
         with self._monitor_lock:
             due = [endpoint for endpoint, at in self._stranded.items() if at <= now]
@@ -339,6 +359,7 @@ _HANDSHAKE_FAILED = (
 # What a sender's monitor reports: two events per connection (its handshake's outcome, its end).
 _WATCHED = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _RECONNECT_IVL_MS = 100  # ZeroMQ RECONNECT_IVL of a sender: the first retry; it backs off to reconnect_ivl_max
+_SAID_AFTER = 3  # handshakes broken in a row (HANDSHAKE_FAILED_NO_DETAIL) before a sender says so
 _DRAIN_EVERY = 1.0  # seconds: a sender reads its monitor with a frame's send at most this often
 
 
@@ -399,7 +420,7 @@ def _refusal_text(event: Any, keys: tuple[str, str], curve: security.ClientKeys 
     pair, collector = keys
     where = f"the collector at {event.get('endpoint', b'').decode(errors='replace') or '?'}"
     kind, value = event["event"], event.get("value", 0)
-    if curve is None:  # libzmq reports a mechanism mismatch, or first a broken handshake without detail
+    if curve is None:  # a mechanism mismatch, or handshakes broken _SAID_AFTER times in a row
         fix = (
             "give it --server-key and a --client-secret-key whose .key file the collector admits"
             if role == "relay"

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -286,8 +287,8 @@ def test_a_plaintext_worker_of_a_curve_collector_is_told_it_needs_curve(curve_co
 
 
 MISMATCHED_WORKER = """
-import logging, os, sys, time, mplog, helpers
-mplog.setup_worker(sys.argv[1], ack=sys.argv[2] == "1", close_timeout=10)
+import json, logging, os, sys, time, mplog, helpers
+mplog.setup_worker(sys.argv[1], close_timeout=10, **json.loads(sys.argv[2]))
 log = logging.getLogger("mismatch")
 for seq in range(100):
     log.info("%s", helpers.payload(1, seq))
@@ -325,7 +326,7 @@ def test_a_worker_whose_collector_runs_in_the_other_delivery_mode_is_told_and_de
     with listening("--config", str(wrong), "--bind", endpoint) as (collector, _, _):
         with worker_err.open("w") as err:
             worker = subprocess.Popen(
-                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, "1" if worker_ack else "0", str(go)],
+                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, json.dumps({"ack": worker_ack}), str(go)],
                 stderr=err,
                 env=_env(),
             )
@@ -357,6 +358,58 @@ def test_a_worker_whose_collector_runs_in_the_other_delivery_mode_is_told_and_de
     assert said[0].startswith(head), said
     assert mode in said[0]
     assert said[0].endswith("this worker connects again every 2 s, and what it sends waits meanwhile")
+
+
+def test_a_worker_refused_for_its_key_delivers_once_the_key_is_allowed_and_the_collector_restarted(tmp_path):
+    # What deployment.md prescribes ("after adding a key, restart it: workers reconnect and lose
+    # nothing"). libzmq never connects again after a refused handshake: the worker stayed cut off
+    # from the restarted collector, 0 of 200 delivered, "200 records could not be delivered" at exit.
+    security.generate_key_pair(tmp_path / "server", "server")
+    security.generate_key_pair(tmp_path / "worker", "worker")
+    security.generate_key_pair(tmp_path / "authorized", "other")  # another worker's key: this one is not in
+    out = tmp_path / "out.log"
+    config = _mode_config(tmp_path / "config.json", out, ack=False)
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
+    args = (
+        "--config",
+        str(config),
+        "--bind",
+        endpoint,
+        "--curve-secret-key",
+        str(tmp_path / "server" / "server.key_secret"),
+        "--authorized-keys",
+        str(tmp_path / "authorized"),
+    )
+    options = {
+        "curve_server_key": str(tmp_path / "server" / "server.key"),
+        "curve_secret_key": str(tmp_path / "worker" / "worker.key_secret"),
+    }
+    go, worker_err = tmp_path / "go", tmp_path / "worker.err"
+    with listening(*args) as (collector, _, _):
+        with worker_err.open("w") as err:
+            worker = subprocess.Popen(
+                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, json.dumps(options), str(go)],
+                stderr=err,
+                env=_env(),
+            )
+        try:
+            wait_for(lambda: "refused this worker's CURVE handshake" in worker_err.read_text(), timeout=20)
+            collector.send_signal(signal.SIGTERM)
+            assert collector.wait(20) == 0
+            shutil.copy(tmp_path / "worker" / "worker.key", tmp_path / "authorized" / "worker.key")
+            with listening(*args) as (fixed, _, fixed_err):
+                go.touch()
+                assert worker.wait(60) == 0
+                fixed.send_signal(signal.SIGTERM)
+                assert fixed.wait(20) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+    check_lines(read_lines(out), {1: 200}).assert_exact()
+    assert any("received 200 records from 1 senders" in line for line in fixed_err), fixed_err
+    said = worker_err.read_text().splitlines()
+    assert len(said) == 1 and "its key is not allowed in" in said[0], said
 
 
 def test_a_relay_in_front_of_an_acknowledging_collector_names_the_cause(tmp_path):
