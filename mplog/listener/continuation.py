@@ -38,6 +38,7 @@ restarted next would continue a mix of both.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import logging
@@ -49,7 +50,9 @@ from mplog.handlers.stream import FactoryStreamHandler
 
 __all__ = [
     "append_on_first_open",
+    "claim_log_files",
     "claim_state_dir",
+    "file_lock_path",
     "continues_earlier_run",
     "mark_used",
     "open_for_appending",
@@ -93,11 +96,11 @@ def mark_used(state_dir: str) -> OSError | None:
 
 
 CLAIM_FILE = "listener.lock"
-_claims: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) of a state directory -> the lock this process holds
+_claims: dict[str, int] = {}  # lock file (real path) -> its descriptor, locked by this process
 
 
 def _drop_claims_in_child() -> None:
-    # A process forked by a listener must not keep its state directory once the listener is gone.
+    # A process forked by a listener must not keep its state directory or files once the listener is gone.
     for fd in _claims.values():
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -105,6 +108,62 @@ def _drop_claims_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_drop_claims_in_child)
+
+
+def _release_claims() -> None:
+    """At exit: remove each lock file this process still holds (while holding it), then let go."""
+    if not _claims:
+        return
+    for lock, fd in list(_claims.items()):
+        with contextlib.suppress(OSError):
+            if _same_file(lock, fd):
+                os.unlink(lock)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _claims.clear()
+
+
+atexit.register(_release_claims)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        st, held = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _claim(lock: str) -> str | None:
+    """Lock ``lock`` (made 0600 if missing) for this process's life; the holder's pid if another process has it.
+
+    A lock file that cannot be made (no permission, no inode left) is not claimed (None).
+    """
+    lock = os.path.realpath(lock)
+    if lock in _claims:
+        return None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            return pid
+        except OSError:
+            os.close(fd)
+            return None
+        if _same_file(lock, fd):  # not a file its last holder unlinked between our open and our lock
+            break
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _claims[lock] = fd
+    return None
 
 
 def claim_state_dir(state_dir: str) -> None:
@@ -118,34 +177,45 @@ def claim_state_dir(state_dir: str) -> None:
     Raises:
         ConfigError: another live listener holds it (its pid named).
     """
-    try:
-        st = os.stat(state_dir)
-    except OSError:
-        return
-    if (st.st_dev, st.st_ino) in _claims:
-        return
-    path = os.path.join(state_dir, CLAIM_FILE)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
+    pid = _claim(os.path.join(state_dir, CLAIM_FILE))
+    if pid is not None:
         raise ConfigError(
             f"mplog.state_dir {state_dir!r} is in use by another running listener (pid {pid}): two listeners on one "
             "state directory write over each other's stats checkpoint, senders' progress and acknowledged marks; "
             "give each listener its own state_dir, or stop the other one first"
-        ) from None
-    except OSError:
-        os.close(fd)
+        )
+
+
+def file_lock_path(filename: str) -> str:
+    """Where the listener that writes ``filename`` holds its claim: ``.NAME.mplog-lock`` beside it."""
+    path = os.path.realpath(os.path.expanduser(filename))
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.mplog-lock")
+
+
+def claim_log_files(handlers: Any) -> None:
+    """Hold every file a handler of the config names (``filename``) for this process's life.
+
+    Two listeners on one file (one config started twice) rotate it under each other, and an
+    acknowledging one's restart cuts the other's lines off the file's end with its own
+    unfinished frame. A file whose directory takes no lock file is not claimed.
+
+    Raises:
+        ConfigError: another live listener holds one of them (the handler, the file and its pid named).
+    """
+    if not isinstance(handlers, dict):
         return
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    _claims[(st.st_dev, st.st_ino)] = fd
+    for name, spec in handlers.items():
+        filename = spec.get("filename") if isinstance(spec, dict) else None
+        if not isinstance(filename, str) or not filename:
+            continue
+        pid = _claim(file_lock_path(filename))
+        if pid is not None:
+            path = os.path.realpath(os.path.expanduser(filename))
+            raise ConfigError(
+                f"handlers.{name} writes {path!r}, which another running mplog listener (pid {pid}) writes: two "
+                "listeners on one file rotate it under each other, and an acknowledging one's restart cuts the "
+                "other's lines off its end; give each listener its own filename, or stop the other one first"
+            )
 
 
 def continues_earlier_run(state_dir: str | None, restarts: int = 0) -> bool:

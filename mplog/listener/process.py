@@ -28,7 +28,13 @@ from typing import Any
 
 from mplog.exceptions import ConfigError
 from mplog.handlers.queued import QueuedHandler, start_queue_listeners, stop_queue_listeners
-from mplog.listener.continuation import append_on_first_open, claim_state_dir, continues_earlier_run, mark_used
+from mplog.listener.continuation import (
+    append_on_first_open,
+    claim_log_files,
+    claim_state_dir,
+    continues_earlier_run,
+    mark_used,
+)
 from mplog.listener.control_pipe import ControlPipe
 from mplog.listener.loop import Server, apply_logging_config, install_handler_error_counter, install_sighup_reopen
 from mplog.listener.progress import OutputFiles, ProgressFile, progress_path, read_progress
@@ -58,6 +64,7 @@ def prepare_process(config: dict[str, Any], runtime: dict[str, Any], state_dir: 
     apply_nice(runtime)
     if state_dir:  # before any file is opened: a second listener on it would share its files and state
         claim_state_dir(state_dir)
+    claim_log_files(config.get("handlers"))  # the same for each log file (one config started twice)
     append_on_first_open(continues_earlier_run(state_dir, restarts))  # a continued run never truncates
     end_cut_lines_on_open()  # after it (it wraps its hook): a file left inside a line gets a line end first
     apply_logging_config(config)

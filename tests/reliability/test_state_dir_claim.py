@@ -103,3 +103,45 @@ def test_start_listener_on_a_state_dir_another_listener_holds_raises_config_erro
         first.stop()
     second = mplog.start_listener(config, route_parent=False, export_env=False)  # free once the first stopped
     second.stop()
+
+
+def test_a_second_listener_writing_a_file_another_listener_writes_is_refused_naming_the_handler_and_pid(tmp_path):
+    # One config started twice (no state_dir): two RotatingFileHandlers renamed the file under each
+    # other (an outsider kept 3,969 of 10,000 lines), and an acknowledging listener's restart cut
+    # the other's acknowledged lines off the file's end (13,122 records gone). Refused at start now.
+    out = tmp_path / "logs" / "app.log"
+    out.parent.mkdir()
+    config: dict[str, Any] = file_config(out)
+    config["handlers"]["file"]["class"] = "logging.handlers.RotatingFileHandler"
+    config["handlers"]["file"]["maxBytes"] = 10_000
+    config["handlers"]["file"]["backupCount"] = 50
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    first_at, second_at = f"ipc://{tmp_path / 'a.sock'}", f"ipc://{tmp_path / 'b.sock'}"
+    with running_listen(path, first_at, tmp_path / "first.err", _env()) as first:
+        assert (tmp_path / "logs" / ".app.log.mplog-lock").read_text() == f"{first.pid}\n"
+        second = subprocess.run(
+            [sys.executable, "-m", "mplog", "listen", "--config", str(path), "--bind", second_at],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=30,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert second.stderr == (
+            f"mplog: config error: handlers.file writes {str(out)!r}, which another running mplog listener "
+            f"(pid {first.pid}) writes: two listeners on one file rotate it under each other, and an acknowledging "
+            "one's restart cuts the other's lines off its end; give each listener its own filename, or stop the "
+            "other one first\n"
+        )
+        _log(first_at, 1, 2000)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(20) == 0
+    assert not (tmp_path / "logs" / ".app.log.mplog-lock").exists()  # removed by a listener that stops
+    with running_listen(path, second_at, tmp_path / "second.err", _env()) as again:
+        _log(second_at, 2, 2000)
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(20) == 0
+    lines = read_lines(*sorted(out.parent.glob("app.log*")))
+    check_lines(lines, {1: 2000, 2: 2000}).assert_exact()
