@@ -397,7 +397,7 @@ def _add_cross_host_commands(commands: argparse._SubParsersAction[argparse.Argum
 
     relay = commands.add_parser("relay", help="forward frames from this host's workers to a collector, untouched")
     relay.add_argument(
-        "--bind", "-b", required=True, help="where this host's workers connect, e.g. tcp://127.0.0.1:5141"
+        "--bind", "-b", required=True, help="where this host's workers connect, e.g. tcp://127.0.0.1:5142"
     )
     relay.add_argument("--connect", required=True, help="the collector (comma-separated: several share the load)")
     relay.add_argument("--server-key", metavar="FILE", help="the collector's public key, to connect with CURVE")

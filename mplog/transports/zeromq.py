@@ -384,7 +384,8 @@ def _mismatch_text(endpoint: str, socket_type: int, role: str, every: float) -> 
         cause = (
             "The collector probably uses acknowledged delivery (ack = true) and this worker does not: give the "
             "worker ack=True or MPLOG_ACK=1 (the workers that listener starts get it), or run the listener "
-            "without ack"
+            "without ack. (Or the endpoint is a listener's status channel, PORT+1 or PATH.ctl: give the data "
+            "endpoint)"
         )
     return f"{head}{cause}; this {role} connects again every {every:g} s, and what it sends waits meanwhile"
 
