@@ -33,7 +33,9 @@ writes then land at that end.
 A state directory belongs to one live listener at a time (:func:`claim_state_dir`): two
 listeners on one directory (one config started twice with different endpoints) would write
 over each other's stats checkpoint, senders' progress and acknowledged marks, and whichever
-restarted next would continue a mix of both.
+restarted next would continue a mix of both. So does each log file a handler names
+(:func:`claim_log_files`): two listeners on one file rotate it under each other, and an
+acknowledging one's restart cuts the other's lines off the file's end.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ __all__ = [
     "append_on_first_open",
     "claim_log_files",
     "claim_state_dir",
-    "file_lock_path",
     "continues_earlier_run",
+    "file_lock_path",
     "mark_used",
     "open_for_appending",
     "used_path",

@@ -136,7 +136,7 @@ class ZmqSender:
         self._monitor: zmq.Socket[Any] | None = None
         self._monitor_lock = threading.Lock()
         self._refusal: str | None = None
-        self._greeted: set[str] = set()  # endpoints whose connection has had a handshake event
+        self._greeted: set[str] = set()  # endpoints whose current connection completed its handshake
         self._stranded: dict[str, float] = {}  # endpoint -> when to connect it again (see _note)
         self._failed: dict[str, Mapping[str, Any]] = {}  # endpoint -> its connection's failed handshake
         self._broken: dict[str, int] = {}  # endpoint -> handshakes broken in a row (NO_DETAIL)
