@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +307,45 @@ def _mode_config(path: Path, out: Path, *, ack: bool) -> Path:
     return path
 
 
+def _through_a_fix(
+    endpoint: str,
+    options: dict[str, Any],
+    before: tuple[str, ...],
+    after: tuple[str, ...],
+    said: str,
+    fix: Callable[[], object],
+    err: Path,
+) -> list[str]:
+    """A worker logs 100 records to ``mplog listen BEFORE``; once its stderr has ``said``, that listener
+    stops, ``fix()`` runs, ``mplog listen AFTER`` starts, and the worker logs 100 more and exits.
+
+    Returns the second listener's stderr lines; the worker's stderr is in ``err``.
+    """
+    go = err.with_name("go")
+    with listening(*before) as (collector, _, _):
+        with err.open("w") as stream:
+            worker = subprocess.Popen(
+                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, json.dumps(options), str(go)],
+                stderr=stream,
+                env=_env(),
+            )
+        try:
+            wait_for(lambda: said in err.read_text(), timeout=20, what=f"the worker's line {said!r}")
+            collector.send_signal(signal.SIGTERM)
+            assert collector.wait(20) == 0
+            fix()
+            with listening(*after) as (fixed, _, fixed_err):
+                go.touch()
+                assert worker.wait(60) == 0
+                fixed.send_signal(signal.SIGTERM)
+                assert fixed.wait(20) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+    return fixed_err
+
+
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
 @pytest.mark.parametrize("worker_ack", [True, False], ids=["ack-worker", "plain-worker"])
 def test_a_worker_whose_collector_runs_in_the_other_delivery_mode_is_told_and_delivers_once_it_is_fixed(
@@ -322,27 +361,16 @@ def test_a_worker_whose_collector_runs_in_the_other_delivery_mode_is_told_and_de
     out = tmp_path / "out.log"
     wrong = _mode_config(tmp_path / "wrong.json", tmp_path / "wrong.log", ack=not worker_ack)
     right = _mode_config(tmp_path / "right.json", out, ack=worker_ack)
-    go, worker_err = tmp_path / "go", tmp_path / "worker.err"
-    with listening("--config", str(wrong), "--bind", endpoint) as (collector, _, _):
-        with worker_err.open("w") as err:
-            worker = subprocess.Popen(
-                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, json.dumps({"ack": worker_ack}), str(go)],
-                stderr=err,
-                env=_env(),
-            )
-        try:
-            wait_for(lambda: MISMATCH in worker_err.read_text(), timeout=20, what="the worker's mismatch line")
-            collector.send_signal(signal.SIGTERM)
-            assert collector.wait(20) == 0
-            with listening("--config", str(right), "--bind", endpoint) as (fixed, _, fixed_err):
-                go.touch()
-                assert worker.wait(60) == 0
-                fixed.send_signal(signal.SIGTERM)
-                assert fixed.wait(20) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(10)
+    worker_err = tmp_path / "worker.err"
+    fixed_err = _through_a_fix(
+        endpoint,
+        {"ack": worker_ack},
+        ("--config", str(wrong), "--bind", endpoint),
+        ("--config", str(right), "--bind", endpoint),
+        MISMATCH,
+        lambda: None,
+        worker_err,
+    )
     check_lines(read_lines(out), {1: 200}).assert_exact()
     assert read_lines(tmp_path / "wrong.log") == []
     assert any("received 200 records from 1 senders" in line for line in fixed_err), fixed_err
@@ -384,28 +412,16 @@ def test_a_worker_refused_for_its_key_delivers_once_the_key_is_allowed_and_the_c
         "curve_server_key": str(tmp_path / "server" / "server.key"),
         "curve_secret_key": str(tmp_path / "worker" / "worker.key_secret"),
     }
-    go, worker_err = tmp_path / "go", tmp_path / "worker.err"
-    with listening(*args) as (collector, _, _):
-        with worker_err.open("w") as err:
-            worker = subprocess.Popen(
-                [sys.executable, "-c", MISMATCHED_WORKER, endpoint, json.dumps(options), str(go)],
-                stderr=err,
-                env=_env(),
-            )
-        try:
-            wait_for(lambda: "refused this worker's CURVE handshake" in worker_err.read_text(), timeout=20)
-            collector.send_signal(signal.SIGTERM)
-            assert collector.wait(20) == 0
-            shutil.copy(tmp_path / "worker" / "worker.key", tmp_path / "authorized" / "worker.key")
-            with listening(*args) as (fixed, _, fixed_err):
-                go.touch()
-                assert worker.wait(60) == 0
-                fixed.send_signal(signal.SIGTERM)
-                assert fixed.wait(20) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(10)
+    worker_err = tmp_path / "worker.err"
+    fixed_err = _through_a_fix(
+        endpoint,
+        options,
+        args,
+        args,
+        "refused this worker's CURVE handshake",
+        lambda: shutil.copy(tmp_path / "worker" / "worker.key", tmp_path / "authorized" / "worker.key"),
+        worker_err,
+    )
     check_lines(read_lines(out), {1: 200}).assert_exact()
     assert any("received 200 records from 1 senders" in line for line in fixed_err), fixed_err
     said = worker_err.read_text().splitlines()
