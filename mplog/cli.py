@@ -237,7 +237,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for name, spec in [("root", config.get("root", {})), *config.get("loggers", {}).items()]:
         details = " ".join(f"{k}={v!r}" for k, v in spec.items())
         print(f"logger     {name}: {details}".rstrip())
-    level = logging.getLevelName(worker_level(config))
+    number = worker_level(config)
+    level = logging.getLevelName(number)
+    if not isinstance(level, str) or level == f"Level {number}":  # a level without a name: MPLOG_LEVEL takes the number
+        level = str(number)
     # What workers learn from the status channel (mplog.worker.level); one that cannot reach it is told by hand.
     reach = f"asked; where the status channel is out of reach: MPLOG_LEVEL={level}"
     print(f"workers send records at {level} and above ({reach})")

@@ -175,6 +175,29 @@ def test_check_accepts_a_good_file_and_prints_what_the_listener_would_build(tmp_
     assert not (tmp_path / "app.log").exists()  # check builds nothing
 
 
+def test_check_gives_a_level_without_a_name_as_the_number_mplog_level_takes(tmp_path):
+    # Before: "MPLOG_LEVEL=Level 25", a value MPLOG_LEVEL itself refuses (an outsider's run).
+    config = tmp_path / "logging.json"
+    config.write_text(json.dumps({**file_config(tmp_path / "app.log"), "root": {"level": 25, "handlers": ["file"]}}))
+    result = run_mplog("check", str(config))
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.splitlines()[-1]
+    assert (
+        last == "workers send records at 25 and above (asked; where the status channel is out of reach: MPLOG_LEVEL=25)"
+    )
+    code = "import mplog, logging\nmplog.setup_worker('ipc:///nonexistent/x.sock')\nprint(logging.getLogger().level)"
+    taken = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(MPLOG_LEVEL="25"),
+        timeout=30,
+        check=False,
+    )
+    assert taken.returncode == 0, taken.stderr
+    assert taken.stdout.strip() == "25"
+
+
 def test_check_reads_MPLOG_CONFIG_when_no_file_is_given(tmp_path):
     config = write_toml(tmp_path / "logging.toml", tmp_path / "app.log")
     result = run_mplog("check", env=_env(MPLOG_CONFIG=str(config)))
